@@ -1,0 +1,44 @@
+# One-command entry points. Variables: COMP (competition), PORT (local host), VENV (virtual env folder).
+COMP ?= fashion-mnist
+PORT ?= 80
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kpipe-installed
+
+.PHONY: help install test serve stop-host download prepare submit clean
+
+help:
+	@echo "make submit COMP=fashion-mnist   download -> prepare -> train -> TTA -> ensemble -> submit"
+	@echo "make test                        run the test suite"
+	@echo "make prepare COMP=digits         download + cached arrays + stratified folds"
+	@echo "make serve [PORT=80]             run the local Kaggle-compatible host in the foreground"
+	@echo "make stop-host                   stop a host started in the background"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+serve: install
+	$(PY) -m competition.host serve --port $(PORT)
+
+stop-host: install
+	$(PY) -m competition.host stop
+
+download: install
+	$(PY) -m pipelines download --comp $(COMP)
+
+prepare: install
+	$(PY) -m pipelines prepare --comp $(COMP)
+
+submit: install
+	$(PY) -m pipelines submit --comp $(COMP)
+
+clean:
+	rm -rf .data/$(COMP)

@@ -1,0 +1,80 @@
+"""`python -m competition.host serve|add|build|where` — run and manage the local Kaggle-compatible host."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from competition.host import builders
+from competition.host.server import make_server
+from competition.host.store import HostStore
+from competition.paths import host_root
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m competition.host", description=__doc__)
+    parser.add_argument("--root", type=Path, default=None, help="host state folder (default: $KPIPE_HOST_ROOT or .data/host)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the Kaggle API on loopback")
+    serve.add_argument("--port", type=int, default=80, help="port (80 is what KAGGLE_API_ENVIRONMENT=LOCALHOST uses)")
+    serve.add_argument("--bind", default="127.0.0.1", help="loopback address to listen on")
+    add = sub.add_parser("add", help="host a competition of your own from a folder (competition.json, data/, solution.csv)")
+    add.add_argument("folder", type=Path)
+    build = sub.add_parser("build", help="build built-in competitions now instead of on first use")
+    build.add_argument("slugs", nargs="*", default=sorted(builders.BUILDERS))
+    sub.add_parser("where", help="print where the host keeps its state and client credentials")
+    sub.add_parser("stop", help="stop the host serving from this state folder")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    store = HostStore(args.root or host_root())
+    try:
+        if args.command == "serve":
+            server = make_server(store, args.port, args.bind)
+            print(f"local Kaggle host: http://{args.bind}:{args.port}  state: {store.root}  "
+                  f"client config: {store.root / 'client' / 'kaggle.json'}", flush=True)
+            pid_file = store.root / "server.pid"
+            pid_file.write_text(f"{os.getpid()}\n")
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so the finally below runs
+            try:
+                server.serve_forever()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                pid_file.unlink(missing_ok=True)
+        elif args.command == "add":
+            slug = store.add_competition(args.folder)
+            print(f"hosting '{slug}' from {args.folder}")
+        elif args.command == "build":
+            for slug in args.slugs:
+                print(f"{slug}: {store.competition_dir(slug)}", flush=True)
+        elif args.command == "stop":
+            pid_file = store.root / "server.pid"
+            if not pid_file.is_file():
+                print(f"no host is running from {store.root}")
+            else:
+                pid = int(pid_file.read_text())
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                    print(f"stopped the local host (pid {pid})")
+                except ProcessLookupError:
+                    print(f"the local host (pid {pid}) was not running")
+                pid_file.unlink(missing_ok=True)
+        elif args.command == "where":
+            store.credentials()
+            print(f"state: {store.root}\nclient config: {store.root / 'client' / 'kaggle.json'}")
+    except PermissionError as exc:
+        print(f"error: {exc}; port {getattr(args, 'port', '')} below 1024 needs root or CAP_NET_BIND_SERVICE "
+              "(or use --port 8080 and see README 'Local host on another port')", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, builders.BuildError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

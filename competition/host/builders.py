@@ -1,0 +1,253 @@
+"""Build the competitions the local host ships, from real data where this machine has it.
+
+A built competition is a folder the host can serve (the same folder `python -m competition.host add`
+accepts for a course competition of one's own):
+
+    competition.json   title, metric, id/label columns, labels, daily limit
+    data/              exactly the files participants download
+    solution.csv       id,label,Usage — hidden test labels with a fixed 50/50 public/private split
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+PUBLIC_FRACTION = 0.5
+SPLIT_SEED = 20240601  # fixed: the public/private split must never change between host restarts
+
+
+class BuildError(Exception):
+    pass
+
+
+def write_csv(path: Path, header: list[str], rows) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def public_private_usage(n: int) -> list[str]:
+    """A fixed, seeded split of n test rows: the first PUBLIC_FRACTION of a permutation is Public."""
+    order = np.random.default_rng(SPLIT_SEED).permutation(n)
+    usage = np.full(n, "Private", dtype=object)
+    usage[order[: int(round(n * PUBLIC_FRACTION))]] = "Public"
+    return list(usage)
+
+
+def write_competition(dest: Path, meta: dict, test_ids: list[str], test_labels: list[str]) -> None:
+    """Write competition.json, solution.csv and data/sample_submission.csv (the first label everywhere)."""
+    (dest / "data").mkdir(parents=True, exist_ok=True)
+    (dest / "competition.json").write_text(json.dumps(meta, indent=2) + "\n")
+    usage = public_private_usage(len(test_ids))
+    write_csv(dest / "solution.csv", ["id", "label", "Usage"], zip(test_ids, test_labels, usage))
+    write_csv(dest / "data" / "sample_submission.csv", ["id", "label"], ((i, meta["labels"][0]) for i in test_ids))
+
+
+def _meta(slug: str, title: str, labels: list[str], description: str, synthetic: bool = False) -> dict:
+    return {
+        "slug": slug,
+        "title": title,
+        "description": description,
+        "category": "Community",
+        "metric": "accuracy",
+        "id_column": "id",
+        "label_column": "label",
+        "labels": labels,
+        "max_daily_submissions": 20,
+        "deadline": "2099-12-31T23:59:59",
+        "synthetic": synthetic,
+    }
+
+
+# --- fashion-mnist: real data from Debian's dataset-fashion-mnist, laid out as .npy arrays -------------
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read a (gzipped) IDX file: magic, dims, then uint8 data."""
+    with gzip.open(path, "rb") as fh:
+        raw = fh.read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != math.prod(dims):
+        raise BuildError(f"{path}: IDX header says {dims} but holds {data.size} bytes")
+    return data.reshape(dims)
+
+
+def build_fashion_mnist(dest: Path) -> None:
+    files = {k: FASHION_MNIST_DIR / f"{k}-ubyte.gz" for k in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise BuildError(
+            f"Fashion-MNIST files not found ({missing[0]}); install them with: sudo apt-get install dataset-fashion-mnist"
+        )
+    train_images, train_labels = read_idx(files["train-images-idx3"]), read_idx(files["train-labels-idx1"])
+    test_images, test_labels = read_idx(files["t10k-images-idx3"]), read_idx(files["t10k-labels-idx1"])
+    meta = BUILTIN_META["fashion-mnist"]
+    train_ids = [str(i) for i in range(len(train_images))]
+    test_ids = [str(len(train_images) + i) for i in range(len(test_images))]
+    write_competition(dest, meta, test_ids, [str(v) for v in test_labels])
+    np.save(dest / "data" / "train_images.npy", train_images)
+    np.save(dest / "data" / "test_images.npy", test_images)
+    write_csv(dest / "data" / "train.csv", ["id", "label"], zip(train_ids, train_labels.tolist()))
+
+
+# --- digits: scikit-learn's bundled 8x8 digits as PNG files + CSV ------------------------------------
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(array).save(path, format="PNG")
+
+
+def build_digits(dest: Path) -> None:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    # sklearn stores 0..16 intensities; scale to the full uint8 range as a real image file would hold.
+    images = np.clip(bunch.images * 16, 0, 255).astype(np.uint8)
+    ids = np.array([f"d{i:04d}" for i in range(len(images))])
+    train_idx, test_idx = train_test_split(
+        np.arange(len(images)), test_size=0.25, stratify=bunch.target, random_state=SPLIT_SEED
+    )
+    meta = BUILTIN_META["digits"]
+    test_idx = np.sort(test_idx)
+    write_competition(dest, meta, list(ids[test_idx]), [str(bunch.target[i]) for i in test_idx])
+    for folder, idx in (("train", np.sort(train_idx)), ("test", test_idx)):
+        (dest / "data" / folder).mkdir(parents=True, exist_ok=True)
+        for i in idx:
+            _save_png(images[i], dest / "data" / folder / f"{ids[i]}.png")
+    write_csv(dest / "data" / "train.csv", ["id", "label"], ((ids[i], bunch.target[i]) for i in np.sort(train_idx)))
+
+
+# --- thu-deep-learning: SYNTHETIC 64x64 RGB, 100 classes, class folders of JPEGs ---------------------
+# No tiny-image data set is reachable offline, so classes are drawn: 10 shapes x 10 hue bands.
+# Neighbouring hue bands overlap under colour jitter and a distractor shape shares each image,
+# so a good model lands well above chance (1%) but below 100%.
+
+SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring", "bar", "star", "pentagon", "arrow")
+HUE_BANDS = 10
+
+
+def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]] | None:
+    def rot(points):
+        ca, sa = math.cos(angle), math.sin(angle)
+        return [(cx + x * ca - y * sa, cy + x * sa + y * ca) for x, y in points]
+
+    if shape == "square":
+        return rot([(-r, -r), (r, -r), (r, r), (-r, r)])
+    if shape == "triangle":
+        return rot([(r * math.cos(a), r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)])
+    if shape == "diamond":
+        return rot([(0, -r), (0.6 * r, 0), (0, r), (-0.6 * r, 0)])
+    if shape == "cross":
+        w = r / 3
+        return rot([(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w), (-w, -w)])
+    if shape == "bar":
+        return rot([(-r, -r / 4), (r, -r / 4), (r, r / 4), (-r, r / 4)])
+    if shape == "star":
+        return rot([((r if k % 2 == 0 else r / 2.5) * math.cos(k * math.pi / 5 - math.pi / 2),
+                     (r if k % 2 == 0 else r / 2.5) * math.sin(k * math.pi / 5 - math.pi / 2)) for k in range(10)])
+    if shape == "pentagon":
+        return rot([(r * math.cos(k * 2 * math.pi / 5 - math.pi / 2), r * math.sin(k * 2 * math.pi / 5 - math.pi / 2)) for k in range(5)])
+    if shape == "arrow":
+        return rot([(-r, -r / 4), (0, -r / 4), (0, -r), (r, 0), (0, r), (0, r / 4), (-r, r / 4)])
+    return None  # circle and ring are ellipses
+
+
+def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[int, int, int]:
+    import colorsys
+
+    return tuple(int(255 * c) for c in colorsys.hsv_to_rgb(h % 1.0, s, v))
+
+
+def draw_synthetic_image(class_index: int, rng: np.random.Generator) -> np.ndarray:
+    from PIL import Image, ImageDraw, ImageFilter
+
+    size = 64
+    shape, band = SHAPES[class_index // HUE_BANDS], class_index % HUE_BANDS
+    # Background: a random two-colour gradient plus noise, so colour alone does not give the class away.
+    c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    t = np.linspace(0, 1, size)[None, :, None] if rng.random() < 0.5 else np.linspace(0, 1, size)[:, None, None]
+    background = (c0 * (1 - t) + c1 * t) * np.ones((size, size, 1))
+    background = np.clip(background * 0.6 + rng.normal(0, 18, (size, size, 3)), 0, 255).astype(np.uint8)
+    image = Image.fromarray(background)
+    draw = ImageDraw.Draw(image)
+
+    def draw_shape(which: str, hue: float, radius: float) -> None:
+        cx, cy = rng.uniform(radius, size - radius, 2)
+        colour = _hsv_to_rgb(hue, rng.uniform(0.55, 1.0), rng.uniform(0.55, 1.0))
+        polygon = _shape_polygon(which, cx, cy, radius, rng.uniform(0, 2 * math.pi))
+        if polygon is not None:
+            draw.polygon(polygon, fill=colour)
+        elif which == "circle":
+            draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=colour)
+        else:
+            draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], outline=colour, width=max(2, int(radius / 3)))
+
+    # A smaller distractor of a random other shape and colour, drawn first so the class shape is on top.
+    draw_shape(SHAPES[rng.integers(len(SHAPES))], rng.random(), rng.uniform(5, 9))
+    # Hue jitter of +-0.7 band widths makes neighbouring bands overlap: an irreducible error.
+    hue = (band + 0.5 + rng.uniform(-0.7, 0.7)) / HUE_BANDS
+    draw_shape(shape, hue, rng.uniform(11, 20))
+    image = image.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0, 0.8)))
+    return np.asarray(image)
+
+
+def build_thu_deep_learning(dest: Path, train_per_class: int = 100, test_per_class: int = 20) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(SPLIT_SEED)
+    meta = BUILTIN_META["thu-deep-learning"]
+    labels = meta["labels"]
+    test_ids, test_labels, test_images = [], [], []
+    serial = 0
+    for class_index, label in enumerate(labels):
+        (dest / "data" / "train" / label).mkdir(parents=True, exist_ok=True)
+        for _ in range(train_per_class):
+            Image.fromarray(draw_synthetic_image(class_index, rng)).save(
+                dest / "data" / "train" / label / f"t{serial:06d}.jpg", quality=90)
+            serial += 1
+        for _ in range(test_per_class):
+            test_images.append(draw_synthetic_image(class_index, rng))
+            test_labels.append(label)
+    # Shuffle the test set so ids carry no label information.
+    order = rng.permutation(len(test_images))
+    (dest / "data" / "test").mkdir(parents=True, exist_ok=True)
+    for position, source in enumerate(order):
+        sample_id = f"x{position:05d}"
+        test_ids.append(sample_id)
+        Image.fromarray(test_images[source]).save(dest / "data" / "test" / f"{sample_id}.jpg", quality=90)
+    write_competition(dest, meta, test_ids, [test_labels[s] for s in order])
+
+
+BUILTIN_META: dict[str, dict] = {
+    "fashion-mnist": _meta(
+        "fashion-mnist", "Fashion-MNIST (course-style)", [str(i) for i in range(10)],
+        "Classify 28x28 grey clothing images into 10 classes. Real Fashion-MNIST; test labels hidden."),
+    "digits": _meta(
+        "digits", "Digits 8x8 (tiny)", [str(i) for i in range(10)],
+        "scikit-learn's 1,797 handwritten 8x8 digits as PNG files; for fast end-to-end runs."),
+    "thu-deep-learning": _meta(
+        "thu-deep-learning", "Tiny image challenge (SYNTHETIC stand-in)",
+        [f"c{i:03d}" for i in range(len(SHAPES) * HUE_BANDS)],
+        "SYNTHETIC: procedurally drawn 64x64 RGB shapes, 100 classes (10 shapes x 10 hue bands). "
+        "Stands in for the course's thu-deep-learning competition, which cannot be reached offline.",
+        synthetic=True),
+}
+
+BUILDERS: dict[str, Callable[[Path], None]] = {
+    "fashion-mnist": build_fashion_mnist,
+    "digits": build_digits,
+    "thu-deep-learning": build_thu_deep_learning,
+}

@@ -1,0 +1,258 @@
+"""The local host's state on disk: competitions (files + hidden solution), uploads, submissions.
+
+Layout under the host root:
+    credentials.json                 the one account the host accepts (made on first start)
+    client/kaggle.json               the same account, as the kaggle client reads it
+    competitions/<slug>/             competition.json, data/, solution.csv (see builders.py)
+    downloads/<slug>/<slug>.zip      the data/ folder zipped, rebuilt when data/ changes
+    uploads/<token>                  raw submission bytes, as PUT by the client
+    host.db                          SQLite: uploads and submissions
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import sqlite3
+import threading
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from competition.host import builders
+from competition.host.scoring import Score, Solution, SubmissionRejected, score_submission
+
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS uploads (
+    token TEXT PRIMARY KEY, competition TEXT NOT NULL, file_name TEXT NOT NULL,
+    content_length INTEGER NOT NULL, created TEXT NOT NULL, complete INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS submissions (
+    ref INTEGER PRIMARY KEY AUTOINCREMENT, competition TEXT NOT NULL, team TEXT NOT NULL,
+    file_name TEXT NOT NULL, total_bytes INTEGER NOT NULL, date TEXT NOT NULL, description TEXT NOT NULL,
+    status TEXT NOT NULL, public_score REAL, private_score REAL, error_description TEXT NOT NULL DEFAULT '');
+"""
+
+
+class NotFound(Exception):
+    pass
+
+
+class LimitReached(Exception):
+    pass
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def iso(dt: datetime) -> str:
+    return dt.isoformat(timespec="milliseconds") + "Z"
+
+
+def write_json_atomic(path: Path, obj, mode: int | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    if mode is not None:
+        os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+class HostStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()  # one writer at a time: builds, zips, submissions
+        with self._db() as db:
+            db.executescript(_SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.root / "host.db", timeout=30)
+
+    # --- credentials ---------------------------------------------------------------------------
+
+    def credentials(self) -> dict:
+        """The host's account; created on first use, mirrored as a kaggle.json for the client."""
+        path = self.root / "credentials.json"
+        if not path.is_file():
+            creds = {"username": "localuser", "key": secrets.token_hex(16), "token": "KGAT_" + secrets.token_hex(16)}
+            write_json_atomic(path, creds, mode=0o600)
+            write_json_atomic(self.root / "client" / "kaggle.json", {"username": creds["username"], "key": creds["key"]}, mode=0o600)
+        return json.loads(path.read_text())
+
+    # --- competitions --------------------------------------------------------------------------
+
+    def slugs(self) -> list[str]:
+        built = {p.parent.name for p in (self.root / "competitions").glob("*/competition.json")}
+        return sorted(built | set(builders.BUILTIN_META))
+
+    def meta(self, slug: str) -> dict:
+        path = self.root / "competitions" / slug / "competition.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        if slug in builders.BUILTIN_META:
+            return builders.BUILTIN_META[slug]
+        raise NotFound(f"Competition '{slug}' is not hosted here; hosted: {', '.join(self.slugs())}")
+
+    def competition_dir(self, slug: str) -> Path:
+        """The competition's folder, building a built-in competition the first time it is needed."""
+        folder = self.root / "competitions" / slug
+        if (folder / "competition.json").is_file():
+            return folder
+        self.meta(slug)  # raises NotFound for unknown slugs
+        with self._lock:
+            if not (folder / "competition.json").is_file():
+                staging = folder.with_name(folder.name + ".building")
+                shutil.rmtree(staging, ignore_errors=True)
+                builders.BUILDERS[slug](staging)
+                shutil.rmtree(folder, ignore_errors=True)
+                os.replace(staging, folder)
+        return folder
+
+    def add_competition(self, source: Path) -> str:
+        """Host a course competition of one's own: `source` holds competition.json, data/ and solution.csv."""
+        meta_path = source / "competition.json"
+        if not meta_path.is_file():
+            raise ValueError(f"{meta_path}: missing; see README 'Host your own competition'")
+        meta = json.loads(meta_path.read_text())
+        for key in ("slug", "title", "labels", "id_column", "label_column"):
+            if key not in meta:
+                raise ValueError(f"{meta_path}: missing key '{key}'")
+        if not (source / "data" / "sample_submission.csv").is_file():
+            raise ValueError(f"{source / 'data' / 'sample_submission.csv'}: missing; participants need it")
+        # Parse the solution now so a broken one is refused here, not at the first submission.
+        Solution.load(source / "solution.csv", meta["id_column"], meta["label_column"], [str(x) for x in meta["labels"]])
+        meta = {"category": "Community", "metric": "accuracy", "max_daily_submissions": 20,
+                "deadline": "2099-12-31T23:59:59", "description": "", "synthetic": False, **meta}
+        dest = self.root / "competitions" / meta["slug"]
+        with self._lock:
+            staging = dest.with_name(dest.name + ".adding")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(source, staging)
+            write_json_atomic(staging / "competition.json", meta)
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(staging, dest)
+        return meta["slug"]
+
+    def data_files(self, slug: str) -> list[Path]:
+        data_dir = self.competition_dir(slug) / "data"
+        return sorted(p for p in data_dir.rglob("*") if p.is_file())
+
+    def data_file(self, slug: str, name: str) -> Path:
+        data_dir = (self.competition_dir(slug) / "data").resolve()
+        path = (data_dir / name).resolve()
+        if data_dir not in path.parents or not path.is_file():
+            raise NotFound(f"Competition '{slug}' has no data file '{name}'")
+        return path
+
+    def data_zip(self, slug: str) -> Path:
+        """All data files in one zip, rebuilt only when a data file is newer than the zip."""
+        files = self.data_files(slug)
+        data_dir = self.competition_dir(slug) / "data"
+        zip_path = self.root / "downloads" / slug / f"{slug}.zip"
+        newest = max(p.stat().st_mtime for p in files)
+        with self._lock:
+            if not zip_path.is_file() or zip_path.stat().st_mtime < newest:
+                zip_path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = zip_path.with_name(zip_path.name + ".tmp")
+                with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+                    for path in files:
+                        zf.write(path, path.relative_to(data_dir).as_posix())
+                os.replace(tmp, zip_path)
+        return zip_path
+
+    def solution(self, slug: str) -> Solution:
+        meta = self.meta(slug)
+        return Solution.load(self.competition_dir(slug) / "solution.csv", meta["id_column"], meta["label_column"],
+                             [str(x) for x in meta["labels"]])
+
+    # --- uploads and submissions ---------------------------------------------------------------
+
+    def start_upload(self, slug: str, file_name: str, content_length: int) -> str:
+        self.meta(slug)
+        if content_length > MAX_UPLOAD_BYTES:
+            raise SubmissionRejected(f"Submission is {content_length} bytes; the limit is {MAX_UPLOAD_BYTES}")
+        token = secrets.token_urlsafe(24)
+        with self._db() as db:
+            db.execute("INSERT INTO uploads VALUES (?,?,?,?,?,0)", (token, slug, file_name, content_length, iso(utcnow())))
+        return token
+
+    def receive_upload(self, token: str, body: bytes) -> None:
+        with self._db() as db:
+            row = db.execute("SELECT complete FROM uploads WHERE token=?", (token,)).fetchone()
+            if row is None:
+                raise NotFound("Unknown upload token")
+            path = self.root / "uploads" / token
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(token + ".part")
+            tmp.write_bytes(body)
+            os.replace(tmp, path)
+            db.execute("UPDATE uploads SET complete=1 WHERE token=?", (token,))
+
+    def limits(self, slug: str, team: str) -> dict:
+        meta = self.meta(slug)
+        today = utcnow().date().isoformat()
+        with self._db() as db:
+            num_today = db.execute(
+                "SELECT COUNT(*) FROM submissions WHERE competition=? AND team=? AND status!='ERROR' AND substr(date,1,10)=?",
+                (slug, team, today)).fetchone()[0]
+            num_total = db.execute(
+                "SELECT COUNT(*) FROM submissions WHERE competition=? AND team=? AND status!='ERROR'", (slug, team)).fetchone()[0]
+        allowed = max(int(meta["max_daily_submissions"]) - num_today, 0)
+        return {"numToday": num_today, "numTotal": num_total, "numAllowedNow": allowed, "limitedByTotal": False}
+
+    def create_submission(self, slug: str, team: str, token: str, description: str) -> int:
+        """Score the uploaded file; a malformed one is recorded as ERROR (not counted) and re-raised."""
+        meta = self.meta(slug)
+        with self._db() as db:
+            row = db.execute("SELECT competition, file_name, complete FROM uploads WHERE token=?", (token,)).fetchone()
+        if row is None or not row[2]:
+            raise SubmissionRejected("No uploaded file for this token; upload the CSV first")
+        if row[0] != slug:
+            raise SubmissionRejected(f"This upload was started for competition '{row[0]}', not '{slug}'")
+        file_name = row[1]
+        with self._lock:
+            if self.limits(slug, team)["numAllowedNow"] <= 0:
+                raise LimitReached(
+                    f"Daily submission limit reached ({meta['max_daily_submissions']} per day for '{slug}'); "
+                    "it resets at 00:00 UTC")
+            data = (self.root / "uploads" / token).read_bytes()
+            score: Score | None = None
+            error = ""
+            try:
+                score = score_submission(data, self.solution(slug))
+            except SubmissionRejected as exc:
+                error = str(exc)
+            with self._db() as db:
+                cursor = db.execute(
+                    "INSERT INTO submissions (competition, team, file_name, total_bytes, date, description, status,"
+                    " public_score, private_score, error_description) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (slug, team, file_name, len(data), iso(utcnow()), description, "ERROR" if error else "COMPLETE",
+                     score.public if score else None, score.private if score else None, error))
+                ref = cursor.lastrowid
+        if error:
+            raise SubmissionRejected(error)
+        return ref
+
+    def submissions(self, slug: str | None = None, team: str | None = None, ref: int | None = None) -> list[dict]:
+        query, args = "SELECT * FROM submissions WHERE 1=1", []
+        for column, value in (("competition", slug), ("team", team), ("ref", ref)):
+            if value is not None:
+                query += f" AND {column}=?"
+                args.append(value)
+        with self._db() as db:
+            db.row_factory = sqlite3.Row
+            return [dict(r) for r in db.execute(query + " ORDER BY ref DESC", args)]
+
+    def leaderboard(self, slug: str) -> list[dict]:
+        """Each team's best public score, best first (ties: earlier submission first)."""
+        best: dict[str, dict] = {}
+        for sub in reversed(self.submissions(slug)):
+            if sub["status"] != "COMPLETE":
+                continue
+            if sub["team"] not in best or sub["public_score"] > best[sub["team"]]["public_score"]:
+                best[sub["team"]] = sub
+        return sorted(best.values(), key=lambda s: (-s["public_score"], s["date"]))

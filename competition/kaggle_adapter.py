@@ -1,0 +1,139 @@
+"""The one door to the Kaggle API: an authenticated `KaggleApi` for a competition spec's host.
+
+`host: kaggle` uses the real Kaggle with the user's own credentials (~/.kaggle/kaggle.json or
+KAGGLE_USERNAME/KAGGLE_KEY), exactly as the `kaggle` CLI does.
+
+`host: local` uses the project's local host (`make serve`). >>> THE ONE PLACE THAT REDIRECTS THE CLIENT <<<
+- `KAGGLE_API_ENVIRONMENT=LOCALHOST` makes kaggle 2.2.x send every call to http://localhost (port 80);
+- when the host listens elsewhere ($KPIPE_LOCAL_HOST_PORT), HTTP_PROXY=http://127.0.0.1:<port> carries the
+  same requests there (the host strips the scheme and host from the proxied request line);
+- credentials come from the host's own client config (<host root>/client/kaggle.json), never ~/.kaggle.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from competition.errors import KaggleError
+from competition.paths import REPO_ROOT, host_root
+from competition.spec import CompetitionSpec
+
+HOST_START_TIMEOUT_S = 20
+
+
+def local_host_port() -> int:
+    value = os.environ.get("KPIPE_LOCAL_HOST_PORT", "80")
+    if not value.isdigit():
+        raise KaggleError(f"KPIPE_LOCAL_HOST_PORT={value!r}: must be a port number, e.g. 80 or 8080")
+    return int(value)
+
+
+def port_open(port: int, address: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((address, port)) == 0
+
+
+def ensure_local_host(port: int) -> None:
+    """Start `python -m competition.host serve` in the background unless something already listens on `port`."""
+    if port_open(port):
+        return
+    root = host_root()
+    root.mkdir(parents=True, exist_ok=True)
+    log_path = root / "server.log"
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "competition.host", "--root", str(root), "serve", "--port", str(port)],
+            cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # outlives this command, like `make serve` would
+        )
+    deadline = time.monotonic() + HOST_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if port_open(port):
+            print(f"started the local Kaggle host on port {port} (pid {process.pid}, log {log_path}; stop it with `make stop-host`)",
+                  file=sys.stderr)
+            return
+        if process.poll() is not None:
+            break
+        time.sleep(0.2)
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+    raise KaggleError(
+        f"could not start the local Kaggle host on port {port}: {tail[0]}; run `make serve` as root, "
+        "or start it on another port and set KPIPE_LOCAL_HOST_PORT")
+
+
+def _point_client_at_local_host(port: int) -> Path:
+    os.environ["KAGGLE_API_ENVIRONMENT"] = "LOCALHOST"
+    if port != 80:
+        os.environ["HTTP_PROXY"] = os.environ["http_proxy"] = f"http://127.0.0.1:{port}"
+        for name in ("NO_PROXY", "no_proxy"):
+            os.environ.pop(name, None)
+    return host_root() / "client"
+
+
+def _import_kaggle_api():
+    """Import late: kaggle reads KAGGLE_API_ENVIRONMENT and KAGGLE_CONFIG_DIR into class attributes at import.
+
+    `import kaggle` also authenticates a module-level client against the default config and prints the
+    CLI's login help when that finds nothing; that text is about the wrong config, so it is swallowed.
+    """
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        from kaggle.api.kaggle_api_extended import KaggleApi
+    return KaggleApi
+
+
+def kaggle_api(spec: CompetitionSpec, start_local_host: bool = True):
+    """An authenticated KaggleApi for `spec.host`; every failure is a one-line KaggleError."""
+    config_dir: Path | None = None
+    if spec.host == "local":
+        port = local_host_port()
+        if start_local_host:
+            ensure_local_host(port)
+        config_dir = _point_client_at_local_host(port)
+        if not (config_dir / "kaggle.json").is_file():
+            raise KaggleError(f"{config_dir / 'kaggle.json'}: missing; the local host writes it on its first start (`make serve`)")
+    else:
+        default_config = Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle") / "kaggle.json"
+        has_env_creds = os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")
+        if not (default_config.is_file() or has_env_creds or os.environ.get("KAGGLE_API_TOKEN")):
+            raise KaggleError(
+                f"no Kaggle credentials: save your API token as {default_config} (chmod 600) or set KAGGLE_USERNAME and "
+                f"KAGGLE_KEY; or set `host: local` in competition/{spec.name}.yaml to use the local host")
+
+    KaggleApi = _import_kaggle_api()
+
+    api = KaggleApi()
+    # The same settings on the instance, in case kaggle was imported before the environment was set.
+    api.args = [a for a in api.args if a != "--local"] + (["--local"] if spec.host == "local" else [])
+    if config_dir is not None:
+        api.config_dir = str(config_dir)
+        api.config = str(config_dir / "kaggle.json")
+    try:
+        api.authenticate()
+    except SystemExit:
+        raise KaggleError("the kaggle client found no usable credentials; see README 'Using the real Kaggle'") from None
+    return api
+
+
+def describe_request_error(exc: Exception, spec: CompetitionSpec) -> str:
+    """One sentence for a failed Kaggle call: the server's message, or how to get connected."""
+    import requests
+
+    where = f"the local host (port {local_host_port()})" if spec.host == "local" else "kaggle.com"
+    if isinstance(exc, requests.ConnectionError):
+        fix = "start it with `make serve`" if spec.host == "local" else "check your internet connection, or use `host: local`"
+        return f"cannot reach {where}: {fix}"
+    if isinstance(exc, requests.HTTPError):
+        status = exc.response.status_code if exc.response is not None else "?"
+        if status == 401:
+            return f"{where} refused the credentials (HTTP 401); check kaggle.json"
+        if status == 403 and spec.host == "kaggle":
+            return f"kaggle.com refused access (HTTP 403): accept the rules of '{spec.kaggle_slug}' on its web page first"
+        return f"{where} answered HTTP {status}: {exc}"
+    return f"{where}: {exc}"

@@ -1,0 +1,25 @@
+"""Where things live on disk. All generated state sits under one gitignored folder, `.data/` by default."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_root() -> Path:
+    """Root of downloaded and derived data ($KPIPE_DATA, default <repo>/.data)."""
+    return Path(os.environ.get("KPIPE_DATA") or REPO_ROOT / ".data")
+
+
+def host_root() -> Path:
+    """State of the local Kaggle host ($KPIPE_HOST_ROOT, default <data root>/host)."""
+    return Path(os.environ.get("KPIPE_HOST_ROOT") or data_root() / "host")
+
+
+def competition_root(name: str) -> Path:
+    return data_root() / name
+
+
+def submissions_root() -> Path:
+    return Path(os.environ.get("KPIPE_SUBMISSIONS") or REPO_ROOT / "submissions")

@@ -1,0 +1,183 @@
+"""Competition specs: one YAML per competition, validated once at load.
+
+A spec says where the competition lives (the real Kaggle or the local host),
+how its files are laid out, what the images look like and how it is scored.
+Everything downstream receives a `CompetitionSpec`, never raw YAML.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from competition.errors import SpecError
+
+SPEC_DIR = Path(__file__).resolve().parent
+
+
+class _Strict(BaseModel):
+    # extra="forbid" turns a typo in a YAML key into an error instead of a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NpyLayout(_Strict):
+    """Images as .npy arrays (N×H×W or N×H×W×C, uint8); rows line up with train_csv / sample_submission."""
+
+    kind: Literal["npy"]
+    train_images: str = "train_images.npy"
+    train_csv: str = "train.csv"
+    test_images: str = "test_images.npy"
+    sample_submission: str = "sample_submission.csv"
+
+
+class CsvImagesLayout(_Strict):
+    """One image file per row of train_csv / sample_submission, named by `filename` (a template over the id)."""
+
+    kind: Literal["csv_images"]
+    train_csv: str = "train.csv"
+    train_dir: str = "train"
+    test_dir: str = "test"
+    sample_submission: str = "sample_submission.csv"
+    filename: str = "{id}.png"
+
+    @field_validator("filename")
+    @classmethod
+    def _has_id(cls, value: str) -> str:
+        if "{id}" not in value:
+            raise ValueError("must contain '{id}', e.g. '{id}.png'")
+        return value
+
+
+class ClassFoldersLayout(_Strict):
+    """Training images in one folder per class (folder name = class label); test images flat, ids from sample_submission."""
+
+    kind: Literal["class_folders"]
+    train_dir: str = "train"
+    test_dir: str = "test"
+    sample_submission: str = "sample_submission.csv"
+    filename: str = "{id}.png"
+
+    @field_validator("filename")
+    @classmethod
+    def _has_id(cls, value: str) -> str:
+        return CsvImagesLayout._has_id(value)
+
+
+Layout = Annotated[Union[NpyLayout, CsvImagesLayout, ClassFoldersLayout], Field(discriminator="kind")]
+
+
+class ImageShape(_Strict):
+    height: int = Field(ge=8, le=1024)
+    width: int = Field(ge=8, le=1024)
+    channels: Literal[1, 3]
+
+
+class FoldsConfig(_Strict):
+    n_splits: int = Field(default=5, ge=2, le=20)
+    seed: int = 42
+
+
+class CompetitionSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    title: str
+    kaggle_slug: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+    host: Literal["kaggle", "local"]
+    synthetic: bool = False
+    layout: Layout
+    id_column: str = "id"
+    label_column: str = "label"
+    # Labels exactly as they are written in train.csv / folder names / submissions.
+    classes: list[str] = Field(min_length=2)
+    # Human-readable names for reports; defaults to the labels themselves.
+    class_names: list[str] | None = None
+    image: ImageShape
+    metric: Literal["accuracy"]
+    folds: FoldsConfig = FoldsConfig()
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _labels_as_text(cls, value):
+        # YAML reads `[0, 1, 2]` as ints; labels are compared as the text a CSV holds.
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, (int, str)) and not isinstance(v, bool) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _check_classes(self):
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError("classes: duplicate labels")
+        if self.class_names is not None and len(self.class_names) != len(self.classes):
+            raise ValueError(f"class_names: has {len(self.class_names)} names for {len(self.classes)} classes")
+        return self
+
+    @property
+    def display_names(self) -> list[str]:
+        return list(self.class_names or self.classes)
+
+    def data_hash(self) -> str:
+        """Hash of the fields that decide what `prepare` produces (not the folds, not the title)."""
+        fields = self.model_dump(include={"layout", "id_column", "label_column", "classes", "image"})
+        return stable_hash(fields)
+
+
+def stable_hash(obj) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))
+
+
+def spec_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    return SPEC_DIR / f"{name}.yaml"
+
+
+def load_spec(name: str) -> CompetitionSpec:
+    """Load `competition/<name>.yaml` (or a path to a YAML file); any problem is a one-line SpecError."""
+    path = spec_path(name)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such competition spec; known competitions: {', '.join(available())}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a mapping of keys at the top level")
+    try:
+        return CompetitionSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(f"{path}: {describe_validation_error(exc)}") from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """The most telling problem pydantic found, as 'key.path: what is wrong (got X)'."""
+
+    def key_of(error) -> str:
+        # Discriminated unions put the tag ('npy') into the location; it is not a key the user wrote.
+        loc = [str(p) for p in error["loc"] if p not in ("npy", "csv_images", "class_folders")]
+        return ".".join(loc) or "(top level)"
+
+    errors = exc.errors()
+    # A misspelt key is both unknown and (under its right name) missing: the unknown one says more.
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    missing = [e for e in errors if e["type"] == "missing"]
+    if unknown:
+        hint = f"; '{key_of(missing[0])}' is missing" if missing else ""
+        return f"unknown key '{key_of(unknown[0])}' (remove it or check its spelling{hint})"
+    first = errors[0]
+    if first["type"] == "missing":
+        return f"missing required key '{key_of(first)}'"
+    got = first.get("input")
+    got_text = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+    more = f" [+{len(errors) - 1} more]" if len(errors) > 1 else ""
+    return f"key '{key_of(first)}': {first['msg']}{got_text}{more}"

@@ -1,0 +1,1 @@
+"""Model architectures behind one registry (`models.create(name, ...)`); filled in by the train stage."""

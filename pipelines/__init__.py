@@ -1,0 +1,1 @@
+"""The competition pipeline: stages that read validated config and input artifacts and write output artifacts."""

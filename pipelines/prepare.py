@@ -1,0 +1,144 @@
+"""prepare: raw competition files -> canonical cached arrays, and a seeded stratified k-fold split.
+
+Outputs (each folder keyed by a hash of its config and inputs, see artifacts.py):
+    <data>/<comp>/prepared/<key>/  train_images.npy (uint8 N×H×W×C), train_labels.npy (class indices),
+                                   train.csv (id,label), test_images.npy, test_ids.csv, manifest.json
+    <data>/<comp>/folds/<key>/     folds.csv (id,label,fold), manifest.json
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold
+
+from competition.errors import DataError
+from competition.paths import competition_root
+from competition.spec import CompetitionSpec, stable_hash
+from pipelines.artifacts import atomic_output, is_complete, output_key, read_manifest
+from pipelines.download import raw_dir, raw_is_complete
+from pipelines.readers import CanonicalData, read_competition
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Where the canonical arrays of one competition live; load them with `load()`."""
+
+    folder: Path
+    key: str
+
+    def load(self, mmap: bool = True) -> CanonicalData:
+        mode = "r" if mmap else None
+        with open(self.folder / "train.csv", newline="") as fh:
+            train_ids = [row["id"] for row in csv.DictReader(fh)]
+        with open(self.folder / "test_ids.csv", newline="") as fh:
+            test_ids = [row["id"] for row in csv.DictReader(fh)]
+        return CanonicalData(
+            train_images=np.load(self.folder / "train_images.npy", mmap_mode=mode),
+            train_labels=np.load(self.folder / "train_labels.npy"),
+            train_ids=train_ids,
+            test_images=np.load(self.folder / "test_images.npy", mmap_mode=mode),
+            test_ids=test_ids,
+        )
+
+
+def _write_rows(path: Path, header: list[str], rows) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def prepare(spec: CompetitionSpec, force: bool = False) -> Prepared:
+    raw = raw_dir(spec)
+    if not raw_is_complete(raw):
+        raise DataError(f"{raw}: no complete download; run `python -m pipelines download --comp {spec.name}` first")
+    config = {"data": spec.data_hash()}
+    inputs = {"raw": stable_hash(read_manifest(raw)["files"])}
+    key = output_key(config, inputs)
+    folder = competition_root(spec.name) / "prepared" / key
+    if is_complete(folder) and not force:
+        print(f"prepare: {spec.name}: up to date ({folder})")
+        return Prepared(folder, key)
+    data = read_competition(spec, raw)
+    summary: dict = {}
+    with atomic_output(folder, "prepare", config, inputs, extra=summary) as staging:
+        np.save(staging / "train_images.npy", data.train_images)
+        np.save(staging / "train_labels.npy", data.train_labels)
+        np.save(staging / "test_images.npy", data.test_images)
+        _write_rows(staging / "train.csv", ["id", "label"],
+                    ((i, spec.classes[c]) for i, c in zip(data.train_ids, data.train_labels)))
+        _write_rows(staging / "test_ids.csv", ["id"], ((i,) for i in data.test_ids))
+        summary.update({
+            "classes": spec.classes,
+            "class_names": spec.display_names,
+            "train_shape": list(data.train_images.shape),
+            "test_shape": list(data.test_images.shape),
+            "class_counts": np.bincount(data.train_labels, minlength=len(spec.classes)).tolist(),
+        })
+    counts = summary["class_counts"]
+    print(f"prepare: {spec.name}: {len(data.train_ids)} train / {len(data.test_ids)} test images "
+          f"{tuple(data.train_images.shape[1:])}, {len(spec.classes)} classes ({min(counts)}..{max(counts)} per class) -> {folder}")
+    return Prepared(folder, key)
+
+
+@dataclass(frozen=True)
+class Folds:
+    folder: Path
+    key: str
+
+    @property
+    def csv_path(self) -> Path:
+        return self.folder / "folds.csv"
+
+    def fold_of_each_row(self) -> np.ndarray:
+        with open(self.csv_path, newline="") as fh:
+            return np.array([int(row["fold"]) for row in csv.DictReader(fh)], dtype=np.int64)
+
+
+def assign_folds(labels: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
+    """fold[i] = the fold in which row i is held out; StratifiedKFold with shuffling fixed by `seed`."""
+    counts = np.bincount(labels)
+    too_small = [c for c in np.flatnonzero(counts) if counts[c] < n_splits]
+    if too_small:
+        raise DataError(f"class index {too_small[0]} has {counts[too_small[0]]} training images, fewer than "
+                        f"folds.n_splits={n_splits}; lower n_splits in the competition YAML")
+    fold = np.full(len(labels), -1, dtype=np.int64)
+    splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    for k, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+        fold[held_out] = k
+    return fold
+
+
+def make_folds(spec: CompetitionSpec, prepared: Prepared, force: bool = False) -> Folds:
+    config = spec.folds.model_dump()
+    key = output_key(config, {"prepared": prepared.key})
+    folder = competition_root(spec.name) / "folds" / key
+    if is_complete(folder) and not force:
+        print(f"folds: {spec.name}: up to date ({folder})")
+        return Folds(folder, key)
+    data = prepared.load()
+    fold = assign_folds(data.train_labels, spec.folds.n_splits, spec.folds.seed)
+    table = fold_class_counts(data.train_labels, fold, len(spec.classes))
+    with atomic_output(folder, "folds", config, {"prepared": prepared.key},
+                       extra={"fold_sizes": table.sum(axis=1).tolist()}) as staging:
+        _write_rows(staging / "folds.csv", ["id", "label", "fold"],
+                    ((i, spec.classes[c], f) for i, c, f in zip(data.train_ids, data.train_labels, fold)))
+    deviation = max_deviation_from_ideal(table)
+    print(f"folds: {spec.name}: {spec.folds.n_splits} stratified folds (seed {spec.folds.seed}), sizes "
+          f"{table.sum(axis=1).tolist()}, per-class counts within {deviation:.2f} of ideal -> {folder / 'folds.csv'}")
+    return Folds(folder, key)
+
+
+def fold_class_counts(labels: np.ndarray, fold: np.ndarray, num_classes: int) -> np.ndarray:
+    """counts[k, c] = images of class c held out in fold k."""
+    counts = np.zeros((fold.max() + 1, num_classes), dtype=np.int64)
+    np.add.at(counts, (fold, labels), 1)
+    return counts
+
+
+def max_deviation_from_ideal(counts: np.ndarray) -> float:
+    ideal = counts.sum(axis=0, keepdims=True) / counts.shape[0]
+    return float(np.abs(counts - ideal).max())

@@ -1,0 +1,218 @@
+"""Read a competition's raw files, in any of the supported layouts, into one canonical in-memory form.
+
+Each layout has one reader, registered by the `kind` the spec's layout names. Every problem with the
+data is a one-line DataError naming the file and, where there is one, the row.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from competition.errors import DataError
+from competition.spec import CompetitionSpec
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class CanonicalData:
+    """Decoded images as uint8 N×H×W×C, labels as class indices into spec.classes, ids as text."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    train_ids: list[str]
+    test_images: np.ndarray
+    test_ids: list[str]
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise DataError(f"{path}: missing ({what}); re-run the download stage or check the layout in the competition YAML")
+    return path
+
+
+def read_table(path: Path, required: list[str], what: str) -> pd.DataFrame:
+    """A CSV as text columns, with the required columns present and no empty cells in them."""
+    _require(path, what)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: not a readable CSV ({first_line})") from None
+    for column in required:
+        if column not in table.columns:
+            raise DataError(f"{path}: missing column '{column}' (found: {', '.join(map(str, table.columns)) or 'none'}); "
+                            "fix the file or `id_column`/`label_column` in the competition YAML")
+        empty = table.index[table[column].str.strip() == ""]
+        if len(empty):
+            raise DataError(f"{path} row {empty[0] + 2}: empty '{column}'")
+    return table
+
+
+def check_unique_ids(ids: pd.Series, path: Path) -> None:
+    duplicated = ids[ids.duplicated(keep="first")]
+    if len(duplicated):
+        row = duplicated.index[0]
+        first = ids.index[ids == ids[row]][0]
+        raise DataError(f"{path} row {row + 2}: duplicate id '{ids[row]}' (first at row {first + 2})")
+
+
+def label_indices(labels: pd.Series, spec: CompetitionSpec, path: Path) -> np.ndarray:
+    index_of = {label: i for i, label in enumerate(spec.classes)}
+    unknown = labels[~labels.isin(index_of)]
+    if len(unknown):
+        row = unknown.index[0]
+        raise DataError(f"{path} row {row + 2}: label '{unknown[row]}' is not in the class list of competition/{spec.name}.yaml")
+    return labels.map(index_of).to_numpy(dtype=np.int64)
+
+
+def read_labelled_ids(path: Path, spec: CompetitionSpec) -> tuple[list[str], np.ndarray]:
+    table = read_table(path, [spec.id_column, spec.label_column], "training labels")
+    ids = table[spec.id_column].str.strip()
+    check_unique_ids(ids, path)
+    return ids.tolist(), label_indices(table[spec.label_column].str.strip(), spec, path)
+
+
+def read_test_ids(path: Path, spec: CompetitionSpec) -> list[str]:
+    table = read_table(path, [spec.id_column], "sample submission")
+    ids = table[spec.id_column].str.strip()
+    check_unique_ids(ids, path)
+    if len(ids) == 0:
+        raise DataError(f"{path}: no rows; the sample submission must list every test id")
+    return ids.tolist()
+
+
+def load_image(path: Path, spec: CompetitionSpec, where: str) -> np.ndarray:
+    """One image file as uint8 H×W×C in the spec's channel count; wrong size or unreadable is a DataError."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise DataError(f"{path}: missing image ({where})")
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if spec.image.channels == 1 else "RGB")
+            array = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable image ({where}): {exc}") from None
+    expected = (spec.image.height, spec.image.width)
+    if array.shape[:2] != expected:
+        raise DataError(f"{path}: image is {array.shape[0]}x{array.shape[1]}, expected {expected[0]}x{expected[1]} ({where}); "
+                        "fix the file or `image:` in the competition YAML")
+    return array.reshape(*expected, spec.image.channels)
+
+
+def load_images(paths: list[Path], spec: CompetitionSpec, where: list[str], desc: str) -> np.ndarray:
+    out = np.empty((len(paths), spec.image.height, spec.image.width, spec.image.channels), dtype=np.uint8)
+    for i, path in enumerate(tqdm(paths, desc=desc, unit="img", mininterval=1.0, disable=len(paths) < 2000)):
+        out[i] = load_image(path, spec, where[i])
+    return out
+
+
+def as_nhwc(array: np.ndarray, spec: CompetitionSpec, path: Path) -> np.ndarray:
+    if array.dtype != np.uint8:
+        raise DataError(f"{path}: dtype {array.dtype}, expected uint8 images (0..255)")
+    if array.ndim == 3:
+        array = array[..., None]
+    expected = (spec.image.height, spec.image.width, spec.image.channels)
+    if array.ndim != 4 or array.shape[1:] != expected:
+        raise DataError(f"{path}: array shape {array.shape}, expected N×{expected[0]}×{expected[1]}"
+                        f"{'' if expected[2] == 1 else '×3'}; fix the file or `image:` in the competition YAML")
+    return np.ascontiguousarray(array)
+
+
+def load_npy(path: Path, spec: CompetitionSpec, what: str) -> np.ndarray:
+    _require(path, what)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path}: not a readable .npy array ({exc})") from None
+    return as_nhwc(array, spec, path)
+
+
+# --- one reader per layout ---------------------------------------------------------------------------
+
+
+def read_npy(spec: CompetitionSpec, raw: Path) -> CanonicalData:
+    layout = spec.layout
+    train_ids, train_labels = read_labelled_ids(raw / layout.train_csv, spec)
+    test_ids = read_test_ids(raw / layout.sample_submission, spec)
+    train_images = load_npy(raw / layout.train_images, spec, "training images")
+    test_images = load_npy(raw / layout.test_images, spec, "test images")
+    for images, ids, array_name, csv_name in ((train_images, train_ids, layout.train_images, layout.train_csv),
+                                              (test_images, test_ids, layout.test_images, layout.sample_submission)):
+        if len(images) != len(ids):
+            raise DataError(f"{raw / array_name}: {len(images)} images but {csv_name} has {len(ids)} rows; they must line up")
+    return CanonicalData(train_images, train_labels, train_ids, test_images, test_ids)
+
+
+def _test_images_by_id(spec: CompetitionSpec, raw: Path, test_ids: list[str]) -> np.ndarray:
+    layout = spec.layout
+    test_dir = raw / layout.test_dir
+    expected_names = {layout.filename.format(id=i) for i in test_ids}
+    if test_dir.is_dir():
+        extra = sorted(p.name for p in test_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in expected_names)
+        if extra:
+            raise DataError(f"{test_dir}: {len(extra)} images are not listed in {layout.sample_submission}, e.g. '{extra[0]}'; "
+                            "test ids must match the sample submission")
+    paths = [test_dir / layout.filename.format(id=i) for i in test_ids]
+    where = [f"{layout.sample_submission} row {row + 2}, id '{i}'" for row, i in enumerate(test_ids)]
+    return load_images(paths, spec, where, "test images")
+
+
+def read_csv_images(spec: CompetitionSpec, raw: Path) -> CanonicalData:
+    layout = spec.layout
+    train_ids, train_labels = read_labelled_ids(raw / layout.train_csv, spec)
+    test_ids = read_test_ids(raw / layout.sample_submission, spec)
+    paths = [raw / layout.train_dir / layout.filename.format(id=i) for i in train_ids]
+    where = [f"{layout.train_csv} row {row + 2}, id '{i}'" for row, i in enumerate(train_ids)]
+    train_images = load_images(paths, spec, where, "train images")
+    return CanonicalData(train_images, train_labels, train_ids, _test_images_by_id(spec, raw, test_ids), test_ids)
+
+
+def read_class_folders(spec: CompetitionSpec, raw: Path) -> CanonicalData:
+    layout = spec.layout
+    train_dir = raw / layout.train_dir
+    if not train_dir.is_dir():
+        raise DataError(f"{train_dir}: missing (one sub-folder per class expected)")
+    known = set(spec.classes)
+    folders = sorted(p for p in train_dir.iterdir() if p.is_dir())
+    unknown = [p.name for p in folders if p.name not in known]
+    if unknown:
+        raise DataError(f"{train_dir / unknown[0]}: folder name is not a class of competition/{spec.name}.yaml")
+    paths, labels, ids = [], [], []
+    for class_index, label in enumerate(spec.classes):
+        for path in sorted((train_dir / label).glob("*")) if (train_dir / label).is_dir() else []:
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                paths.append(path)
+                labels.append(class_index)
+                ids.append(path.stem)
+    if not paths:
+        raise DataError(f"{train_dir}: no training images found in the class folders")
+    first_path: dict[str, Path] = {}
+    for path, sample_id in zip(paths, ids):
+        if sample_id in first_path:
+            raise DataError(f"{path}: duplicate id '{sample_id}' (also {first_path[sample_id]}); file names must be unique")
+        first_path[sample_id] = path
+    train_images = load_images(paths, spec, [f"class folder '{spec.classes[c]}'" for c in labels], "train images")
+    test_ids = read_test_ids(raw / layout.sample_submission, spec)
+    return CanonicalData(train_images, np.array(labels, dtype=np.int64), ids, _test_images_by_id(spec, raw, test_ids), test_ids)
+
+
+READERS: dict[str, Callable[[CompetitionSpec, Path], CanonicalData]] = {
+    "npy": read_npy,
+    "csv_images": read_csv_images,
+    "class_folders": read_class_folders,
+}
+
+
+def read_competition(spec: CompetitionSpec, raw: Path) -> CanonicalData:
+    data = READERS[spec.layout.kind](spec, raw)
+    overlap = set(data.train_ids) & set(data.test_ids)
+    if overlap:
+        raise DataError(f"{raw}: id '{sorted(overlap)[0]}' is both a training and a test id; ids must be unique across both")
+    return data

@@ -1,0 +1,93 @@
+"""Shared fixtures: a real local Kaggle host on a free loopback port, and environments that point the
+unmodified kaggle client (CLI and Python API) at it — and can never reach the real kaggle.com."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from competition.host.server import serve_in_thread
+from competition.host.store import HostStore
+
+DEAD_PROXY = "http://127.0.0.1:9"  # HTTPS goes nowhere: a test can never talk to the real Kaggle
+KAGGLE_ENV_VARS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy",
+                   "KAGGLE_API_ENVIRONMENT", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR")
+
+
+@dataclass
+class Host:
+    store: HostStore
+    port: int
+
+    @property
+    def root(self) -> Path:
+        return self.store.root
+
+    @property
+    def client_dir(self) -> Path:
+        return self.root / "client"
+
+
+@pytest.fixture(scope="session")
+def host(tmp_path_factory) -> Host:
+    store = HostStore(tmp_path_factory.mktemp("host"))
+    server, _ = serve_in_thread(store, port=0)
+    yield Host(store, server.server_address[1])
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def cli_env(host, tmp_path) -> dict:
+    """Environment for running the `kaggle` CLI as a user would, against the test host."""
+    env = {k: v for k, v in os.environ.items() if k not in KAGGLE_ENV_VARS}
+    home = tmp_path / "home"
+    home.mkdir()
+    env.update(HOME=str(home), KAGGLE_CONFIG_DIR=str(host.client_dir), KAGGLE_API_ENVIRONMENT="LOCALHOST",
+               HTTP_PROXY=f"http://127.0.0.1:{host.port}", HTTPS_PROXY=DEAD_PROXY)
+    return env
+
+
+@pytest.fixture
+def run_kaggle(cli_env, tmp_path):
+    """Run the installed `kaggle` console script; returns CompletedProcess (text)."""
+    kaggle_bin = Path(sys.executable).with_name("kaggle")
+
+    def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([str(kaggle_bin), *args], env=env or cli_env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+
+    return run
+
+
+@pytest.fixture
+def pipeline_env(host, tmp_path, monkeypatch) -> Path:
+    """Point the pipeline (in this process) at the test host and a private data folder; returns the data root."""
+    for name in KAGGLE_ENV_VARS:
+        # setenv first so monkeypatch restores these even if the adapter sets them later.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HTTPS_PROXY", DEAD_PROXY)
+    monkeypatch.setenv("KPIPE_HOST_ROOT", str(host.root))
+    monkeypatch.setenv("KPIPE_LOCAL_HOST_PORT", str(host.port))
+    monkeypatch.setenv("KPIPE_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return tmp_path / "data"
+
+
+def write_course_competition(folder: Path, slug: str, max_daily: int = 2) -> dict[str, str]:
+    """A tiny competition of one's own (labels a/b, 6 test ids); returns the hidden truth."""
+    truth = {f"t{i}": "ab"[i % 2] for i in range(6)}
+    (folder / "data").mkdir(parents=True)
+    (folder / "competition.json").write_text(json.dumps({
+        "slug": slug, "title": "Tiny course competition", "labels": ["a", "b"], "id_column": "id",
+        "label_column": "label", "max_daily_submissions": max_daily}))
+    (folder / "data" / "sample_submission.csv").write_text("id,label\n" + "".join(f"{i},a\n" for i in truth))
+    (folder / "solution.csv").write_text("id,label,Usage\n" + "".join(
+        f"{i},{label},{'Public' if n < 3 else 'Private'}\n" for n, (i, label) in enumerate(truth.items())))
+    return truth

@@ -1,0 +1,87 @@
+"""The kaggle Python API (KaggleApi, through the project's adapter) and the download stage."""
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+import requests
+
+from competition.errors import DataError, KaggleError
+from competition.kaggle_adapter import kaggle_api
+from competition.spec import load_spec
+from pipelines.download import download, raw_is_complete, safe_extract
+from tests.conftest import write_course_competition
+
+
+def test_python_api_lists_downloads_submits_and_reads_leaderboard(pipeline_env, host, tmp_path):
+    truth = write_course_competition(tmp_path / "course", "api-course", max_daily=5)
+    host.store.add_competition(tmp_path / "course")
+    api = kaggle_api(load_spec("digits"))
+
+    slugs = {c.ref for c in api.competitions_list().competitions}
+    assert {"digits", "fashion-mnist", "thu-deep-learning", "api-course"} <= slugs
+    names = {f.name for f in api.competition_list_files("api-course").files}
+    assert names == {"sample_submission.csv"}
+    api.competition_download_files("api-course", path=str(tmp_path / "dl"), quiet=True)
+    assert zipfile.ZipFile(tmp_path / "dl" / "api-course.zip").namelist() == ["sample_submission.csv"]
+
+    half_right = tmp_path / "half.csv"
+    half_right.write_text("id,label\n" + "".join(f"{i},a\n" for i in truth))
+    response = api.competition_submit(str(half_right), "all a", "api-course", quiet=True)
+    assert "Successfully submitted" in response.message
+    latest = api.competition_submissions("api-course")[0]
+    assert latest.description == "all a"
+    # truth alternates a/b; public = first 3 ids (a,b,a) -> 2/3, private = (b,a,b) -> 1/3
+    assert float(latest.public_score) == pytest.approx(2 / 3, abs=1e-4)
+    assert float(latest.private_score) == pytest.approx(1 / 3, abs=1e-4)
+    board = api.competition_leaderboard_view("api-course")
+    assert board[0].team_name == "localuser" and float(board[0].score) == pytest.approx(2 / 3, abs=1e-4)
+    limits = api.competition_get_submission_limits("api-course")
+    assert (limits.num_today, limits.num_allowed_now) == (1, 4)
+
+
+def test_python_api_surfaces_refusal_message(pipeline_env, host, tmp_path):
+    write_course_competition(tmp_path / "course", "refuse-course")
+    host.store.add_competition(tmp_path / "course")
+    api = kaggle_api(load_spec("digits"))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,label\nt0,a\n")
+    with pytest.raises(requests.HTTPError, match="missing 5 of 6 test ids"):
+        api.competition_submit(str(bad), "partial", "refuse-course", quiet=True)
+
+
+def test_download_stage_unzips_and_then_skips(pipeline_env, capsys):
+    spec = load_spec("digits")
+    folder = download(spec)
+    assert raw_is_complete(folder)
+    assert (folder / "train.csv").is_file() and len(list((folder / "test").glob("*.png"))) == 450
+    capsys.readouterr()
+    assert download(spec) == folder
+    assert "up to date" in capsys.readouterr().out
+    # A file removed from raw/ makes the download incomplete again.
+    (folder / "train.csv").unlink()
+    assert not raw_is_complete(folder)
+
+
+def test_safe_extract_refuses_entries_escaping_the_folder(tmp_path):
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("ok.csv", "id,label\n")
+        zf.writestr("../escaped.txt", "gotcha")
+    with pytest.raises(DataError, match="would escape the data folder"):
+        safe_extract(evil, tmp_path / "out")
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_unreachable_local_host_is_one_clear_sentence(pipeline_env, monkeypatch):
+    monkeypatch.setenv("KPIPE_LOCAL_HOST_PORT", "9")  # nothing listens there
+    with pytest.raises(KaggleError, match=r"download of 'digits' failed: cannot reach the local host \(port 9\): start it with `make serve`"):
+        download(load_spec("digits"), start_local_host=False)
+    assert not (pipeline_env / "digits" / "raw").exists()
+
+
+def test_real_kaggle_without_credentials_says_how_to_fix(pipeline_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "nowhere"))
+    spec = load_spec("digits").model_copy(update={"host": "kaggle"})
+    with pytest.raises(KaggleError, match="no Kaggle credentials: save your API token as .*kaggle.json"):
+        kaggle_api(spec)

@@ -1,0 +1,168 @@
+"""prepare + folds: the three layouts, seeded stratified folds, and one-line errors for bad data."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from competition.errors import DataError
+from competition.spec import CompetitionSpec, load_spec
+from pipelines.__main__ import main as pipelines_main
+from pipelines.prepare import assign_folds, fold_class_counts, make_folds, prepare
+from pipelines.readers import read_competition
+
+
+def _spec(kind: str, channels: int = 1, **layout) -> CompetitionSpec:
+    return CompetitionSpec.model_validate({
+        "name": "toy", "title": "toy", "kaggle_slug": "toy", "host": "local",
+        "layout": {"kind": kind, **layout}, "classes": ["cat", "dog"],
+        "image": {"height": 8, "width": 8, "channels": channels}, "metric": "accuracy",
+    })
+
+
+def _png(path, value: int, size=(8, 8), mode="L"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value if mode == "L" else (value, 0, 0)).save(path)
+
+
+def _csv_images_competition(raw, n_train=6, n_test=3):
+    (raw / "train.csv").parent.mkdir(parents=True, exist_ok=True)
+    (raw / "train.csv").write_text("id,label\n" + "".join(f"a{i},{'cat' if i % 2 else 'dog'}\n" for i in range(n_train)))
+    (raw / "sample_submission.csv").write_text("id,label\n" + "".join(f"b{i},cat\n" for i in range(n_test)))
+    for i in range(n_train):
+        _png(raw / "train" / f"a{i}.png", 10 * i)
+    for i in range(n_test):
+        _png(raw / "test" / f"b{i}.png", 200 + i)
+
+
+def test_csv_images_layout(tmp_path):
+    _csv_images_competition(tmp_path)
+    data = read_competition(_spec("csv_images"), tmp_path)
+    assert data.train_images.shape == (6, 8, 8, 1) and data.train_images.dtype == np.uint8
+    assert data.train_images[3, 0, 0, 0] == 30
+    assert data.train_labels.tolist() == [1, 0, 1, 0, 1, 0]
+    assert data.test_ids == ["b0", "b1", "b2"] and data.test_images[2, 0, 0, 0] == 202
+
+
+def test_npy_layout(tmp_path):
+    np.save(tmp_path / "train_images.npy", np.arange(4 * 64, dtype=np.uint8).reshape(4, 8, 8))
+    np.save(tmp_path / "test_images.npy", np.zeros((2, 8, 8), dtype=np.uint8))
+    (tmp_path / "train.csv").write_text("id,label\n1,cat\n2,dog\n3,cat\n4,dog\n")
+    (tmp_path / "sample_submission.csv").write_text("id,label\n5,cat\n6,cat\n")
+    data = read_competition(_spec("npy"), tmp_path)
+    assert data.train_images.shape == (4, 8, 8, 1) and data.train_ids == ["1", "2", "3", "4"]
+    assert data.train_labels.tolist() == [0, 1, 0, 1]
+
+
+def test_class_folders_layout(tmp_path):
+    for i in range(3):
+        _png(tmp_path / "train" / "cat" / f"c{i}.png", i, mode="RGB")
+        _png(tmp_path / "train" / "dog" / f"d{i}.png", 100 + i, mode="RGB")
+    _png(tmp_path / "test" / "x1.png", 5, mode="RGB")
+    (tmp_path / "sample_submission.csv").write_text("id,label\nx1,cat\n")
+    data = read_competition(_spec("class_folders", channels=3), tmp_path)
+    assert data.train_images.shape == (6, 8, 8, 3)
+    assert sorted(zip(data.train_ids, data.train_labels.tolist()))[0] == ("c0", 0)
+    assert data.train_images[data.train_ids.index("d2"), 0, 0].tolist() == [102, 0, 0]
+
+
+def _break(raw, how: str):
+    if how == "missing column":
+        (raw / "train.csv").write_text((raw / "train.csv").read_text().replace("label", "target"))
+    elif how == "unreadable image":
+        (raw / "train" / "a2.png").write_bytes(b"not a png at all")
+    elif how == "wrong size":
+        _png(raw / "train" / "a4.png", 1, size=(9, 8))
+    elif how == "unknown label":
+        (raw / "train.csv").write_text((raw / "train.csv").read_text().replace("a3,cat", "a3,horse"))
+    elif how == "duplicate id":
+        (raw / "train.csv").write_text((raw / "train.csv").read_text().replace("a3,cat", "a1,cat"))
+    elif how == "missing image":
+        (raw / "train" / "a5.png").unlink()
+    elif how == "test id without image":
+        (raw / "sample_submission.csv").write_text("id,label\nb0,cat\nb1,cat\nb2,cat\nb9,cat\n")
+    elif how == "test image not in sample":
+        _png(raw / "test" / "b7.png", 1)
+    elif how == "malformed csv":
+        (raw / "train.csv").write_text('id,label\n"a0,dog\na1,cat\n')
+
+
+@pytest.mark.parametrize("how, message", [
+    ("missing column", r"train.csv: missing column 'label' \(found: id, target\)"),
+    ("unreadable image", r"a2.png: unreadable image \(train.csv row 4, id 'a2'\)"),
+    ("wrong size", r"a4.png: image is 8x9, expected 8x8 \(train.csv row 6, id 'a4'\)"),
+    ("unknown label", r"train.csv row 5: label 'horse' is not in the class list"),
+    ("duplicate id", r"train.csv row 5: duplicate id 'a1' \(first at row 3\)"),
+    ("missing image", r"a5.png: missing image \(train.csv row 7, id 'a5'\)"),
+    ("test id without image", r"b9.png: missing image \(sample_submission.csv row 5, id 'b9'\)"),
+    ("test image not in sample", r"test: 1 images are not listed in sample_submission.csv, e.g. 'b7.png'"),
+    ("malformed csv", r"train.csv: not a readable CSV"),
+])
+def test_bad_data_is_one_line_naming_file_and_row(tmp_path, how, message):
+    _csv_images_competition(tmp_path)
+    _break(tmp_path, how)
+    with pytest.raises(DataError, match=message) as info:
+        read_competition(_spec("csv_images"), tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_npy_rows_must_line_up_with_csv(tmp_path):
+    np.save(tmp_path / "train_images.npy", np.zeros((3, 8, 8), dtype=np.uint8))
+    np.save(tmp_path / "test_images.npy", np.zeros((1, 8, 8), dtype=np.uint8))
+    (tmp_path / "train.csv").write_text("id,label\n1,cat\n2,dog\n")
+    (tmp_path / "sample_submission.csv").write_text("id,label\n5,cat\n")
+    with pytest.raises(DataError, match=r"train_images.npy: 3 images but train.csv has 2 rows"):
+        read_competition(_spec("npy"), tmp_path)
+
+
+def test_folds_are_stratified_and_seeded():
+    labels = np.repeat(np.arange(7), [50, 51, 52, 53, 9, 30, 31])
+    fold = assign_folds(labels, n_splits=5, seed=3)
+    counts = fold_class_counts(labels, fold, 7)
+    ideal = np.bincount(labels) / 5
+    assert np.abs(counts - ideal).max() <= 1
+    assert np.array_equal(fold, assign_folds(labels, 5, 3))
+    assert not np.array_equal(fold, assign_folds(labels, 5, 4))
+    with pytest.raises(DataError, match="class index 0 has 50 training images, fewer than folds.n_splits=60"):
+        assign_folds(labels, 60, 0)
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_prepare_digits_end_to_end_through_the_local_host(pipeline_env, capsys):
+    """`python -m pipelines prepare --comp digits`: cached arrays and folds, same seed -> same bytes."""
+    assert pipelines_main(["prepare", "--comp", "digits"]) == 0
+    spec = load_spec("digits")
+    prepared = prepare(spec)
+    data = prepared.load()
+    assert data.train_images.shape == (1347, 8, 8, 1) and data.test_images.shape == (450, 8, 8, 1)
+    assert data.train_images.max() > 200  # real digit strokes, scaled to uint8
+    folds = make_folds(spec, prepared)
+    fold = folds.fold_of_each_row()
+    counts = fold_class_counts(data.train_labels, fold, 10)
+    assert np.abs(counts - np.bincount(data.train_labels) / 5).max() <= 1
+    first = _sha(folds.csv_path)
+    again = make_folds(spec, prepared, force=True)
+    assert again.folder == folds.folder and _sha(again.csv_path) == first
+    reseeded = spec.model_copy(update={"folds": spec.folds.model_copy(update={"seed": 7})})
+    other = make_folds(reseeded, prepared)
+    assert other.folder != folds.folder and _sha(other.csv_path) != first
+    manifest = (prepared.folder / "manifest.json").read_text()
+    assert '"git_commit"' in manifest and '"config_hash"' in manifest and '"torch"' in manifest
+
+
+def test_cli_prints_one_line_error_and_leaves_no_partial_output(pipeline_env, tmp_path, capsys):
+    spec_path = tmp_path / "broken-digits.yaml"
+    text = (load_spec.__globals__["SPEC_DIR"] / "digits.yaml").read_text()
+    spec_path.write_text(text.replace("image: {height: 8, width: 8", "image: {height: 16, width: 16"))
+    assert pipelines_main(["prepare", "--comp", str(spec_path)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "image is 8x8, expected 16x16" in errors[0]
+    assert err.strip().endswith(errors[0]) and "Traceback" not in err
+    prepared_root = pipeline_env / "digits" / "prepared"
+    assert not prepared_root.exists() or not any(prepared_root.iterdir())
