@@ -1,17 +1,22 @@
 # One-command entry points. Variables: COMP (competition), PORT (local host), VENV (virtual env folder).
 COMP ?= fashion-mnist
+PROFILE ?=
+MODEL ?=
+FOLD ?=
 PORT ?= 80
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kpipe-installed
 
-.PHONY: help install test serve stop-host download prepare submit clean
+.PHONY: help install test serve stop-host download prepare train submit bench clean
 
 help:
 	@echo "make submit COMP=fashion-mnist   download -> prepare -> train -> TTA -> ensemble -> submit"
 	@echo "make test                        run the test suite"
 	@echo "make prepare COMP=digits         download + cached arrays + stratified folds"
+	@echo "make train COMP=x MODEL=m FOLD=k retrain one fold of one model (and nothing else)"
+	@echo "make bench                       data-path and training throughput benchmark"
 	@echo "make serve [PORT=80]             run the local Kaggle-compatible host in the foreground"
 	@echo "make stop-host                   stop a host started in the background"
 
@@ -37,8 +42,14 @@ download: install
 prepare: install
 	$(PY) -m pipelines prepare --comp $(COMP)
 
+train: install
+	$(PY) -m pipelines train --comp $(COMP) $(if $(PROFILE),--profile $(PROFILE)) $(if $(MODEL),--model $(MODEL)) $(if $(FOLD),--fold $(FOLD))
+
 submit: install
-	$(PY) -m pipelines submit --comp $(COMP)
+	$(PY) -m pipelines submit --comp $(COMP) $(if $(PROFILE),--profile $(PROFILE)) $(if $(filter-out 0,$(DRY_RUN)),--dry-run)
+
+bench: install
+	$(PY) -m pipelines.bench
 
 clean:
 	rm -rf .data/$(COMP)

@@ -13,8 +13,12 @@ def data_root() -> Path:
 
 
 def host_root() -> Path:
-    """State of the local Kaggle host ($KPIPE_HOST_ROOT, default <data root>/host)."""
-    return Path(os.environ.get("KPIPE_HOST_ROOT") or data_root() / "host")
+    """State of the local Kaggle host ($KPIPE_HOST_ROOT, default ~/.local/share/kpipe-host).
+
+    Per user, not per checkout: port 80 has room for one host, and every clone must find its credentials."""
+    if os.environ.get("KPIPE_HOST_ROOT"):
+        return Path(os.environ["KPIPE_HOST_ROOT"])
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "kpipe-host"
 
 
 def competition_root(name: str) -> Path:

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from competition.errors import SpecError
+from competition.recipe import Profile
 
 SPEC_DIR = Path(__file__).resolve().parent
 
@@ -34,11 +35,9 @@ class NpyLayout(_Strict):
     sample_submission: str = "sample_submission.csv"
 
 
-class CsvImagesLayout(_Strict):
-    """One image file per row of train_csv / sample_submission, named by `filename` (a template over the id)."""
+class _ImageFilesLayout(_Strict):
+    """Layouts with one image file per sample; `filename` names a test image (and a train image) by its id."""
 
-    kind: Literal["csv_images"]
-    train_csv: str = "train.csv"
     train_dir: str = "train"
     test_dir: str = "test"
     sample_submission: str = "sample_submission.csv"
@@ -52,19 +51,17 @@ class CsvImagesLayout(_Strict):
         return value
 
 
-class ClassFoldersLayout(_Strict):
+class CsvImagesLayout(_ImageFilesLayout):
+    """One image file per row of train_csv (in train_dir) and of sample_submission (in test_dir)."""
+
+    kind: Literal["csv_images"]
+    train_csv: str = "train.csv"
+
+
+class ClassFoldersLayout(_ImageFilesLayout):
     """Training images in one folder per class (folder name = class label); test images flat, ids from sample_submission."""
 
     kind: Literal["class_folders"]
-    train_dir: str = "train"
-    test_dir: str = "test"
-    sample_submission: str = "sample_submission.csv"
-    filename: str = "{id}.png"
-
-    @field_validator("filename")
-    @classmethod
-    def _has_id(cls, value: str) -> str:
-        return CsvImagesLayout._has_id(value)
 
 
 Layout = Annotated[Union[NpyLayout, CsvImagesLayout, ClassFoldersLayout], Field(discriminator="kind")]
@@ -74,6 +71,13 @@ class ImageShape(_Strict):
     height: int = Field(ge=8, le=1024)
     width: int = Field(ge=8, le=1024)
     channels: Literal[1, 3]
+
+
+class FlipsConfig(_Strict):
+    """Which flips keep an image's class: yes for clothes and photos, no for digits and text."""
+
+    hflip: bool = True
+    vflip: bool = False
 
 
 class FoldsConfig(_Strict):
@@ -97,6 +101,8 @@ class CompetitionSpec(_Strict):
     image: ImageShape
     metric: Literal["accuracy"]
     folds: FoldsConfig = FoldsConfig()
+    flips: FlipsConfig = FlipsConfig()
+    profiles: dict[str, Profile] = Field(default_factory=dict)
 
     @field_validator("classes", mode="before")
     @classmethod
@@ -112,7 +118,24 @@ class CompetitionSpec(_Strict):
             raise ValueError("classes: duplicate labels")
         if self.class_names is not None and len(self.class_names) != len(self.classes):
             raise ValueError(f"class_names: has {len(self.class_names)} names for {len(self.classes)} classes")
+        for profile_name, profile in self.profiles.items():
+            if profile.folds != "all" and max(profile.folds) >= self.folds.n_splits:
+                raise ValueError(f"profiles.{profile_name}.folds: fold {max(profile.folds)} does not exist "
+                                 f"(folds.n_splits is {self.folds.n_splits}; folds count from 0)")
+            for view, allowed in (("hflip", self.flips.hflip), ("vflip", self.flips.vflip)):
+                if view in profile.tta and not allowed:
+                    raise ValueError(f"profiles.{profile_name}.tta: '{view}' changes this competition's classes "
+                                     f"(flips.{view} is false)")
         return self
+
+    def profile(self, name: str) -> Profile:
+        if name not in self.profiles:
+            raise SpecError(f"competition/{self.name}.yaml: no profile '{name}' under `profiles:` "
+                            f"(has: {', '.join(self.profiles) or 'none'})")
+        return self.profiles[name]
+
+    def fold_indices(self, profile: Profile) -> list[int]:
+        return list(range(self.folds.n_splits)) if profile.folds == "all" else sorted(profile.folds)
 
     @property
     def display_names(self) -> list[str]:

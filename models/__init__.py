@@ -1,1 +1,63 @@
-"""Model architectures behind one registry (`models.create(name, ...)`); filled in by the train stage."""
+"""One registry for every architecture: `models.create(name, num_classes, in_chans, img_size)`.
+
+Own architectures register with `@register_model` in their family's file; whole libraries register a
+name prefix (`timm:resnet18`, `tv:resnet50`) with `register_prefix`. Adding a model is adding a function.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Callable
+
+import torch.nn as nn
+
+from competition.errors import UserError
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_PREFIXES: dict[str, Callable[..., nn.Module]] = {}
+
+
+class UnknownModel(UserError):
+    pass
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register `fn(num_classes, in_chans, img_size, **kwargs) -> nn.Module` under its function name."""
+    _MODELS[fn.__name__] = fn
+    return fn
+
+
+def register_prefix(prefix: str, factory: Callable[..., nn.Module]) -> None:
+    """`factory(model_name, num_classes, in_chans, img_size, **kwargs)` builds any '<prefix>:<name>'."""
+    _PREFIXES[prefix] = factory
+
+
+def list_models() -> list[str]:
+    _load_families()
+    return sorted(_MODELS) + [f"{p}:<name>" for p in sorted(_PREFIXES)]
+
+
+def check_name(name: str) -> None:
+    """Raise UnknownModel with the closest known names unless `name` can be built."""
+    _load_families()
+    prefix, _, rest = name.partition(":")
+    if rest and prefix in _PREFIXES:
+        return
+    if name in _MODELS:
+        return
+    close = difflib.get_close_matches(name, list(_MODELS), n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise UnknownModel(f"unknown model '{name}': {hint}see `python -m models list` "
+                       f"(or use a prefix: {', '.join(p + ':<name>' for p in sorted(_PREFIXES))})")
+
+
+def create(name: str, num_classes: int, in_chans: int, img_size: int, **kwargs) -> nn.Module:
+    check_name(name)
+    prefix, _, rest = name.partition(":")
+    if rest and prefix in _PREFIXES:
+        return _PREFIXES[prefix](rest, num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+    return _MODELS[name](num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+
+
+def _load_families() -> None:
+    # Importing a family file runs its @register_model decorators.
+    from models import small_cnns, timm_models  # noqa: F401

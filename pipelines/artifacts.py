@@ -69,29 +69,36 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def publish(staging: Path, final: Path, stage: str, config: dict, inputs: dict[str, str], extra: dict | None = None) -> None:
+    """Write the manifest into a finished staging folder and rename it to `final` (replacing an old one)."""
+    write_json(staging / MANIFEST, {
+        "stage": stage,
+        "key": final.name,
+        "config": config,
+        "config_hash": stable_hash(config),
+        "inputs": inputs,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "packages": package_versions(),
+        **(extra or {}),
+    })
+    if final.exists():  # a stale output, or one being redone on purpose
+        shutil.rmtree(final)
+    os.replace(staging, final)
+
+
 @contextlib.contextmanager
 def atomic_output(final: Path, stage: str, config: dict, inputs: dict[str, str], extra: dict | None = None):
-    """Yield a temporary folder to fill; on success write its manifest and rename it to `final`."""
+    """Yield a temporary folder to fill; on success write its manifest and rename it to `final`.
+
+    `extra` is read only after the with-block, so the caller may fill it inside."""
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
         yield staging
-        write_json(staging / MANIFEST, {
-            "stage": stage,
-            "key": final.name,
-            "config": config,
-            "config_hash": stable_hash(config),
-            "inputs": inputs,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": git_commit(),
-            "packages": package_versions(),
-            **(extra or {}),  # read only now, so the caller may fill it inside the with-block
-        })
-        if final.exists():  # a stale, incomplete or forced-over output
-            shutil.rmtree(final)
-        os.replace(staging, final)
+        publish(staging, final, stage, config, inputs, extra)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -16,7 +16,7 @@ from competition.paths import host_root
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m competition.host", description=__doc__)
-    parser.add_argument("--root", type=Path, default=None, help="host state folder (default: $KPIPE_HOST_ROOT or .data/host)")
+    parser.add_argument("--root", type=Path, default=None, help="host state folder (default: $KPIPE_HOST_ROOT or ~/.local/share/kpipe-host)")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the Kaggle API on loopback")
     serve.add_argument("--port", type=int, default=80, help="port (80 is what KAGGLE_API_ENVIRONMENT=LOCALHOST uses)")

@@ -1,0 +1,112 @@
+"""ensemble: weight the models by their out-of-fold predictions, then apply the weights to the test set.
+
+Weights are found on OOF rows only (the held-out rows of the trained folds), so the ensemble's CV score
+is as honest as each model's. Methods:
+    hill_climb  Caruana et al. (2004): start from the best model, repeatedly add (with replacement) the
+                model that most improves OOF accuracy (ties: lower log loss); weights = how often chosen.
+    mean        equal weights.
+    best        the single best model.
+Each model's test probabilities are the mean over its fold models.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from competition.paths import competition_root
+from competition.spec import CompetitionSpec
+from pipelines.artifacts import atomic_output, is_complete, output_key, read_manifest
+from pipelines.train import FoldOutput, file_digest
+
+HILL_CLIMB_ROUNDS = 25
+
+
+@dataclass
+class ModelPredictions:
+    name: str
+    oof_index: np.ndarray  # row numbers into the training set, sorted
+    oof_probs: np.ndarray  # aligned with oof_index
+    test_probs: np.ndarray  # mean over fold models
+
+
+def gather(name: str, fold_outputs: list[FoldOutput]) -> ModelPredictions:
+    indices, probs = zip(*(f.oof() for f in fold_outputs))
+    index = np.concatenate(indices)
+    order = np.argsort(index)
+    return ModelPredictions(name, index[order], np.concatenate(probs)[order],
+                            np.mean([f.test_probs() for f in fold_outputs], axis=0))
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float((probs.argmax(1) == labels).mean())
+
+
+def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-8, 1)).mean())
+
+
+def hill_climb(oof: list[np.ndarray], labels: np.ndarray, rounds: int = HILL_CLIMB_ROUNDS) -> np.ndarray:
+    def score(p):
+        return accuracy(p, labels), -log_loss(p, labels)
+
+    counts = np.zeros(len(oof))
+    best_single = max(range(len(oof)), key=lambda i: score(oof[i]))
+    counts[best_single] = 1
+    blend = oof[best_single].copy()
+    current = score(blend)
+    for _ in range(rounds):
+        total = counts.sum()
+        candidates = [(score((blend * total + p) / (total + 1)), i) for i, p in enumerate(oof)]
+        best_score, best_i = max(candidates)
+        if best_score <= current:
+            break
+        counts[best_i] += 1
+        blend = (blend * total + oof[best_i]) / (total + 1)
+        current = best_score
+    return counts / counts.sum()
+
+
+def find_weights(method: str, oof: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
+    if method == "mean" or len(oof) == 1:
+        return np.full(len(oof), 1 / len(oof))
+    if method == "best":
+        weights = np.zeros(len(oof))
+        weights[max(range(len(oof)), key=lambda i: (accuracy(oof[i], labels), -log_loss(oof[i], labels)))] = 1
+        return weights
+    return hill_climb(oof, labels)
+
+
+def ensemble(spec: CompetitionSpec, method: str, per_model: dict[str, list[FoldOutput]],
+             train_labels: np.ndarray) -> tuple[Path, dict]:
+    """Combine; returns (output folder, report). Cached by the digests of every fold's predictions."""
+    inputs = {f"{name}/{f.folder.name}": f.digest for name, folds in per_model.items() for f in folds}
+    key = output_key({"method": method}, inputs)
+    final = competition_root(spec.name) / "ensemble" / key
+    if is_complete(final):
+        return final, read_manifest(final)["report"]
+    models = [gather(name, folds) for name, folds in per_model.items()]
+    index = models[0].oof_index
+    for m in models[1:]:
+        if not np.array_equal(m.oof_index, index):
+            raise ValueError(f"models '{models[0].name}' and '{m.name}' were trained on different folds; "
+                             "an ensemble needs the same folds for every model")
+    labels = train_labels[index]
+    weights = find_weights(method, [m.oof_probs for m in models], labels)
+    oof_blend = sum(w * m.oof_probs for w, m in zip(weights, models))
+    test_blend = sum(w * m.test_probs for w, m in zip(weights, models)).astype(np.float32)
+    report = {
+        "method": method,
+        "oof_rows": int(len(index)),
+        "models": [{"name": m.name, "weight": round(float(w), 4), "oof_accuracy": accuracy(m.oof_probs, labels),
+                    "oof_log_loss": log_loss(m.oof_probs, labels)} for m, w in zip(models, weights)],
+        "ensemble": {"oof_accuracy": accuracy(oof_blend, labels), "oof_log_loss": log_loss(oof_blend, labels)},
+    }
+    summary: dict = {"report": report}
+    with atomic_output(final, "ensemble", {"method": method}, inputs, extra=summary) as staging:
+        np.save(staging / "oof_probs.npy", oof_blend.astype(np.float32))
+        np.save(staging / "oof_index.npy", index)
+        np.save(staging / "test_probs.npy", test_blend)
+        summary["digest"] = file_digest(staging / "test_probs.npy")
+    return final, report

@@ -1,0 +1,92 @@
+"""TTA: average a fold model's probabilities over augmented views of each image.
+
+Views: identity, hflip, vflip (only where the competition allows the flip), and shift (the mean over the
+four one-pixel translations). With only the identity view this stage is a pass-through of the train
+stage's predictions. Otherwise it writes, per model run and fold,
+<data>/<comp>/tta/<run>-<key>/fold<k>/ with oof_probs.npy, oof_index.npy, test_probs.npy, manifest.json.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from competition.paths import competition_root
+from competition.spec import CompetitionSpec
+from pipelines.artifacts import atomic_output, is_complete, output_key
+from pipelines.device import Runtime
+from pipelines.train import FoldOutput, TrainingData, file_digest, predict_probs, rebuild_from_checkpoint
+
+
+def shift_by(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Translate a batch by (dx, dy) pixels, filling with zeros."""
+    shifted = torch.roll(images, shifts=(dy, dx), dims=(2, 3))
+    if dy > 0:
+        shifted[:, :, :dy] = 0
+    elif dy < 0:
+        shifted[:, :, dy:] = 0
+    if dx > 0:
+        shifted[:, :, :, :dx] = 0
+    elif dx < 0:
+        shifted[:, :, :, dx:] = 0
+    return shifted
+
+
+# Each view is a list of transforms whose predictions are averaged (shift = four one-pixel moves).
+VIEWS = {
+    "identity": [lambda x: x],
+    "hflip": [lambda x: x.flip(3)],
+    "vflip": [lambda x: x.flip(2)],
+    "shift": [lambda x, d=d: shift_by(x, *d) for d in ((1, 0), (-1, 0), (0, 1), (0, -1))],
+}
+
+
+def predict_with_views(model, images: torch.Tensor, views: list[str], runtime: Runtime, desc: str = "tta") -> np.ndarray:
+    """Mean over views of each view's (mean) probabilities."""
+    passes = [(name, transform) for name in views for transform in VIEWS[name]]
+    probs: dict[str, list[np.ndarray]] = {name: [] for name in views}
+    for name, transform in tqdm(passes, desc=desc, unit="view", leave=False, disable=len(images) * len(passes) < 20_000):
+        probs[name].append(predict_probs(model, images, runtime, view=transform))
+    return np.mean([np.mean(probs[name], axis=0) for name in views], axis=0).astype(np.float32)
+
+
+def tta_fold(spec: CompetitionSpec, run_name: str, trained: FoldOutput, data: TrainingData, views: list[str],
+             runtime: Runtime) -> FoldOutput:
+    if views == ["identity"]:
+        return trained
+    key = output_key({"views": views}, {"train": trained.digest})
+    final = competition_root(spec.name) / "tta" / f"{run_name}-{key}" / trained.folder.name
+    if is_complete(final):
+        return FoldOutput(final)
+    checkpoint = torch.load(trained.folder / "best.pt", map_location=runtime.device, weights_only=False)
+    model = rebuild_from_checkpoint(checkpoint, spec, runtime)
+    oof_index = np.load(trained.folder / "oof_index.npy")
+    summary: dict = {}
+    with atomic_output(final, "tta", {"views": views}, {"train": trained.digest}, extra=summary) as staging:
+        oof_images = data.images[torch.from_numpy(oof_index).to(runtime.device)]
+        oof_probs = predict_with_views(model, oof_images, views, runtime, f"tta {run_name} {trained.folder.name} oof")
+        np.save(staging / "oof_probs.npy", oof_probs)
+        np.save(staging / "oof_index.npy", oof_index)
+        np.save(staging / "test_probs.npy",
+                predict_with_views(model, data.test_images, views, runtime, f"tta {run_name} {trained.folder.name} test"))
+        labels = data.labels.cpu().numpy()[oof_index]
+        summary["val_accuracy"] = float((oof_probs.argmax(1) == labels).mean())
+        summary["digest"] = file_digest(staging / "oof_probs.npy", staging / "test_probs.npy")
+    return FoldOutput(final)
+
+
+def tta_gain(trained: FoldOutput, with_tta: FoldOutput, labels: np.ndarray) -> float:
+    """Accuracy with TTA minus accuracy without, on the fold's held-out rows."""
+    index, plain = trained.oof()
+    _, augmented = with_tta.oof()
+    return float((augmented.argmax(1) == labels[index]).mean() - (plain.argmax(1) == labels[index]).mean())
+
+
+def tta_run(spec, run_name: str, trained_folds: list[FoldOutput], data: TrainingData, views: list[str],
+            runtime: Runtime) -> list[FoldOutput]:
+    outputs = [tta_fold(spec, run_name, trained, data, views, runtime) for trained in trained_folds]
+    if views != ["identity"]:
+        labels = data.labels.cpu().numpy()
+        gains = [tta_gain(t, o, labels) for t, o in zip(trained_folds, outputs)]
+        print(f"tta: {run_name}: views {'+'.join(views)}: accuracy gain {np.mean(gains) * 100:+.2f} points (mean over folds)")
+    return outputs

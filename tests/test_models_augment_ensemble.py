@@ -1,0 +1,114 @@
+"""Model registry, augmentation policies, TTA views and the OOF-weighted ensemble."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import models
+from competition.errors import UserError
+from competition.recipe import AugmentConfig
+from competition.spec import load_spec
+from models.weights import load_weights_file
+from pipelines.augment import albumentations_policy, flip_and_shift
+from pipelines.ensemble import accuracy, find_weights
+from pipelines.tta import VIEWS, shift_by
+
+
+@pytest.mark.parametrize("name", ["fastcnn", "cnn3", "cnn5", "timm:resnet18"])
+@pytest.mark.parametrize("comp", ["digits", "fashion-mnist", "tiny-image-challenge"])
+def test_registry_builds_models_for_each_competition_shape(name, comp):
+    spec = load_spec(comp)
+    model = models.create(name, num_classes=len(spec.classes), in_chans=spec.image.channels, img_size=spec.image.height)
+    x = torch.randn(2, spec.image.channels, spec.image.height, spec.image.width)
+    logits = model(x)
+    assert logits.shape == (2, len(spec.classes))
+    logits.sum().backward()
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(UserError, match="unknown model 'fastcn': did you mean fastcnn"):
+        models.create("fastcn", 10, 1, 28)
+    with pytest.raises(UserError, match="unknown timm model 'resnet19'"):
+        models.create("timm:resnet19", 10, 1, 28)
+
+
+def test_pretrained_file_loads_and_refuses_mismatched_shapes(tmp_path):
+    source = models.create("timm:resnet18", num_classes=10, in_chans=3, img_size=32)
+    torch.save(source.state_dict(), tmp_path / "resnet18.pth")
+    # Another class count: everything but the classifier is loaded.
+    target = models.create("timm:resnet18", num_classes=5, in_chans=3, img_size=32, pretrained_file=str(tmp_path / "resnet18.pth"))
+    assert torch.equal(target.conv1.weight, source.conv1.weight)
+    wrong = models.create("timm:resnet34", num_classes=10, in_chans=3, img_size=32)
+    torch.save(wrong.state_dict(), tmp_path / "resnet34.pth")
+    torch.save({"conv1.weight": torch.zeros(64, 1, 7, 7)}, tmp_path / "one-channel.pth")
+    with pytest.raises(UserError, match=r"tensor 'conv1.weight' has shape \(64, 1, 7, 7\) but the model needs \(64, 3, 7, 7\)"):
+        load_weights_file(models.create("timm:resnet18", 10, 3, 32), str(tmp_path / "one-channel.pth"))
+    with pytest.raises(UserError, match="no such file"):
+        load_weights_file(target, str(tmp_path / "missing.pth"))
+
+
+def test_light_policy_respects_the_competitions_flips():
+    images = torch.zeros(256, 1, 8, 8, dtype=torch.uint8)
+    images[:, :, :, :4] = 255  # left half bright: a horizontal flip moves it right
+    generator = torch.Generator().manual_seed(0)
+    unflipped = flip_and_shift(images, generator, hflip=False, vflip=False, shift=0)
+    assert torch.equal(unflipped, images)
+    flipped = flip_and_shift(images, torch.Generator().manual_seed(0), hflip=True, vflip=False, shift=0)
+    share_flipped = (flipped[:, 0, 0, 7] == 255).float().mean().item()
+    assert 0.35 < share_flipped < 0.65
+    shifted = flip_and_shift(images, torch.Generator().manual_seed(1), hflip=False, vflip=False, shift=2)
+    assert shifted.dtype == torch.uint8 and shifted.shape == images.shape
+    assert not torch.equal(shifted, images)
+    again = flip_and_shift(images, torch.Generator().manual_seed(1), hflip=False, vflip=False, shift=2)
+    assert torch.equal(shifted, again)
+
+
+@pytest.mark.parametrize("policy", ["light", "medium", "strong"])
+@pytest.mark.parametrize("comp", ["digits", "tiny-image-challenge"])
+def test_albumentations_policies_build_for_each_competition(policy, comp):
+    spec = load_spec(comp)
+    transform = albumentations_policy(AugmentConfig(policy=policy), spec, seed=0)
+    names = [type(t).__name__ for t in transform.transforms]
+    assert ("HorizontalFlip" in names) == spec.flips.hflip
+    image = np.random.default_rng(0).integers(0, 255, (spec.image.height, spec.image.width, spec.image.channels), dtype=np.uint8)
+    out = transform(image=image)["image"]
+    assert out.shape[:2] == image.shape[:2] and out.dtype == np.uint8
+    assert albumentations_policy(AugmentConfig(policy="none"), spec) is None
+
+
+def test_tta_views_and_shift():
+    x = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4)
+    assert torch.equal(VIEWS["hflip"][0](x), x.flip(3))
+    moved = shift_by(x, 1, 0)
+    assert moved[0, 0, 0].tolist() == [0, 0, 1, 2]
+    assert len(VIEWS["shift"]) == 4
+
+
+def test_hill_climbing_prefers_the_better_model_and_never_loses_on_oof():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 2000)
+    def noisy(strength):
+        logits = rng.normal(0, 1, (2000, 5))
+        logits[np.arange(2000), labels] += strength
+        return np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    good, weak, other = noisy(2.0), noisy(0.5), noisy(1.8)
+    weights = find_weights("hill_climb", [good, weak, other], labels)
+    assert weights[0] >= weights[1] and weights[1] <= 0.2 and abs(weights.sum() - 1) < 1e-9
+    blend = sum(w * p for w, p in zip(weights, [good, weak, other]))
+    assert accuracy(blend, labels) >= max(accuracy(p, labels) for p in (good, weak, other))
+    assert find_weights("best", [good, weak], labels).tolist() == [1.0, 0.0]
+
+
+def test_own_models_load_a_local_file_but_refuse_published_weights(tmp_path):
+    from competition.recipe import ModelRun
+    from pipelines.train import build_model
+
+    spec = load_spec("digits")
+    source = models.create("cnn3", num_classes=10, in_chans=1, img_size=8)
+    torch.save(source.state_dict(), tmp_path / "cnn3.pth")
+    run = ModelRun(model="cnn3", pretrained_file=str(tmp_path / "cnn3.pth"))
+    loaded = build_model(run, spec, mean=[0.0], std=[1.0])
+    assert torch.equal(loaded.net.features[0].weight, source.features[0].weight)
+    with pytest.raises(UserError, match="model 'cnn3' has no published pretrained weights; set `pretrained_file:`"):
+        build_model(ModelRun(model="cnn3", pretrained=True), spec, mean=[0.0], std=[1.0])
