@@ -31,9 +31,16 @@ def register_prefix(prefix: str, factory: Callable[..., nn.Module]) -> None:
     _PREFIXES[prefix] = factory
 
 
+# Library models the course reports use; any other timm/torchvision name works too.
+LIBRARY_EXAMPLES = ["timm:resnet18", "timm:efficientnet_b0", "timm:mobilenetv3_small_100", "timm:seresnet50",
+                    "timm:vit_base_patch32_224", "timm:swin_base_patch4_window7_224",
+                    "tv:resnet50", "tv:resnet101", "tv:vgg19", "tv:vit_b_32", "tv:swin_b"]
+
+
 def list_models() -> list[str]:
+    """Every registered own model, then the library examples."""
     _load_families()
-    return sorted(_MODELS) + [f"{p}:<name>" for p in sorted(_PREFIXES)]
+    return sorted(_MODELS) + LIBRARY_EXAMPLES
 
 
 def check_name(name: str) -> None:
@@ -60,4 +67,4 @@ def create(name: str, num_classes: int, in_chans: int, img_size: int, **kwargs) 
 
 def _load_families() -> None:
     # Importing a family file runs its @register_model decorators.
-    from models import small_cnns, timm_models  # noqa: F401
+    from models import classic, resnets, small_cnns, timm_models, torchvision_models  # noqa: F401

@@ -9,19 +9,14 @@ from __future__ import annotations
 import torch.nn as nn
 
 from models import register_model
+from models.layers import FeaturesThenHead, conv_bn_relu
 
 
-def conv_bn_relu(in_chans: int, out_chans: int, kernel: int = 3) -> list[nn.Module]:
-    return [nn.Conv2d(in_chans, out_chans, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(out_chans),
-            nn.ReLU(inplace=True)]
-
-
-class PlanCNN(nn.Module):
+class PlanCNN(FeaturesThenHead):
     """Conv-BN-ReLU blocks and max-pools as the plan says, then global max-pool, dropout and a linear head."""
 
     def __init__(self, plan: list, num_classes: int, in_chans: int, img_size: int, dropout: float = 0.0):
-        super().__init__()
-        self.num_classes = num_classes
+        super().__init__(num_classes)
         layers: list[nn.Module] = []
         channels, size = in_chans, img_size
         for step in plan:
@@ -36,14 +31,6 @@ class PlanCNN(nn.Module):
         self.num_features = channels
         self.head = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes))
 
-    def forward_features(self, x):
-        return self.features(x)
-
-    def get_classifier(self) -> nn.Module:
-        return self.head[-1]
-
-    def forward(self, x):
-        return self.head(self.features(x))
 
 
 def _scaled(plan: list, width: int) -> list:
@@ -67,3 +54,86 @@ def cnn3(num_classes: int, in_chans: int, img_size: int, width: int = 32, dropou
 def cnn5(num_classes: int, in_chans: int, img_size: int, width: int = 32, dropout: float = 0.0) -> nn.Module:
     """Five Conv-BN-ReLU-MaxPool blocks (w, 2w, 4w, 8w, 8w), pooling while the image allows."""
     return PlanCNN(_scaled([32, "M", 64, "M", 128, "M", 256, "M", 256], width), num_classes, in_chans, img_size, dropout)
+
+
+@register_model
+def cnn2(num_classes: int, in_chans: int, img_size: int, width: int = 32, dropout: float = 0.0) -> nn.Module:
+    """Two Conv-BN-ReLU-MaxPool blocks (w, 2w)."""
+    return PlanCNN(_scaled([32, "M", 64, "M"], width), num_classes, in_chans, img_size, dropout)
+
+
+def _pooled_size(size: int, pools: int) -> int:
+    for _ in range(pools):
+        if size >= 4:
+            size //= 2
+    return size
+
+
+class NaiveCNN(FeaturesThenHead):
+    """2 conv + 2 fc, the first net of most course reports: conv5-ReLU-pool twice, then fc-ReLU-fc."""
+
+    def __init__(self, num_classes: int, in_chans: int, img_size: int, hidden: int = 128):
+        super().__init__(num_classes)
+        side = _pooled_size(img_size, 2)
+        self.features = nn.Sequential(
+            nn.Conv2d(in_chans, 32, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2) if img_size >= 4 else nn.Identity(),
+            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2) if img_size >= 8 else nn.Identity())
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64 * side * side, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
+
+
+
+@register_model
+def naive_cnn(num_classes: int, in_chans: int, img_size: int, hidden: int = 128) -> nn.Module:
+    return NaiveCNN(num_classes, in_chans, img_size, hidden)
+
+
+@register_model
+def deeper_cnn(num_classes: int, in_chans: int, img_size: int, width: int = 32, dropout: float = 0.25) -> nn.Module:
+    """3 convs with small (3×3) kernels, each followed by pooling, and a dropout-regularised head."""
+    return PlanCNN(_scaled([32, "M", 64, "M", 128, "M"], width), num_classes, in_chans, img_size, dropout)
+
+
+class ShallowCNN(FeaturesThenHead):
+    """4 convs — 7×7×64, then 3×3×128, 3×3×256, 3×3×256 — and 2 fully connected layers."""
+
+    def __init__(self, num_classes: int, in_chans: int, img_size: int, hidden: int = 256, dropout: float = 0.3):
+        super().__init__(num_classes)
+        layers = conv_bn_relu(in_chans, 64, kernel=7)
+        size = img_size
+        for in_c, out_c, pool in ((64, 128, True), (128, 256, False), (256, 256, True)):
+            if pool and size >= 4:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            layers += conv_bn_relu(in_c, out_c)
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, hidden), nn.ReLU(inplace=True),
+                                  nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+
+
+
+@register_model
+def shallow_cnn(num_classes: int, in_chans: int, img_size: int, hidden: int = 256, dropout: float = 0.3) -> nn.Module:
+    return ShallowCNN(num_classes, in_chans, img_size, hidden, dropout)
+
+
+class LeNet(FeaturesThenHead):
+    """LeNet-5 as used on 28×28 MNIST: conv5(6)-pool-conv5(16)-pool, 16·4·4 → 120 → 84 → classes.
+
+    On 28×28 it is the classic net exactly (44,426 parameters for 10 classes, 1 channel). Smaller
+    images get padded convolutions and other sizes an adaptive pool to 4×4, so the head never changes."""
+
+    def __init__(self, num_classes: int, in_chans: int, img_size: int):
+        super().__init__(num_classes)
+        padding = 2 if img_size < 28 else 0
+        self.features = nn.Sequential(
+            nn.Conv2d(in_chans, 6, 5, padding=padding), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5, padding=padding), nn.ReLU(inplace=True), nn.MaxPool2d(2) if img_size >= 8 else nn.Identity(),
+            nn.AdaptiveAvgPool2d(4))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(16 * 4 * 4, 120), nn.ReLU(inplace=True),
+                                  nn.Linear(120, 84), nn.ReLU(inplace=True), nn.Linear(84, num_classes))
+
+
+
+@register_model
+def lenet(num_classes: int, in_chans: int, img_size: int) -> nn.Module:
+    return LeNet(num_classes, in_chans, img_size)

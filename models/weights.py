@@ -9,6 +9,14 @@ import torch.nn as nn
 from competition.errors import UserError
 
 
+def classifier_of(model: nn.Module) -> nn.Module | None:
+    """The classification head: `get_classifier()` where the model has one (timm, ours), else the last Linear."""
+    if hasattr(model, "get_classifier"):
+        return model.get_classifier()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
 def load_weights_file(model: nn.Module, path: str, skip_head: bool = True) -> None:
     """Load a local checkpoint into `model`; the classifier is skipped when its shape differs (new classes)."""
     file = Path(path)
@@ -27,8 +35,8 @@ def load_weights_file(model: nn.Module, path: str, skip_head: bool = True) -> No
         state = state["state_dict"]
     own = model.state_dict()
     head_names = set()
-    if skip_head and hasattr(model, "get_classifier"):
-        classifier = model.get_classifier()
+    classifier = classifier_of(model) if skip_head else None
+    if classifier is not None:
         head_names = {name for name, p in model.named_parameters() if any(p is q for q in classifier.parameters())}
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape and k not in head_names]
     if mismatched:

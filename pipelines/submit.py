@@ -158,27 +158,29 @@ def append_log(spec: CompetitionSpec, row: dict) -> None:
 def submit(spec: CompetitionSpec, profile_name: str, test_ids: list[str], test_probs: np.ndarray, cv_accuracy: float,
            config_hash: str, predictions_digest: str, git_commit: str, dry_run: bool = False,
            resubmit: bool = False) -> SubmissionResult:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    path = submissions_root() / spec.name / f"{stamp}-{config_hash}.csv"
-    write_submission(spec, test_ids, test_probs, path)
-    try:
-        rows = validate_submission(path, raw_dir(spec) / spec.layout.sample_submission, spec.classes)
-    except SubmissionInvalid:
-        path.unlink(missing_ok=True)
-        raise
-    print(f"submit: {path} ({rows} rows) matches the sample submission")
     earlier = [r for r in read_log(spec) if r["predictions_digest"] == predictions_digest and r["status"] == "COMPLETE"]
-    if dry_run:
-        result = SubmissionResult("dry-run")
-    elif earlier and not resubmit:
+    if earlier and not (dry_run or resubmit) and Path(earlier[-1]["file"]).is_file():
         last = earlier[-1]
-        print(f"submit: these predictions were scored already ({last['time']}, public {last['public_score']}); "
+        path = Path(last["file"])
+        print(f"submit: these predictions were scored already ({last['time']}, public {last['public_score']}, {path.name}); "
               "not uploading again (use --resubmit to upload anyway)")
         result = SubmissionResult("already-scored", _score(last["public_score"]), _score(last["private_score"]),
                                   int(last["ref"]) if last["ref"] else None)
     else:
-        message = f"CV {cv_accuracy:.4f} | config {config_hash} | git {git_commit[:12]} | {profile_name}"
-        result = upload_and_wait(spec, path, message)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        path = submissions_root() / spec.name / f"{stamp}-{config_hash}.csv"
+        write_submission(spec, test_ids, test_probs, path)
+        try:
+            rows = validate_submission(path, raw_dir(spec) / spec.layout.sample_submission, spec.classes)
+        except SubmissionInvalid:
+            path.unlink(missing_ok=True)
+            raise
+        print(f"submit: {path} ({rows} rows) matches the sample submission")
+        if dry_run:
+            result = SubmissionResult("dry-run")
+        else:
+            message = f"CV {cv_accuracy:.4f} | config {config_hash} | git {git_commit[:12]} | {profile_name}"
+            result = upload_and_wait(spec, path, message)
     append_log(spec, {
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "competition": spec.name,
         "profile": profile_name, "config_hash": config_hash, "git_commit": git_commit,

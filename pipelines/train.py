@@ -258,6 +258,13 @@ def train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepare
                       num_classes=len(spec.classes))
     augmenter = BatchAugmenter(run.augment, spec, data.images, data.images_nhwc)
 
+    def base_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if mixup is not None:  # soft targets, label smoothing already applied by Mixup
+            return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        return F.cross_entropy(logits.float(), targets, label_smoothing=run.label_smoothing)
+
+    combine_loss = getattr(model.net, "training_loss", None)
+
     state = {"epoch": 0, "best_accuracy": -1.0, "best_loss": math.inf, "best_epoch": 0, "best_val_probs": None,
              "history": [], "stale_epochs": 0}
     last_path, best_path = work / "last.pt", work / "best.pt"
@@ -293,11 +300,9 @@ def train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepare
             if mixup is not None:
                 inputs, targets = mixup(inputs, targets)
             with torch.autocast(runtime.device.type, dtype=runtime.amp_dtype, enabled=runtime.amp_dtype is not None):
-                logits = model(inputs)
-                if mixup is not None:
-                    loss = torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-                else:
-                    loss = F.cross_entropy(logits.float(), targets, label_smoothing=run.label_smoothing)
+                output = model(inputs)
+                # Models with several heads (multi_output_resnet) say how their heads' losses combine.
+                loss = combine_loss(output, targets, base_loss) if combine_loss else base_loss(output, targets)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
