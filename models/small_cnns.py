@@ -62,35 +62,36 @@ def cnn2(num_classes: int, in_chans: int, img_size: int, width: int = 32, dropou
     return PlanCNN(_scaled([32, "M", 64, "M"], width), num_classes, in_chans, img_size, dropout)
 
 
-def _pooled_size(size: int, pools: int) -> int:
-    for _ in range(pools):
-        if size >= 4:
-            size //= 2
-    return size
+class FlattenCNN(FeaturesThenHead):
+    """Plain Conv-ReLU-MaxPool layers (no batch norm), flattened into two fully connected layers:
+    the first nets of most course reports."""
 
-
-class NaiveCNN(FeaturesThenHead):
-    """2 conv + 2 fc, the first net of most course reports: conv5-ReLU-pool twice, then fc-ReLU-fc."""
-
-    def __init__(self, num_classes: int, in_chans: int, img_size: int, hidden: int = 128):
+    def __init__(self, num_classes: int, in_chans: int, img_size: int, widths: tuple[int, ...], kernel: int,
+                 hidden: int, dropout: float = 0.0):
         super().__init__(num_classes)
-        side = _pooled_size(img_size, 2)
-        self.features = nn.Sequential(
-            nn.Conv2d(in_chans, 32, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2) if img_size >= 4 else nn.Identity(),
-            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2) if img_size >= 8 else nn.Identity())
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64 * side * side, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
-
+        layers: list[nn.Module] = []
+        channels, size = in_chans, img_size
+        for width in widths:
+            layers += [nn.Conv2d(channels, width, kernel, padding=kernel // 2), nn.ReLU(inplace=True)]
+            if size >= 4:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(channels * size * size, hidden), nn.ReLU(inplace=True),
+                                  nn.Dropout(dropout), nn.Linear(hidden, num_classes))
 
 
 @register_model
 def naive_cnn(num_classes: int, in_chans: int, img_size: int, hidden: int = 128) -> nn.Module:
-    return NaiveCNN(num_classes, in_chans, img_size, hidden)
+    """2 conv (5×5: 32, 64) + 2 fc."""
+    return FlattenCNN(num_classes, in_chans, img_size, (32, 64), kernel=5, hidden=hidden)
 
 
 @register_model
-def deeper_cnn(num_classes: int, in_chans: int, img_size: int, width: int = 32, dropout: float = 0.25) -> nn.Module:
-    """3 convs with small (3×3) kernels, each followed by pooling, and a dropout-regularised head."""
-    return PlanCNN(_scaled([32, "M", 64, "M", 128, "M"], width), num_classes, in_chans, img_size, dropout)
+def deeper_cnn(num_classes: int, in_chans: int, img_size: int, hidden: int = 256, dropout: float = 0.25) -> nn.Module:
+    """3 conv with smaller kernels (3×3: 32, 64, 128) + 2 fc with dropout."""
+    return FlattenCNN(num_classes, in_chans, img_size, (32, 64, 128), kernel=3, hidden=hidden, dropout=dropout)
 
 
 class ShallowCNN(FeaturesThenHead):
