@@ -9,13 +9,14 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kpipe-installed
 
-.PHONY: help install test serve stop-host download prepare train submit bench clean
+.PHONY: help install test serve stop-host download prepare train tune submit bench clean
 
 help:
 	@echo "make submit COMP=fashion-mnist   download -> prepare -> train -> TTA -> ensemble -> submit"
 	@echo "make test                        run the test suite"
 	@echo "make prepare COMP=digits         download + cached arrays + stratified folds"
 	@echo "make train COMP=x MODEL=m FOLD=k retrain one fold of one model (and nothing else)"
+	@echo "make tune COMP=x MODEL=m TRIALS=n [WORKERS=k] [STORAGE=url] [STUDY=name]   Optuna study"
 	@echo "make bench                       data-path and training throughput benchmark"
 	@echo "make serve [PORT=80]             run the local Kaggle-compatible host in the foreground"
 	@echo "make stop-host                   stop a host started in the background"
@@ -47,6 +48,11 @@ train: install
 
 submit: install
 	$(PY) -m pipelines submit --comp $(COMP) $(if $(PROFILE),--profile $(PROFILE)) $(if $(filter-out 0,$(DRY_RUN)),--dry-run)
+
+tune: install
+	$(PY) -m pipelines tune --comp $(COMP) $(if $(PROFILE),--profile $(PROFILE)) $(if $(MODEL),--model $(MODEL)) \
+		--trials $(or $(TRIALS),20) $(if $(STORAGE),--storage '$(STORAGE)') $(if $(STUDY),--study $(STUDY)) \
+		$(if $(WORKERS),--workers $(WORKERS))
 
 bench: install
 	$(PY) -m pipelines.bench

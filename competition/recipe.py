@@ -56,6 +56,8 @@ class ModelRun(_Strict):
     pretrained: bool = False
     pretrained_file: str | None = None
     input_size: int | None = Field(default=None, ge=8, le=1024)  # resize images on the fly (models needing a fixed size)
+    # Take hyperparameters from an Optuna study's best trial: "best" (the study <comp>-<run name>) or a study name.
+    params: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]+$")
 
     @property
     def name(self) -> str:
@@ -81,3 +83,75 @@ class Profile(_Strict):
         if self.folds != "all" and len(set(self.folds)) != len(self.folds):
             raise ValueError("folds: listed twice")
         return self
+
+
+class ParamSpec(_Strict):
+    """One dimension of a search space; `type` picks which other keys apply."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[str | int | float | bool] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty `choices` list")
+        else:
+            if self.low is None or self.high is None:
+                raise ValueError(f"{self.type} needs `low` and `high`")
+            if self.low >= self.high:
+                raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+            if self.log and self.low <= 0:
+                raise ValueError("log scale needs low > 0")
+            if self.log and self.step is not None:
+                raise ValueError("use either log or step, not both")
+        return self
+
+
+class PrunerConfig(_Strict):
+    name: Literal["median", "hyperband", "none"] = "median"
+    n_startup_trials: int = Field(default=2, ge=0)  # median: trials before pruning starts
+    n_warmup_steps: int = Field(default=1, ge=0)  # median: epochs before a trial can be pruned
+    reduction_factor: int = Field(default=3, ge=2)  # hyperband
+
+
+class TuningConfig(_Strict):
+    """What `make tune` searches, and on how much data each trial trains."""
+
+    folds: list[int] = Field(default_factory=lambda: [0], min_length=1)  # the objective: mean val accuracy on these folds
+    subsample: float = Field(default=1.0, gt=0, le=1)  # fraction of each fold's training rows a trial sees
+    epochs: int | None = Field(default=None, ge=1)  # trial epochs (default: the run's own)
+    pruner: PrunerConfig = PrunerConfig()
+    # Dotted paths into a model run, e.g. optimizer.lr, augment.policy, model_args.width.
+    search_space: dict[str, ParamSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _paths_exist(self):
+        for path in self.search_space:
+            head, _, rest = path.partition(".")
+            if head == "model_args":
+                if not rest:
+                    raise ValueError(f"search_space.{path}: name the model argument, e.g. model_args.width")
+                continue
+            if head not in ModelRun.model_fields or head in ("model", "alias", "params", "model_args"):
+                raise ValueError(f"search_space.{path}: '{head}' is not a tunable field of a model run")
+            nested = ModelRun.model_fields[head].annotation
+            if rest and not (isinstance(nested, type) and issubclass(nested, BaseModel) and rest in nested.model_fields):
+                raise ValueError(f"search_space.{path}: '{rest}' is not a field of '{head}'")
+        return self
+
+
+def apply_params(run: ModelRun, params: dict) -> ModelRun:
+    """A copy of `run` with dotted-path values set (e.g. {"optimizer.lr": 0.01}), validated again."""
+    data = run.model_dump(mode="json")
+    for path, value in params.items():
+        target = data
+        *parents, leaf = path.split(".")
+        for key in parents:
+            target = target.setdefault(key, {})
+        target[leaf] = value
+    return ModelRun.model_validate(data)

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from competition.errors import SpecError
-from competition.recipe import Profile
+from competition.recipe import Profile, TuningConfig
 
 SPEC_DIR = Path(__file__).resolve().parent
 
@@ -103,6 +103,7 @@ class CompetitionSpec(_Strict):
     folds: FoldsConfig = FoldsConfig()
     flips: FlipsConfig = FlipsConfig()
     profiles: dict[str, Profile] = Field(default_factory=dict)
+    tuning: TuningConfig | None = None
 
     @field_validator("classes", mode="before")
     @classmethod
@@ -118,6 +119,8 @@ class CompetitionSpec(_Strict):
             raise ValueError("classes: duplicate labels")
         if self.class_names is not None and len(self.class_names) != len(self.classes):
             raise ValueError(f"class_names: has {len(self.class_names)} names for {len(self.classes)} classes")
+        if self.tuning is not None and max(self.tuning.folds) >= self.folds.n_splits:
+            raise ValueError(f"tuning.folds: fold {max(self.tuning.folds)} does not exist (folds.n_splits is {self.folds.n_splits})")
         for profile_name, profile in self.profiles.items():
             if profile.folds != "all" and max(profile.folds) >= self.folds.n_splits:
                 raise ValueError(f"profiles.{profile_name}.folds: fold {max(profile.folds)} does not exist "

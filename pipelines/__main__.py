@@ -39,10 +39,42 @@ def run_submit(spec, args) -> None:
     submit_all(spec, args.profile, dry_run=args.dry_run, resubmit=args.resubmit)
 
 
+def run_tune(spec, args) -> None:
+    import optuna
+
+    from competition.paths import competition_root
+    from pipelines.run import find_run, setup
+    from pipelines.tune import (default_study_name, finished_trials, open_storage, report_study, spawn_workers,
+                                storage_url, tune)
+
+    if args.total is None and args.trials is None:
+        raise UserError("say how many trials: --trials N (add N to the study) or --total N (run until it holds N)")
+    ctx = setup(spec, args.profile, resolve_tuned=False)
+    run = find_run(ctx, args.model).model_copy(update={"params": None}) if args.model else ctx.profile.models[0]
+    study_name = args.study or default_study_name(spec, run)
+    url = storage_url(spec, args.storage)
+    total = args.total
+    if total is None:  # fixed once here, so that every worker aims at the same total
+        study = optuna.create_study(study_name=study_name, storage=open_storage(url), direction="maximize", load_if_exists=True)
+        total = finished_trials(study) + args.trials
+    if args.workers > 1:
+        argv = ["tune", "--comp", args.comp, "--profile", args.profile, "--model", run.name, "--study", study_name,
+                "--total", str(total), "--workers", "1", "--no-report"]
+        status = spawn_workers(argv, args.workers, storage=url)  # the URL may hold a password: not on argv
+        if status:
+            raise UserError(f"tune: a worker exited with status {status}")
+        study = optuna.load_study(study_name=study_name, storage=open_storage(url))
+    else:
+        study = tune(spec, ctx, run, total, study_name, url)
+    if not args.no_report:  # spawned workers leave the report to the command that started them
+        report_study(study, competition_root(spec.name) / "tuning" / study_name, url)
+
+
 STAGES = {
     "download": (run_download, "fetch the competition's files through the Kaggle API"),
     "prepare": (run_prepare, "download if needed, then build cached arrays and stratified folds"),
     "train": (run_train, "train the profile's models (or one --model, one --fold)"),
+    "tune": (run_tune, "an Optuna study over one model's hyperparameters (search space from the YAML)"),
     "submit": (run_submit, "everything: download, prepare, train, TTA, ensemble, validate, upload, log"),
 }
 
@@ -57,10 +89,18 @@ def main(argv: list[str] | None = None) -> int:
         stage = sub.add_parser(name, help=help_text)
         stage.add_argument("--comp", required=True, help=f"competition name ({', '.join(available())}) or a YAML path")
         stage.add_argument("--force", action="store_true", help="redo this stage even if its output exists")
-        if name in ("train", "submit"):
+        if name in ("train", "submit", "tune"):
             stage.add_argument("--profile", default=None, help="recipe profile (default: quick on CPU, full on a GPU)")
-        if name == "train":
+        if name in ("train", "tune"):
             stage.add_argument("--model", default=None, help="only this model run (its alias or model name)")
+        if name == "tune":
+            stage.add_argument("--trials", type=int, default=None, help="add this many trials to the study")
+            stage.add_argument("--total", type=int, default=None, help="run until the study holds this many finished trials")
+            stage.add_argument("--storage", default=None, help="SQLAlchemy URL (default: SQLite under .data/<comp>/tuning)")
+            stage.add_argument("--study", default=None, help="study name (default: <comp>-<model>)")
+            stage.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+            stage.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
+        if name == "train":
             stage.add_argument("--fold", type=int, default=None, help="(re)train only this fold")
         if name == "submit":
             stage.add_argument("--dry-run", action="store_true", default=default_dry_run(),

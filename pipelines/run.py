@@ -52,9 +52,13 @@ class Context:
     data: TrainingData
 
 
-def setup(spec: CompetitionSpec, profile_name: str) -> Context:
+def setup(spec: CompetitionSpec, profile_name: str, resolve_tuned: bool = True) -> Context:
     profile = spec.profile(profile_name)
     check_profile(spec, profile_name, profile)
+    if resolve_tuned:  # `params: best` -> the study's best parameters, before anything is hashed
+        from pipelines.tune import resolve_params
+
+        profile = profile.model_copy(update={"models": [resolve_params(spec, run) for run in profile.models]})
     download(spec)
     prepared = prepare(spec)
     folds = make_folds(spec, prepared)

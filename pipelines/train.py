@@ -21,6 +21,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -192,13 +193,13 @@ def run_config(spec: CompetitionSpec, run: ModelRun) -> dict:
             "flips": spec.flips.model_dump(), "seed": spec.folds.seed}
 
 
-def run_folder(spec: CompetitionSpec, run: ModelRun, prepared: Prepared, folds: Folds) -> Path:
+def run_folder(spec: CompetitionSpec, run: ModelRun, prepared: Prepared, folds: Folds, root: Path | None = None) -> Path:
     key = output_key(run_config(spec, run), {"prepared": prepared.key, "folds": folds.key})
-    return competition_root(spec.name) / "train" / f"{run.name}-{key}"
+    return (root or competition_root(spec.name) / "train") / f"{run.name}-{key}"
 
 
-def fold_folder(spec, run, prepared, folds, fold: int) -> Path:
-    return run_folder(spec, run, prepared, folds) / f"fold{fold}"
+def fold_folder(spec, run, prepared, folds, fold: int, root: Path | None = None) -> Path:
+    return run_folder(spec, run, prepared, folds, root) / f"fold{fold}"
 
 
 def file_digest(*paths: Path) -> str:
@@ -225,8 +226,12 @@ def _write_history(path: Path, history: list[dict]) -> None:
 
 
 def train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepared: Prepared, folds: Folds,
-               fold: int, runtime: Runtime, force: bool = False) -> FoldOutput:
-    final = fold_folder(spec, run, prepared, folds, fold)
+               fold: int, runtime: Runtime, force: bool = False, out_root: Path | None = None,
+               subsample: float = 1.0, on_epoch: Callable[[int, float], None] | None = None) -> FoldOutput:
+    """Train one fold (or reuse it). `out_root`, `subsample` and `on_epoch` serve tuning: trials write
+    elsewhere, may see a seeded fraction of the training rows, and report each epoch's val accuracy
+    (`on_epoch` may raise to stop the fold, e.g. optuna.TrialPruned)."""
+    final = fold_folder(spec, run, prepared, folds, fold, out_root)
     if is_complete(final) and not force:
         return FoldOutput(final)
     # An interrupted attempt is resumed even when forced: epochs are seeded by (seed, fold, epoch), so
@@ -234,9 +239,13 @@ def train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepare
     work = final.with_name(f".{final.name}.partial")
     work.mkdir(parents=True, exist_ok=True)
 
-    train_rows = torch.from_numpy(np.flatnonzero(data.fold_of_row != fold))
-    val_rows = torch.from_numpy(np.flatnonzero(data.fold_of_row == fold))
     seed = spec.folds.seed
+    train_index = np.flatnonzero(data.fold_of_row != fold)
+    if subsample < 1.0:
+        keep = np.random.default_rng(epoch_seed(seed, fold, -2)).permutation(len(train_index))[: int(len(train_index) * subsample)]
+        train_index = np.sort(train_index[keep])
+    train_rows = torch.from_numpy(train_index)
+    val_rows = torch.from_numpy(np.flatnonzero(data.fold_of_row == fold))
     torch.manual_seed(epoch_seed(seed, fold, -1))  # the same initial weights for the same seed and fold
     model = build_model(run, spec, data.mean, data.std).to(runtime.device)
     optimizer = make_optimizer(run, model)
@@ -344,6 +353,8 @@ def train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepare
                       "scheduler": scheduler.state_dict() if scheduler is not None else None,
                       "ema": ema.state_dict() if ema is not None else None, "scaler": scaler.state_dict(),
                       "state": state}, last_path)
+        if on_epoch is not None:
+            on_epoch(epoch, val_accuracy)
 
     # The fold is done: predict the test set with the best weights and publish the outputs.
     best = torch.load(best_path, map_location=runtime.device, weights_only=False)

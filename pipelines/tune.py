@@ -1,0 +1,248 @@
+"""tune: an Optuna study over a model run's hyperparameters, with pruning, persistent and shared storage.
+
+The objective trains the run (with the trial's parameters applied) on `tuning.folds`, optionally on a
+subsample of the rows, reports the validation accuracy every epoch, and returns the mean over folds.
+Storage: by default an SQLite file under <data>/<comp>/tuning/ (no server); any SQLAlchemy URL
+(e.g. postgresql://...) for workers on several machines. Trials send heartbeats; a worker that dies
+mid-trial has its trial marked failed by the next worker and retried (RetryHeartbeatStaleTrialCallback).
+"""
+from __future__ import annotations
+
+import gc
+import os
+import warnings
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+
+from competition.errors import SpecError, UserError
+from competition.paths import REPO_ROOT, competition_root
+from competition.recipe import ModelRun, ParamSpec, PrunerConfig, apply_params
+from competition.spec import CompetitionSpec
+from pipelines.train import train_fold
+
+# fail_stale_trials and the matplotlib plots are marked experimental; they are what the issue asks for.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+MAX_RETRY = 2  # a trial whose worker died is tried this many more times
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """(seconds between a running trial's heartbeats, seconds of silence after which it counts as dead)."""
+    return int(os.environ.get("KPIPE_OPTUNA_HEARTBEAT_S", "10")), int(os.environ.get("KPIPE_OPTUNA_GRACE_S", "30"))
+
+
+def default_storage_url(spec: CompetitionSpec) -> str:
+    return f"sqlite:///{competition_root(spec.name) / 'tuning' / 'optuna.db'}"
+
+
+def storage_url(spec: CompetitionSpec, storage: str | None) -> str:
+    return storage or os.environ.get("KPIPE_OPTUNA_STORAGE") or default_storage_url(spec)
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    heartbeat, grace = heartbeat_settings()
+    try:
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=grace,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+    except Exception as exc:  # SQLAlchemy raises many kinds for a bad URL or an unreachable server
+        raise UserError(f"Optuna storage {redact(url)}: cannot open it ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        return f"{scheme}://{credentials.split(':')[0]}:***@{host}"
+    return url
+
+
+def default_study_name(spec: CompetitionSpec, run: ModelRun) -> str:
+    return f"{spec.name}-{run.name}"
+
+
+def make_pruner(config: PrunerConfig) -> optuna.pruners.BasePruner:
+    factories = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=config.n_startup_trials,
+                                                      n_warmup_steps=config.n_warmup_steps),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=config.reduction_factor),
+        "none": lambda: optuna.pruners.NopPruner(),
+    }
+    return factories[config.name]()
+
+
+def suggest(trial: optuna.Trial, path: str, spec: ParamSpec):
+    if spec.type == "categorical":
+        return trial.suggest_categorical(path, spec.choices)
+    if spec.type == "int":
+        return trial.suggest_int(path, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
+    return trial.suggest_float(path, spec.low, spec.high, step=spec.step, log=spec.log)
+
+
+def load_study(spec: CompetitionSpec, study_name: str, storage: str | None = None) -> optuna.Study:
+    url = storage_url(spec, storage)
+    try:
+        return optuna.load_study(study_name=study_name, storage=open_storage(url))
+    except KeyError:
+        raise UserError(f"no Optuna study '{study_name}' in {redact(url)}; run `make tune COMP={spec.name} MODEL=...` first") from None
+
+
+def best_params(spec: CompetitionSpec, run: ModelRun, storage: str | None = None) -> dict:
+    """The best trial's parameters for a run whose recipe says `params: best` (or names a study)."""
+    study_name = default_study_name(spec, run) if run.params == "best" else run.params
+    study = load_study(spec, study_name, storage)
+    try:
+        return dict(study.best_trial.params)
+    except ValueError:
+        raise UserError(f"Optuna study '{study_name}' has no completed trial yet; let `make tune` finish some") from None
+
+
+def resolve_params(spec: CompetitionSpec, run: ModelRun) -> ModelRun:
+    """A run with its tuned parameters applied (the config, and so every hash downstream, changes with them)."""
+    if run.params is None:
+        return run
+    params = best_params(spec, run)
+    print(f"params: {run.name}: best trial of study '{default_study_name(spec, run) if run.params == 'best' else run.params}': {params}")
+    return apply_params(run, params).model_copy(update={"params": None, "alias": run.name})
+
+
+class Objective:
+    """Mean validation accuracy over the tuning folds of the run with the trial's parameters."""
+
+    def __init__(self, spec, base_run: ModelRun, ctx, study_dir: Path):
+        self.spec, self.base_run, self.ctx, self.study_dir = spec, base_run, ctx, study_dir
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        tuning = self.spec.tuning
+        trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")  # which worker ran it
+        params = {path: suggest(trial, path, space) for path, space in tuning.search_space.items()}
+        run = apply_params(self.base_run, params)
+        if tuning.epochs:
+            run = run.model_copy(update={"epochs": tuning.epochs})
+        trial_dir = self.study_dir / f"trial-{trial.number}"
+        scores = []
+        try:
+            for position, fold in enumerate(tuning.folds):
+                def report(epoch: int, val_accuracy: float, position=position) -> None:
+                    step = position * run.epochs + epoch
+                    trial.report(val_accuracy, step)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"pruned at epoch {epoch} of fold {fold} (val accuracy {val_accuracy:.4f})")
+
+                output = train_fold(self.spec, run, self.ctx.data, self.ctx.prepared, self.ctx.folds, fold,
+                                    self.ctx.runtime, out_root=trial_dir, subsample=tuning.subsample, on_epoch=report)
+                index, probs = output.oof()
+                labels = self.ctx.data.labels.cpu().numpy()[index]
+                scores.append(float((probs.argmax(1) == labels).mean()))
+        finally:
+            # A finished or pruned trial keeps nothing but its numbers in the study: free disk and memory now.
+            shutil.rmtree(trial_dir, ignore_errors=True)
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        return float(np.mean(scores))
+
+
+def finished_trials(study: optuna.Study) -> int:
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def tune(spec: CompetitionSpec, ctx, run: ModelRun, total: int, study_name: str | None, storage: str | None) -> optuna.Study:
+    """Run trials until the study holds `total` finished (complete or pruned) trials."""
+    if spec.tuning is None:
+        raise SpecError(f"competition/{spec.name}.yaml: no `tuning:` section (search_space, folds, pruner)")
+    study_name = study_name or default_study_name(spec, run)
+    url = storage_url(spec, storage)
+    study = optuna.create_study(study_name=study_name, storage=open_storage(url), direction="maximize",
+                                pruner=make_pruner(spec.tuning.pruner), load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=None))
+    study_dir = competition_root(spec.name) / "tuning" / study_name / f"worker-{os.getpid()}"
+    print(f"tune: study '{study_name}' in {redact(url)}: {finished_trials(study)} finished trials, running until {total}")
+    objective = Objective(spec, run, ctx, study_dir)
+    # Count before each trial (not after, as MaxTrialsCallback does): workers sharing the study stop at
+    # `total` instead of each finishing one more trial. Running trials count; failed ones do not.
+    failures_in_a_row = 0
+    while True:
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trial becomes FAIL, and is retried
+        active = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                              optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)))
+        if active >= total:
+            break
+        # A trial that crashes (e.g. a diverging learning rate) fails alone; the study goes on.
+        study.optimize(objective, n_trials=1, catch=(RuntimeError, ValueError), gc_after_trial=True)
+        last = study.get_trials(deepcopy=False)[-1]
+        failures_in_a_row = failures_in_a_row + 1 if last.state == optuna.trial.TrialState.FAIL else 0
+        if failures_in_a_row >= 3:
+            raise UserError(f"tune: 3 trials in a row failed (last: {last.system_attrs.get('fail_reason', 'see the log above')})")
+    shutil.rmtree(study_dir, ignore_errors=True)
+    return study
+
+
+def spawn_workers(argv: list[str], count: int, storage: str) -> int:
+    """Start `count` worker processes running the same tune command; returns the worst exit status."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "KPIPE_OPTUNA_STORAGE": storage}
+    processes = [subprocess.Popen([sys.executable, "-m", "pipelines", *argv], cwd=REPO_ROOT, env=env) for _ in range(count)]
+    return max(p.wait() for p in processes)
+
+
+def report_study(study: optuna.Study, out_dir: Path, url: str, top: int = 10) -> list[Path]:
+    """Print the best trials as a table; save Optuna's optimisation-history and importance plots as PNG."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {state.name: sum(t.state == state for t in trials) for state in optuna.trial.TrialState}
+    print(f"\nstudy '{study.study_name}': " + ", ".join(f"{n} {name.lower()}" for name, n in counts.items() if n))
+    done = sorted((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: -t.value)[:top]
+    if done:
+        names = list(done[0].params)
+        header = ["trial", "val acc", "seconds"] + names
+        rows = [[str(t.number), f"{t.value:.4f}", f"{t.duration.total_seconds():.0f}" if t.duration else "-"]
+                + [f"{t.params.get(n):.4g}" if isinstance(t.params.get(n), float) else str(t.params.get(n)) for n in names]
+                for t in done]
+        widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+        for row in [header] + rows:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+    saved = save_plots(study, out_dir)
+    print(f"tune: browse the study live with: optuna-dashboard '{redact(url)}' (with your password)")
+    return saved
+
+
+def save_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as optuna_plots
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    saved = []
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    plots = {"optimization_history.png": optuna_plots.plot_optimization_history}
+    if len(complete) >= 2:  # importances need at least two finished trials to compare
+        plots["param_importances.png"] = optuna_plots.plot_param_importances
+    for file_name, plot in plots.items():
+        try:
+            axes = plot(study)
+        except (ValueError, RuntimeError) as exc:  # e.g. every trial had the same parameters
+            print(f"tune: no {file_name} ({exc})")
+            continue
+        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+        figure.set_size_inches(8, 5)
+        figure.tight_layout()
+        tmp = out_dir / f".{file_name}.{os.getpid()}.tmp.png"
+        figure.savefig(tmp, dpi=100)
+        plt.close(figure)
+        os.replace(tmp, out_dir / file_name)
+        saved.append(out_dir / file_name)
+    if saved:
+        print(f"tune: plots in {out_dir} ({', '.join(p.name for p in saved)})")
+    return saved
