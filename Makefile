@@ -9,7 +9,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kpipe-installed
 
-.PHONY: help install test serve stop-host download prepare train tune submit bench clean
+.PHONY: help install test serve stop-host download prepare train tune report submit bench clean
 
 help:
 	@echo "make submit COMP=fashion-mnist   download -> prepare -> train -> TTA -> ensemble -> submit"
@@ -53,6 +53,9 @@ tune: install
 	$(PY) -m pipelines tune --comp $(COMP) $(if $(PROFILE),--profile $(PROFILE)) $(if $(MODEL),--model $(MODEL)) \
 		--trials $(or $(TRIALS),20) $(if $(STORAGE),--storage '$(STORAGE)') $(if $(STUDY),--study $(STUDY)) \
 		$(if $(WORKERS),--workers $(WORKERS))
+
+report: install
+	$(PY) -m pipelines report --comp $(COMP) $(if $(PROFILE),--profile $(PROFILE))
 
 bench: install
 	$(PY) -m pipelines.bench

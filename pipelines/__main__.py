@@ -70,11 +70,18 @@ def run_tune(spec, args) -> None:
         report_study(study, competition_root(spec.name) / "tuning" / study_name, url)
 
 
+def run_report(spec, args) -> None:
+    from pipelines.run import report_only
+
+    report_only(spec, args.profile)
+
+
 STAGES = {
     "download": (run_download, "fetch the competition's files through the Kaggle API"),
     "prepare": (run_prepare, "download if needed, then build cached arrays and stratified folds"),
     "train": (run_train, "train the profile's models (or one --model, one --fold)"),
     "tune": (run_tune, "an Optuna study over one model's hyperparameters (search space from the YAML)"),
+    "report": (run_report, "the HTML run report (tables, learning curves, confusion matrix, studies, submissions)"),
     "submit": (run_submit, "everything: download, prepare, train, TTA, ensemble, validate, upload, log"),
 }
 
@@ -89,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         stage = sub.add_parser(name, help=help_text)
         stage.add_argument("--comp", required=True, help=f"competition name ({', '.join(available())}) or a YAML path")
         stage.add_argument("--force", action="store_true", help="redo this stage even if its output exists")
-        if name in ("train", "submit", "tune"):
+        if name in ("train", "submit", "tune", "report"):
             stage.add_argument("--profile", default=None, help="recipe profile (default: quick on CPU, full on a GPU)")
         if name in ("train", "tune"):
             stage.add_argument("--model", default=None, help="only this model run (its alias or model name)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -16,13 +17,14 @@ import models
 from competition.errors import SpecError, UserError
 from competition.recipe import ModelRun, Profile
 from competition.spec import CompetitionSpec, stable_hash
-from pipelines.artifacts import git_commit, read_manifest
+from pipelines.artifacts import git_commit, is_complete, read_manifest
 from pipelines.device import Runtime, pick_runtime
 from pipelines.download import download
 from pipelines.ensemble import ensemble
 from pipelines.prepare import Folds, Prepared, make_folds, prepare
 from pipelines.submit import submit
-from pipelines.train import TrainingData, load_training_data, train_run
+from pipelines.report import write_report
+from pipelines.train import FoldOutput, TrainingData, fold_folder, load_training_data, train_run
 from pipelines.tta import tta_run
 
 
@@ -94,18 +96,45 @@ def train_models(ctx: Context, only: str | None = None, fold: int | None = None,
     return trained
 
 
+def finished_models(ctx: Context) -> dict:
+    """The trained folds of every run of the profile, or a UserError naming the first missing one."""
+    trained = {}
+    for run in ctx.profile.models:
+        trained[run.name] = []
+        for fold in ctx.spec.fold_indices(ctx.profile):
+            folder = fold_folder(ctx.spec, run, ctx.prepared, ctx.folds, fold)
+            if not is_complete(folder):
+                raise UserError(f"{run.name} fold {fold} is not trained yet; run `make submit COMP={ctx.spec.name}` "
+                                f"(or `make train COMP={ctx.spec.name}`) first")
+            trained[run.name].append(FoldOutput(folder))
+    return trained
+
+
+def combine(ctx: Context, trained: dict) -> tuple[dict, Path, dict]:
+    """TTA and ensemble over trained folds (both cached): (per-model TTA outputs, ensemble folder, report)."""
+    per_model = {name: tta_run(ctx.spec, name, folds, ctx.data, ctx.profile.tta, ctx.runtime) for name, folds in trained.items()}
+    folder, report = ensemble(ctx.spec, ctx.profile.ensemble, per_model, ctx.data.labels.cpu().numpy())
+    return per_model, folder, report
+
+
+def report_only(spec: CompetitionSpec, profile_name: str) -> Path:
+    ctx = setup(spec, profile_name)
+    trained = finished_models(ctx)
+    per_model, folder, report = combine(ctx, trained)
+    return write_report(ctx, trained, per_model, folder, report)
+
+
 def submit_all(spec: CompetitionSpec, profile_name: str, dry_run: bool = False, resubmit: bool = False) -> dict:
     started = time.perf_counter()
     ctx = setup(spec, profile_name)
     trained = train_models(ctx)
-    per_model = {name: tta_run(spec, name, folds, ctx.data, ctx.profile.tta, ctx.runtime) for name, folds in trained.items()}
-    labels = ctx.data.labels.cpu().numpy()
-    folder, report = ensemble(spec, ctx.profile.ensemble, per_model, labels)
+    per_model, folder, report = combine(ctx, trained)
     test_probs = np.load(folder / "test_probs.npy")
     cv = report["ensemble"]["oof_accuracy"]
     test_ids = ctx.prepared.load().test_ids
     result = submit(spec, profile_name, test_ids, test_probs, cv, config_hash(spec, ctx.profile),
                     read_manifest(folder)["digest"], git_commit(), dry_run=dry_run, resubmit=resubmit)
+    write_report(ctx, trained, per_model, folder, report)
     print_summary(ctx, trained, per_model, report, result, time.perf_counter() - started)
     return {"report": report, "result": result}
 

@@ -222,6 +222,15 @@ def _write_history(path: Path, history: list[dict]) -> None:
         writer.writerows(history)
 
 
+def tensorboard_writer(log_dir: Path):
+    """A SummaryWriter when the optional `tensorboard` extra is installed, else None (history.csv has it all)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
 # --- the loop -------------------------------------------------------------------------------------
 
 
@@ -290,6 +299,9 @@ def train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepare
         print(f"train: {run.name} fold {fold}: resuming after epoch {state['epoch']} of {run.epochs}")
 
     val_images, val_labels = data.images[val_rows.to(runtime.device)], data.labels[val_rows.to(runtime.device)]
+    # TensorBoard events for real runs only (tuning trials are deleted when they end): <data>/<comp>/tensorboard/<run>/fold<k>
+    tensorboard = tensorboard_writer(competition_root(spec.name) / "tensorboard" / final.parent.name / final.name) \
+        if out_root is None else None
     for epoch in range(state["epoch"] + 1, run.epochs + 1):
         if run.early_stopping and state["stale_epochs"] >= run.early_stopping:
             print(f"train: {run.name} fold {fold}: early stop, no better val accuracy for {run.early_stopping} epochs")
@@ -353,9 +365,16 @@ def train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepare
                       "scheduler": scheduler.state_dict() if scheduler is not None else None,
                       "ema": ema.state_dict() if ema is not None else None, "scaler": scaler.state_dict(),
                       "state": state}, last_path)
+        if tensorboard is not None:
+            for key in ("train_loss", "val_loss", "val_accuracy", "images_per_second"):
+                tensorboard.add_scalar(key, float(state["history"][-1][key]), epoch)
+            tensorboard.add_scalar("lr", lr, epoch)
+            tensorboard.flush()
         if on_epoch is not None:
             on_epoch(epoch, val_accuracy)
 
+    if tensorboard is not None:
+        tensorboard.close()
     # The fold is done: predict the test set with the best weights and publish the outputs.
     best = torch.load(best_path, map_location=runtime.device, weights_only=False)
     best_model = rebuild_from_checkpoint(best, spec, runtime)

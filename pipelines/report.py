@@ -1,0 +1,207 @@
+"""report: one self-contained HTML page (images embedded) that shows what a run did.
+
+Sections: the models (parameters, time per epoch, per-fold and OOF accuracy, TTA gain, ensemble weight),
+the ensemble, learning curves, the OOF confusion matrix with the most confused pairs, bar charts
+comparing the models, the Optuna study plots when a study exists, and the submissions log (CV next to
+the leaderboard). Every number carries its unit and meaning. Written to <data>/<comp>/report.html.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from competition.paths import competition_root
+from pipelines.artifacts import git_commit, read_manifest
+from pipelines.submit import read_log
+
+PAGE_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{margin-bottom:0}.sub{color:#666;margin-top:.2em}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
+figure{margin:1em 0}figcaption{color:#555;font-size:.9em}img{max-width:100%;border:1px solid #eee}
+.note{color:#555;font-size:.9em}
+"""
+
+
+def _figure_png(figure) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _img(png_b64: str, alt: str, caption: str) -> str:
+    return (f'<figure><img class="plot" alt="{html.escape(alt)}" src="data:image/png;base64,{png_b64}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _table(header: list[str], rows: list[list], table_id: str) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _history(folder: Path) -> list[dict]:
+    with open(folder / "history.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def learning_curves(name: str, folds: list) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axes, acc_axes) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for fold_output in folds:
+        history = _history(fold_output.folder)
+        epochs = [int(h["epoch"]) for h in history]
+        label = fold_output.folder.name
+        loss_axes.plot(epochs, [float(h["train_loss"]) for h in history], "--", label=f"{label} train")
+        loss_axes.plot(epochs, [float(h["val_loss"]) for h in history], "-", label=f"{label} validation")
+        acc_axes.plot(epochs, [100 * float(h["val_accuracy"]) for h in history], "-o", ms=3, label=label)
+    loss_axes.set(xlabel="epoch", ylabel="cross-entropy loss", title=f"{name}: loss per epoch")
+    acc_axes.set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"{name}: validation accuracy per epoch")
+    from matplotlib.ticker import MaxNLocator
+
+    for axes in (loss_axes, acc_axes):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.legend(fontsize=7)
+    return _figure_png(figure)
+
+
+def confusion(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> tuple[str, list[list]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(class_names)
+    matrix = np.zeros((k, k), dtype=np.int64)
+    np.add.at(matrix, (labels, predicted), 1)
+    size = min(4 + 0.35 * k, 16)
+    figure, axes = plt.subplots(figsize=(size, size * 0.85))
+    image = axes.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axes, label="images (count)")
+    if k <= 30:
+        axes.set_xticks(range(k), class_names, rotation=60, ha="right", fontsize=8)
+        axes.set_yticks(range(k), class_names, fontsize=8)
+        for i in range(k):
+            for j in range(k):
+                if matrix[i, j]:
+                    axes.text(j, i, matrix[i, j], ha="center", va="center", fontsize=7,
+                              color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+    axes.set(xlabel="predicted class", ylabel="true class", title="Out-of-fold confusion matrix (ensemble)")
+    off_diagonal = [(matrix[i, j], i, j) for i in range(k) for j in range(k) if i != j and matrix[i, j]]
+    pairs = [[class_names[i], class_names[j], int(n), f"{100 * n / max(matrix[i].sum(), 1):.1f}"]
+             for n, i, j in sorted(off_diagonal, reverse=True)[:8]]
+    return _figure_png(figure), pairs
+
+
+def comparison_bars(rows: list[dict]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["name"] for r in rows]
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    panels = [("oof_accuracy", 100, "OOF accuracy (%)"), ("parameters", 1e-6, "parameters (millions)"),
+              ("train_seconds", 1 / 60, "training time, all folds (minutes)")]
+    for ax, (key, scale, label) in zip(axes, panels):
+        values = [r[key] * scale for r in rows]
+        ax.bar(names, values, color="#4c78a8")
+        ax.set_title(label)
+        ax.tick_params(axis="x", rotation=30)
+        if key == "oof_accuracy":
+            ax.set_ylim(max(min(values) - 5, 0), min(max(values) + 1, 100))
+        for x, v in enumerate(values):
+            ax.text(x, v, f"{v:.2f}" if v < 100 else f"{v:.0f}", ha="center", va="bottom", fontsize=8)
+    return _figure_png(figure)
+
+
+def write_report(ctx, trained: dict, per_model: dict, ensemble_folder: Path, report: dict) -> Path:
+    """Render the page for a finished run; returns its path."""
+    spec = ctx.spec
+    labels_all = ctx.data.labels.cpu().numpy()
+    weights = {m["name"]: m for m in report["models"]}
+    model_rows, bar_rows, sections = [], [], []
+    for name, folds in trained.items():
+        manifests = [read_manifest(f.folder) for f in folds]
+        histories = [_history(f.folder) for f in folds]
+        seconds_per_epoch = np.mean([float(h["seconds"]) for hist in histories for h in hist])
+        plain = np.mean([m["val_accuracy"] for m in manifests])
+        with_tta = weights[name]["oof_accuracy"]
+        model_rows.append([name, f"{manifests[0]['parameters']:,}", f"{seconds_per_epoch:.1f}",
+                           " / ".join(f"{100 * m['val_accuracy']:.2f}" for m in manifests), f"{100 * plain:.2f}",
+                           f"{100 * with_tta:.2f}", f"{100 * (with_tta - plain):+.2f}", f"{weights[name]['weight']:.2f}"])
+        bar_rows.append({"name": name, "oof_accuracy": with_tta, "parameters": manifests[0]["parameters"],
+                         "train_seconds": sum(m["train_seconds"] for m in manifests)})
+        sections.append(_img(learning_curves(name, folds), f"learning curves of {name}",
+                             f"{name}: training loss (dashed) and validation loss (solid), and validation accuracy, "
+                             f"per epoch, one line per fold."))
+    oof_index = np.load(ensemble_folder / "oof_index.npy")
+    oof_probs = np.load(ensemble_folder / "oof_probs.npy")
+    confusion_png, pairs = confusion(labels_all[oof_index], oof_probs.argmax(1), spec.display_names)
+    study_images = []
+    for study_dir in sorted((competition_root(spec.name) / "tuning").glob("*/")):
+        for png in sorted(study_dir.glob("*.png")):
+            study_images.append(_img(base64.b64encode(png.read_bytes()).decode(), f"{study_dir.name} {png.stem}",
+                                     f"Optuna study '{study_dir.name}': {png.stem.replace('_', ' ')}"))
+    log_rows = [[r["time"], r["profile"], r["config_hash"], r["git_commit"][:12], r["cv_accuracy"], r["public_score"],
+                 r["private_score"], r["status"]] for r in read_log(spec)]
+    ensemble = report["ensemble"]
+    parts = [
+        f"<h1>{html.escape(spec.title)}</h1>",
+        f'<p class="sub">competition <b>{html.escape(spec.name)}</b> (Kaggle slug {html.escape(spec.kaggle_slug)}), '
+        f"profile <b>{html.escape(ctx.profile_name)}</b>, folds {spec.fold_indices(ctx.profile)} of {spec.folds.n_splits}, "
+        f"TTA views {'+'.join(ctx.profile.tta)}, device {ctx.runtime.device}; git {git_commit()[:12]}; "
+        f"written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}</p>",
+        "<h2>Models</h2>",
+        '<p class="note">Accuracy is the share of correctly classified held-out images, in percent. "OOF" rows are the '
+        "images of the trained folds that each fold model never saw (out of fold). TTA gain is the OOF accuracy with the "
+        "test-time-augmentation views minus without. Weight is the model's share in the ensemble.</p>",
+        _table(["model", "parameters (count)", "time per epoch (s)", "accuracy per fold (%)", "OOF accuracy, no TTA (%)",
+                "OOF accuracy, with TTA (%)", "TTA gain (points)", "ensemble weight"], model_rows, "models-table"),
+        "<h2>Ensemble</h2>",
+        _table(["method", "OOF rows (images)", "OOF accuracy (%)", "OOF log loss (nats per image)"],
+               [[report["method"], f"{report['oof_rows']:,}", f"{100 * ensemble['oof_accuracy']:.2f}",
+                 f"{ensemble['oof_log_loss']:.4f}"]], "ensemble-table"),
+        _img(comparison_bars(bar_rows), "model comparison", "Models side by side: OOF accuracy with TTA, size, and total "
+             "training time over all trained folds."),
+        "<h2>Learning curves</h2>", *sections,
+        "<h2>Where the ensemble errs</h2>",
+        _img(confusion_png, "confusion matrix", "Rows: true class; columns: predicted class; counts of out-of-fold images."),
+        "<p>Most confused pairs (out of fold):</p>",
+        _table(["true class", "predicted as", "images (count)", "share of the true class (%)"], pairs, "confused-table"),
+    ]
+    if study_images:
+        parts += ["<h2>Hyperparameter studies</h2>", *study_images]
+    parts += ["<h2>Submissions</h2>",
+              '<p class="note">CV is the ensemble\'s out-of-fold accuracy (fraction); public and private are the '
+              "leaderboard's accuracy on the two halves of the hidden test labels (fraction).</p>",
+              _table(["time (UTC)", "profile", "config hash", "git commit", "CV accuracy", "public score", "private score",
+                      "status"], log_rows, "submissions-table") if log_rows else "<p>No submissions yet.</p>"]
+    # On load, count images that failed to decode; a test reads this back from the rendered DOM.
+    check = ("<script>window.addEventListener('load',function(){var imgs=[].slice.call(document.images);"
+             "var ok=imgs.filter(function(i){return i.complete&&i.naturalWidth>0}).length;"
+             "document.body.setAttribute('data-images-ok',ok+'/'+imgs.length);});</script>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(spec.name)} run report</title>"
+            f"<style>{PAGE_STYLE}</style></head><body>{''.join(parts)}{check}</body></html>")
+    path = competition_root(spec.name) / "report.html"
+    tmp = path.with_name(f".report.{os.getpid()}.html")
+    tmp.write_text(page)
+    os.replace(tmp, path)
+    print(f"report: {path}")
+    return path
