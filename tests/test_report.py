@@ -9,6 +9,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from pipelines.__main__ import main as pipelines_main
@@ -29,6 +30,12 @@ def _chromium() -> str:
 def test_report_renders_with_all_tables_and_images(pipeline_env, host, tmp_path, monkeypatch):
     monkeypatch.setenv("KPIPE_SUBMISSIONS", str(tmp_path / "submissions"))
     spec_path = write_digits_variant(tmp_path, [TINY_RUN, {**TINY_RUN, "model": "fastcnn", "alias": "fast"}])
+    # A small study first, so that the report has a study section too.
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["tuning"] = {"folds": [0], "epochs": 1, "subsample": 0.3, "pruner": {"name": "none"},
+                      "search_space": {"optimizer.lr": {"type": "float", "low": 0.01, "high": 0.1, "log": True}}}
+    spec_path.write_text(yaml.safe_dump(spec))
+    assert pipelines_main(["tune", "--comp", str(spec_path), "--model", "cnn3", "--trials", "2"]) == 0
     assert pipelines_main(["submit", "--comp", str(spec_path)]) == 0
     report = pipeline_env / "digits" / "report.html"
     page = report.read_text()
@@ -38,7 +45,9 @@ def test_report_renders_with_all_tables_and_images(pipeline_env, host, tmp_path,
                    "public score", "Most confused pairs"):
         assert phrase in page
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(images) == 4  # comparison bars, two learning-curve figures, confusion matrix
+    # comparison bars, two learning-curve figures, confusion matrix, the study's history and importances
+    assert len(images) == 6
+    assert "Optuna study &#x27;digits-cnn3&#x27;: optimization history" in page
     for encoded in images:
         pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded))).convert("L"), dtype=np.float32)
         assert pixels.std() > 5, "an empty plot"
