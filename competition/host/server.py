@@ -21,7 +21,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from competition.host import builders
 from competition.host.scoring import SubmissionRejected
-from competition.host.store import HostStore, LimitReached, NotFound, iso, utcnow
+from competition.host.store import HostStore, LimitReached, NotFound, iso
 
 log = logging.getLogger("competition.host")
 
