@@ -18,6 +18,7 @@ import numpy as np
 from competition.paths import competition_root
 from competition.spec import CompetitionSpec
 from pipelines.artifacts import atomic_output, is_complete, output_key, read_manifest
+from pipelines.metrics import accuracy, log_loss
 from pipelines.train import FoldOutput, file_digest
 
 HILL_CLIMB_ROUNDS = 25
@@ -37,14 +38,6 @@ def gather(name: str, fold_outputs: list[FoldOutput]) -> ModelPredictions:
     order = np.argsort(index)
     return ModelPredictions(name, index[order], np.concatenate(probs)[order],
                             np.mean([f.test_probs() for f in fold_outputs], axis=0))
-
-
-def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float((probs.argmax(1) == labels).mean())
-
-
-def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-8, 1)).mean())
 
 
 def hill_climb(oof: list[np.ndarray], labels: np.ndarray, rounds: int = HILL_CLIMB_ROUNDS) -> np.ndarray:

@@ -37,6 +37,7 @@ from competition.spec import CompetitionSpec
 from pipelines.artifacts import is_complete, output_key, publish, read_manifest
 from pipelines.augment import BatchAugmenter
 from pipelines.device import Runtime
+from pipelines.metrics import accuracy, log_loss
 from models.weights import load_weights_file
 from pipelines.prepare import Folds, Prepared
 
@@ -298,7 +299,8 @@ def train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepare
         state = checkpoint["state"]
         print(f"train: {run.name} fold {fold}: resuming after epoch {state['epoch']} of {run.epochs}")
 
-    val_images, val_labels = data.images[val_rows.to(runtime.device)], data.labels[val_rows.to(runtime.device)]
+    val_images = data.images[val_rows.to(runtime.device)]
+    val_labels_host = data.labels.cpu().numpy()[val_rows.numpy()]
     # TensorBoard events for real runs only (tuning trials are deleted when they end): <data>/<comp>/tensorboard/<run>/fold<k>
     tensorboard = tensorboard_writer(competition_root(spec.name) / "tensorboard" / final.parent.name / final.name) \
         if out_root is None else None
@@ -337,8 +339,8 @@ def train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepare
 
         evaluated = ema.module if ema is not None else model
         val_probs = predict_probs(evaluated, val_images, runtime)
-        val_accuracy = float((val_probs.argmax(1) == val_labels.cpu().numpy()).mean())
-        val_loss = float(F.nll_loss(torch.from_numpy(val_probs).clamp_min(1e-8).log(), val_labels.cpu()))
+        val_accuracy = accuracy(val_probs, val_labels_host)
+        val_loss = log_loss(val_probs, val_labels_host)
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None and scheduler_unit == "epoch":
             scheduler.step()

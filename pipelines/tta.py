@@ -15,6 +15,7 @@ from competition.paths import competition_root
 from competition.spec import CompetitionSpec
 from pipelines.artifacts import atomic_output, is_complete, output_key
 from pipelines.device import Runtime
+from pipelines.metrics import accuracy
 from pipelines.train import FoldOutput, TrainingData, file_digest, predict_probs, rebuild_from_checkpoint
 
 
@@ -69,8 +70,7 @@ def tta_fold(spec: CompetitionSpec, run_name: str, trained: FoldOutput, data: Tr
         np.save(staging / "oof_index.npy", oof_index)
         np.save(staging / "test_probs.npy",
                 predict_with_views(model, data.test_images, views, runtime, f"tta {run_name} {trained.folder.name} test"))
-        labels = data.labels.cpu().numpy()[oof_index]
-        summary["val_accuracy"] = float((oof_probs.argmax(1) == labels).mean())
+        summary["val_accuracy"] = accuracy(oof_probs, data.labels.cpu().numpy()[oof_index])
         summary["digest"] = file_digest(staging / "oof_probs.npy", staging / "test_probs.npy")
     return FoldOutput(final)
 
@@ -79,7 +79,7 @@ def tta_gain(trained: FoldOutput, with_tta: FoldOutput, labels: np.ndarray) -> f
     """Accuracy with TTA minus accuracy without, on the fold's held-out rows."""
     index, plain = trained.oof()
     _, augmented = with_tta.oof()
-    return float((augmented.argmax(1) == labels[index]).mean() - (plain.argmax(1) == labels[index]).mean())
+    return accuracy(augmented, labels[index]) - accuracy(plain, labels[index])
 
 
 def tta_run(spec, run_name: str, trained_folds: list[FoldOutput], data: TrainingData, views: list[str],

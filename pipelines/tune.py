@@ -24,6 +24,7 @@ from competition.errors import SpecError, UserError
 from competition.paths import REPO_ROOT, competition_root
 from competition.recipe import ModelRun, ParamSpec, PrunerConfig, apply_params
 from competition.spec import CompetitionSpec
+from pipelines.metrics import accuracy
 from pipelines.train import train_fold
 
 # fail_stale_trials and the matplotlib plots are marked experimental; they are what the issue asks for.
@@ -142,8 +143,7 @@ class Objective:
                 output = train_fold(self.spec, run, self.ctx.data, self.ctx.prepared, self.ctx.folds, fold,
                                     self.ctx.runtime, out_root=trial_dir, subsample=tuning.subsample, on_epoch=report)
                 index, probs = output.oof()
-                labels = self.ctx.data.labels.cpu().numpy()[index]
-                scores.append(float((probs.argmax(1) == labels).mean()))
+                scores.append(accuracy(probs, self.ctx.data.labels.cpu().numpy()[index]))
         finally:
             # A finished or pruned trial keeps nothing but its numbers in the study: free disk and memory now.
             shutil.rmtree(trial_dir, ignore_errors=True)

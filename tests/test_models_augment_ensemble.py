@@ -11,7 +11,8 @@ from competition.recipe import AugmentConfig
 from competition.spec import load_spec
 from models.weights import load_weights_file
 from pipelines.augment import albumentations_policy, flip_and_shift
-from pipelines.ensemble import accuracy, find_weights
+from pipelines.ensemble import find_weights
+from pipelines.metrics import accuracy
 from pipelines.tta import VIEWS, shift_by
 
 
