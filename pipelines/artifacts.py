@@ -1,7 +1,9 @@
 """Stage outputs on disk: one folder per output, keyed by a hash of what produced it, written atomically.
 
-A stage writes into a temporary sibling folder and renames it into place only when it has finished,
-so an interrupted run leaves either the previous complete output or nothing — never half a folder.
+A stage writes into a staging sibling and renames it into place only when it has finished (see
+competition/atomic.py), so an interrupted run leaves either the previous complete output or nothing —
+never half a folder. Writers of one output take its lock first (competition/locks.py), so two processes
+never build the same output at once: the second waits, then finds it done.
 Every output folder holds a `manifest.json` saying what made it: the stage, its config and config hash,
 the hashes of its inputs, the package versions and the git commit.
 """
@@ -9,13 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import subprocess
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from competition import atomic, locks
 from competition.paths import REPO_ROOT
 from competition.spec import stable_hash
 
@@ -55,7 +56,7 @@ def read_manifest(folder: Path) -> dict | None:
         return None
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return None
 
 
@@ -63,15 +64,22 @@ def is_complete(folder: Path) -> bool:
     return read_manifest(folder) is not None
 
 
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+@contextlib.contextmanager
+def output_lock(final: Path, what: str):
+    """Hold `final`'s lock and clear what interrupted writers of it left behind. Callers check
+    `is_complete(final)` again inside: another process may have finished it while this one waited."""
+    with locks.hold(final, what):
+        atomic.remove_staging_leftovers(final)
+        yield
 
 
-def publish(staging: Path, final: Path, stage: str, config: dict, inputs: dict[str, str], extra: dict | None = None) -> None:
-    """Write the manifest into a finished staging folder and rename it to `final` (replacing an old one)."""
-    write_json(staging / MANIFEST, {
+def publish(staging: Path, final: Path, stage: str, config: dict, inputs: dict[str, str], extra: dict | None = None,
+            replace: bool = False) -> bool:
+    """Write the manifest into a finished staging folder and rename it to `final`.
+
+    An existing `final` is kept (and this staging folder discarded) unless `replace` is set, as when a
+    fold is retrained on purpose. Returns whether this folder was published."""
+    atomic.write_json(staging / MANIFEST, {
         "stage": stage,
         "key": final.name,
         "config": config,
@@ -82,23 +90,15 @@ def publish(staging: Path, final: Path, stage: str, config: dict, inputs: dict[s
         "packages": package_versions(),
         **(extra or {}),
     })
-    if final.exists():  # a stale output, or one being redone on purpose
-        shutil.rmtree(final)
-    os.replace(staging, final)
+    return atomic.publish_folder(staging, final, replace=replace)
 
 
 @contextlib.contextmanager
-def atomic_output(final: Path, stage: str, config: dict, inputs: dict[str, str], extra: dict | None = None):
-    """Yield a temporary folder to fill; on success write its manifest and rename it to `final`.
+def atomic_output(final: Path, stage: str, config: dict, inputs: dict[str, str], extra: dict | None = None,
+                  replace: bool = False):
+    """Yield a staging folder to fill; on success write its manifest and publish it as `final`.
 
     `extra` is read only after the with-block, so the caller may fill it inside."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with atomic.staged_folder(final) as staging:
         yield staging
-        publish(staging, final, stage, config, inputs, extra)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        publish(staging, final, stage, config, inputs, extra, replace)

@@ -8,6 +8,7 @@ Outputs (each folder keyed by a hash of its config and inputs, see artifacts.py)
 from __future__ import annotations
 
 import csv
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +17,8 @@ from sklearn.model_selection import StratifiedKFold
 
 from competition.errors import DataError
 from competition.paths import competition_root
-from competition.spec import CompetitionSpec, stable_hash
-from pipelines.artifacts import atomic_output, is_complete, output_key, read_manifest
+from competition.spec import CompetitionSpec
+from pipelines.artifacts import atomic_output, is_complete, output_key, output_lock, read_manifest
 from pipelines.download import raw_dir, raw_is_complete
 from pipelines.readers import CanonicalData, read_competition
 
@@ -51,20 +52,41 @@ def _write_rows(path: Path, header: list[str], rows) -> None:
         writer.writerows(rows)
 
 
+def content_digest(folder: Path, names: list[str]) -> str:
+    """A hash of the files' bytes (not their names and sizes only): a file edited in place changes it."""
+    sha = hashlib.sha256()
+    for name in sorted(names):
+        sha.update(name.encode() + b"\0")
+        with open(folder / name, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                sha.update(chunk)
+        sha.update(b"\0")
+    return sha.hexdigest()[:16]
+
+
 def prepare(spec: CompetitionSpec, force: bool = False) -> Prepared:
     raw = raw_dir(spec)
     if not raw_is_complete(raw):
         raise DataError(f"{raw}: no complete download; run `python -m pipelines download --comp {spec.name}` first")
     config = {"data": spec.data_hash()}
-    inputs = {"raw": stable_hash(read_manifest(raw)["files"])}
+    inputs = {"raw": content_digest(raw, list(read_manifest(raw)["files"]))}
     key = output_key(config, inputs)
     folder = competition_root(spec.name) / "prepared" / key
     if is_complete(folder) and not force:
         print(f"prepare: {spec.name}: up to date ({folder})")
         return Prepared(folder, key)
+    with output_lock(folder, f"the prepared arrays of {spec.name}"):
+        if is_complete(folder) and not force:
+            print(f"prepare: {spec.name}: up to date ({folder})")
+            return Prepared(folder, key)
+        return _write_prepared(spec, raw, folder, key, config, inputs, force)
+
+
+def _write_prepared(spec: CompetitionSpec, raw: Path, folder: Path, key: str, config: dict, inputs: dict,
+                    replace: bool) -> Prepared:
     data = read_competition(spec, raw)
     summary: dict = {}
-    with atomic_output(folder, "prepare", config, inputs, extra=summary) as staging:
+    with atomic_output(folder, "prepare", config, inputs, extra=summary, replace=replace) as staging:
         np.save(staging / "train_images.npy", data.train_images)
         np.save(staging / "train_labels.npy", data.train_labels)
         np.save(staging / "test_images.npy", data.test_images)
@@ -88,14 +110,29 @@ def prepare(spec: CompetitionSpec, force: bool = False) -> Prepared:
 class Folds:
     folder: Path
     key: str
+    n_splits: int
 
     @property
     def csv_path(self) -> Path:
         return self.folder / "folds.csv"
 
-    def fold_of_each_row(self) -> np.ndarray:
-        with open(self.csv_path, newline="") as fh:
-            return np.array([int(row["fold"]) for row in csv.DictReader(fh)], dtype=np.int64)
+    def fold_of_each_row(self, n_rows: int) -> np.ndarray:
+        """fold[i] for every training row, checked: a hand-edited folds.csv with a bad fold is refused here."""
+        try:
+            with open(self.csv_path, newline="", encoding="utf-8") as fh:
+                rows = list(csv.DictReader(fh))
+            folds = [int(row["fold"]) for row in rows]
+        except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{self.csv_path}: unreadable fold table ({type(exc).__name__}: {exc}); "
+                            "delete the folder and run `make prepare` again") from None
+        if len(folds) != n_rows:
+            raise DataError(f"{self.csv_path}: {len(folds)} rows for {n_rows} training images; "
+                            "delete the folder and run `make prepare` again")
+        bad = next((i for i, f in enumerate(folds) if not 0 <= f < self.n_splits), None)
+        if bad is not None:
+            raise DataError(f"{self.csv_path} row {bad + 2}: fold {folds[bad]} is outside 0..{self.n_splits - 1}; "
+                            "delete the folder and run `make prepare` again")
+        return np.array(folds, dtype=np.int64)
 
 
 def assign_folds(labels: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
@@ -118,18 +155,26 @@ def make_folds(spec: CompetitionSpec, prepared: Prepared, force: bool = False) -
     folder = competition_root(spec.name) / "folds" / key
     if is_complete(folder) and not force:
         print(f"folds: {spec.name}: up to date ({folder})")
-        return Folds(folder, key)
+        return Folds(folder, key, spec.folds.n_splits)
+    with output_lock(folder, f"the folds of {spec.name}"):
+        if is_complete(folder) and not force:
+            print(f"folds: {spec.name}: up to date ({folder})")
+            return Folds(folder, key, spec.folds.n_splits)
+        return _write_folds(spec, prepared, folder, key, config, force)
+
+
+def _write_folds(spec: CompetitionSpec, prepared: Prepared, folder: Path, key: str, config: dict, replace: bool) -> Folds:
     data = prepared.load()
     fold = assign_folds(data.train_labels, spec.folds.n_splits, spec.folds.seed)
     table = fold_class_counts(data.train_labels, fold, len(spec.classes))
     with atomic_output(folder, "folds", config, {"prepared": prepared.key},
-                       extra={"fold_sizes": table.sum(axis=1).tolist()}) as staging:
+                       extra={"fold_sizes": table.sum(axis=1).tolist()}, replace=replace) as staging:
         _write_rows(staging / "folds.csv", ["id", "label", "fold"],
                     ((i, spec.classes[c], f) for i, c, f in zip(data.train_ids, data.train_labels, fold)))
     deviation = max_deviation_from_ideal(table)
     print(f"folds: {spec.name}: {spec.folds.n_splits} stratified folds (seed {spec.folds.seed}), sizes "
           f"{table.sum(axis=1).tolist()}, per-class counts within {deviation:.2f} of ideal -> {folder / 'folds.csv'}")
-    return Folds(folder, key)
+    return Folds(folder, key, spec.folds.n_splits)
 
 
 def fold_class_counts(labels: np.ndarray, fold: np.ndarray, num_classes: int) -> np.ndarray:

@@ -11,12 +11,12 @@ import base64
 import csv
 import html
 import io
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from competition import atomic
 from competition.paths import competition_root
 from pipelines.artifacts import git_commit, read_manifest
 from pipelines.submit import read_log
@@ -200,8 +200,6 @@ def write_report(ctx, trained: dict, per_model: dict, ensemble_folder: Path, rep
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(spec.name)} run report</title>"
             f"<style>{PAGE_STYLE}</style></head><body>{''.join(parts)}{check}</body></html>")
     path = competition_root(spec.name) / "report.html"
-    tmp = path.with_name(f".report.{os.getpid()}.html")
-    tmp.write_text(page)
-    os.replace(tmp, path)
+    atomic.write_text(path, page)
     print(f"report: {path}")
     return path

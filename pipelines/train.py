@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +29,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import models
+from competition import atomic
 from competition.errors import UserError
 from competition.paths import competition_root
 from competition.recipe import ModelRun
 from competition.spec import CompetitionSpec
-from pipelines.artifacts import is_complete, output_key, publish, read_manifest
+from pipelines.artifacts import is_complete, output_key, output_lock, publish, read_manifest
 from pipelines.augment import BatchAugmenter
 from pipelines.device import Runtime
 from pipelines.metrics import accuracy, log_loss
@@ -67,7 +67,7 @@ def load_training_data(prepared: Prepared, folds: Folds, runtime: Runtime) -> Tr
         images_nhwc=data.train_images,
         labels=torch.from_numpy(data.train_labels).to(runtime.device),
         test_images=torch.from_numpy(data.test_images).permute(0, 3, 1, 2).contiguous().to(runtime.device),
-        fold_of_row=folds.fold_of_each_row(),
+        fold_of_row=folds.fold_of_each_row(len(data.train_labels)),
         mean=pixels.mean(dim=1).tolist(),
         std=pixels.std(dim=1).clamp_min(1.0).tolist(),
     )
@@ -210,14 +210,23 @@ def file_digest(*paths: Path) -> str:
     return sha.hexdigest()[:16]
 
 
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def save_checkpoint(obj, path: Path) -> None:
+    with atomic.atomic_file(path, "wb") as fh:
+        torch.save(obj, fh)
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict:
+    """Checkpoints hold tensors, numbers, strings and lists only, so they load with weights_only=True:
+    a checkpoint file cannot run code."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # a truncated or foreign file raises many kinds
+        raise UserError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                        "delete it and train that fold again") from None
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
-    with open(path, "w", newline="") as fh:
+    with atomic.atomic_file(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(history[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(history)
@@ -244,6 +253,18 @@ def train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepare
     final = fold_folder(spec, run, prepared, folds, fold, out_root)
     if is_complete(final) and not force:
         return FoldOutput(final)
+    # One process per fold at a time: a second `make submit`, or a `make train FOLD=k` beside it, waits
+    # here and then reuses (or, when forced, replaces) what the first one published.
+    with output_lock(final, f"{run.name} fold {fold}"):
+        if is_complete(final) and not force:
+            return FoldOutput(final)
+        return _train_fold(spec, run, data, prepared, folds, fold, runtime, final, force, out_root is None, subsample,
+                           on_epoch)
+
+
+def _train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepared: Prepared, folds: Folds, fold: int,
+                runtime: Runtime, final: Path, replace: bool, log_tensorboard: bool, subsample: float,
+                on_epoch: Callable[[int, float], None] | None) -> FoldOutput:
     # An interrupted attempt is resumed even when forced: epochs are seeded by (seed, fold, epoch), so
     # resuming ends exactly where starting over would. `force` only replaces the finished output.
     work = final.with_name(f".{final.name}.partial")
@@ -288,7 +309,7 @@ def train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepare
              "history": [], "stale_epochs": 0}
     last_path, best_path = work / "last.pt", work / "best.pt"
     if last_path.is_file():
-        checkpoint = torch.load(last_path, map_location=runtime.device, weights_only=False)
+        checkpoint = load_checkpoint(last_path, runtime.device)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         if scheduler is not None:
@@ -303,7 +324,7 @@ def train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepare
     val_labels_host = data.labels.cpu().numpy()[val_rows.numpy()]
     # TensorBoard events for real runs only (tuning trials are deleted when they end): <data>/<comp>/tensorboard/<run>/fold<k>
     tensorboard = tensorboard_writer(competition_root(spec.name) / "tensorboard" / final.parent.name / final.name) \
-        if out_root is None else None
+        if log_tensorboard else None
     for epoch in range(state["epoch"] + 1, run.epochs + 1):
         if run.early_stopping and state["stale_epochs"] >= run.early_stopping:
             print(f"train: {run.name} fold {fold}: early stop, no better val accuracy for {run.early_stopping} epochs")
@@ -348,9 +369,10 @@ def train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepare
             scheduler.step(val_accuracy)
         improved = (val_accuracy, -val_loss) > (state["best_accuracy"], -state["best_loss"])
         if improved:
-            state.update(best_accuracy=val_accuracy, best_loss=val_loss, best_epoch=epoch, best_val_probs=val_probs,
-                         stale_epochs=0)
-            _save_atomic({"state_dict": evaluated.state_dict(), "run": run.model_dump(mode="json"), "mean": data.mean,
+            # A tensor, not a numpy array: checkpoints must load with weights_only=True.
+            state.update(best_accuracy=val_accuracy, best_loss=val_loss, best_epoch=epoch,
+                         best_val_probs=torch.from_numpy(val_probs), stale_epochs=0)
+            save_checkpoint({"state_dict": evaluated.state_dict(), "run": run.model_dump(mode="json"), "mean": data.mean,
                           "std": data.std, "epoch": epoch, "val_accuracy": val_accuracy}, best_path)
         else:
             state["stale_epochs"] += 1
@@ -363,7 +385,7 @@ def train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepare
         print(f"train: {run.name} fold {fold} epoch {epoch}/{run.epochs}: loss {state['history'][-1]['train_loss']:.4f} "
               f"val_loss {val_loss:.4f} val_acc {val_accuracy:.4f}{' *' if improved else ''} "
               f"({train_seconds:.0f}s, {state['history'][-1]['images_per_second']:.0f} img/s)", flush=True)
-        _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict() if scheduler is not None else None,
                       "ema": ema.state_dict() if ema is not None else None, "scaler": scaler.state_dict(),
                       "state": state}, last_path)
@@ -378,14 +400,14 @@ def train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepare
     if tensorboard is not None:
         tensorboard.close()
     # The fold is done: predict the test set with the best weights and publish the outputs.
-    best = torch.load(best_path, map_location=runtime.device, weights_only=False)
+    best = load_checkpoint(best_path, runtime.device)
     best_model = rebuild_from_checkpoint(best, spec, runtime)
     np.save(work / "test_probs.npy", predict_probs(best_model, data.test_images, runtime))
-    np.save(work / "oof_probs.npy", state["best_val_probs"])
+    np.save(work / "oof_probs.npy", state["best_val_probs"].numpy())
     np.save(work / "oof_index.npy", val_rows.numpy())
     _write_history(work / "history.csv", state["history"])
     last_path.unlink()
-    publish(work, final, "train", run_config(spec, run), {"prepared": prepared.key, "folds": folds.key}, extra={
+    publish(work, final, "train", run_config(spec, run), {"prepared": prepared.key, "folds": folds.key}, replace=replace, extra={
         "fold": fold, "best_epoch": state["best_epoch"], "val_accuracy": state["best_accuracy"],
         "val_loss": state["best_loss"], "parameters": sum(p.numel() for p in best_model.net.parameters()),
         "train_seconds": round(sum(h["seconds"] for h in state["history"]), 1),

@@ -13,10 +13,10 @@ from tqdm import tqdm
 
 from competition.paths import competition_root
 from competition.spec import CompetitionSpec
-from pipelines.artifacts import atomic_output, is_complete, output_key
+from pipelines.artifacts import atomic_output, is_complete, output_key, output_lock
 from pipelines.device import Runtime
 from pipelines.metrics import accuracy
-from pipelines.train import FoldOutput, TrainingData, file_digest, predict_probs, rebuild_from_checkpoint
+from pipelines.train import FoldOutput, TrainingData, file_digest, load_checkpoint, predict_probs, rebuild_from_checkpoint
 
 
 def shift_by(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
@@ -59,8 +59,15 @@ def tta_fold(spec: CompetitionSpec, run_name: str, trained: FoldOutput, data: Tr
     final = competition_root(spec.name) / "tta" / f"{run_name}-{key}" / trained.folder.name
     if is_complete(final):
         return FoldOutput(final)
-    checkpoint = torch.load(trained.folder / "best.pt", map_location=runtime.device, weights_only=False)
-    model = rebuild_from_checkpoint(checkpoint, spec, runtime)
+    with output_lock(final, f"TTA of {run_name} {trained.folder.name}"):
+        if is_complete(final):
+            return FoldOutput(final)
+        return _tta_fold(spec, run_name, trained, data, views, runtime, final)
+
+
+def _tta_fold(spec: CompetitionSpec, run_name: str, trained: FoldOutput, data: TrainingData, views: list[str],
+              runtime: Runtime, final) -> FoldOutput:
+    model = rebuild_from_checkpoint(load_checkpoint(trained.folder / "best.pt", runtime.device), spec, runtime)
     oof_index = np.load(trained.folder / "oof_index.npy")
     summary: dict = {}
     with atomic_output(final, "tta", {"views": views}, {"train": trained.digest}, extra=summary) as staging:

@@ -142,7 +142,7 @@ def test_prepare_digits_end_to_end_through_the_local_host(pipeline_env, capsys):
     assert data.train_images.shape == (1347, 8, 8, 1) and data.test_images.shape == (450, 8, 8, 1)
     assert data.train_images.max() > 200  # real digit strokes, scaled to uint8
     folds = make_folds(spec, prepared)
-    fold = folds.fold_of_each_row()
+    fold = folds.fold_of_each_row(len(data.train_labels))
     counts = fold_class_counts(data.train_labels, fold, 10)
     assert np.abs(counts - np.bincount(data.train_labels) / 5).max() <= 1
     first = _sha(folds.csv_path)
