@@ -8,10 +8,16 @@ KAGGLE_USERNAME/KAGGLE_KEY), exactly as the `kaggle` CLI does.
 - when the host listens elsewhere ($KPIPE_LOCAL_HOST_PORT), HTTP_PROXY=http://127.0.0.1:<port> carries the
   same requests there (the host strips the scheme and host from the proxied request line);
 - credentials come from the host's own client config (<host root>/client/kaggle.json), never ~/.kaggle.
+
+Every call the pipeline makes goes through `call()`: a timeout on every socket read (the client sets
+none, so a host that accepts a connection and never answers would hang it forever), a bounded retry
+with backoff for failures that may pass (refused or dropped connections, timeouts, 502/503/504), and
+one line naming the host, what was being done and what to do when it still fails.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import socket
@@ -19,12 +25,90 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from competition.errors import KaggleError
 from competition.paths import REPO_ROOT, host_root
 from competition.spec import CompetitionSpec
 
 HOST_START_TIMEOUT_S = 20
+TRANSIENT_HTTP_STATUS = (502, 503, 504)
+T = TypeVar("T")
+
+
+def _env_number(name: str, default: float) -> float:
+    value = os.environ.get(name, "")
+    try:
+        return float(value) if value else default
+    except ValueError:
+        raise KaggleError(f"{name}={value!r}: must be a number") from None
+
+
+def read_timeout_s() -> float:
+    """Seconds a socket read may wait for the server ($KPIPE_KAGGLE_TIMEOUT_S, default 60)."""
+    return _env_number("KPIPE_KAGGLE_TIMEOUT_S", 60.0)
+
+
+def _install_default_timeout() -> None:
+    """Give every request of this process a (connect, read) timeout unless the caller chose one.
+
+    The kaggle client opens its own `requests` sessions in many places and passes no timeout; the
+    transport adapter is the one place they all pass through. A read timeout bounds each wait for
+    bytes, not a whole transfer, so a large download that keeps flowing is never cut."""
+    from requests.adapters import HTTPAdapter
+
+    if getattr(HTTPAdapter.send, "_kpipe_default_timeout", False):
+        return
+    unbounded_send = HTTPAdapter.send
+
+    @functools.wraps(unbounded_send)
+    def send(self, request, *args, **kwargs):
+        if kwargs.get("timeout") is None:
+            read = read_timeout_s()
+            kwargs["timeout"] = (min(10.0, read), read)
+        return unbounded_send(self, request, *args, **kwargs)
+
+    send._kpipe_default_timeout = True
+    HTTPAdapter.send = send
+
+
+def host_description(spec: CompetitionSpec) -> str:
+    return f"the local Kaggle host (127.0.0.1:{local_host_port()})" if spec.host == "local" else "kaggle.com"
+
+
+def is_transient(exc: Exception) -> bool:
+    """Failures worth trying again: the request may not have arrived, or the server was briefly unable."""
+    import requests
+
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+        return True
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        return exc.response.status_code in TRANSIENT_HTTP_STATUS
+    return False
+
+
+def call(spec: CompetitionSpec, what: str, action: Callable[[], T], retry: bool = True) -> T:
+    """Run one client call: retried with backoff when it fails transiently (up to $KPIPE_KAGGLE_ATTEMPTS
+    attempts, default 3, waits $KPIPE_KAGGLE_BACKOFF_S × 1, 2, 4 … seconds), else one KaggleError line.
+
+    `retry=False` for calls that must not be repeated blindly (creating a submission: a timeout may
+    mean it arrived); their callers reconcile with the server instead."""
+    attempts = max(int(_env_number("KPIPE_KAGGLE_ATTEMPTS", 3)), 1) if retry else 1
+    backoff = _env_number("KPIPE_KAGGLE_BACKOFF_S", 2.0)
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except KaggleError:
+            raise
+        except Exception as exc:  # the client raises requests errors, ValueError, TypeError and more
+            if attempt == attempts or not is_transient(exc):
+                tried = f" (tried {attempts} times)" if attempts > 1 and is_transient(exc) else ""
+                raise KaggleError(f"{what} failed{tried}: {describe_request_error(exc, spec)}") from None
+            wait = backoff * 2 ** (attempt - 1)
+            print(f"kaggle: {what}: {type(exc).__name__} from {host_description(spec)}; trying again in {wait:.0f} s "
+                  f"(attempt {attempt + 1} of {attempts})", file=sys.stderr, flush=True)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
 
 
 def local_host_port() -> int:
@@ -107,6 +191,7 @@ def kaggle_api(spec: CompetitionSpec, start_local_host: bool = True):
                 f"KAGGLE_KEY; or set `host: local` in competition/{spec.name}.yaml to use the local host")
 
     KaggleApi = _import_kaggle_api()
+    _install_default_timeout()
 
     api = KaggleApi()
     # The same settings on the instance, in case kaggle was imported before the environment was set.
@@ -125,7 +210,11 @@ def describe_request_error(exc: Exception, spec: CompetitionSpec) -> str:
     """One sentence for a failed Kaggle call: the server's message, or how to get connected."""
     import requests
 
-    where = f"the local host (port {local_host_port()})" if spec.host == "local" else "kaggle.com"
+    where = host_description(spec)
+    if isinstance(exc, requests.Timeout):
+        fix = ("restart it with `make stop-host` then `make serve`" if spec.host == "local"
+               else "try again later, or raise KPIPE_KAGGLE_TIMEOUT_S")
+        return f"{where} did not answer within {read_timeout_s():.0f} s; {fix}"
     if isinstance(exc, requests.ConnectionError):
         fix = "start it with `make serve`" if spec.host == "local" else "check your internet connection, or use `host: local`"
         return f"cannot reach {where}: {fix}"
@@ -135,5 +224,10 @@ def describe_request_error(exc: Exception, spec: CompetitionSpec) -> str:
             return f"{where} refused the credentials (HTTP 401); check kaggle.json"
         if status == 403 and spec.host == "kaggle":
             return f"kaggle.com refused access (HTTP 403): accept the rules of '{spec.kaggle_slug}' on its web page first"
-        return f"{where} answered HTTP {status}: {exc}"
-    return f"{where}: {exc}"
+        return f"{where} answered HTTP {status}: {_first_line(exc)}"
+    return f"{where}: {type(exc).__name__}: {_first_line(exc)}"
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else "(no message)"

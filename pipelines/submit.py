@@ -1,14 +1,20 @@
 """submit: write the submission CSV, validate it against the sample submission, upload, wait for the score, log.
 
 Nothing is uploaded unless the file passes `validate_submission`: the same header as the sample, the same
-ids in the same order, each once, and every label one of the competition's classes. The log
-(submissions/<comp>/log.csv) gets a row per run: time, config hash, git commit, CV and leaderboard scores.
-A prediction set already scored (same digest in the log) is not uploaded again unless asked.
+ids in the same order, each once, and every label one of the competition's classes.
+
+The log, submissions/<comp>/log.csv, is the record of every attempt, and the guard against uploading the
+same predictions twice. All of it happens under the log's lock, so concurrent submits of one competition
+take turns. Before an upload a PENDING row with the predictions' digest is written, and the digest goes
+into the submission's description; if anything fails after that (the host drops, the process is killed),
+the next run finds the submission on the host by its ref or digest and completes the row from there,
+instead of uploading again.
 """
 from __future__ import annotations
 
 import csv
-import os
+import io
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -16,24 +22,38 @@ from pathlib import Path
 
 import numpy as np
 
-from competition.errors import KaggleError, UserError
-from competition.kaggle_adapter import describe_request_error, kaggle_api
+from competition import atomic, locks
+from competition.errors import DataError, KaggleError, UserError
+from competition.kaggle_adapter import call, host_description, kaggle_api
 from competition.paths import submissions_root
 from competition.spec import CompetitionSpec
 from pipelines.download import raw_dir
 
 LOG_COLUMNS = ["time", "competition", "profile", "config_hash", "git_commit", "predictions_digest", "cv_accuracy",
                "public_score", "private_score", "status", "ref", "file"]
+# PENDING: recorded before the upload, completed by this or a later run. FAILED: the upload never reached
+# the host. The others are final.
+LOG_STATUSES = ("COMPLETE", "ERROR", "PENDING", "FAILED", "dry-run", "limit", "already-scored")
 SCORE_TIMEOUT_S = 600
+DIGEST_PATTERN = re.compile(r"digest ([0-9a-f]{8,64})")
 
 
 class SubmissionInvalid(UserError):
     pass
 
 
+class NotOnHost(KaggleError):
+    """The upload failed and the host has no record of it: safe to upload again."""
+
+
 def _read_rows(path: Path) -> list[list[str]]:
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        return [row for row in csv.reader(fh) if row]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            return [row for row in csv.reader(fh) if row]
+    except UnicodeDecodeError:
+        raise SubmissionInvalid(f"{path}: not UTF-8 text; save it as UTF-8 CSV") from None
+    except csv.Error as exc:
+        raise SubmissionInvalid(f"{path}: not a readable CSV ({exc})") from None
 
 
 def write_submission(spec: CompetitionSpec, test_ids: list[str], test_probs: np.ndarray, path: Path) -> None:
@@ -44,13 +64,10 @@ def write_submission(spec: CompetitionSpec, test_ids: list[str], test_probs: np.
         raise SubmissionInvalid(f"{sample}: header {','.join(header)} is not '{spec.id_column},{spec.label_column}'; "
                                 "only one-label-per-id submissions are supported")
     labels = [spec.classes[i] for i in test_probs.argmax(axis=1)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic.atomic_file(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(zip(test_ids, labels))
-    os.replace(tmp, path)
 
 
 def validate_submission(path: Path, sample: Path, classes: list[str]) -> int:
@@ -83,10 +100,11 @@ def validate_submission(path: Path, sample: Path, classes: list[str]) -> int:
 
 @dataclass
 class SubmissionResult:
-    status: str  # COMPLETE, ERROR, dry-run, limit, already-scored
+    status: str  # one of LOG_STATUSES
     public_score: float | None = None
     private_score: float | None = None
     ref: int | None = None
+    error: str = ""  # the host's reason when it refused the file while scoring
 
 
 def _score(value) -> float | None:
@@ -96,97 +114,231 @@ def _score(value) -> float | None:
         return None
 
 
-def upload_and_wait(spec: CompetitionSpec, path: Path, message: str, timeout_s: float = SCORE_TIMEOUT_S) -> SubmissionResult:
-    api = kaggle_api(spec)
-    slug = spec.kaggle_slug
-    try:
-        try:
-            limits = api.competition_get_submission_limits(slug)
-        except Exception:  # older or other servers may not answer this; the upload will say so itself
-            limits = None
-        if limits is not None and limits.num_allowed_now is not None and limits.num_allowed_now <= 0:
-            print(f"submit: daily submission limit used up ({limits.num_today} today); not uploading {path.name}")
-            return SubmissionResult("limit")
-        response = api.competition_submit(str(path), message, slug, quiet=True)
-    except Exception as exc:
-        raise KaggleError(f"upload of {path} refused: {describe_request_error(exc, spec)}") from None
-    if response.message == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE or not response.ref:
-        raise KaggleError(f"upload of {path} failed: {response.message}")
-    deadline, delay = time.monotonic() + timeout_s, 1.0
-    while True:
-        try:
-            submissions = api.competition_submissions(slug)
-        except Exception as exc:
-            raise KaggleError(f"reading the score of submission {response.ref} failed: {describe_request_error(exc, spec)}") from None
-        mine = next((s for s in submissions or [] if s.ref == response.ref), None)
-        status = getattr(mine.status, "name", str(mine.status)) if mine else "PENDING"
-        if status == "COMPLETE":
-            return SubmissionResult("COMPLETE", _score(mine.public_score), _score(mine.private_score), response.ref)
-        if status == "ERROR":
-            raise KaggleError(f"submission {response.ref} was refused while scoring: {mine.error_description}")
-        if time.monotonic() > deadline:
-            return SubmissionResult("PENDING", ref=response.ref)
-        time.sleep(delay)
-        delay = min(delay * 1.5, 15)
+def _score_text(value: float | None) -> str:
+    return "" if value is None else f"{value:.5f}"
+
+
+# --- the log ---------------------------------------------------------------------------------------
 
 
 def log_path(spec: CompetitionSpec) -> Path:
     return submissions_root() / spec.name / "log.csv"
 
 
+def _check_log_row(row: dict) -> str | None:
+    """What is wrong with one row of the log, or None."""
+    if row["status"] not in LOG_STATUSES:
+        return f"status '{row['status']}' is not one of {', '.join(LOG_STATUSES)}"
+    if not re.fullmatch(r"[0-9a-f]{8,64}", row["predictions_digest"]):
+        return f"predictions_digest '{row['predictions_digest']}' is not a hex digest"
+    for column in ("cv_accuracy", "public_score", "private_score"):
+        if row[column] and _score(row[column]) is None:
+            return f"{column} '{row[column]}' is not a number"
+    if row["ref"] and not row["ref"].isdigit():
+        return f"ref '{row['ref']}' is not a submission number"
+    return None
+
+
 def read_log(spec: CompetitionSpec) -> list[dict]:
+    """Every row of the log, checked: a hand-edited or truncated log is one DataError naming the row."""
     path = log_path(spec)
     if not path.is_file():
         return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+    fix = "fix that row, or move the file away to start a new log"
+    try:
+        text = path.read_text(encoding="utf-8")
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text; {fix}") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: not a readable CSV ({exc}); {fix}") from None
+    if not rows:
+        return []
+    if rows[0] != LOG_COLUMNS:
+        raise DataError(f"{path} row 1: the header must be {','.join(LOG_COLUMNS)}; {fix}")
+    entries = []
+    for number, fields in enumerate(rows[1:], start=2):
+        if not fields:
+            continue
+        if len(fields) != len(LOG_COLUMNS):
+            raise DataError(f"{path} row {number}: {len(fields)} fields, expected {len(LOG_COLUMNS)} "
+                            f"(a truncated or hand-edited row?); {fix}")
+        entry = dict(zip(LOG_COLUMNS, fields))
+        problem = _check_log_row(entry)
+        if problem:
+            raise DataError(f"{path} row {number}: {problem}; {fix}")
+        entries.append(entry)
+    return entries
 
 
-def append_log(spec: CompetitionSpec, row: dict) -> None:
-    """Rewrite the log with one more row, under a temporary name first, so it is never half-written."""
-    path = log_path(spec)
-    rows = read_log(spec) + [{k: row.get(k, "") for k in LOG_COLUMNS}]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+def write_log(spec: CompetitionSpec, rows: list[dict]) -> None:
+    with atomic.atomic_file(log_path(spec), "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+        writer.writerows({k: row.get(k, "") for k in LOG_COLUMNS} for row in rows)
+
+
+def _log_row(spec: CompetitionSpec, profile_name: str, config_hash: str, git_commit: str, digest: str,
+             cv_accuracy: float, result: SubmissionResult, path: Path) -> dict:
+    return {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "competition": spec.name,
+            "profile": profile_name, "config_hash": config_hash, "git_commit": git_commit, "predictions_digest": digest,
+            "cv_accuracy": f"{cv_accuracy:.5f}", "public_score": _score_text(result.public_score),
+            "private_score": _score_text(result.private_score), "status": result.status, "ref": result.ref or "",
+            "file": str(path)}
+
+
+def _update(row: dict, result: SubmissionResult) -> None:
+    row.update(status=result.status, public_score=_score_text(result.public_score),
+               private_score=_score_text(result.private_score), ref=result.ref or row["ref"])
+
+
+# --- the host --------------------------------------------------------------------------------------
+
+
+def _status_name(submission) -> str:
+    return getattr(submission.status, "name", str(submission.status))
+
+
+def find_on_host(spec: CompetitionSpec, api, ref: int | None, digest: str):
+    """The host's record of a submission, by ref or by the digest in its description; None if absent."""
+    submissions = call(spec, f"listing the submissions of '{spec.kaggle_slug}'",
+                       lambda: api.competition_submissions(spec.kaggle_slug)) or []
+    for submission in submissions:  # newest first
+        if ref is not None and submission.ref == ref:
+            return submission
+        match = DIGEST_PATTERN.search(submission.description or "")
+        if ref is None and match and match.group(1) == digest:
+            return submission
+    return None
+
+
+def wait_for_score(spec: CompetitionSpec, api, ref: int | None, digest: str,
+                   timeout_s: float = SCORE_TIMEOUT_S) -> SubmissionResult | None:
+    """Poll the host until the submission is scored; None when the host has no such submission."""
+    deadline, delay = time.monotonic() + timeout_s, 1.0
+    while True:
+        mine = find_on_host(spec, api, ref, digest)
+        if mine is None:
+            return None
+        status = _status_name(mine)
+        if status == "COMPLETE":
+            return SubmissionResult("COMPLETE", _score(mine.public_score), _score(mine.private_score), mine.ref)
+        if status == "ERROR":
+            return SubmissionResult("ERROR", ref=mine.ref, error=mine.error_description or "")
+        if time.monotonic() > deadline:
+            return SubmissionResult("PENDING", ref=mine.ref)
+        time.sleep(delay)
+        delay = min(delay * 1.5, 15)
+
+
+def settle_pending(spec: CompetitionSpec, api, rows: list[dict]) -> None:
+    """Complete the PENDING rows an earlier, interrupted run left, from what the host knows (in place)."""
+    for row in rows:
+        if row["status"] != "PENDING":
+            continue
+        result = wait_for_score(spec, api, int(row["ref"]) if row["ref"] else None, row["predictions_digest"])
+        if result is None:
+            print(f"submit: the upload of {Path(row['file']).name} ({row['time']}) never reached {host_description(spec)}; "
+                  "marked FAILED in the log")
+            row["status"] = "FAILED"
+        else:
+            print(f"submit: completed the log row of {Path(row['file']).name} from {host_description(spec)}: "
+                  f"{result.status}, public {_score_text(result.public_score) or '-'}")
+            _update(row, result)
+        write_log(spec, rows)
+
+
+def upload(spec: CompetitionSpec, api, path: Path, message: str, digest: str) -> SubmissionResult:
+    """Upload once (never retried blindly: a timeout may hide a submission that arrived), then wait for the
+    score. When the upload call fails, the host is asked whether the submission arrived anyway."""
+    try:
+        response = call(spec, f"uploading {path.name}", lambda: api.competition_submit(str(path), message,
+                                                                                      spec.kaggle_slug, quiet=True),
+                        retry=False)
+        ref = response.ref if response.message != api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE else None
+        failure = None if ref else KaggleError(f"uploading {path.name} failed: {response.message}")
+    except KaggleError as exc:
+        ref, failure = None, exc
+    result = wait_for_score(spec, api, ref, digest)
+    if result is None:
+        raise NotOnHost(f"{failure or f'submission {ref} of {path.name} is not listed by {host_description(spec)}'}; "
+                        "nothing was scored, the next `make submit` uploads it again")
+    return result
+
+
+# --- the stage -------------------------------------------------------------------------------------
 
 
 def submit(spec: CompetitionSpec, profile_name: str, test_ids: list[str], test_probs: np.ndarray, cv_accuracy: float,
            config_hash: str, predictions_digest: str, git_commit: str, dry_run: bool = False,
            resubmit: bool = False) -> SubmissionResult:
-    earlier = [r for r in read_log(spec) if r["predictions_digest"] == predictions_digest and r["status"] == "COMPLETE"]
-    if earlier and not (dry_run or resubmit) and Path(earlier[-1]["file"]).is_file():
-        last = earlier[-1]
-        path = Path(last["file"])
-        print(f"submit: these predictions were scored already ({last['time']}, public {last['public_score']}, {path.name}); "
-              "not uploading again (use --resubmit to upload anyway)")
-        result = SubmissionResult("already-scored", _score(last["public_score"]), _score(last["private_score"]),
-                                  int(last["ref"]) if last["ref"] else None)
-    else:
+    with locks.hold(log_path(spec), f"the submissions log of {spec.name}"):
+        rows = read_log(spec)
+        api = None
+        if not dry_run and any(r["status"] == "PENDING" for r in rows):
+            api = kaggle_api(spec)
+            settle_pending(spec, api, rows)
+        same = [r for r in rows if r["predictions_digest"] == predictions_digest]
+        scored = [r for r in same if r["status"] == "COMPLETE" and Path(r["file"]).is_file()]
+        if scored and not (dry_run or resubmit):
+            last = scored[-1]
+            print(f"submit: these predictions were scored already ({last['time']}, public {last['public_score']}, "
+                  f"{Path(last['file']).name}); not uploading again (use --resubmit to upload anyway)")
+            result = SubmissionResult("already-scored", _score(last["public_score"]), _score(last["private_score"]),
+                                      int(last["ref"]) if last["ref"] else None)
+            rows.append(_log_row(spec, profile_name, config_hash, git_commit, predictions_digest, cv_accuracy, result,
+                                 Path(last["file"])))
+            write_log(spec, rows)
+            return result
+        if any(r["status"] == "PENDING" for r in same) and not dry_run:
+            print("submit: these predictions are still being scored; not uploading them again (run again later)")
+            return SubmissionResult("PENDING")
+
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         path = submissions_root() / spec.name / f"{stamp}-{config_hash}.csv"
         write_submission(spec, test_ids, test_probs, path)
         try:
-            rows = validate_submission(path, raw_dir(spec) / spec.layout.sample_submission, spec.classes)
+            count = validate_submission(path, raw_dir(spec) / spec.layout.sample_submission, spec.classes)
         except SubmissionInvalid:
             path.unlink(missing_ok=True)
             raise
-        print(f"submit: {path} ({rows} rows) matches the sample submission")
+        print(f"submit: {path} ({count} rows) matches the sample submission")
+        row = _log_row(spec, profile_name, config_hash, git_commit, predictions_digest, cv_accuracy,
+                       SubmissionResult("dry-run" if dry_run else "PENDING"), path)
         if dry_run:
-            result = SubmissionResult("dry-run")
-        else:
-            message = f"CV {cv_accuracy:.4f} | config {config_hash} | git {git_commit[:12]} | {profile_name}"
-            result = upload_and_wait(spec, path, message)
-    append_log(spec, {
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "competition": spec.name,
-        "profile": profile_name, "config_hash": config_hash, "git_commit": git_commit,
-        "predictions_digest": predictions_digest, "cv_accuracy": f"{cv_accuracy:.5f}",
-        "public_score": "" if result.public_score is None else f"{result.public_score:.5f}",
-        "private_score": "" if result.private_score is None else f"{result.private_score:.5f}",
-        "status": result.status, "ref": result.ref or "", "file": str(path),
-    })
-    return result
+            rows.append(row)
+            write_log(spec, rows)
+            return SubmissionResult("dry-run")
+
+        api = api or kaggle_api(spec)
+        limits = call(spec, f"reading the submission limits of '{spec.kaggle_slug}'",
+                      lambda: api.competition_get_submission_limits(spec.kaggle_slug))
+        if limits is not None and limits.num_allowed_now is not None and limits.num_allowed_now <= 0:
+            print(f"submit: daily submission limit used up ({limits.num_today} today); not uploading {path.name}")
+            _update(row, SubmissionResult("limit"))
+            rows.append(row)
+            write_log(spec, rows)
+            return SubmissionResult("limit")
+
+        rows.append(row)
+        write_log(spec, rows)  # PENDING before the upload: a rerun completes it instead of uploading again
+        message = (f"CV {cv_accuracy:.4f} | config {config_hash} | git {git_commit[:12]} | {profile_name} "
+                   f"| digest {predictions_digest}")
+        try:
+            result = upload(spec, api, path, message, predictions_digest)
+        except NotOnHost:
+            row["status"] = "FAILED"
+            write_log(spec, rows)
+            raise
+        except KaggleError as exc:
+            # The upload may have arrived: the PENDING row stays, and the next run reads its fate from the host.
+            raise KaggleError(f"{exc}; the log keeps a PENDING row for {path.name}, and the next `make submit` "
+                              "completes it from the host without uploading again") from None
+        _update(row, result)
+        write_log(spec, rows)
+        if result.status == "ERROR":
+            raise KaggleError(f"submission {result.ref} of {path.name} was refused by {host_description(spec)} while "
+                              f"scoring: {result.error or 'no reason given'}")
+        if result.status == "PENDING":
+            print(f"submit: submission {result.ref} is not scored yet; the next `make submit` reads its score")
+        return result

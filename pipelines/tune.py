@@ -20,6 +20,7 @@ import numpy as np
 import optuna
 import torch
 
+from competition import atomic
 from competition.errors import SpecError, UserError
 from competition.paths import REPO_ROOT, competition_root
 from competition.recipe import ModelRun, ParamSpec, PrunerConfig, apply_params
@@ -56,16 +57,30 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=grace,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
     except Exception as exc:  # SQLAlchemy raises many kinds for a bad URL or an unreachable server
-        raise UserError(f"Optuna storage {redact(url)}: cannot open it ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        reason = redact_text((str(exc).strip().splitlines() or [""])[0], url)
+        raise UserError(f"Optuna storage {redact(url)}: cannot open it ({type(exc).__name__}: {reason})") from None
+
+
+def _password(url: str) -> str | None:
+    if "://" not in url or "@" not in url:
+        return None
+    credentials = url.split("://", 1)[1].rsplit("@", 1)[0]
+    return credentials.partition(":")[2] or None
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        credentials, host = rest.rsplit("@", 1)
-        return f"{scheme}://{credentials.split(':')[0]}:***@{host}"
-    return url
+    """The URL with its password replaced by ***, for messages (even when the URL does not parse)."""
+    return redact_text(url, url)
+
+
+def redact_text(text: str, url: str) -> str:
+    """`text` with every occurrence of `url`'s password (raw and URL-decoded) replaced by ***."""
+    from urllib.parse import unquote
+
+    password = _password(url)
+    for secret in {password, unquote(password)} if password else ():
+        text = text.replace(secret, "***")
+    return text
 
 
 def default_study_name(spec: CompetitionSpec, run: ModelRun) -> str:
@@ -238,10 +253,9 @@ def save_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
         figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
         figure.set_size_inches(8, 5)
         figure.tight_layout()
-        tmp = out_dir / f".{file_name}.{os.getpid()}.tmp.png"
-        figure.savefig(tmp, dpi=100)
+        with atomic.atomic_file(out_dir / file_name, "wb") as fh:
+            figure.savefig(fh, dpi=100, format="png")
         plt.close(figure)
-        os.replace(tmp, out_dir / file_name)
         saved.append(out_dir / file_name)
     if saved:
         print(f"tune: plots in {out_dir} ({', '.join(p.name for p in saved)})")

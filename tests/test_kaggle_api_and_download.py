@@ -75,7 +75,8 @@ def test_safe_extract_refuses_entries_escaping_the_folder(tmp_path):
 
 def test_unreachable_local_host_is_one_clear_sentence(pipeline_env, monkeypatch):
     monkeypatch.setenv("KPIPE_LOCAL_HOST_PORT", "9")  # nothing listens there
-    with pytest.raises(KaggleError, match=r"download of 'digits' failed: cannot reach the local host \(port 9\): start it with `make serve`"):
+    with pytest.raises(KaggleError, match=r"downloading the files of 'digits' failed \(tried 3 times\): cannot reach the "
+                                          r"local Kaggle host \(127.0.0.1:9\): start it with `make serve`"):
         download(load_spec("digits"), start_local_host=False)
     assert not (pipeline_env / "digits" / "raw").exists()
 
