@@ -8,10 +8,28 @@ import signal
 import sys
 from pathlib import Path
 
+from competition import atomic
 from competition.host import builders
 from competition.host.server import make_server
-from competition.host.store import HostStore
+from competition.host.store import HostStore, InvalidName, check_slug
 from competition.paths import host_root
+
+
+def running_host_pid(pid_file: Path) -> int | None:
+    """The PID in `pid_file` if that process is a local host serving; None (and the stale file removed) if not.
+
+    A PID file can outlive its process and the number be reused by anything else; signalling it blindly
+    could stop an unrelated program."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        pid_file.unlink(missing_ok=True)
+        return None
+    if b"competition.host" in cmdline and b"serve" in cmdline:
+        return pid
+    pid_file.unlink(missing_ok=True)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"local Kaggle host: http://{args.bind}:{args.port}  state: {store.root}  "
                   f"client config: {store.root / 'client' / 'kaggle.json'}", flush=True)
             pid_file = store.root / "server.pid"
-            pid_file.write_text(f"{os.getpid()}\n")
+            atomic.write_text(pid_file, f"{os.getpid()} {args.port}\n")
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so the finally below runs
             try:
                 server.serve_forever()
@@ -50,19 +68,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hosting '{slug}' from {args.folder}")
         elif args.command == "build":
             for slug in args.slugs:
+                if check_slug(slug) not in builders.BUILDERS:
+                    raise ValueError(f"'{slug}' is not a built-in competition ({', '.join(sorted(builders.BUILDERS))})")
                 print(f"{slug}: {store.competition_dir(slug)}", flush=True)
         elif args.command == "stop":
-            pid_file = store.root / "server.pid"
-            if not pid_file.is_file():
+            pid = running_host_pid(store.root / "server.pid")
+            if pid is None:
                 print(f"no host is running from {store.root}")
             else:
-                pid = int(pid_file.read_text())
                 try:
                     os.kill(pid, signal.SIGTERM)
                     print(f"stopped the local host (pid {pid})")
                 except ProcessLookupError:
                     print(f"the local host (pid {pid}) was not running")
-                pid_file.unlink(missing_ok=True)
+                (store.root / "server.pid").unlink(missing_ok=True)
         elif args.command == "where":
             store.credentials()
             print(f"state: {store.root}\nclient config: {store.root / 'client' / 'kaggle.json'}")
@@ -70,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}; port {getattr(args, 'port', '')} below 1024 needs root or CAP_NET_BIND_SERVICE "
               "(or use --port 8080 and see README 'Local host on another port')", file=sys.stderr)
         return 2
-    except (ValueError, OSError, builders.BuildError) as exc:
+    except (ValueError, InvalidName, OSError, builders.BuildError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -26,21 +26,33 @@ class Solution:
     @classmethod
     def load(cls, path: Path, id_column: str, label_column: str, allowed_labels: list[str]) -> "Solution":
         labels, usage = {}, {}
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            expected = {id_column, label_column, "Usage"}
-            if set(reader.fieldnames or []) != expected:
-                raise ValueError(f"{path}: header must be {id_column},{label_column},Usage (got {reader.fieldnames})")
-            for row_number, row in enumerate(reader, start=2):
-                sample_id = row[id_column]
-                if sample_id in labels:
-                    raise ValueError(f"{path} row {row_number}: duplicate id {sample_id!r}")
-                if row["Usage"] not in ("Public", "Private"):
-                    raise ValueError(f"{path} row {row_number}: Usage must be Public or Private (got {row['Usage']!r})")
-                if row[label_column] not in allowed_labels:
-                    raise ValueError(f"{path} row {row_number}: label {row[label_column]!r} is not an allowed label")
-                labels[sample_id] = row[label_column]
-                usage[sample_id] = row["Usage"]
+        try:
+            rows = list(csv.reader(io.StringIO(Path(path).read_bytes().decode("utf-8-sig"), newline="")))
+        except FileNotFoundError:
+            raise ValueError(f"{path}: missing; it holds the hidden labels (id,label,Usage)") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not UTF-8 text; save it as UTF-8 CSV") from None
+        except csv.Error as exc:
+            raise ValueError(f"{path}: not a readable CSV ({exc})") from None
+        expected = [id_column, label_column, "Usage"]
+        if not rows or sorted(rows[0]) != sorted(expected):
+            raise ValueError(f"{path}: header must be {','.join(expected)} (got {','.join(rows[0]) if rows else 'nothing'})")
+        header = rows[0]
+        for row_number, fields in enumerate(rows[1:], start=2):
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                raise ValueError(f"{path} row {row_number}: {len(fields)} fields, expected {len(header)}")
+            row = dict(zip(header, fields))
+            sample_id = row[id_column]
+            if sample_id in labels:
+                raise ValueError(f"{path} row {row_number}: duplicate id {sample_id!r}")
+            if row["Usage"] not in ("Public", "Private"):
+                raise ValueError(f"{path} row {row_number}: Usage must be Public or Private (got {row['Usage']!r})")
+            if row[label_column] not in allowed_labels:
+                raise ValueError(f"{path} row {row_number}: label {row[label_column]!r} is not an allowed label")
+            labels[sample_id] = row[label_column]
+            usage[sample_id] = row["Usage"]
         if not labels:
             raise ValueError(f"{path}: no rows")
         return cls(id_column, label_column, labels, usage, frozenset(allowed_labels))
@@ -65,7 +77,14 @@ def parse_submission(data: bytes, solution: Solution) -> dict[str, str]:
         raise SubmissionRejected("Submission is not UTF-8 text; upload a CSV file") from None
     if not text.strip():
         raise SubmissionRejected("Submission file is empty")
-    rows = csv.reader(io.StringIO(text))
+    try:
+        return _parse_rows(list(csv.reader(io.StringIO(text, newline=""))), solution)
+    except csv.Error as exc:  # NUL bytes, a field over csv's size limit, ...
+        raise SubmissionRejected(f"Submission is not a readable CSV ({exc})") from None
+
+
+def _parse_rows(all_rows: list[list[str]], solution: Solution) -> dict[str, str]:
+    rows = iter(all_rows)
     header = [h.strip() for h in next(rows)]
     expected_header = [solution.id_column, solution.label_column]
     if header != expected_header:

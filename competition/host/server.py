@@ -1,12 +1,22 @@
 """A loopback HTTP server that speaks the Kaggle API as the unmodified `kaggle` client (2.2.x) calls it.
 
-RPCs are `POST /api/v1/<Service>/<Method>` with JSON bodies (see ../shared/kaggle-protocol.md).
-Besides the RPCs it serves two plain paths: `GET /files/...` (the data zip and single files the
-download RPCs redirect to) and `PUT /upload/<token>` (the submission bytes).
+RPCs are `POST /api/v1/<Service>/<Method>` with JSON bodies. Besides the RPCs it serves two plain
+paths: `GET /files/...` (the data zip and single files the download RPCs redirect to) and
+`PUT /upload/<token>` (the submission bytes).
+
+Every request is untrusted, even on loopback: bodies are bounded (a missing, invalid or oversized
+Content-Length is refused before anything is read), each connection has a read timeout, the number of
+connections served at once is capped, malformed credentials are a plain 401, every slug, token and file
+name is checked before it touches a path, and any unexpected error becomes a JSON 500 in the log instead
+of a dead handler thread.
+
+It stays on the standard library's `http.server`: the client sends proxied requests with an absolute URL
+in the request line and follows 302s to file paths, and here each of those is one visible line.
 """
 from __future__ import annotations
 
 import base64
+import binascii
 import hmac
 import ipaddress
 import json
@@ -21,12 +31,16 @@ from urllib.parse import quote, unquote, urlsplit
 
 from competition.host import builders
 from competition.host.scoring import SubmissionRejected
-from competition.host.store import HostStore, LimitReached, NotFound, iso
+from competition.host.store import MAX_UPLOAD_BYTES, HostStore, InvalidName, LimitReached, NotFound, iso
 
 log = logging.getLogger("competition.host")
 
 COMPETITIONS = "competitions.CompetitionApiService"
 SECURITY = "security.OAuthService"
+MAX_RPC_BODY_BYTES = 1 << 20  # RPC requests are small JSON objects
+CONNECTION_TIMEOUT_S = 30  # a client silent this long mid-request is dropped
+MAX_CONNECTIONS = 32  # served at once; more get a 503 instead of another thread
+MAX_PAGE_SIZE = 1000
 
 
 class ApiError(Exception):
@@ -38,8 +52,8 @@ class ApiError(Exception):
 
 def _page(items: list, request: dict, default_size: int = 20) -> tuple[list, str]:
     """Offset paging: the page token is the offset of the next page as text ("" when there is none)."""
-    size = int(request.get("pageSize") or default_size)
-    token = request.get("pageToken") or ""
+    size = min(max(int(request.get("pageSize") or default_size), 1), MAX_PAGE_SIZE)
+    token = str(request.get("pageToken") or "")
     start = int(token) if token.isdigit() else max(int(request.get("page") or 1) - 1, 0) * size
     chunk = items[start:start + size]
     return chunk, (str(start + size) if start + size < len(items) else "")
@@ -58,9 +72,19 @@ def _submission_json(sub: dict) -> dict:
     }
 
 
+def _text_field(request: dict, key: str, required: bool = True) -> str:
+    value = request.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"field '{key}' must be a non-empty string")
+    return value
+
+
 class KaggleHostHandler(BaseHTTPRequestHandler):
     server_version = "kpipe-local-kaggle/1"
     protocol_version = "HTTP/1.1"
+    timeout = CONNECTION_TIMEOUT_S  # socket timeout for every read of this connection
     store: HostStore  # set on the subclass made by make_server
 
     # --- plumbing ------------------------------------------------------------------------------
@@ -70,7 +94,10 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
 
     def _path(self) -> str:
         # Behind HTTP_PROXY the request line carries a full URL; keep only its path.
-        return urlsplit(self.path).path if "://" in self.path else self.path.split("?", 1)[0]
+        try:
+            return urlsplit(self.path).path if "://" in self.path else self.path.split("?", 1)[0]
+        except ValueError:  # e.g. an unbalanced '[' in the host part
+            return "/"
 
     def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
         self.send_response(status)
@@ -89,23 +116,55 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
         # The client raises HTTPError(message) for a JSON body whose integer `code` is >= 400.
         self._send_json({"code": code, "message": message}, status=code)
 
-    def _read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+    def _refuse(self, code: int, message: str) -> None:
+        """Answer before reading the body, and close: unread body bytes must not be taken for a request."""
+        self.close_connection = True
+        self._send(code, json.dumps({"code": code, "message": message}).encode(), "application/json",
+                   {"Connection": "close"})
+
+    def _read_body(self, limit: int) -> bytes | None:
+        """The request body, or None after a refusal was sent: bodies need a valid Content-Length <= limit."""
+        if self.headers.get("Transfer-Encoding"):
+            self._refuse(411, "Send the body with a Content-Length; Transfer-Encoding is not supported here")
+            return None
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            if self.command == "PUT" or self.command == "POST":
+                self._refuse(411, f"{self.command} {self._path()} needs a Content-Length header")
+                return None
+            return b""
+        if not raw.strip().isdigit() or len(raw.strip()) > 18:
+            self._refuse(400, f"Content-Length {raw[:40]!r} is not a byte count")
+            return None
+        length = int(raw)
+        if length > limit:
+            self._refuse(413, f"Request body of {length} bytes is over this path's limit of {limit} bytes")
+            return None
+        try:
+            body = self.rfile.read(length) if length else b""
+        except (TimeoutError, OSError):
+            self.close_connection = True
+            return None
+        if len(body) != length:  # the client went away mid-body
+            self.close_connection = True
+            return None
+        return body
 
     def _authenticated_user(self) -> str | None:
+        """The account name for valid credentials; None for missing, wrong or malformed ones (never raises)."""
         creds = self.store.credentials()
         header = self.headers.get("Authorization", "")
-        if header.startswith("Basic "):
-            try:
-                user, _, key = base64.b64decode(header[6:]).decode().partition(":")
-            except ValueError:
-                return None
-            if user == creds["username"] and hmac.compare_digest(key, creds["key"]):
-                return user
-        elif header.startswith("Bearer "):
-            if hmac.compare_digest(header[7:], creds["token"]):
-                return creds["username"]
+        try:
+            if header.startswith("Basic "):
+                user, _, key = base64.b64decode(header[6:], validate=True).decode("utf-8").partition(":")
+                if hmac.compare_digest(user.encode(), creds["username"].encode()) and \
+                        hmac.compare_digest(key.encode(), creds["key"].encode()):
+                    return creds["username"]
+            elif header.startswith("Bearer "):
+                if hmac.compare_digest(header[7:].encode("utf-8", "surrogateescape"), creds["token"].encode()):
+                    return creds["username"]
+        except (ValueError, binascii.Error, UnicodeError):
+            return None
         return None
 
     def _guard_loopback(self) -> bool:
@@ -116,19 +175,49 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
 
     # --- HTTP verbs ----------------------------------------------------------------------------
 
+    def _guarded(self, handle) -> None:
+        """Run one verb's handler; an unexpected error is logged and answered with a JSON 500, so a bad
+        request can never kill the handler thread or leave the client waiting."""
+        try:
+            if self._guard_loopback():
+                handle()
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True
+        except Exception as exc:  # noqa: BLE001 - the last line of defence, by design
+            log.exception("unexpected error in %s %s", self.command, self._path()[:200])
+            self.close_connection = True
+            try:
+                self._send_error(500, f"The local host failed on this request ({type(exc).__name__}); see its server.log")
+            except OSError:
+                pass
+
     def do_POST(self):
-        if not self._guard_loopback():
-            return
+        self._guarded(self._post)
+
+    def do_GET(self):
+        self._guarded(self._get)
+
+    def do_HEAD(self):
+        self._guarded(self._get)
+
+    def do_PUT(self):
+        self._guarded(self._put)
+
+    def _post(self):
         path = self._path()
-        body = self._read_body()
+        body = self._read_body(MAX_RPC_BODY_BYTES)
+        if body is None:
+            return
         parts = path.strip("/").split("/")
         if len(parts) != 4 or parts[:2] != ["api", "v1"]:
-            return self._send_error(404, f"No such endpoint: {path}")
+            return self._send_error(404, f"No such endpoint: {path[:200]}")
         service, method = parts[2], parts[3]
         try:
             request = json.loads(body or b"{}")
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             return self._send_error(400, "Request body is not JSON")
+        if not isinstance(request, dict):
+            return self._send_error(400, "Request body must be a JSON object")
         try:
             if (service, method) == (SECURITY, "IntrospectToken"):
                 return self._introspect(request)
@@ -137,7 +226,7 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
                 return self._send_error(401, "Missing or wrong credentials for the local Kaggle host")
             handler = getattr(self, f"rpc_{method}", None) if service == COMPETITIONS else None
             if handler is None:
-                return self._send_error(404, f"The local host does not implement {service}/{method}")
+                return self._send_error(404, f"The local host does not implement {service[:80]}/{method[:80]}")
             handler(request, user)
         except SubmissionRejected as exc:
             self._send_error(400, str(exc))
@@ -146,13 +235,12 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
         except NotFound as exc:
             self._send_error(404, str(exc))
         except builders.BuildError as exc:
-            self._send_error(503, str(exc))
-        except (KeyError, ValueError, TypeError) as exc:
+            # Not 503: the client would retry, and a missing data package does not come back by waiting.
+            self._send_error(500, str(exc))
+        except (InvalidName, KeyError, ValueError, TypeError) as exc:
             self._send_error(400, f"Bad request to {method}: {exc}")
 
-    def do_GET(self):
-        if not self._guard_loopback():
-            return
+    def _get(self):
         path = self._path()
         if self._authenticated_user() is None:
             return self._send_error(401, "Missing or wrong credentials for the local Kaggle host")
@@ -165,25 +253,32 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
                 return self._send_file(path, mimetypes.guess_type(path.name)[0] or "application/octet-stream")
             if len(parts) == 3 and parts[0] == "files" and parts[2] == "leaderboard.zip":
                 return self._send(200, self._leaderboard_zip(parts[1]), "application/zip")
-        except NotFound as exc:
+        except (NotFound, InvalidName) as exc:
             return self._send_error(404, str(exc))
         except builders.BuildError as exc:
-            return self._send_error(503, str(exc))
-        self._send_error(404, f"No such file: {path}")
+            return self._send_error(500, str(exc))
+        self._send_error(404, f"No such file: {path[:200]}")
 
-    def do_HEAD(self):
-        self.do_GET()
-
-    def do_PUT(self):
-        if not self._guard_loopback():
-            return
+    def _put(self):
         parts = self._path().strip("/").split("/")
         if len(parts) != 2 or parts[0] != "upload":
-            return self._send_error(404, "No such upload URL")
+            return self._refuse(404, "No such upload URL")
+        if self.headers.get("Content-Range", "").startswith("bytes */"):
+            # The client asking whether an earlier upload finished (its resume probe): 200 if so, else 404.
+            try:
+                done = self.store.upload_complete(parts[1])
+            except (NotFound, InvalidName):
+                done = False
+            return self._send_json({}, status=200) if done else self._send_error(404, "No finished upload for this URL")
+        body = self._read_body(MAX_UPLOAD_BYTES)
+        if body is None:
+            return
         try:
-            self.store.receive_upload(parts[1], self._read_body())
-        except NotFound as exc:
+            self.store.receive_upload(parts[1], body)
+        except (NotFound, InvalidName) as exc:
             return self._send_error(404, str(exc))
+        except ValueError as exc:
+            return self._send_error(400, str(exc))
         self._send_json({}, status=200)
 
     def _send_file(self, path: Path, content_type: str) -> None:
@@ -210,11 +305,12 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
 
     def _introspect(self, request: dict) -> None:
         creds = self.store.credentials()
-        active = hmac.compare_digest(str(request.get("token", "")), creds["token"])
+        active = hmac.compare_digest(str(request.get("token", "")).encode("utf-8", "surrogateescape"),
+                                     creds["token"].encode())
         self._send_json({"active": active, "username": creds["username"] if active else ""})
 
     def rpc_ListCompetitions(self, request: dict, user: str) -> None:
-        search = (request.get("search") or "").lower()
+        search = str(request.get("search") or "").lower()
         metas = [self.store.meta(s) for s in self.store.slugs()]
         metas = [m for m in metas if search in m["slug"].lower() or search in m["title"].lower()]
         page, next_token = _page(metas, request)
@@ -232,7 +328,7 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
         self._send_json({"competitions": competitions, "nextPageToken": next_token})
 
     def rpc_ListDataFiles(self, request: dict, user: str) -> None:
-        slug = request["competitionName"]
+        slug = _text_field(request, "competitionName")
         data_dir = self.store.competition_dir(slug) / "data"
         files = [{"name": p.relative_to(data_dir).as_posix(), "totalBytes": p.stat().st_size,
                   "creationDate": iso(datetime.fromtimestamp(p.stat().st_mtime, timezone.utc).replace(tzinfo=None))}
@@ -241,24 +337,28 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
         self._send_json({"files": page, "nextPageToken": next_token})
 
     def rpc_DownloadDataFiles(self, request: dict, user: str) -> None:
-        slug = request["competitionName"]
+        slug = _text_field(request, "competitionName")
         self.store.data_zip(slug)  # build before redirecting, so the GET is fast and errors surface here
         self._redirect(f"/files/{quote(slug)}/{quote(slug)}.zip")
 
     def rpc_DownloadDataFile(self, request: dict, user: str) -> None:
-        slug, name = request["competitionName"], request["fileName"]
+        slug, name = _text_field(request, "competitionName"), _text_field(request, "fileName")
         self.store.data_file(slug, name)
         self._redirect(f"/files/{quote(slug)}/data/{quote(name)}")
 
     def rpc_StartSubmissionUpload(self, request: dict, user: str) -> None:
-        slug = request["competitionName"]
-        token = self.store.start_upload(slug, request.get("fileName") or "submission.csv", int(request.get("contentLength") or 0))
+        slug = _text_field(request, "competitionName")
+        token = self.store.start_upload(slug, _text_field(request, "fileName", required=False) or "submission.csv",
+                                        int(request.get("contentLength") or 0))
         host = self.headers.get("Host", "localhost")
+        if not all(c.isalnum() or c in ".-:[]" for c in host) or len(host) > 255:
+            host = "localhost"
         self._send_json({"token": token, "createUrl": f"http://{host}/upload/{token}"})
 
     def rpc_CreateSubmission(self, request: dict, user: str) -> None:
-        slug = request["competitionName"]
-        ref = self.store.create_submission(slug, user, request.get("blobFileTokens") or "", request.get("submissionDescription") or "")
+        slug = _text_field(request, "competitionName")
+        ref = self.store.create_submission(slug, user, _text_field(request, "blobFileTokens"),
+                                           _text_field(request, "submissionDescription", required=False)[:1000])
         title = self.store.meta(slug)["title"]
         self._send_json({"message": f"Successfully submitted to {title}", "ref": ref})
 
@@ -269,7 +369,7 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
         self._send_json(_submission_json(found[0]))
 
     def rpc_ListSubmissions(self, request: dict, user: str) -> None:
-        subs = [_submission_json(s) for s in self.store.submissions(request["competitionName"], team=user)]
+        subs = [_submission_json(s) for s in self.store.submissions(_text_field(request, "competitionName"), team=user)]
         page, next_token = _page(subs, request)
         self._send_json({"submissions": page, "nextPageToken": next_token})
 
@@ -278,8 +378,9 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
                 for number, sub in enumerate(self.store.leaderboard(slug), start=1)]
 
     def rpc_GetLeaderboard(self, request: dict, user: str) -> None:
-        self.store.meta(request["competitionName"])
-        page, next_token = _page(self._leaderboard_rows(request["competitionName"]), request)
+        slug = _text_field(request, "competitionName")
+        self.store.meta(slug)
+        page, next_token = _page(self._leaderboard_rows(slug), request)
         self._send_json({"submissions": page, "nextPageToken": next_token})
 
     def _leaderboard_zip(self, slug: str) -> bytes:
@@ -295,12 +396,12 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
         return buffer.getvalue()
 
     def rpc_DownloadLeaderboard(self, request: dict, user: str) -> None:
-        slug = request["competitionName"]
+        slug = _text_field(request, "competitionName")
         self._send(200, self._leaderboard_zip(slug), "application/zip",
                    {"Last-Modified": formatdate(usegmt=True)})
 
     def rpc_GetSubmissionLimits(self, request: dict, user: str) -> None:
-        self._send_json(self.store.limits(request["competitionName"], user))
+        self._send_json(self.store.limits(_text_field(request, "competitionName"), user))
 
 
 def check_loopback(bind: str) -> None:
@@ -312,13 +413,39 @@ def check_loopback(bind: str) -> None:
         raise ValueError(f"--bind {bind}: the local host only listens on loopback (127.0.0.1 or ::1)")
 
 
+class BoundedThreadingHTTPServer(ThreadingHTTPServer):
+    """One thread per connection, at most MAX_CONNECTIONS at once; the rest get a 503 and are closed."""
+
+    daemon_threads = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            try:
+                body = b'{"code": 503, "message": "The local host is serving too many connections; try again"}'
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 def make_server(store: HostStore, port: int = 80, bind: str = "127.0.0.1") -> ThreadingHTTPServer:
     check_loopback(bind)
     store.credentials()  # create the account before the first request
     handler = type("BoundKaggleHostHandler", (KaggleHostHandler,), {"store": store})
-    server = ThreadingHTTPServer((bind, port), handler)
-    server.daemon_threads = True
-    return server
+    return BoundedThreadingHTTPServer((bind, port), handler)
 
 
 def serve_in_thread(store: HostStore, port: int = 0, bind: str = "127.0.0.1") -> tuple[ThreadingHTTPServer, threading.Thread]:

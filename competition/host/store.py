@@ -11,15 +11,16 @@ Layout under the host root:
 from __future__ import annotations
 
 import json
-import os
+import re
 import secrets
 import shutil
 import sqlite3
 import threading
 import zipfile
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+from competition import atomic
 from competition.host import builders
 from competition.host.scoring import Score, Solution, SubmissionRejected, score_submission
 
@@ -36,8 +37,38 @@ CREATE TABLE IF NOT EXISTS submissions (
 """
 
 
+SLUG_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+
 class NotFound(Exception):
     pass
+
+
+class InvalidName(ValueError):
+    """A slug, token or file name from a request or an admin command that must not touch a path."""
+
+
+def check_slug(slug) -> str:
+    """Competition slugs are lower-case letters, digits and hyphens: never a separator, '..' or empty."""
+    if not isinstance(slug, str) or not SLUG_PATTERN.fullmatch(slug):
+        raise InvalidName(f"{str(slug)[:80]!r} is not a competition slug (1-64 lower-case letters, digits and hyphens, "
+                          "starting with a letter or digit)")
+    return slug
+
+
+def check_token(token) -> str:
+    if not isinstance(token, str) or not TOKEN_PATTERN.fullmatch(token):
+        raise InvalidName("Unknown upload token")
+    return token
+
+
+def check_data_name(name: str) -> PurePosixPath:
+    """A data file's name relative to data/: no absolute path, '..', backslash or NUL."""
+    path = PurePosixPath(name)
+    if not name or "\\" in name or "\0" in name or path.is_absolute() or ".." in path.parts:
+        raise InvalidName(f"{name[:120]!r} is not a data file name")
+    return path
 
 
 class LimitReached(Exception):
@@ -50,15 +81,6 @@ def utcnow() -> datetime:
 
 def iso(dt: datetime) -> str:
     return dt.isoformat(timespec="milliseconds") + "Z"
-
-
-def write_json_atomic(path: Path, obj, mode: int | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    if mode is not None:
-        os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 class HostStore:
@@ -79,8 +101,11 @@ class HostStore:
         path = self.root / "credentials.json"
         if not path.is_file():
             creds = {"username": "localuser", "key": secrets.token_hex(16), "token": "KGAT_" + secrets.token_hex(16)}
-            write_json_atomic(path, creds, mode=0o600)
-            write_json_atomic(self.root / "client" / "kaggle.json", {"username": creds["username"], "key": creds["key"]}, mode=0o600)
+            # Mode 0600 from the moment each file exists: the key is never readable by other users.
+            (self.root / "client").mkdir(mode=0o700, parents=True, exist_ok=True)
+            atomic.write_json(self.root / "client" / "kaggle.json", {"username": creds["username"], "key": creds["key"]},
+                              perm=0o600)
+            atomic.write_json(path, creds, perm=0o600)
         return json.loads(path.read_text())
 
     # --- competitions --------------------------------------------------------------------------
@@ -90,7 +115,7 @@ class HostStore:
         return sorted(built | set(builders.BUILTIN_META))
 
     def meta(self, slug: str) -> dict:
-        path = self.root / "competitions" / slug / "competition.json"
+        path = self.root / "competitions" / check_slug(slug) / "competition.json"
         if path.is_file():
             return json.loads(path.read_text())
         if slug in builders.BUILTIN_META:
@@ -99,42 +124,38 @@ class HostStore:
 
     def competition_dir(self, slug: str) -> Path:
         """The competition's folder, building a built-in competition the first time it is needed."""
-        folder = self.root / "competitions" / slug
+        folder = self.root / "competitions" / check_slug(slug)
         if (folder / "competition.json").is_file():
             return folder
         self.meta(slug)  # raises NotFound for unknown slugs
         with self._lock:
             if not (folder / "competition.json").is_file():
-                staging = folder.with_name(folder.name + ".building")
-                shutil.rmtree(staging, ignore_errors=True)
-                builders.BUILDERS[slug](staging)
-                shutil.rmtree(folder, ignore_errors=True)
-                os.replace(staging, folder)
+                atomic.remove_staging_leftovers(folder)
+                with atomic.staged_folder(folder) as staging:
+                    builders.BUILDERS[slug](staging)
+                    atomic.publish_folder(staging, folder, replace=folder.exists())
         return folder
 
     def add_competition(self, source: Path) -> str:
         """Host a course competition of one's own: `source` holds competition.json, data/ and solution.csv."""
-        meta_path = source / "competition.json"
-        if not meta_path.is_file():
-            raise ValueError(f"{meta_path}: missing; see README 'Host your own competition'")
-        meta = json.loads(meta_path.read_text())
-        for key in ("slug", "title", "labels", "id_column", "label_column"):
-            if key not in meta:
-                raise ValueError(f"{meta_path}: missing key '{key}'")
-        if not (source / "data" / "sample_submission.csv").is_file():
-            raise ValueError(f"{source / 'data' / 'sample_submission.csv'}: missing; participants need it")
+        meta = read_competition_json(source / "competition.json")
+        data = source / "data"
+        if not (data / "sample_submission.csv").is_file():
+            raise ValueError(f"{data / 'sample_submission.csv'}: missing; participants need it")
+        links = [p for p in source.rglob("*") if p.is_symlink()]
+        if links:
+            raise ValueError(f"{links[0]}: a symbolic link; copy the file in instead (the host serves only what the folder holds)")
         # Parse the solution now so a broken one is refused here, not at the first submission.
         Solution.load(source / "solution.csv", meta["id_column"], meta["label_column"], [str(x) for x in meta["labels"]])
         meta = {"category": "Community", "metric": "accuracy", "max_daily_submissions": 20,
                 "deadline": "2099-12-31T23:59:59", "description": "", "synthetic": False, **meta}
         dest = self.root / "competitions" / meta["slug"]
         with self._lock:
-            staging = dest.with_name(dest.name + ".adding")
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(source, staging)
-            write_json_atomic(staging / "competition.json", meta)
-            shutil.rmtree(dest, ignore_errors=True)
-            os.replace(staging, dest)
+            atomic.remove_staging_leftovers(dest)
+            with atomic.staged_folder(dest) as staging:
+                shutil.copytree(source, staging, dirs_exist_ok=True)
+                atomic.write_json(staging / "competition.json", meta)
+                atomic.publish_folder(staging, dest, replace=dest.exists())
         return meta["slug"]
 
     def data_files(self, slug: str) -> list[Path]:
@@ -143,7 +164,7 @@ class HostStore:
 
     def data_file(self, slug: str, name: str) -> Path:
         data_dir = (self.competition_dir(slug) / "data").resolve()
-        path = (data_dir / name).resolve()
+        path = (data_dir / check_data_name(name)).resolve()
         if data_dir not in path.parents or not path.is_file():
             raise NotFound(f"Competition '{slug}' has no data file '{name}'")
         return path
@@ -156,12 +177,10 @@ class HostStore:
         newest = max(p.stat().st_mtime for p in files)
         with self._lock:
             if not zip_path.is_file() or zip_path.stat().st_mtime < newest:
-                zip_path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = zip_path.with_name(zip_path.name + ".tmp")
-                with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+                with atomic.atomic_file(zip_path, "wb") as fh, \
+                        zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
                     for path in files:
                         zf.write(path, path.relative_to(data_dir).as_posix())
-                os.replace(tmp, zip_path)
         return zip_path
 
     def solution(self, slug: str) -> Solution:
@@ -173,8 +192,10 @@ class HostStore:
 
     def start_upload(self, slug: str, file_name: str, content_length: int) -> str:
         self.meta(slug)
-        if content_length > MAX_UPLOAD_BYTES:
+        if not 0 <= content_length <= MAX_UPLOAD_BYTES:
             raise SubmissionRejected(f"Submission is {content_length} bytes; the limit is {MAX_UPLOAD_BYTES}")
+        # Kept for display only, never as a path: the last segment, printable, bounded.
+        file_name = "".join(c for c in file_name.replace("\\", "/").rsplit("/", 1)[-1] if c.isprintable())[:255]
         token = secrets.token_urlsafe(24)
         with self._db() as db:
             db.execute("INSERT INTO uploads VALUES (?,?,?,?,?,0)", (token, slug, file_name, content_length, iso(utcnow())))
@@ -182,15 +203,18 @@ class HostStore:
 
     def receive_upload(self, token: str, body: bytes) -> None:
         with self._db() as db:
-            row = db.execute("SELECT complete FROM uploads WHERE token=?", (token,)).fetchone()
+            row = db.execute("SELECT content_length FROM uploads WHERE token=?", (check_token(token),)).fetchone()
             if row is None:
                 raise NotFound("Unknown upload token")
-            path = self.root / "uploads" / token
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(token + ".part")
-            tmp.write_bytes(body)
-            os.replace(tmp, path)
+            if len(body) > max(row[0], 0) or len(body) > MAX_UPLOAD_BYTES:
+                raise ValueError(f"Upload of {len(body)} bytes is larger than the {row[0]} bytes announced")
+            atomic.write_bytes(self.root / "uploads" / token, body)
             db.execute("UPDATE uploads SET complete=1 WHERE token=?", (token,))
+
+    def upload_complete(self, token: str) -> bool:
+        with self._db() as db:
+            row = db.execute("SELECT complete FROM uploads WHERE token=?", (check_token(token),)).fetchone()
+        return bool(row and row[0])
 
     def limits(self, slug: str, team: str) -> dict:
         meta = self.meta(slug)
@@ -207,6 +231,10 @@ class HostStore:
     def create_submission(self, slug: str, team: str, token: str, description: str) -> int:
         """Score the uploaded file; a malformed one is recorded as ERROR (not counted) and re-raised."""
         meta = self.meta(slug)
+        # Loaded before taking the lock: loading may build the competition, which takes the same lock.
+        solution = self.solution(slug)
+        if not TOKEN_PATTERN.fullmatch(token):
+            raise SubmissionRejected("No uploaded file for this token; upload the CSV first")
         with self._db() as db:
             row = db.execute("SELECT competition, file_name, complete FROM uploads WHERE token=?", (token,)).fetchone()
         if row is None or not row[2]:
@@ -223,7 +251,7 @@ class HostStore:
             score: Score | None = None
             error = ""
             try:
-                score = score_submission(data, self.solution(slug))
+                score = score_submission(data, solution)
             except SubmissionRejected as exc:
                 error = str(exc)
             with self._db() as db:
@@ -256,3 +284,36 @@ class HostStore:
             if sub["team"] not in best or sub["public_score"] > best[sub["team"]]["public_score"]:
                 best[sub["team"]] = sub
         return sorted(best.values(), key=lambda s: (-s["public_score"], s["date"]))
+
+
+def read_competition_json(path: Path) -> dict:
+    """competition.json of a course competition, checked: every refusal is one ValueError naming the key."""
+    if not path.is_file():
+        raise ValueError(f"{path}: missing; see README 'Host your own course competition'")
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: must be a JSON object with slug, title, labels, id_column, label_column")
+    for key in ("slug", "title", "labels", "id_column", "label_column"):
+        if key not in meta:
+            raise ValueError(f"{path}: missing key '{key}'")
+    try:
+        check_slug(meta["slug"])
+    except InvalidName as exc:
+        raise ValueError(f"{path}: key 'slug': {exc}") from None
+    for key in ("title", "id_column", "label_column"):
+        if not isinstance(meta[key], str) or not meta[key].strip():
+            raise ValueError(f"{path}: key '{key}' must be a non-empty string")
+    labels = meta["labels"]
+    if not isinstance(labels, list) or len(labels) < 2 or any(isinstance(v, (bool, dict, list)) or v is None for v in labels):
+        raise ValueError(f"{path}: key 'labels' must list at least two labels (strings or numbers)")
+    if len({str(v) for v in labels}) != len(labels):
+        raise ValueError(f"{path}: key 'labels' lists a label twice")
+    limit = meta.get("max_daily_submissions", 20)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
+        raise ValueError(f"{path}: key 'max_daily_submissions' must be a whole number from 1 to 10000")
+    return meta
