@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import string
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -46,8 +47,17 @@ class _ImageFilesLayout(_Strict):
     @field_validator("filename")
     @classmethod
     def _has_id(cls, value: str) -> str:
-        if "{id}" not in value:
+        try:
+            fields = [field for _, field, spec, conv in string.Formatter().parse(value) if field is not None]
+        except ValueError as exc:  # an unbalanced brace
+            raise ValueError(f"is not a file name pattern ({exc}); write it like '{{id}}.png'") from None
+        unknown = [f for f in fields if f != "id"]
+        if unknown:
+            raise ValueError(f"unknown placeholder '{{{unknown[0]}}}': the only one is '{{id}}', e.g. '{{id}}.png'")
+        if "id" not in fields:
             raise ValueError("must contain '{id}', e.g. '{id}.png'")
+        if "/" in value.replace("{id}", "") or "\\" in value or ".." in value:
+            raise ValueError("must be a plain file name inside the image folder, e.g. '{id}.png'")
         return value
 
 
@@ -105,12 +115,12 @@ class CompetitionSpec(_Strict):
     profiles: dict[str, Profile] = Field(default_factory=dict)
     tuning: TuningConfig | None = None
 
-    @field_validator("classes", mode="before")
+    @field_validator("classes", "class_names", mode="before")
     @classmethod
     def _labels_as_text(cls, value):
-        # YAML reads `[0, 1, 2]` as ints; labels are compared as the text a CSV holds.
+        # The loader keeps these lists' scalars as written (see load_spec); from Python, ints become text.
         if isinstance(value, list):
-            return [str(v) if isinstance(v, (int, str)) and not isinstance(v, bool) else v for v in value]
+            return [str(v) if isinstance(v, (int, float, str)) and not isinstance(v, bool) else v for v in value]
         return value
 
     @model_validator(mode="after")
@@ -166,19 +176,61 @@ def spec_path(name: str) -> Path:
     return SPEC_DIR / f"{name}.yaml"
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (first on line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+# Labels as their text: YAML would read `01` as 1, `1.0` as 1.0 and `yes` as True, but a label is compared
+# with what the CSVs and folder names hold, character for character.
+_VERBATIM_LISTS = ("classes", "class_names")
+
+
+MAX_SPEC_BYTES = 1 << 20
+
+
+def _read_yaml(path: Path) -> dict:
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: {path.stat().st_size:,} bytes; a competition spec is a few kB (limit {MAX_SPEC_BYTES:,})")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
+    try:
+        loader = _SpecLoader(text)
+        try:
+            node = loader.get_single_node()
+            raw = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a mapping of keys at the top level")
+    for key_node, value_node in node.value:
+        if key_node.value in _VERBATIM_LISTS and isinstance(value_node, yaml.SequenceNode):
+            raw[key_node.value] = [item.value if isinstance(item, yaml.ScalarNode) else raw[key_node.value][i]
+                                   for i, item in enumerate(value_node.value)]
+    return raw
+
+
 def load_spec(name: str) -> CompetitionSpec:
     """Load `competition/<name>.yaml` (or a path to a YAML file); any problem is a one-line SpecError."""
     path = spec_path(name)
     if not path.is_file():
         raise SpecError(f"{path}: no such competition spec; known competitions: {', '.join(available())}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(raw, dict):
-        raise SpecError(f"{path}: expected a mapping of keys at the top level")
+    raw = _read_yaml(path)
     try:
         return CompetitionSpec.model_validate(raw)
     except ValidationError as exc:

@@ -5,6 +5,7 @@ data is a one-line DataError naming the file and, where there is one, the row.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,6 +18,8 @@ from competition.errors import DataError
 from competition.spec import CompetitionSpec
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+MAX_CSV_FIELD_CHARS = 4096  # ids and labels are short; a longer cell is a broken or hostile file
+MAX_IMAGE_FILE_BYTES = 64 << 20
 
 
 @dataclass
@@ -40,10 +43,22 @@ def read_table(path: Path, required: list[str], what: str) -> pd.DataFrame:
     """A CSV as text columns, with the required columns present and no empty cells in them."""
     _require(path, what)
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: empty file; it needs a header row ({', '.join(required)}) and one row per image") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV") from None
+    except (pd.errors.ParserError, ValueError, OverflowError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path}: not a readable CSV ({first_line})") from None
+        raise DataError(f"{path}: not a readable CSV ({first_line[:200]})") from None
+    if table.empty:
+        raise DataError(f"{path}: a header but no rows; it must list every image ({what})")
+    for column in table.columns:
+        too_long = table.index[table[column].str.len() > MAX_CSV_FIELD_CHARS]
+        if len(too_long):
+            raise DataError(f"{path} row {too_long[0] + 2}: column '{column}' holds "
+                            f"{len(table[column][too_long[0]]):,} characters (limit {MAX_CSV_FIELD_CHARS:,}); "
+                            "is the file broken?")
     for column in required:
         if column not in table.columns:
             raise DataError(f"{path}: missing column '{column}' (found: {', '.join(map(str, table.columns)) or 'none'}); "
@@ -79,11 +94,9 @@ def read_labelled_ids(path: Path, spec: CompetitionSpec) -> tuple[list[str], np.
 
 
 def read_test_ids(path: Path, spec: CompetitionSpec) -> list[str]:
-    table = read_table(path, [spec.id_column], "sample submission")
+    table = read_table(path, [spec.id_column], "sample submission: every test id")
     ids = table[spec.id_column].str.strip()
     check_unique_ids(ids, path)
-    if len(ids) == 0:
-        raise DataError(f"{path}: no rows; the sample submission must list every test id")
     return ids.tolist()
 
 
@@ -93,16 +106,25 @@ def load_image(path: Path, spec: CompetitionSpec, where: str) -> np.ndarray:
 
     if not path.is_file():
         raise DataError(f"{path}: missing image ({where})")
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if spec.image.channels == 1 else "RGB")
-            array = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable image ({where}): {exc}") from None
+    if path.stat().st_size > MAX_IMAGE_FILE_BYTES:
+        raise DataError(f"{path}: {path.stat().st_size:,} bytes, far more than a {spec.image.height}x{spec.image.width} "
+                        f"image needs ({where}); is it the right file?")
     expected = (spec.image.height, spec.image.width)
-    if array.shape[:2] != expected:
-        raise DataError(f"{path}: image is {array.shape[0]}x{array.shape[1]}, expected {expected[0]}x{expected[1]} ({where}); "
-                        "fix the file or `image:` in the competition YAML")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                # The header says how big the image is; check it before decoding a single pixel, so a
+                # decompression bomb (a tiny file that decodes to gigabytes) is refused for free.
+                if (img.height, img.width) != expected:
+                    raise DataError(f"{path}: image is {img.height}x{img.width}, expected {expected[0]}x{expected[1]} "
+                                    f"({where}); fix the file or `image:` in the competition YAML")
+                img = img.convert("L" if spec.image.channels == 1 else "RGB")
+                array = np.asarray(img, dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{path}: refused as a decompression bomb ({where}): {exc}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: unreadable image ({where}): {str(exc)[:200]}") from None
     return array.reshape(*expected, spec.image.channels)
 
 
@@ -122,15 +144,16 @@ def as_nhwc(array: np.ndarray, spec: CompetitionSpec, path: Path) -> np.ndarray:
     if array.ndim != 4 or array.shape[1:] != expected:
         raise DataError(f"{path}: array shape {array.shape}, expected N×{expected[0]}×{expected[1]}"
                         f"{'' if expected[2] == 1 else '×3'}; fix the file or `image:` in the competition YAML")
-    return np.ascontiguousarray(array)
+    return np.array(array, order="C")  # a copy: the input may be a memory map of a file
 
 
 def load_npy(path: Path, spec: CompetitionSpec, what: str) -> np.ndarray:
     _require(path, what)
     try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise DataError(f"{path}: not a readable .npy array ({exc})") from None
+        # Memory-mapped first: the header's dtype and shape are checked before any data is copied.
+        array = np.load(path, allow_pickle=False, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npy array ({str(exc)[:200]})") from None
     return as_nhwc(array, spec, path)
 
 
