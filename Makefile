@@ -1,4 +1,5 @@
 # One-command entry points. Variables: COMP (competition), PORT (local host), VENV (virtual env folder).
+# Every target first installs what a fresh Debian machine lacks (pipelines/system_packages.py), then the venv.
 COMP ?= fashion-mnist
 PROFILE ?=
 MODEL ?=
@@ -9,7 +10,13 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kpipe-installed
 
-.PHONY: help install test serve stop-host download prepare train tune report submit bench clean
+# A storage URL may hold a password: it reaches the tuner through the environment, never a recipe line,
+# so make's echo of the command cannot show it.
+ifneq ($(STORAGE),)
+export KPIPE_OPTUNA_STORAGE := $(STORAGE)
+endif
+
+.PHONY: help install system-run system-test test serve stop-host download prepare train tune report submit bench prune clean
 
 help:
 	@echo "make submit COMP=fashion-mnist   download -> prepare -> train -> TTA -> ensemble -> submit"
@@ -17,18 +24,25 @@ help:
 	@echo "make prepare COMP=digits         download + cached arrays + stratified folds"
 	@echo "make train COMP=x MODEL=m FOLD=k retrain one fold of one model (and nothing else)"
 	@echo "make tune COMP=x MODEL=m TRIALS=n [WORKERS=k] [STORAGE=url] [STUDY=name]   Optuna study"
+	@echo "make prune COMP=x [DRY_RUN=1]    remove outputs that no logged submission, plan or study needs"
 	@echo "make bench                       data-path and training throughput benchmark"
 	@echo "make serve [PORT=80]             run the local Kaggle-compatible host in the foreground"
 	@echo "make stop-host                   stop a host started in the background"
 
-$(STAMP): pyproject.toml
+system-run:
+	@$(PYTHON) -m pipelines.system_packages run
+
+system-test:
+	@$(PYTHON) -m pipelines.system_packages test
+
+$(STAMP): pyproject.toml | system-run
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-test: install
+test: system-test install
 	$(PY) -m pytest -q
 
 serve: install
@@ -51,11 +65,13 @@ submit: install
 
 tune: install
 	$(PY) -m pipelines tune --comp $(COMP) $(if $(PROFILE),--profile $(PROFILE)) $(if $(MODEL),--model $(MODEL)) \
-		--trials $(or $(TRIALS),20) $(if $(STORAGE),--storage '$(STORAGE)') $(if $(STUDY),--study $(STUDY)) \
-		$(if $(WORKERS),--workers $(WORKERS))
+		--trials $(or $(TRIALS),20) $(if $(STUDY),--study $(STUDY)) $(if $(WORKERS),--workers $(WORKERS))
 
 report: install
 	$(PY) -m pipelines report --comp $(COMP) $(if $(PROFILE),--profile $(PROFILE))
+
+prune: install
+	$(PY) -m pipelines prune --comp $(COMP) $(if $(filter-out 0,$(DRY_RUN)),--dry-run)
 
 bench: install
 	$(PY) -m pipelines.bench

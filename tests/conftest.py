@@ -1,11 +1,18 @@
-"""Shared fixtures: a real local Kaggle host on a free loopback port, and environments that point the
-unmodified kaggle client (CLI and Python API) at it — and can never reach the real kaggle.com."""
+"""Shared fixtures: a real local Kaggle host on a free loopback port, environments that point the
+unmodified kaggle client (CLI and Python API) at it — and can never reach the real kaggle.com — and a
+throw-away PostgreSQL server of the tests' own."""
 from __future__ import annotations
 
+import glob
 import json
 import os
+import pwd
+import secrets
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +84,7 @@ def pipeline_env(host, tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("KPIPE_LOCAL_HOST_PORT", str(host.port))
     monkeypatch.setenv("KPIPE_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KPIPE_KAGGLE_BACKOFF_S", "0.05")  # retries stay real, the waits short
     return tmp_path / "data"
 
 
@@ -91,3 +99,51 @@ def write_course_competition(folder: Path, slug: str, max_daily: int = 2) -> dic
     (folder / "solution.csv").write_text("id,label,Usage\n" + "".join(
         f"{i},{label},{'Public' if n < 3 else 'Private'}\n" for n, (i, label) in enumerate(truth.items())))
     return truth
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL server started for this test session in a temporary folder, with a password-protected
+    role, on a free loopback port; or the server named by KPIPE_TEST_POSTGRES_URL.
+
+    As root, the server runs as the `postgres` user (initdb refuses root), through runuser."""
+    if os.environ.get("KPIPE_TEST_POSTGRES_URL"):
+        yield os.environ["KPIPE_TEST_POSTGRES_URL"]
+        return
+    bin_dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(Path(d).parent.name))
+    if not bin_dirs:
+        pytest.skip("PostgreSQL is not installed: `make test` installs it (Debian package postgresql)")
+    bin_dir = Path(bin_dirs[-1])
+    base = Path(tempfile.mkdtemp(prefix="kpipe-test-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam("postgres")
+        os.chown(base, owner.pw_uid, owner.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    password = secrets.token_hex(8)
+    (base / "pw").write_text(password + "\n")
+    if as_user:
+        os.chown(base / "pw", owner.pw_uid, owner.pw_gid)
+    port = free_port()
+
+    def run(*argv: str) -> None:
+        result = subprocess.run([*as_user, *argv], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, f"{argv[0]} failed: {result.stderr[-800:]}"
+
+    run(str(bin_dir / "initdb"), "-D", str(base / "data"), "-U", "kpipe", f"--pwfile={base / 'pw'}", "-E", "UTF8",
+        "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync")
+    run(str(bin_dir / "pg_ctl"), "-D", str(base / "data"), "-l", str(base / "server.log"), "-w", "-t", "60",
+        "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    try:
+        run(str(bin_dir / "createdb"), "-h", str(base), "-p", str(port), "-U", "kpipe", "kpipe_test")
+        yield f"postgresql://kpipe:{password}@127.0.0.1:{port}/kpipe_test"
+    finally:
+        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(base / "data"), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(base, ignore_errors=True)

@@ -4,12 +4,15 @@ from __future__ import annotations
 import csv
 import io
 import os
-import socket
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 
-from competition.host.server import make_server, serve_in_thread
+from competition.host.server import make_server
+from competition.paths import REPO_ROOT
 from tests.conftest import write_course_competition
 
 
@@ -110,21 +113,31 @@ def test_host_refuses_non_loopback_bind(host):
         make_server(host.store, port=0, bind="0.0.0.0")
 
 
-def _port_80_free() -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", 80)) != 0
+# Runs inside a network namespace of its own: loopback up, the host on port 80, the CLI without a proxy.
+_PORT_80_SCRIPT = """
+import fcntl, socket, struct, subprocess, sys
+from competition.host.server import serve_in_thread
+from competition.host.store import HostStore
+probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+flags = struct.unpack("16sH14x", fcntl.ioctl(probe, 0x8913, struct.pack("16sH14x", b"lo", 0)))[1]
+fcntl.ioctl(probe, 0x8914, struct.pack("16sH14x", b"lo", flags | 0x1))  # SIOCSIFFLAGS: lo up
+serve_in_thread(HostStore(sys.argv[1]), port=80)
+sys.exit(subprocess.run([sys.argv[2], "competitions", "list"]).returncode)
+"""
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="port 80 needs root; the proxy route above covers other users")
-@pytest.mark.skipif(not _port_80_free(), reason="something already listens on port 80 (a `make serve`?)")
-def test_cli_on_port_80_without_proxy(host, cli_env, run_kaggle):
-    """The documented route: KAGGLE_API_ENVIRONMENT=LOCALHOST alone reaches http://localhost:80."""
-    server, _ = serve_in_thread(host.store, port=80)
-    try:
-        env = {k: v for k, v in cli_env.items() if k != "HTTP_PROXY"}
-        result = run_kaggle("competitions", "list", env=env)
-        assert result.returncode == 0, result.stderr
-        assert "digits" in result.stdout
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_cli_on_port_80_without_proxy(host, cli_env, tmp_path):
+    """The documented route: KAGGLE_API_ENVIRONMENT=LOCALHOST alone reaches http://localhost:80.
+
+    In a network namespace of the test's own, so that a host already on port 80 (left by `make submit`,
+    which is normal) neither blocks the test nor answers it."""
+    unshare = ["unshare", "--net"] if os.geteuid() == 0 else ["unshare", "--net", "--map-root-user"]
+    if subprocess.run([*unshare, "true"], capture_output=True).returncode != 0:
+        pytest.skip("this kernel allows no network namespace here (unshare --net failed)")
+    env = {k: v for k, v in cli_env.items() if k != "HTTP_PROXY"}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    kaggle_bin = str(Path(sys.executable).with_name("kaggle"))
+    result = subprocess.run([*unshare, sys.executable, "-c", _PORT_80_SCRIPT, str(host.root), kaggle_bin],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "digits" in result.stdout and "fashion-mnist" in result.stdout

@@ -23,7 +23,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 def _chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        pytest.skip("Debian's chromium is not installed (.ci/run installs it); the report is not rendered")
+        pytest.skip("Debian's chromium is not installed (`make test` installs it); the report is not rendered")
     return path
 
 

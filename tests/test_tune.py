@@ -144,16 +144,12 @@ def test_search_space_is_validated_at_load(tmp_path):
         load_spec(str(path))
 
 
-POSTGRES_URL = os.environ.get("KPIPE_TEST_POSTGRES_URL")
-
-
-@pytest.mark.skipif(not POSTGRES_URL, reason="KPIPE_TEST_POSTGRES_URL is not set; .ci/run starts PostgreSQL and sets it")
-def test_two_workers_on_postgresql(pipeline_env, tmp_path):
+def test_two_workers_on_postgresql(pipeline_env, tmp_path, postgres_url):
     spec_path = write_tuning_variant(tmp_path, epochs=2, pruner={"name": "none"})
     assert pipelines_main(["prepare", "--comp", str(spec_path)]) == 0
     study_name = f"ci-{uuid.uuid4().hex[:8]}"
     assert pipelines_main(["tune", "--comp", str(spec_path), "--model", "cnn3", "--trials", "4", "--workers", "2",
-                           "--storage", POSTGRES_URL, "--study", study_name]) == 0
-    trials = finished(study_for(pipeline_env, study_name, POSTGRES_URL))
+                           "--storage", postgres_url, "--study", study_name]) == 0
+    trials = finished(study_for(pipeline_env, study_name, postgres_url))
     assert 4 <= len(trials) <= 5
     assert len({t.user_attrs["worker"] for t in trials}) == 2
