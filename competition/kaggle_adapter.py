@@ -17,6 +17,7 @@ one line naming the host, what was being done and what to do when it still fails
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import io
 import os
@@ -101,6 +102,8 @@ def call(spec: CompetitionSpec, what: str, action: Callable[[], T], retry: bool 
         except KaggleError:
             raise
         except Exception as exc:  # the client raises requests errors, ValueError, TypeError and more
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise  # the client writing a download onto a full disk: the CLI reports that, not the host
             if attempt == attempts or not is_transient(exc):
                 tried = f" (tried {attempts} times)" if attempts > 1 and is_transient(exc) else ""
                 raise KaggleError(f"{what} failed{tried}: {describe_request_error(exc, spec)}") from None

@@ -1,15 +1,23 @@
 """`python -m pipelines <stage> --comp NAME` — run pipeline stages from the command line.
 
 Config is read and validated here, once; stages receive typed objects. Any UserError (bad YAML, bad data,
-Kaggle unreachable, unknown model) is printed as one line, `error: ...`, with exit status 2.
+Kaggle unreachable, unknown model) is printed as one line, `error: ...`, with exit status 2; so is a
+full disk. SIGTERM is handled like Ctrl-C, so that whatever was being written is cleaned up.
 """
 from __future__ import annotations
 
 import argparse
+import errno
+import shutil
+import signal
 import sys
+import threading
 
 from competition.errors import UserError
+from competition.paths import competition_root
 from competition.spec import available, load_spec
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def run_download(spec, args) -> None:
@@ -70,6 +78,12 @@ def run_tune(spec, args) -> None:
         report_study(study, competition_root(spec.name) / "tuning" / study_name, url)
 
 
+def run_prune(spec, args) -> None:
+    from pipelines.prune import prune
+
+    prune(spec, dry_run=args.dry_run)
+
+
 def run_report(spec, args) -> None:
     from pipelines.run import report_only
 
@@ -83,7 +97,27 @@ STAGES = {
     "tune": (run_tune, "an Optuna study over one model's hyperparameters (search space from the YAML)"),
     "report": (run_report, "the HTML run report (tables, learning curves, confusion matrix, studies, submissions)"),
     "submit": (run_submit, "everything: download, prepare, train, TTA, ensemble, validate, upload, log"),
+    "prune": (run_prune, "remove output folders that no logged submission, plan or study needs"),
 }
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: staging files and folders are removed on the way out
+
+
+def disk_full_message(exc: BaseException, comp: str) -> str | None:
+    """One line for a write that failed because the disk (or a quota) is full; None for other errors."""
+    filename = getattr(exc, "filename", None)
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        where = filename or competition_root(comp)
+    elif isinstance(exc, RuntimeError) and "write failed" in str(exc):  # torch.save's own writer
+        where = competition_root(comp)
+        if shutil.disk_usage(where if where.exists() else where.parent).free > 64 << 20:
+            return None
+    else:
+        return None
+    return (f"disk full while writing {where}: nothing partial was kept; free space (`make prune COMP={comp}` "
+            "removes outputs no submission needs) and run the same command again")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         stage = sub.add_parser(name, help=help_text)
         stage.add_argument("--comp", required=True, help=f"competition name ({', '.join(available())}) or a YAML path")
         stage.add_argument("--force", action="store_true", help="redo this stage even if its output exists")
+        if name == "prune":
+            stage.add_argument("--dry-run", action="store_true", default=default_dry_run(),
+                               help="list what would be removed (also DRY_RUN=1)")
         if name in ("train", "submit", "tune", "report"):
             stage.add_argument("--profile", default=None, help="recipe profile (default: quick on CPU, full on a GPU)")
         if name in ("train", "tune"):
@@ -114,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                                help="validate the CSV but do not upload (also DRY_RUN=1)")
             stage.add_argument("--resubmit", action="store_true", help="upload even if these predictions were scored before")
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
+    spec = None
     try:
         spec = load_spec(args.comp)
         if getattr(args, "profile", "") is None:
@@ -128,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: finished outputs are kept and a fold in progress resumes from its last epoch",
               file=sys.stderr)
         return 130
+    except (OSError, RuntimeError) as exc:
+        message = disk_full_message(exc, spec.name if spec else args.comp)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     return 0
 
 

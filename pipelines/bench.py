@@ -15,6 +15,7 @@ import csv
 import json
 import os
 import platform
+import sys
 import time
 
 import numpy as np
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import models
+from competition.errors import UserError
 from competition.recipe import AugmentConfig, ModelRun
 from competition.spec import load_spec
 from pipelines.augment import BatchAugmenter
@@ -111,4 +113,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as exc:  # no data, no host: one line, as every other command
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -22,6 +22,7 @@ from pipelines.device import Runtime, pick_runtime
 from pipelines.download import download
 from pipelines.ensemble import ensemble
 from pipelines.prepare import Folds, Prepared, make_folds, prepare
+from pipelines.prune import report_disk_usage
 from pipelines.submit import submit
 from pipelines.report import write_report
 from pipelines.train import FoldOutput, TrainingData, fold_folder, load_training_data, train_run
@@ -136,6 +137,7 @@ def submit_all(spec: CompetitionSpec, profile_name: str, dry_run: bool = False, 
                     read_manifest(folder)["digest"], git_commit(), dry_run=dry_run, resubmit=resubmit)
     write_report(ctx, trained, per_model, folder, report)
     print_summary(ctx, trained, per_model, report, result, time.perf_counter() - started)
+    print(report_disk_usage(spec))
     return {"report": report, "result": result}
 
 

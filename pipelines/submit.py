@@ -42,8 +42,6 @@ class SubmissionInvalid(UserError):
     pass
 
 
-class NotOnHost(KaggleError):
-    """The upload failed and the host has no record of it: safe to upload again."""
 
 
 def _read_rows(path: Path) -> list[list[str]]:
@@ -248,22 +246,17 @@ def settle_pending(spec: CompetitionSpec, api, rows: list[dict]) -> None:
         write_log(spec, rows)
 
 
-def upload(spec: CompetitionSpec, api, path: Path, message: str, digest: str) -> SubmissionResult:
-    """Upload once (never retried blindly: a timeout may hide a submission that arrived), then wait for the
-    score. When the upload call fails, the host is asked whether the submission arrived anyway."""
+def create_submission(spec: CompetitionSpec, api, path: Path, message: str) -> tuple[int | None, KaggleError | None]:
+    """Upload once: (ref, None), or (None, the failure). Never retried blindly: a timeout or a dropped
+    connection may hide a submission that arrived, so the caller asks the host instead."""
     try:
-        response = call(spec, f"uploading {path.name}", lambda: api.competition_submit(str(path), message,
-                                                                                      spec.kaggle_slug, quiet=True),
-                        retry=False)
-        ref = response.ref if response.message != api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE else None
-        failure = None if ref else KaggleError(f"uploading {path.name} failed: {response.message}")
+        response = call(spec, f"uploading {path.name}",
+                        lambda: api.competition_submit(str(path), message, spec.kaggle_slug, quiet=True), retry=False)
     except KaggleError as exc:
-        ref, failure = None, exc
-    result = wait_for_score(spec, api, ref, digest)
-    if result is None:
-        raise NotOnHost(f"{failure or f'submission {ref} of {path.name} is not listed by {host_description(spec)}'}; "
-                        "nothing was scored, the next `make submit` uploads it again")
-    return result
+        return None, exc
+    if response.ref and response.message != api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
+        return int(response.ref), None
+    return None, KaggleError(f"uploading {path.name} failed: {response.message}")
 
 
 # --- the stage -------------------------------------------------------------------------------------
@@ -324,16 +317,21 @@ def submit(spec: CompetitionSpec, profile_name: str, test_ids: list[str], test_p
         write_log(spec, rows)  # PENDING before the upload: a rerun completes it instead of uploading again
         message = (f"CV {cv_accuracy:.4f} | config {config_hash} | git {git_commit[:12]} | {profile_name} "
                    f"| digest {predictions_digest}")
+        ref, failure = create_submission(spec, api, path, message)
+        if ref is not None:
+            row["ref"] = str(ref)
+            write_log(spec, rows)
         try:
-            result = upload(spec, api, path, message, predictions_digest)
-        except NotOnHost:
+            # With a ref, by ref; after a failed call, by digest: the submission may have arrived anyway.
+            result = wait_for_score(spec, api, ref, predictions_digest)
+        except KaggleError as exc:
+            raise KaggleError(f"{failure or exc}; the log keeps a PENDING row for {path.name}, and the next "
+                              "`make submit` completes it from the host without uploading again") from None
+        if result is None:
             row["status"] = "FAILED"
             write_log(spec, rows)
-            raise
-        except KaggleError as exc:
-            # The upload may have arrived: the PENDING row stays, and the next run reads its fate from the host.
-            raise KaggleError(f"{exc}; the log keeps a PENDING row for {path.name}, and the next `make submit` "
-                              "completes it from the host without uploading again") from None
+            raise KaggleError(f"{failure or f'submission {ref} is not listed by {host_description(spec)}'}; nothing was "
+                              "scored, the next `make submit` uploads it again")
         _update(row, result)
         write_log(spec, rows)
         if result.status == "ERROR":

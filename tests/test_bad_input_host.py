@@ -217,10 +217,11 @@ def test_unexpected_handler_error_is_a_json_500_and_the_host_lives_on(host, monk
     def broken(self, request, user):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(host_server.KaggleHostHandler, "rpc_GetSubmissionLimits", broken, raising=True)
+    limits = host_server.KaggleHostHandler.rpc_GetSubmissionLimits
+    monkeypatch.setattr(host_server.KaggleHostHandler, "rpc_GetSubmissionLimits", broken)
     status, body = rpc(host, "GetSubmissionLimits", {"competitionName": "digits"})
     assert status == 500 and "ZeroDivisionError" in body["message"] and "server.log" in body["message"]
-    monkeypatch.undo()
+    monkeypatch.setattr(host_server.KaggleHostHandler, "rpc_GetSubmissionLimits", limits)
     host_still_serves(host)
 
 
