@@ -15,11 +15,13 @@ import subprocess
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from competition import atomic, locks
 from competition.paths import REPO_ROOT
 from competition.spec import stable_hash
 
+T = TypeVar("T")
 MANIFEST = "manifest.json"
 TRACKED_PACKAGES = ("numpy", "pandas", "scikit-learn", "pillow", "torch", "torchvision", "timm", "albumentations", "optuna", "kaggle")
 
@@ -64,13 +66,18 @@ def is_complete(folder: Path) -> bool:
     return read_manifest(folder) is not None
 
 
-@contextlib.contextmanager
-def output_lock(final: Path, what: str):
-    """Hold `final`'s lock and clear what interrupted writers of it left behind. Callers check
-    `is_complete(final)` again inside: another process may have finished it while this one waited."""
+def build_once(final: Path, what: str, build: Callable[[], T], reuse: Callable[[], T], force: bool = False,
+               complete: Callable[[Path], bool] = is_complete) -> T:
+    """`reuse()` when `final` is complete, else `build()` while holding `final`'s lock (`what` names it in
+    the waiting message), after clearing what interrupted writers left and checking again: another
+    process may have finished it while this one waited. `force` builds in any case."""
+    if not force and complete(final):
+        return reuse()
     with locks.hold(final, what):
         atomic.remove_staging_leftovers(final)
-        yield
+        if not force and complete(final):
+            return reuse()
+        return build()
 
 
 def publish(staging: Path, final: Path, stage: str, config: dict, inputs: dict[str, str], extra: dict | None = None,

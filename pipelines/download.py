@@ -17,7 +17,7 @@ from competition.errors import DataError, KaggleError
 from competition.kaggle_adapter import call, host_description, kaggle_api
 from competition.paths import competition_root
 from competition.spec import CompetitionSpec
-from pipelines.artifacts import atomic_output, output_lock, read_manifest
+from pipelines.artifacts import atomic_output, build_once, read_manifest
 
 RAW = "raw"
 MAX_ENTRIES = 500_000
@@ -118,27 +118,30 @@ def safe_extract(zip_path: Path, dest: Path) -> dict[str, int]:
 def download(spec: CompetitionSpec, force: bool = False, start_local_host: bool = True) -> Path:
     """Download and unzip the competition's files; returns the raw folder."""
     folder = raw_dir(spec)
-    if not force and raw_is_complete(folder):
+
+    def up_to_date() -> Path:
         print(f"download: {spec.name}: up to date ({folder})")
         return folder
-    with output_lock(folder, f"the download of {spec.name}"):
-        if not force and raw_is_complete(folder):  # another process downloaded it while this one waited
-            print(f"download: {spec.name}: up to date ({folder})")
-            return folder
-        api = kaggle_api(spec, start_local_host=start_local_host)
-        # The archive is fetched beside raw/ (same file system, counted by the disk check) and removed after.
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".download-", dir=folder.parent) as tmp:
-            print(f"download: {spec.name}: fetching '{spec.kaggle_slug}' from {host_description(spec)}")
-            call(spec, f"downloading the files of '{spec.kaggle_slug}'",
-                 lambda: api.competition_download_files(spec.kaggle_slug, path=tmp, force=True, quiet=False))
-            zips = sorted(Path(tmp).glob("*.zip"))
-            if not zips:
-                raise KaggleError(f"download of '{spec.kaggle_slug}' from {host_description(spec)} produced no zip file")
-            config = {"kaggle_slug": spec.kaggle_slug, "host": spec.host}
-            # The file list goes into the manifest so a later run can check completeness without the network.
-            listing: dict = {"archive": zips[0].name}
-            with atomic_output(folder, "download", config, inputs={}, extra=listing, replace=True) as staging:
-                listing["files"] = files = safe_extract(zips[0], staging)
+
+    return build_once(folder, f"the download of {spec.name}", lambda: _fetch(spec, folder, start_local_host),
+                      up_to_date, force, complete=raw_is_complete)
+
+
+def _fetch(spec: CompetitionSpec, folder: Path, start_local_host: bool) -> Path:
+    api = kaggle_api(spec, start_local_host=start_local_host)
+    # The archive is fetched beside raw/ (same file system, counted by the disk check) and removed after.
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=folder.parent) as tmp:
+        print(f"download: {spec.name}: fetching '{spec.kaggle_slug}' from {host_description(spec)}")
+        call(spec, f"downloading the files of '{spec.kaggle_slug}'",
+             lambda: api.competition_download_files(spec.kaggle_slug, path=tmp, force=True, quiet=False))
+        zips = sorted(Path(tmp).glob("*.zip"))
+        if not zips:
+            raise KaggleError(f"download of '{spec.kaggle_slug}' from {host_description(spec)} produced no zip file")
+        config = {"kaggle_slug": spec.kaggle_slug, "host": spec.host}
+        # The file list goes into the manifest so a later run can check completeness without the network.
+        listing: dict = {"archive": zips[0].name}
+        with atomic_output(folder, "download", config, inputs={}, extra=listing, replace=True) as staging:
+            listing["files"] = files = safe_extract(zips[0], staging)
     print(f"download: {spec.name}: {len(files)} files in {folder}")
     return folder

@@ -17,7 +17,7 @@ import numpy as np
 
 from competition.paths import competition_root
 from competition.spec import CompetitionSpec
-from pipelines.artifacts import atomic_output, is_complete, output_key, output_lock, read_manifest
+from pipelines.artifacts import atomic_output, build_once, output_key, read_manifest
 from pipelines.metrics import accuracy, log_loss
 from pipelines.train import FoldOutput, file_digest
 
@@ -77,12 +77,9 @@ def ensemble(spec: CompetitionSpec, method: str, per_model: dict[str, list[FoldO
     inputs = {f"{name}/{f.folder.name}": f.digest for name, folds in per_model.items() for f in folds}
     key = output_key({"method": method}, inputs)
     final = competition_root(spec.name) / "ensemble" / key
-    if is_complete(final):
-        return final, read_manifest(final)["report"]
-    with output_lock(final, f"the ensemble of {spec.name}"):
-        if is_complete(final):
-            return final, read_manifest(final)["report"]
-        return _write_ensemble(method, per_model, train_labels, final, inputs)
+    return build_once(final, f"the ensemble of {spec.name}",
+                      lambda: _write_ensemble(method, per_model, train_labels, final, inputs),
+                      lambda: (final, read_manifest(final)["report"]))
 
 
 def _write_ensemble(method: str, per_model: dict[str, list[FoldOutput]], train_labels: np.ndarray, final: Path,

@@ -18,7 +18,7 @@ from sklearn.model_selection import StratifiedKFold
 from competition.errors import DataError
 from competition.paths import competition_root
 from competition.spec import CompetitionSpec
-from pipelines.artifacts import atomic_output, is_complete, output_key, output_lock, read_manifest
+from pipelines.artifacts import atomic_output, build_once, output_key, read_manifest
 from pipelines.download import raw_dir, raw_is_complete
 from pipelines.readers import CanonicalData, read_competition
 
@@ -72,14 +72,13 @@ def prepare(spec: CompetitionSpec, force: bool = False) -> Prepared:
     inputs = {"raw": content_digest(raw, list(read_manifest(raw)["files"]))}
     key = output_key(config, inputs)
     folder = competition_root(spec.name) / "prepared" / key
-    if is_complete(folder) and not force:
+
+    def up_to_date() -> Prepared:
         print(f"prepare: {spec.name}: up to date ({folder})")
         return Prepared(folder, key)
-    with output_lock(folder, f"the prepared arrays of {spec.name}"):
-        if is_complete(folder) and not force:
-            print(f"prepare: {spec.name}: up to date ({folder})")
-            return Prepared(folder, key)
-        return _write_prepared(spec, raw, folder, key, config, inputs, force)
+
+    return build_once(folder, f"the prepared arrays of {spec.name}",
+                      lambda: _write_prepared(spec, raw, folder, key, config, inputs, force), up_to_date, force)
 
 
 def _write_prepared(spec: CompetitionSpec, raw: Path, folder: Path, key: str, config: dict, inputs: dict,
@@ -153,14 +152,13 @@ def make_folds(spec: CompetitionSpec, prepared: Prepared, force: bool = False) -
     config = spec.folds.model_dump()
     key = output_key(config, {"prepared": prepared.key})
     folder = competition_root(spec.name) / "folds" / key
-    if is_complete(folder) and not force:
+
+    def up_to_date() -> Folds:
         print(f"folds: {spec.name}: up to date ({folder})")
         return Folds(folder, key, spec.folds.n_splits)
-    with output_lock(folder, f"the folds of {spec.name}"):
-        if is_complete(folder) and not force:
-            print(f"folds: {spec.name}: up to date ({folder})")
-            return Folds(folder, key, spec.folds.n_splits)
-        return _write_folds(spec, prepared, folder, key, config, force)
+
+    return build_once(folder, f"the folds of {spec.name}", lambda: _write_folds(spec, prepared, folder, key, config, force),
+                      up_to_date, force)
 
 
 def _write_folds(spec: CompetitionSpec, prepared: Prepared, folder: Path, key: str, config: dict, replace: bool) -> Folds:

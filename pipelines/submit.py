@@ -304,8 +304,12 @@ def submit(spec: CompetitionSpec, profile_name: str, test_ids: list[str], test_p
             return SubmissionResult("dry-run")
 
         api = api or kaggle_api(spec)
-        limits = call(spec, f"reading the submission limits of '{spec.kaggle_slug}'",
-                      lambda: api.competition_get_submission_limits(spec.kaggle_slug))
+        try:
+            limits = call(spec, f"reading the submission limits of '{spec.kaggle_slug}'",
+                          lambda: api.competition_get_submission_limits(spec.kaggle_slug))
+        except KaggleError as exc:  # not every server answers this; the upload itself will say if it is refused
+            print(f"submit: {exc}; uploading without knowing today's remaining submissions")
+            limits = None
         if limits is not None and limits.num_allowed_now is not None and limits.num_allowed_now <= 0:
             print(f"submit: daily submission limit used up ({limits.num_today} today); not uploading {path.name}")
             _update(row, SubmissionResult("limit"))

@@ -34,7 +34,7 @@ from competition.errors import UserError
 from competition.paths import competition_root
 from competition.recipe import ModelRun
 from competition.spec import CompetitionSpec
-from pipelines.artifacts import is_complete, output_key, output_lock, publish, read_manifest
+from pipelines.artifacts import build_once, output_key, publish, read_manifest
 from pipelines.augment import BatchAugmenter
 from pipelines.device import Runtime
 from pipelines.metrics import accuracy, log_loss
@@ -251,15 +251,12 @@ def train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepare
     elsewhere, may see a seeded fraction of the training rows, and report each epoch's val accuracy
     (`on_epoch` may raise to stop the fold, e.g. optuna.TrialPruned)."""
     final = fold_folder(spec, run, prepared, folds, fold, out_root)
-    if is_complete(final) and not force:
-        return FoldOutput(final)
     # One process per fold at a time: a second `make submit`, or a `make train FOLD=k` beside it, waits
-    # here and then reuses (or, when forced, replaces) what the first one published.
-    with output_lock(final, f"{run.name} fold {fold}"):
-        if is_complete(final) and not force:
-            return FoldOutput(final)
-        return _train_fold(spec, run, data, prepared, folds, fold, runtime, final, force, out_root is None, subsample,
-                           on_epoch)
+    # and then reuses (or, when forced, replaces) what the first one published.
+    return build_once(final, f"{run.name} fold {fold}",
+                      lambda: _train_fold(spec, run, data, prepared, folds, fold, runtime, final, force, out_root is None,
+                                          subsample, on_epoch),
+                      lambda: FoldOutput(final), force)
 
 
 def _train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepared: Prepared, folds: Folds, fold: int,

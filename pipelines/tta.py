@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from competition.paths import competition_root
 from competition.spec import CompetitionSpec
-from pipelines.artifacts import atomic_output, is_complete, output_key, output_lock
+from pipelines.artifacts import atomic_output, build_once, output_key
 from pipelines.device import Runtime
 from pipelines.metrics import accuracy
 from pipelines.train import FoldOutput, TrainingData, file_digest, load_checkpoint, predict_probs, rebuild_from_checkpoint
@@ -57,12 +57,8 @@ def tta_fold(spec: CompetitionSpec, run_name: str, trained: FoldOutput, data: Tr
         return trained
     key = output_key({"views": views}, {"train": trained.digest})
     final = competition_root(spec.name) / "tta" / f"{run_name}-{key}" / trained.folder.name
-    if is_complete(final):
-        return FoldOutput(final)
-    with output_lock(final, f"TTA of {run_name} {trained.folder.name}"):
-        if is_complete(final):
-            return FoldOutput(final)
-        return _tta_fold(spec, run_name, trained, data, views, runtime, final)
+    return build_once(final, f"TTA of {run_name} {trained.folder.name}",
+                      lambda: _tta_fold(spec, run_name, trained, data, views, runtime, final), lambda: FoldOutput(final))
 
 
 def _tta_fold(spec: CompetitionSpec, run_name: str, trained: FoldOutput, data: TrainingData, views: list[str],

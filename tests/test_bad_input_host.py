@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -316,3 +317,40 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# --- set-up -----------------------------------------------------------------------------------------
+
+
+def test_missing_debian_packages_without_root_are_one_line_with_the_command():
+    """Without root or sudo, the set-up step names what is missing and how to install it, and stops.
+
+    As root, run as `nobody` with the system's python3 (the step is standard library only, as the Makefile
+    runs it), from a copy of the module in a folder that user can read."""
+    import shutil
+    import tempfile
+
+    if os.geteuid() == 0:
+        python = shutil.which("python3", path="/usr/bin:/bin")
+        if python is None:
+            pytest.skip("no system python3 for the `nobody` user")
+        as_user = ["runuser", "-u", "nobody", "--", python]
+    else:
+        if shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0:
+            pytest.skip("this user has password-less sudo: the step would install the package instead")
+        as_user = [sys.executable]
+    folder = Path(tempfile.mkdtemp(prefix="kpipe-setup-"))
+    try:
+        folder.chmod(0o755)
+        shutil.copy(REPO_ROOT / "pipelines" / "system_packages.py", folder / "system_packages.py")
+        script = ("import sys; sys.path.insert(0, sys.argv[1]); import system_packages as setup; "
+                  "setup.CHECKS['run'][1] = ('dataset-fashion-mnist', 'the local host', lambda: False); "
+                  "sys.exit(setup.main(['run']))")
+        result = subprocess.run([*as_user, "-c", script, str(folder)], cwd=folder, capture_output=True, text=True,
+                                timeout=60)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert result.returncode == 2, result.stderr
+    assert "setup: dataset-fashion-mnist is missing (the local host)" in result.stdout
+    assert result.stderr.strip() == ("error: missing Debian packages dataset-fashion-mnist; install them (root needed) "
+                                     "with: sudo apt-get install -y dataset-fashion-mnist")

@@ -130,7 +130,7 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
         raw = self.headers.get("Content-Length")
         if raw is None:
             if self.command == "PUT" or self.command == "POST":
-                self._refuse(411, f"{self.command} {self._path()} needs a Content-Length header")
+                self._refuse(411, f"{self.command} {self._path()[:200]} needs a Content-Length header")
                 return None
             return b""
         if not raw.strip().isdigit() or len(raw.strip()) > 18:
@@ -169,7 +169,7 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
 
     def _guard_loopback(self) -> bool:
         if not ipaddress.ip_address(self.client_address[0]).is_loopback:
-            self._send_error(403, "This host only serves loopback clients")
+            self._refuse(403, "This host only serves loopback clients")
             return False
         return True
 
