@@ -203,7 +203,8 @@ def kaggle_api(spec: CompetitionSpec, start_local_host: bool = True):
         api.config_dir = str(config_dir)
         api.config = str(config_dir / "kaggle.json")
     try:
-        api.authenticate()
+        # With an access token this asks the server (IntrospectToken): the same timeout and retries apply.
+        call(spec, "checking the credentials", api.authenticate)
     except SystemExit:
         raise KaggleError("the kaggle client found no usable credentials; see README 'Using the real Kaggle'") from None
     return api

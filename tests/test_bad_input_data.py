@@ -332,3 +332,13 @@ def test_make_folds_on_a_spec_with_too_few_images_per_class(pipeline_env, host, 
     spec = load_spec(str(spec_path))
     with pytest.raises(DataError):
         make_folds(spec, prepare(spec))
+
+
+def test_anchors_and_merge_keys_still_share_settings(tmp_path):
+    """Refusing duplicate keys must not refuse YAML's own way of sharing a block (`<<: *base`)."""
+    def edit(text: str) -> bytes:
+        head = text[:text.index("profiles:")]
+        return (head + "profiles:\n  quick:\n    models:\n      - &base {model: cnn3, epochs: 1, batch_size: 32}\n"
+                "      - <<: *base\n        alias: longer\n        epochs: 3\n").encode()
+    runs = load_spec(str(_digits_yaml(tmp_path, edit))).profiles["quick"].models
+    assert [(r.name, r.epochs, r.batch_size) for r in runs] == [("cnn3", 1, 32), ("longer", 3, 32)]
