@@ -2,6 +2,9 @@
 
 A competition YAML holds one recipe per profile (`quick` for a CPU, `full` for a GPU) under `profiles:`.
 Every field has a default that works; every key is checked (an unknown one is an error, not ignored).
+Names of implementations (optimizer, schedule, augmentation policy, TTA views, ensemble method, model)
+are plain text here: this layer knows no implementation. `pipelines.checks` holds each name against the
+registry beside its code as soon as a command starts.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ class _Strict(BaseModel):
 
 
 class OptimizerConfig(_Strict):
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    name: str = "sgd"  # pipelines/optim.py: OPTIMIZERS
     lr: float = Field(default=0.05, gt=0, le=10)
     momentum: float = Field(default=0.9, ge=0, lt=1)  # sgd only
     nesterov: bool = True  # sgd only
@@ -23,7 +26,7 @@ class OptimizerConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
-    name: Literal["onecycle", "cosine", "step", "plateau", "constant"] = "onecycle"
+    name: str = "onecycle"  # pipelines/optim.py: SCHEDULES
     pct_start: float = Field(default=0.25, gt=0, lt=1)  # onecycle: fraction of steps spent warming up
     warmup_epochs: float = Field(default=0.0, ge=0)  # cosine: linear warm-up before the cosine decay
     step_size: int = Field(default=3, ge=1)  # step: epochs between decays
@@ -33,7 +36,7 @@ class ScheduleConfig(_Strict):
 
 
 class AugmentConfig(_Strict):
-    policy: Literal["none", "light", "medium", "strong"] = "light"
+    policy: str = "light"  # pipelines/augment.py: POLICIES
     shift: int = Field(default=2, ge=0, le=16)  # light and up: random translation in pixels
 
 
@@ -64,15 +67,12 @@ class ModelRun(_Strict):
         return self.alias or self.model.replace(":", "-")
 
 
-TTA_VIEWS = ("identity", "hflip", "vflip", "shift")
-
-
 class Profile(_Strict):
     models: list[ModelRun] = Field(min_length=1)
     # Which folds to train; "all" for honest full-data CV. Fewer folds trade OOF coverage for time.
     folds: list[int] | Literal["all"] = "all"
-    tta: list[Literal["identity", "hflip", "vflip", "shift"]] = Field(default_factory=lambda: ["identity"], min_length=1)
-    ensemble: Literal["hill_climb", "mean", "best"] = "hill_climb"
+    tta: list[str] = Field(default_factory=lambda: ["identity"], min_length=1)  # pipelines/predict.py: VIEWS
+    ensemble: str = "hill_climb"  # pipelines/ensemble.py: METHODS
 
     @model_validator(mode="after")
     def _unique_names(self):

@@ -1,70 +1,13 @@
 """One registry for every architecture: `models.create(name, num_classes, in_chans, img_size)`.
 
-Own architectures register with `@register_model` in their family's file; whole libraries register a
-name prefix (`timm:resnet18`, `tv:resnet50`) with `register_prefix`. Adding a model is adding a function.
+The registry is `models/registry.py`; each family file registers its names when imported here. Adding a
+model is adding a decorated function to a family file.
 """
-from __future__ import annotations
+from models.errors import ModelError, UnknownModel
+from models.registry import LIBRARY_EXAMPLES, check_name, create, list_models, register_model, register_prefix
 
-import difflib
-from typing import Callable
+# Importing a family runs its registrations (timm and torchvision themselves load only when used).
+from models import classic, resnets, small_cnns, timm_models, torchvision_models  # noqa: E402,F401  isort: skip
 
-import torch.nn as nn
-
-from competition.errors import UserError
-
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
-_PREFIXES: dict[str, Callable[..., nn.Module]] = {}
-
-
-class UnknownModel(UserError):
-    pass
-
-
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register `fn(num_classes, in_chans, img_size, **kwargs) -> nn.Module` under its function name."""
-    _MODELS[fn.__name__] = fn
-    return fn
-
-
-def register_prefix(prefix: str, factory: Callable[..., nn.Module]) -> None:
-    """`factory(model_name, num_classes, in_chans, img_size, **kwargs)` builds any '<prefix>:<name>'."""
-    _PREFIXES[prefix] = factory
-
-
-# Library models the course reports use; any other timm/torchvision name works too.
-LIBRARY_EXAMPLES = ["timm:resnet18", "timm:efficientnet_b0", "timm:mobilenetv3_small_100", "timm:seresnet50",
-                    "timm:vit_base_patch32_224", "timm:swin_base_patch4_window7_224",
-                    "tv:resnet50", "tv:resnet101", "tv:vgg19", "tv:vit_b_32", "tv:swin_b"]
-
-
-def list_models() -> list[str]:
-    """Every registered own model, then the library examples."""
-    _load_families()
-    return sorted(_MODELS) + LIBRARY_EXAMPLES
-
-
-def check_name(name: str) -> None:
-    """Raise UnknownModel with the closest known names unless `name` can be built."""
-    _load_families()
-    prefix, _, rest = name.partition(":")
-    if rest and prefix in _PREFIXES:
-        return
-    if name in _MODELS:
-        return
-    close = difflib.get_close_matches(name, list(_MODELS), n=3)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise UnknownModel(f"unknown model '{name}': {hint}see `python -m models list` "
-                       f"(or use a prefix: {', '.join(p + ':<name>' for p in sorted(_PREFIXES))})")
-
-
-def create(name: str, num_classes: int, in_chans: int, img_size: int, **kwargs) -> nn.Module:
-    check_name(name)
-    prefix, _, rest = name.partition(":")
-    if rest and prefix in _PREFIXES:
-        return _PREFIXES[prefix](rest, num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
-    return _MODELS[name](num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
-
-
-def _load_families() -> None:
-    # Importing a family file runs its @register_model decorators.
-    from models import classic, resnets, small_cnns, timm_models, torchvision_models  # noqa: F401
+__all__ = ["LIBRARY_EXAMPLES", "ModelError", "UnknownModel", "check_name", "create", "list_models", "register_model",
+           "register_prefix"]

@@ -7,7 +7,6 @@ import sys
 import torch
 
 import models
-from competition.errors import UserError
 
 
 def count_parameters(name: str, classes: int, channels: int, size: int) -> int:
@@ -29,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in models.list_models():
             print(f"{name:<36} {count_parameters(name, args.classes, args.channels, args.size):>14,}")
-    except UserError as exc:
+    except models.ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print("any other timm:<name> or tv:<name> works too (timm.list_models(), torchvision.models.list_models())")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models import register_model
+from models.registry import register_model
 from models.layers import FeaturesThenHead, conv_bn_relu
 from models.small_cnns import PlanCNN
 

@@ -12,7 +12,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn as nn
 
-from models import register_model
+from models.registry import register_model
 
 
 class SqueezeExcite(nn.Module):

@@ -3,7 +3,7 @@
 Built with the competition's class count (so parameter counts match torchvision's own for that count);
 the first RGB convolution is rebuilt for other channel counts (pretrained RGB filters summed for 1
 channel). `pretrained=True` uses torchvision's published weights (needs the internet) and swaps the
-1000-class classifier for a new one; `pretrained_file` loads a local checkpoint. ViT-style models need a
+1000-class classifier for a new one; a local file (`pretrained_file`) is loaded by the registry. ViT-style models need a
 fixed input size: set `input_size: 224` in the recipe and images are resized on the fly.
 """
 from __future__ import annotations
@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from competition.errors import UserError
-from models import register_prefix
-from models.weights import load_weights_file
+from models.errors import ModelError
+from models.registry import register_prefix
 
 
 def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -27,7 +26,7 @@ def adapt_first_conv(model: nn.Module, in_chans: int) -> None:
         return
     name, conv = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3), (None, None))
     if conv is None:
-        raise UserError(f"{type(model).__name__}: found no RGB convolution to adapt to {in_chans} channel(s)")
+        raise ModelError(f"{type(model).__name__}: found no RGB convolution to adapt to {in_chans} channel(s)")
     new = nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups,
                     conv.bias is not None, conv.padding_mode)
     with torch.no_grad():
@@ -45,12 +44,12 @@ def replace_classifier(model: nn.Module, num_classes: int) -> None:
 
 
 def create_torchvision(name: str, num_classes: int, in_chans: int, img_size: int, pretrained: bool = False,
-                       pretrained_file: str | None = None, **kwargs) -> nn.Module:
+                       **kwargs) -> nn.Module:
     import torchvision
 
     known = torchvision.models.list_models(module=torchvision.models)
     if name not in known:
-        raise UserError(f"unknown torchvision model '{name}'; known: {', '.join(sorted(known)[:12])}, ... "
+        raise ModelError(f"unknown torchvision model '{name}'; known: {', '.join(sorted(known)[:12])}, ... "
                         "(torchvision.models.list_models())")
     try:
         if pretrained:
@@ -59,15 +58,13 @@ def create_torchvision(name: str, num_classes: int, in_chans: int, img_size: int
         else:
             model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     except TypeError as exc:
-        raise UserError(f"tv:{name}: bad model_args ({exc})") from None
+        raise ModelError(f"tv:{name}: bad model_args ({exc})") from None
     except (OSError, RuntimeError, ValueError) as exc:
         if pretrained:
-            raise UserError(f"tv:{name}: could not fetch pretrained weights ({type(exc).__name__}); "
+            raise ModelError(f"tv:{name}: could not fetch pretrained weights ({type(exc).__name__}); "
                             "offline, download them elsewhere and set `pretrained_file:`") from None
         raise
     adapt_first_conv(model, in_chans)
-    if pretrained_file:
-        load_weights_file(model, pretrained_file)
     return model
 
 

@@ -14,19 +14,20 @@ import sys
 import threading
 
 from competition.errors import UserError
+from models.errors import ModelError
 from competition.paths import competition_root
 from competition.spec import available, load_spec
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-def run_download(spec, args) -> None:
+def command_download(spec, args) -> None:
     from pipelines.download import download
 
     download(spec, force=args.force)
 
 
-def run_prepare(spec, args) -> None:
+def command_prepare(spec, args) -> None:
     from pipelines.download import download
     from pipelines.prepare import make_folds, prepare
 
@@ -35,69 +36,46 @@ def run_prepare(spec, args) -> None:
     make_folds(spec, prepared, force=args.force)
 
 
-def run_train(spec, args) -> None:
-    from pipelines.run import setup, train_models
+def command_train(spec, args) -> None:
+    from pipelines.chain import train_models
+    from pipelines.context import setup
 
     train_models(setup(spec, args.profile), only=args.model, fold=args.fold, force=args.force)
 
 
-def run_submit(spec, args) -> None:
-    from pipelines.run import submit_all
+def command_submit(spec, args) -> None:
+    from pipelines.chain import submit_all
 
     submit_all(spec, args.profile, dry_run=args.dry_run, resubmit=args.resubmit)
 
 
-def run_tune(spec, args) -> None:
-    import optuna
+def command_tune(spec, args) -> None:
+    from pipelines.tune import run_study
 
-    from competition.paths import competition_root
-    from pipelines.run import find_run, setup
-    from pipelines.tune import (default_study_name, finished_trials, open_storage, report_study, spawn_workers,
-                                storage_url, tune)
-
-    if args.total is None and args.trials is None:
-        raise UserError("say how many trials: --trials N (add N to the study) or --total N (run until it holds N)")
-    ctx = setup(spec, args.profile, resolve_tuned=False)
-    run = find_run(ctx, args.model).model_copy(update={"params": None}) if args.model else ctx.profile.models[0]
-    study_name = args.study or default_study_name(spec, run)
-    url = storage_url(spec, args.storage)
-    total = args.total
-    if total is None:  # fixed once here, so that every worker aims at the same total
-        study = optuna.create_study(study_name=study_name, storage=open_storage(url), direction="maximize", load_if_exists=True)
-        total = finished_trials(study) + args.trials
-    if args.workers > 1:
-        argv = ["tune", "--comp", args.comp, "--profile", args.profile, "--model", run.name, "--study", study_name,
-                "--total", str(total), "--workers", "1", "--no-report"]
-        status = spawn_workers(argv, args.workers, storage=url)  # the URL may hold a password: not on argv
-        if status:
-            raise UserError(f"tune: a worker exited with status {status}")
-        study = optuna.load_study(study_name=study_name, storage=open_storage(url))
-    else:
-        study = tune(spec, ctx, run, total, study_name, url)
-    if not args.no_report:  # spawned workers leave the report to the command that started them
-        report_study(study, competition_root(spec.name) / "tuning" / study_name, url)
+    run_study(spec, args.profile, args.model, study_name=args.study, storage=args.storage, trials=args.trials,
+              total=args.total, workers=args.workers, comp_argument=args.comp, report=not args.no_report)
 
 
-def run_prune(spec, args) -> None:
+def command_prune(spec, args) -> None:
     from pipelines.prune import prune
 
     prune(spec, dry_run=args.dry_run)
 
 
-def run_report(spec, args) -> None:
-    from pipelines.run import report_only
+def command_report(spec, args) -> None:
+    from pipelines.chain import report_only
 
     report_only(spec, args.profile)
 
 
 STAGES = {
-    "download": (run_download, "fetch the competition's files through the Kaggle API"),
-    "prepare": (run_prepare, "download if needed, then build cached arrays and stratified folds"),
-    "train": (run_train, "train the profile's models (or one --model, one --fold)"),
-    "tune": (run_tune, "an Optuna study over one model's hyperparameters (search space from the YAML)"),
-    "report": (run_report, "the HTML run report (tables, learning curves, confusion matrix, studies, submissions)"),
-    "submit": (run_submit, "everything: download, prepare, train, TTA, ensemble, validate, upload, log"),
-    "prune": (run_prune, "remove output folders that no logged submission, plan or study needs"),
+    "download": (command_download, "fetch the competition's files through the Kaggle API"),
+    "prepare": (command_prepare, "download if needed, then build cached arrays and stratified folds"),
+    "train": (command_train, "train the profile's models (or one --model, one --fold)"),
+    "tune": (command_tune, "an Optuna study over one model's hyperparameters (search space from the YAML)"),
+    "report": (command_report, "the HTML run report (tables, learning curves, confusion matrix, studies, submissions)"),
+    "submit": (command_submit, "everything: download, prepare, train, TTA, ensemble, validate, upload, log"),
+    "prune": (command_prune, "remove output folders that no logged submission, plan or study needs"),
 }
 
 
@@ -120,8 +98,8 @@ def disk_full_message(exc: BaseException, comp: str) -> str | None:
             "removes outputs no submission needs) and run the same command again")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pipelines.run import default_dry_run
+def build_parser() -> argparse.ArgumentParser:
+    from pipelines.chain import default_dry_run
 
     parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -150,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
             stage.add_argument("--dry-run", action="store_true", default=default_dry_run(),
                                help="validate the CSV but do not upload (also DRY_RUN=1)")
             stage.add_argument("--resubmit", action="store_true", help="upload even if these predictions were scored before")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)
     spec = None
@@ -160,8 +142,11 @@ def main(argv: list[str] | None = None) -> int:
             from pipelines.device import default_profile
 
             args.profile = default_profile()
+        from pipelines.checks import check_command
+
+        check_command(spec, args)  # names, profile, MODEL=, FOLD=, tuning: before any download or training
         STAGES[args.stage][0](spec, args)
-    except UserError as exc:
+    except (UserError, ModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,57 +1,48 @@
-"""Augmentation policies by name: none, light, medium, strong.
+"""Augmentation policies, by the names a recipe gives them (`augment.policy`): none, light, medium, strong.
 
-Every policy is defined as an albumentations pipeline (`albumentations_policy`), built for the
-competition: flips only where the spec says they keep the class, colour jitter only on RGB.
-
-`light` (flip + shift) also has a batched tensor implementation with the same distribution — random
-flips with p=0.5 and integer shifts drawn uniformly from [-shift, shift] with zero fill — because it runs on
-whole batches on the training device, ~50× faster than per-sample albumentations on 2 CPU cores. The
-other policies run albumentations per sample in a background thread, overlapping the model's work.
+Each policy is one registered function returning its albumentations ops, built for the competition:
+flips only where the spec says they keep the class, colour jitter only on RGB. A policy may also have a
+batched tensor implementation with the same distribution (`light`: random flips with p=0.5 and integer
+shifts drawn uniformly from [-shift, shift] with zero fill): it runs on whole batches on the training
+device, ~50× faster than per-sample albumentations on 2 CPU cores. The others run albumentations per
+sample in a background thread, overlapping the model's work. Adding a policy touches this file only.
 """
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from competition.recipe import AugmentConfig
 from competition.spec import CompetitionSpec
+from pipelines.registry import Registry
+
+BatchedPolicy = Callable[[torch.Tensor, torch.Generator, AugmentConfig, CompetitionSpec], torch.Tensor]
 
 
-def albumentations_policy(config: AugmentConfig, spec: CompetitionSpec, seed: int | None = None):
-    """The policy as an albumentations Compose over uint8 H×W×C images (None for `none`)."""
-    import albumentations as A
-    import cv2
+@dataclass(frozen=True)
+class AugmentPolicy:
+    albumentations_ops: Callable[[AugmentConfig, CompetitionSpec], list]  # the per-sample definition
+    batched: BatchedPolicy | None  # the same distribution on a whole N×C×H×W batch, where there is one
 
-    if config.policy == "none":
-        return None
-    height, width = spec.image.height, spec.image.width
-    ops = []
-    if spec.flips.hflip:
-        ops.append(A.HorizontalFlip(p=0.5))
-    if spec.flips.vflip:
-        ops.append(A.VerticalFlip(p=0.5))
-    if config.shift:
-        ops += [A.PadIfNeeded(height + 2 * config.shift, width + 2 * config.shift, border_mode=cv2.BORDER_CONSTANT, fill=0),
-                A.RandomCrop(height, width)]
-    if config.policy in ("medium", "strong"):
-        # Colour jitter as in the course reports; hue and saturation only mean something on RGB.
-        if spec.image.channels == 3:
-            ops.append(A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.03, p=0.8))
-        else:
-            ops.append(A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.8))
-    if config.policy == "strong":
-        ops += [A.Affine(scale=(0.9, 1.1), rotate=(-12, 12), shear=(-6, 6), border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.7),
-                # random erasing
-                A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.2, 0.4), hole_width_range=(0.2, 0.4), fill=0, p=0.5)]
-    return A.Compose(ops, seed=seed)
+
+POLICIES: Registry[AugmentPolicy] = Registry("augmentation policy")
+
+
+def register_policy(name: str, batched: BatchedPolicy | None = None):
+    """Decorator over a policy's albumentations ops; `batched` is its whole-batch twin, if any."""
+    def register(ops: Callable[[AugmentConfig, CompetitionSpec], list]):
+        POLICIES[name] = AugmentPolicy(ops, batched)
+        return ops
+    return register
 
 
 def flip_and_shift(images: torch.Tensor, generator: torch.Generator, hflip: bool, vflip: bool, shift: int) -> torch.Tensor:
-    """The `light` policy on a whole N×C×H×W batch: random flips (p=0.5), then integer shifts with zero fill."""
+    """Random flips (p=0.5), then integer shifts with zero fill, on a whole N×C×H×W batch."""
     n, _, height, width = images.shape
     out = images.clone()
     device = images.device
@@ -72,6 +63,61 @@ def flip_and_shift(images: torch.Tensor, generator: torch.Generator, hflip: bool
     return out
 
 
+@register_policy("none", batched=lambda images, generator, config, spec: images)
+def no_augmentation(config: AugmentConfig, spec: CompetitionSpec) -> list:
+    return []
+
+
+@register_policy("light", batched=lambda images, generator, config, spec: flip_and_shift(
+    images, generator, spec.flips.hflip, spec.flips.vflip, config.shift))
+def flips_and_shift(config: AugmentConfig, spec: CompetitionSpec) -> list:
+    import albumentations as A
+    import cv2
+
+    ops = []
+    if spec.flips.hflip:
+        ops.append(A.HorizontalFlip(p=0.5))
+    if spec.flips.vflip:
+        ops.append(A.VerticalFlip(p=0.5))
+    if config.shift:
+        height, width = spec.image.height, spec.image.width
+        ops += [A.PadIfNeeded(height + 2 * config.shift, width + 2 * config.shift, border_mode=cv2.BORDER_CONSTANT, fill=0),
+                A.RandomCrop(height, width)]
+    return ops
+
+
+@register_policy("medium")
+def light_and_colour(config: AugmentConfig, spec: CompetitionSpec) -> list:
+    import albumentations as A
+
+    # Colour jitter as in the course reports; hue and saturation only mean something on RGB.
+    if spec.image.channels == 3:
+        colour = A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.03, p=0.8)
+    else:
+        colour = A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.8)
+    return flips_and_shift(config, spec) + [colour]
+
+
+@register_policy("strong")
+def medium_and_geometry(config: AugmentConfig, spec: CompetitionSpec) -> list:
+    import albumentations as A
+    import cv2
+
+    return light_and_colour(config, spec) + [
+        A.Affine(scale=(0.9, 1.1), rotate=(-12, 12), shear=(-6, 6), border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.7),
+        # random erasing
+        A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.2, 0.4), hole_width_range=(0.2, 0.4), fill=0, p=0.5)]
+
+
+def albumentations_policy(config: AugmentConfig, spec: CompetitionSpec, seed: int | None = None):
+    """The policy as an albumentations Compose over uint8 H×W×C images (None for `none`)."""
+    import albumentations as A
+
+    if config.policy == "none":
+        return None
+    return A.Compose(POLICIES[config.policy].albumentations_ops(config, spec), seed=seed)
+
+
 class BatchAugmenter:
     """Yields augmented uint8 N×C×H×W batches for a list of index batches, deterministically from `seed`."""
 
@@ -80,16 +126,13 @@ class BatchAugmenter:
         self.spec = spec
         self.images = images_nchw  # on the training device
         self.images_nhwc = images_nhwc  # on the host, for albumentations
-        self.tensor_path = config.policy in ("none", "light")
+        self.batched = POLICIES[config.policy].batched
 
     def batches(self, index_batches: list[torch.Tensor], seed: int) -> Iterator[torch.Tensor]:
-        if self.tensor_path:
+        if self.batched is not None:
             generator = torch.Generator().manual_seed(seed)
             for idx in index_batches:
-                batch = self.images[idx.to(self.images.device)]
-                if self.config.policy == "light":
-                    batch = flip_and_shift(batch, generator, self.spec.flips.hflip, self.spec.flips.vflip, self.config.shift)
-                yield batch
+                yield self.batched(self.images[idx.to(self.images.device)], generator, self.config, self.spec)
         else:
             yield from self._albumentations_batches(index_batches, seed)
 

@@ -30,7 +30,8 @@ from pipelines.augment import BatchAugmenter
 from pipelines.device import pick_runtime
 from pipelines.download import download
 from pipelines.prepare import make_folds, prepare
-from pipelines.train import load_training_data, train_fold
+from pipelines.device_data import load_training_data
+from pipelines.train import train_fold
 
 
 def plain_loop(images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, model_name: str, batch: int,
@@ -115,6 +116,6 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
-    except UserError as exc:  # no data, no host: one line, as every other command
+    except (UserError, models.ModelError) as exc:  # no data, no host: one line, as every other command
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

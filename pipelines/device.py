@@ -1,4 +1,8 @@
-"""Device choice and the numeric settings that follow from it (measured in ../shared/PERFORMANCE.md)."""
+"""Device choice and the numeric settings that follow from it.
+
+On the CPUs measured so far, 2 threads train 1.93× faster than 1, and bf16 autocast was 11× slower than
+fp32 on an AVX2-only CPU: the CPU path stays fp32 here.
+"""
 from __future__ import annotations
 
 import os

@@ -1,7 +1,8 @@
 """ensemble: weight the models by their out-of-fold predictions, then apply the weights to the test set.
 
 Weights are found on OOF rows only (the held-out rows of the trained folds), so the ensemble's CV score
-is as honest as each model's. Methods:
+is as honest as each model's. Methods, by the name a profile gives (`ensemble:`), each one registered
+function here:
     hill_climb  Caruana et al. (2004): start from the best model, repeatedly add (with replacement) the
                 model that most improves OOF accuracy (ties: lower log loss); weights = how often chosen.
     mean        equal weights.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -19,7 +21,8 @@ from competition.paths import competition_root
 from competition.spec import CompetitionSpec
 from pipelines.artifacts import atomic_output, build_once, output_key, read_manifest
 from pipelines.metrics import accuracy, log_loss
-from pipelines.train import FoldOutput, file_digest
+from pipelines.predict import FoldOutput, file_digest
+from pipelines.registry import Registry
 
 HILL_CLIMB_ROUNDS = 25
 
@@ -40,18 +43,24 @@ def gather(name: str, fold_outputs: list[FoldOutput]) -> ModelPredictions:
                             np.mean([f.test_probs() for f in fold_outputs], axis=0))
 
 
-def hill_climb(oof: list[np.ndarray], labels: np.ndarray, rounds: int = HILL_CLIMB_ROUNDS) -> np.ndarray:
-    def score(p):
-        return accuracy(p, labels), -log_loss(p, labels)
+# name -> f(oof probabilities of each model, labels) -> weights summing to 1
+METHODS: Registry[Callable[[list[np.ndarray], np.ndarray], np.ndarray]] = Registry("ensemble method")
 
+
+def _score(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    return accuracy(probs, labels), -log_loss(probs, labels)
+
+
+@METHODS.register("hill_climb")
+def hill_climb(oof: list[np.ndarray], labels: np.ndarray, rounds: int = HILL_CLIMB_ROUNDS) -> np.ndarray:
     counts = np.zeros(len(oof))
-    best_single = max(range(len(oof)), key=lambda i: score(oof[i]))
+    best_single = max(range(len(oof)), key=lambda i: _score(oof[i], labels))
     counts[best_single] = 1
     blend = oof[best_single].copy()
-    current = score(blend)
+    current = _score(blend, labels)
     for _ in range(rounds):
         total = counts.sum()
-        candidates = [(score((blend * total + p) / (total + 1)), i) for i, p in enumerate(oof)]
+        candidates = [(_score((blend * total + p) / (total + 1), labels), i) for i, p in enumerate(oof)]
         best_score, best_i = max(candidates)
         if best_score <= current:
             break
@@ -61,14 +70,20 @@ def hill_climb(oof: list[np.ndarray], labels: np.ndarray, rounds: int = HILL_CLI
     return counts / counts.sum()
 
 
+@METHODS.register("mean")
+def equal_weights(oof: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
+    return np.full(len(oof), 1 / len(oof))
+
+
+@METHODS.register("best")
+def best_single(oof: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
+    weights = np.zeros(len(oof))
+    weights[max(range(len(oof)), key=lambda i: _score(oof[i], labels))] = 1
+    return weights
+
+
 def find_weights(method: str, oof: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
-    if method == "mean" or len(oof) == 1:
-        return np.full(len(oof), 1 / len(oof))
-    if method == "best":
-        weights = np.zeros(len(oof))
-        weights[max(range(len(oof)), key=lambda i: (accuracy(oof[i], labels), -log_loss(oof[i], labels)))] = 1
-        return weights
-    return hill_climb(oof, labels)
+    return equal_weights(oof, labels) if len(oof) == 1 else METHODS[method](oof, labels)
 
 
 def ensemble(spec: CompetitionSpec, method: str, per_model: dict[str, list[FoldOutput]],

@@ -11,6 +11,7 @@ import base64
 import csv
 import html
 import io
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 from competition import atomic
 from competition.paths import competition_root
 from pipelines.artifacts import git_commit, read_manifest
+from pipelines.context import Context
 from pipelines.submit import read_log
 
 PAGE_STYLE = """
@@ -131,34 +133,63 @@ def comparison_bars(rows: list[dict]) -> str:
     return _figure_png(figure)
 
 
-def write_report(ctx, trained: dict, per_model: dict, ensemble_folder: Path, report: dict) -> Path:
-    """Render the page for a finished run; returns its path."""
-    spec = ctx.spec
-    labels_all = ctx.data.labels.cpu().numpy()
-    weights = {m["name"]: m for m in report["models"]}
-    model_rows, bar_rows, sections = [], [], []
-    for name, folds in trained.items():
+@dataclass
+class ModelSummary:
+    """One model run's numbers, as the terminal summary and the report both show them."""
+
+    name: str
+    parameters: int
+    fold_accuracies: list[float]
+    accuracy_without_tta: float  # mean over folds
+    accuracy_with_tta: float  # OOF, with the profile's views
+    weight: float  # in the ensemble
+    train_seconds: float  # all folds
+    seconds_per_epoch: float
+
+
+def model_summaries(trained: dict, report: dict) -> list[ModelSummary]:
+    summaries = []
+    for entry in report["models"]:
+        folds = trained[entry["name"]]
         manifests = [read_manifest(f.folder) for f in folds]
-        histories = [_history(f.folder) for f in folds]
-        seconds_per_epoch = np.mean([float(h["seconds"]) for hist in histories for h in hist])
-        plain = np.mean([m["val_accuracy"] for m in manifests])
-        with_tta = weights[name]["oof_accuracy"]
-        model_rows.append([name, f"{manifests[0]['parameters']:,}", f"{seconds_per_epoch:.1f}",
-                           " / ".join(f"{100 * m['val_accuracy']:.2f}" for m in manifests), f"{100 * plain:.2f}",
-                           f"{100 * with_tta:.2f}", f"{100 * (with_tta - plain):+.2f}", f"{weights[name]['weight']:.2f}"])
-        bar_rows.append({"name": name, "oof_accuracy": with_tta, "parameters": manifests[0]["parameters"],
-                         "train_seconds": sum(m["train_seconds"] for m in manifests)})
-        sections.append(_img(learning_curves(name, folds), f"learning curves of {name}",
-                             f"{name}: training loss (dashed) and validation loss (solid), and validation accuracy, "
-                             f"per epoch, one line per fold."))
-    oof_index = np.load(ensemble_folder / "oof_index.npy")
-    oof_probs = np.load(ensemble_folder / "oof_probs.npy")
-    confusion_png, pairs = confusion(labels_all[oof_index], oof_probs.argmax(1), spec.display_names)
-    study_images = []
+        epochs = [float(h["seconds"]) for f in folds for h in _history(f.folder)]
+        accuracies = [m["val_accuracy"] for m in manifests]
+        summaries.append(ModelSummary(entry["name"], manifests[0]["parameters"], accuracies, float(np.mean(accuracies)),
+                                      entry["oof_accuracy"], entry["weight"],
+                                      sum(m["train_seconds"] for m in manifests), float(np.mean(epochs))))
+    return summaries
+
+
+def _models_table(summaries: list[ModelSummary]) -> str:
+    rows = [[m.name, f"{m.parameters:,}", f"{m.seconds_per_epoch:.1f}", " / ".join(f"{100 * a:.2f}" for a in m.fold_accuracies),
+             f"{100 * m.accuracy_without_tta:.2f}", f"{100 * m.accuracy_with_tta:.2f}",
+             f"{100 * (m.accuracy_with_tta - m.accuracy_without_tta):+.2f}", f"{m.weight:.2f}"] for m in summaries]
+    return _table(["model", "parameters (count)", "time per epoch (s)", "accuracy per fold (%)", "OOF accuracy, no TTA (%)",
+                   "OOF accuracy, with TTA (%)", "TTA gain (points)", "ensemble weight"], rows, "models-table")
+
+
+def _study_images(spec) -> list[str]:
+    images = []
     for study_dir in sorted((competition_root(spec.name) / "tuning").glob("*/")):
         for png in sorted(study_dir.glob("*.png")):
-            study_images.append(_img(base64.b64encode(png.read_bytes()).decode(), f"{study_dir.name} {png.stem}",
-                                     f"Optuna study '{study_dir.name}': {png.stem.replace('_', ' ')}"))
+            images.append(_img(base64.b64encode(png.read_bytes()).decode(), f"{study_dir.name} {png.stem}",
+                               f"Optuna study '{study_dir.name}': {png.stem.replace('_', ' ')}"))
+    return images
+
+
+def write_report(ctx: Context, trained: dict, ensemble_folder: Path, report: dict) -> Path:
+    """Render the page for a finished run; returns its path."""
+    spec = ctx.spec
+    summaries = model_summaries(trained, report)
+    bar_rows = [{"name": m.name, "oof_accuracy": m.accuracy_with_tta, "parameters": m.parameters,
+                 "train_seconds": m.train_seconds} for m in summaries]
+    sections = [_img(learning_curves(name, folds), f"learning curves of {name}",
+                     f"{name}: training loss (dashed) and validation loss (solid), and validation accuracy, "
+                     f"per epoch, one line per fold.") for name, folds in trained.items()]
+    oof_index = np.load(ensemble_folder / "oof_index.npy")
+    oof_probs = np.load(ensemble_folder / "oof_probs.npy")
+    confusion_png, pairs = confusion(ctx.data.labels_host()[oof_index], oof_probs.argmax(1), spec.display_names)
+    study_images = _study_images(spec)
     log_rows = [[r["time"], r["profile"], r["config_hash"], r["git_commit"][:12], r["cv_accuracy"], r["public_score"],
                  r["private_score"], r["status"]] for r in read_log(spec)]
     ensemble = report["ensemble"]
@@ -172,8 +203,7 @@ def write_report(ctx, trained: dict, per_model: dict, ensemble_folder: Path, rep
         '<p class="note">Accuracy is the share of correctly classified held-out images, in percent. "OOF" rows are the '
         "images of the trained folds that each fold model never saw (out of fold). TTA gain is the OOF accuracy with the "
         "test-time-augmentation views minus without. Weight is the model's share in the ensemble.</p>",
-        _table(["model", "parameters (count)", "time per epoch (s)", "accuracy per fold (%)", "OOF accuracy, no TTA (%)",
-                "OOF accuracy, with TTA (%)", "TTA gain (points)", "ensemble weight"], model_rows, "models-table"),
+        _models_table(summaries),
         "<h2>Ensemble</h2>",
         _table(["method", "OOF rows (images)", "OOF accuracy (%)", "OOF log loss (nats per image)"],
                [[report["method"], f"{report['oof_rows']:,}", f"{100 * ensemble['oof_accuracy']:.2f}",

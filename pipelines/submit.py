@@ -265,82 +265,98 @@ def create_submission(spec: CompetitionSpec, api, path: Path, message: str) -> t
 def submit(spec: CompetitionSpec, profile_name: str, test_ids: list[str], test_probs: np.ndarray, cv_accuracy: float,
            config_hash: str, predictions_digest: str, git_commit: str, dry_run: bool = False,
            resubmit: bool = False) -> SubmissionResult:
+    """Write, check and (unless `dry_run`) upload the predictions, under the log's lock; one log row each run."""
     with locks.hold(log_path(spec), f"the submissions log of {spec.name}"):
         rows = read_log(spec)
-        api = None
-        if not dry_run and any(r["status"] == "PENDING" for r in rows):
-            api = kaggle_api(spec)
+        api = kaggle_api(spec) if not dry_run and any(r["status"] == "PENDING" for r in rows) else None
+        if api is not None:
             settle_pending(spec, api, rows)
-        same = [r for r in rows if r["predictions_digest"] == predictions_digest]
-        scored = [r for r in same if r["status"] == "COMPLETE" and Path(r["file"]).is_file()]
-        if scored and not (dry_run or resubmit):
-            last = scored[-1]
-            print(f"submit: these predictions were scored already ({last['time']}, public {last['public_score']}, "
-                  f"{Path(last['file']).name}); not uploading again (use --resubmit to upload anyway)")
-            result = SubmissionResult("already-scored", _score(last["public_score"]), _score(last["private_score"]),
-                                      int(last["ref"]) if last["ref"] else None)
-            rows.append(_log_row(spec, profile_name, config_hash, git_commit, predictions_digest, cv_accuracy, result,
-                                 Path(last["file"])))
-            write_log(spec, rows)
-            return result
-        if any(r["status"] == "PENDING" for r in same) and not dry_run:
-            print("submit: these predictions are still being scored; not uploading them again (run again later)")
-            return SubmissionResult("PENDING")
 
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        path = submissions_root() / spec.name / f"{stamp}-{config_hash}.csv"
-        write_submission(spec, test_ids, test_probs, path)
-        try:
-            count = validate_submission(path, raw_dir(spec) / spec.layout.sample_submission, spec.classes)
-        except SubmissionInvalid:
-            path.unlink(missing_ok=True)
-            raise
-        print(f"submit: {path} ({count} rows) matches the sample submission")
-        row = _log_row(spec, profile_name, config_hash, git_commit, predictions_digest, cv_accuracy,
-                       SubmissionResult("dry-run" if dry_run else "PENDING"), path)
+        def new_row(result: SubmissionResult, path: Path) -> dict:
+            return _log_row(spec, profile_name, config_hash, git_commit, predictions_digest, cv_accuracy, result, path)
+
+        if not dry_run:
+            earlier = _earlier_result(spec, rows, predictions_digest, resubmit, new_row)
+            if earlier is not None:
+                return earlier
+        path = _checked_submission_file(spec, test_ids, test_probs, config_hash)
         if dry_run:
-            rows.append(row)
+            rows.append(new_row(SubmissionResult("dry-run"), path))
             write_log(spec, rows)
             return SubmissionResult("dry-run")
-
-        api = api or kaggle_api(spec)
-        try:
-            limits = call(spec, f"reading the submission limits of '{spec.kaggle_slug}'",
-                          lambda: api.competition_get_submission_limits(spec.kaggle_slug))
-        except KaggleError as exc:  # not every server answers this; the upload itself will say if it is refused
-            print(f"submit: {exc}; uploading without knowing today's remaining submissions")
-            limits = None
-        if limits is not None and limits.num_allowed_now is not None and limits.num_allowed_now <= 0:
-            print(f"submit: daily submission limit used up ({limits.num_today} today); not uploading {path.name}")
-            _update(row, SubmissionResult("limit"))
-            rows.append(row)
-            write_log(spec, rows)
-            return SubmissionResult("limit")
-
-        rows.append(row)
-        write_log(spec, rows)  # PENDING before the upload: a rerun completes it instead of uploading again
         message = (f"CV {cv_accuracy:.4f} | config {config_hash} | git {git_commit[:12]} | {profile_name} "
                    f"| digest {predictions_digest}")
-        ref, failure = create_submission(spec, api, path, message)
-        if ref is not None:
-            row["ref"] = str(ref)
-            write_log(spec, rows)
-        try:
-            # With a ref, by ref; after a failed call, by digest: the submission may have arrived anyway.
-            result = wait_for_score(spec, api, ref, predictions_digest)
-        except KaggleError as exc:
-            raise KaggleError(f"{failure or exc}; the log keeps a PENDING row for {path.name}, and the next "
-                              "`make submit` completes it from the host without uploading again") from None
-        if result is None:
-            row["status"] = "FAILED"
-            write_log(spec, rows)
-            raise KaggleError(f"{failure or f'submission {ref} is not listed by {host_description(spec)}'}; nothing was "
-                              "scored, the next `make submit` uploads it again")
-        _update(row, result)
+        return _upload(spec, api or kaggle_api(spec), rows, new_row(SubmissionResult("PENDING"), path), message)
+
+
+def _earlier_result(spec: CompetitionSpec, rows: list[dict], digest: str, resubmit: bool, new_row) -> SubmissionResult | None:
+    """The result of an earlier upload of the same predictions, if it stands in for this one."""
+    same = [r for r in rows if r["predictions_digest"] == digest]
+    scored = [r for r in same if r["status"] == "COMPLETE" and Path(r["file"]).is_file()]
+    if scored and not resubmit:
+        last = scored[-1]
+        print(f"submit: these predictions were scored already ({last['time']}, public {last['public_score']}, "
+              f"{Path(last['file']).name}); not uploading again (use --resubmit to upload anyway)")
+        result = SubmissionResult("already-scored", _score(last["public_score"]), _score(last["private_score"]),
+                                  int(last["ref"]) if last["ref"] else None)
+        rows.append(new_row(result, Path(last["file"])))
         write_log(spec, rows)
-        if result.status == "ERROR":
-            raise KaggleError(f"submission {result.ref} of {path.name} was refused by {host_description(spec)} while "
-                              f"scoring: {result.error or 'no reason given'}")
-        if result.status == "PENDING":
-            print(f"submit: submission {result.ref} is not scored yet; the next `make submit` reads its score")
         return result
+    if any(r["status"] == "PENDING" for r in same):
+        print("submit: these predictions are still being scored; not uploading them again (run again later)")
+        return SubmissionResult("PENDING")
+    return None
+
+
+def _checked_submission_file(spec: CompetitionSpec, test_ids: list[str], test_probs: np.ndarray, config_hash: str) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    path = submissions_root() / spec.name / f"{stamp}-{config_hash}.csv"
+    write_submission(spec, test_ids, test_probs, path)
+    try:
+        count = validate_submission(path, raw_dir(spec) / spec.layout.sample_submission, spec.classes)
+    except SubmissionInvalid:
+        path.unlink(missing_ok=True)
+        raise
+    print(f"submit: {path} ({count} rows) matches the sample submission")
+    return path
+
+
+def _upload(spec: CompetitionSpec, api, rows: list[dict], row: dict, message: str) -> SubmissionResult:
+    """Upload once and wait for the score, keeping `row` (PENDING before the upload) up to date in the log."""
+    path = Path(row["file"])
+    try:
+        limits = call(spec, f"reading the submission limits of '{spec.kaggle_slug}'",
+                      lambda: api.competition_get_submission_limits(spec.kaggle_slug))
+    except KaggleError as exc:  # not every server answers this; the upload itself will say if it is refused
+        print(f"submit: {exc}; uploading without knowing today's remaining submissions")
+        limits = None
+    if limits is not None and limits.num_allowed_now is not None and limits.num_allowed_now <= 0:
+        print(f"submit: daily submission limit used up ({limits.num_today} today); not uploading {path.name}")
+        _update(row, SubmissionResult("limit"))
+        write_log(spec, rows + [row])
+        return SubmissionResult("limit")
+    rows.append(row)
+    write_log(spec, rows)  # PENDING before the upload: a rerun completes it instead of uploading again
+    ref, failure = create_submission(spec, api, path, message)
+    if ref is not None:
+        row["ref"] = str(ref)
+        write_log(spec, rows)
+    try:
+        # With a ref, by ref; after a failed call, by digest: the submission may have arrived anyway.
+        result = wait_for_score(spec, api, ref, row["predictions_digest"])
+    except KaggleError as exc:
+        raise KaggleError(f"{failure or exc}; the log keeps a PENDING row for {path.name}, and the next "
+                          "`make submit` completes it from the host without uploading again") from None
+    if result is None:
+        row["status"] = "FAILED"
+        write_log(spec, rows)
+        raise KaggleError(f"{failure or f'submission {ref} is not listed by {host_description(spec)}'}; nothing was "
+                          "scored, the next `make submit` uploads it again")
+    _update(row, result)
+    write_log(spec, rows)
+    if result.status == "ERROR":
+        raise KaggleError(f"submission {result.ref} of {path.name} was refused by {host_description(spec)} while "
+                          f"scoring: {result.error or 'no reason given'}")
+    if result.status == "PENDING":
+        print(f"submit: submission {result.ref} is not scored yet; the next `make submit` reads its score")
+    return result

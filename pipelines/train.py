@@ -2,7 +2,7 @@
 
 For fold k the model trains on the other folds, keeps the weights with the best validation accuracy,
 and writes <data>/<comp>/train/<run>-<key>/fold<k>/:
-    best.pt          the best weights, with what is needed to rebuild the model
+    best.pt          the best weights, with what is needed to rebuild the model (predict.py loads it)
     oof_probs.npy    class probabilities for the held-out rows (identity view), oof_index.npy their row numbers
     test_probs.npy   class probabilities for the test images (identity view)
     history.csv      per epoch: train loss, val loss, val accuracy, learning rate, seconds, images/s
@@ -11,14 +11,16 @@ and writes <data>/<comp>/train/<run>-<key>/fold<k>/:
 While a fold trains, `.fold<k>.partial/last.pt` is rewritten after every epoch; a killed run resumes
 from it. Every epoch draws its batch order, augmentation and dropout from a seed derived from
 (seed, fold, epoch), so a resumed fold ends exactly where an uninterrupted one would.
+
+`train_fold` is the one entry (submit, `make train`, tuning and benchmarks call it); `_train_fold` is the
+loop, one screen, and the helpers above it each do one of its steps.
 """
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +30,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import models
 from competition import atomic
 from competition.errors import UserError
 from competition.paths import competition_root
@@ -36,157 +37,16 @@ from competition.recipe import ModelRun
 from competition.spec import CompetitionSpec
 from pipelines.artifacts import build_once, output_key, publish, read_manifest
 from pipelines.augment import BatchAugmenter
+from pipelines.classifier import ImageClassifier, build_model
 from pipelines.device import Runtime
+from pipelines.device_data import TrainingData
 from pipelines.metrics import accuracy, log_loss
-from models.weights import load_weights_file
+from pipelines.optim import make_optimizer, make_scheduler
+from pipelines.predict import (FoldOutput, best_weights, file_digest, load_checkpoint, load_fold_model, predict_probs,
+                               save_checkpoint)
 from pipelines.prepare import Folds, Prepared
 
-PREDICT_BATCH = 512
-
-
-# --- data and model ------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainingData:
-    images: torch.Tensor  # uint8 N×C×H×W on the device
-    images_nhwc: np.ndarray  # the same images on the host, for per-sample albumentations
-    labels: torch.Tensor  # int64 on the device
-    test_images: torch.Tensor  # uint8 on the device
-    fold_of_row: np.ndarray
-    mean: list[float]  # per channel, 0..255 scale
-    std: list[float]
-
-
-def load_training_data(prepared: Prepared, folds: Folds, runtime: Runtime) -> TrainingData:
-    data = prepared.load(mmap=False)
-    images = torch.from_numpy(data.train_images).permute(0, 3, 1, 2).contiguous()
-    pixels = images.float().transpose(0, 1).reshape(images.shape[1], -1)
-    return TrainingData(
-        images=images.to(runtime.device),
-        images_nhwc=data.train_images,
-        labels=torch.from_numpy(data.train_labels).to(runtime.device),
-        test_images=torch.from_numpy(data.test_images).permute(0, 3, 1, 2).contiguous().to(runtime.device),
-        fold_of_row=folds.fold_of_each_row(len(data.train_labels)),
-        mean=pixels.mean(dim=1).tolist(),
-        std=pixels.std(dim=1).clamp_min(1.0).tolist(),
-    )
-
-
-class ImageClassifier(nn.Module):
-    """Takes images with values 0..255 (uint8 or float), normalises them, resizes if asked, classifies."""
-
-    def __init__(self, net: nn.Module, mean: list[float], std: list[float], input_size: int | None = None):
-        super().__init__()
-        self.net = net
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
-        self.input_size = input_size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float() - self.mean) / self.std
-        if self.input_size and x.shape[-1] != self.input_size:
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        return self.net(x.contiguous(memory_format=torch.channels_last))
-
-
-def build_model(run: ModelRun, spec: CompetitionSpec, mean: list[float], std: list[float]) -> ImageClassifier:
-    kwargs = dict(run.model_args)
-    from_library = bool(run.model.partition(":")[2])
-    if from_library:  # timm/torchvision load their own weights, published or local
-        kwargs.update(pretrained=run.pretrained, pretrained_file=run.pretrained_file)
-    elif run.pretrained:
-        raise UserError(f"model '{run.model}' has no published pretrained weights; set `pretrained_file:` to a local checkpoint")
-    net = models.create(run.model, num_classes=len(spec.classes), in_chans=spec.image.channels,
-                        img_size=run.input_size or spec.image.height, **kwargs)
-    if run.pretrained_file and not from_library:
-        load_weights_file(net, run.pretrained_file)
-    return ImageClassifier(net, mean, std, run.input_size).to(memory_format=torch.channels_last)
-
-
-def rebuild_from_checkpoint(checkpoint: dict, spec: CompetitionSpec, runtime: Runtime) -> ImageClassifier:
-    run = ModelRun.model_validate(checkpoint["run"])
-    model = build_model(run.model_copy(update={"pretrained": False, "pretrained_file": None}), spec,
-                        checkpoint["mean"], checkpoint["std"])
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.to(runtime.device).eval()
-
-
-@torch.no_grad()
-def predict_probs(model: nn.Module, images: torch.Tensor, runtime: Runtime, view=None) -> np.ndarray:
-    """Softmax probabilities (float32, N×classes) for uint8 images, optionally through a TTA view."""
-    model.eval()
-    chunks = []
-    for start in range(0, len(images), PREDICT_BATCH):
-        batch = images[start:start + PREDICT_BATCH]
-        if view is not None:
-            batch = view(batch)
-        with torch.autocast(runtime.device.type, dtype=runtime.amp_dtype, enabled=runtime.amp_dtype is not None):
-            logits = model(batch)
-        chunks.append(logits.float().softmax(dim=1).cpu())
-    return torch.cat(chunks).numpy()
-
-
-# --- optimisation ---------------------------------------------------------------------------------
-
-
-def make_optimizer(run: ModelRun, model: nn.Module) -> torch.optim.Optimizer:
-    cfg = run.optimizer
-    # No weight decay on norms and biases: decaying them only hurts.
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    factories = {
-        "sgd": lambda: torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0),
-        "adam": lambda: torch.optim.Adam(groups, lr=cfg.lr),
-        "adamw": lambda: torch.optim.AdamW(groups, lr=cfg.lr),
-    }
-    return factories[cfg.name]()
-
-
-def make_scheduler(run: ModelRun, optimizer, steps_per_epoch: int):
-    """Returns (scheduler or None, 'step' | 'epoch' | 'plateau'): when to call scheduler.step()."""
-    cfg = run.schedule
-    total = run.epochs * steps_per_epoch
-    if cfg.name == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=run.optimizer.lr, total_steps=total,
-                                                   pct_start=cfg.pct_start, div_factor=10, final_div_factor=100), "step"
-    if cfg.name == "cosine":
-        warmup = int(cfg.warmup_epochs * steps_per_epoch)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
-
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "step"
-    if cfg.name == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma), "epoch"
-    if cfg.name == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", patience=cfg.patience, factor=cfg.factor), "plateau"
-    return None, "epoch"
-
-
-def epoch_seed(seed: int, fold: int, epoch: int) -> int:
-    return (seed * 1_000_003 + fold * 10_007 + epoch) % (2**31)
-
-
-# --- outputs --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FoldOutput:
-    folder: Path
-
-    @property
-    def digest(self) -> str:
-        return read_manifest(self.folder)["digest"]
-
-    def oof(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.load(self.folder / "oof_index.npy"), np.load(self.folder / "oof_probs.npy")
-
-    def test_probs(self) -> np.ndarray:
-        return np.load(self.folder / "test_probs.npy")
+# --- where a fold's outputs live ----------------------------------------------------------------------
 
 
 def run_config(spec: CompetitionSpec, run: ModelRun) -> dict:
@@ -203,33 +63,180 @@ def fold_folder(spec, run, prepared, folds, fold: int, root: Path | None = None)
     return run_folder(spec, run, prepared, folds, root) / f"fold{fold}"
 
 
-def file_digest(*paths: Path) -> str:
-    sha = hashlib.sha256()
-    for path in paths:
-        sha.update(path.read_bytes())
-    return sha.hexdigest()[:16]
+def epoch_seed(seed: int, fold: int, epoch: int) -> int:
+    return (seed * 1_000_003 + fold * 10_007 + epoch) % (2**31)
 
 
-def save_checkpoint(obj, path: Path) -> None:
-    with atomic.atomic_file(path, "wb") as fh:
-        torch.save(obj, fh)
+# --- the pieces of a fold's training -----------------------------------------------------------------
 
 
-def load_checkpoint(path: Path, device: torch.device) -> dict:
-    """Checkpoints hold tensors, numbers, strings and lists only, so they load with weights_only=True:
-    a checkpoint file cannot run code."""
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # a truncated or foreign file raises many kinds
-        raise UserError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                        "delete it and train that fold again") from None
+def fold_rows(data: TrainingData, fold: int, seed: int, subsample: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training rows, validation rows) of a fold; tuning may train on a seeded fraction of the former."""
+    train_index = np.flatnonzero(data.fold_of_row != fold)
+    if subsample < 1.0:
+        keep = np.random.default_rng(epoch_seed(seed, fold, -2)).permutation(len(train_index))[: int(len(train_index) * subsample)]
+        train_index = np.sort(train_index[keep])
+    return torch.from_numpy(train_index), torch.from_numpy(np.flatnonzero(data.fold_of_row == fold))
 
 
-def _write_history(path: Path, history: list[dict]) -> None:
-    with atomic.atomic_file(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(history[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(history)
+@dataclass
+class Learner:
+    """Everything that changes while a fold trains, and is saved in last.pt to resume it."""
+
+    model: ImageClassifier
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None
+    scheduler_unit: str  # when the scheduler steps: 'step' | 'epoch' | 'plateau'
+    scaler: torch.amp.GradScaler
+    ema: nn.Module | None  # timm ModelEmaV3: evaluated instead of the raw weights
+    mixup: Callable | None  # timm Mixup (with CutMix)
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    @property
+    def evaluated(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "ema": self.ema.state_dict() if self.ema is not None else None, "scaler": self.scaler.state_dict()}
+
+    def load_state(self, saved: dict) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(saved["scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(saved["ema"])
+        self.scaler.load_state_dict(saved["scaler"])
+
+
+def make_learner(run: ModelRun, spec: CompetitionSpec, data: TrainingData, runtime: Runtime, steps_per_epoch: int,
+                 init_seed: int) -> Learner:
+    torch.manual_seed(init_seed)  # the same initial weights for the same seed and fold
+    model = build_model(run, spec, data.mean, data.std).to(runtime.device)
+    optimizer = make_optimizer(run, model)
+    scheduler, scheduler_unit = make_scheduler(run, optimizer, steps_per_epoch)
+    scaler = torch.amp.GradScaler(enabled=runtime.amp_dtype == torch.float16)
+    ema = None
+    if run.ema_decay:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=run.ema_decay, use_warmup=True)
+    mixup = None
+    if run.mixup_alpha or run.cutmix_alpha:
+        from timm.data import Mixup
+
+        mixup = Mixup(mixup_alpha=run.mixup_alpha, cutmix_alpha=run.cutmix_alpha, label_smoothing=run.label_smoothing,
+                      num_classes=len(spec.classes))
+
+    def base_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if mixup is not None:  # soft targets, label smoothing already applied by Mixup
+            return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        return F.cross_entropy(logits.float(), targets, label_smoothing=run.label_smoothing)
+
+    # Models with several heads (multi_output_resnet) say how their heads' losses combine.
+    heads_loss = getattr(model.net, "training_loss", None)
+    loss = (lambda output, targets: heads_loss(output, targets, base_loss)) if heads_loss else base_loss
+    return Learner(model, optimizer, scheduler, scheduler_unit, scaler, ema, mixup, loss)
+
+
+@dataclass
+class Progress:
+    """How far a fold has come; saved in last.pt beside the learner's state."""
+
+    epoch: int = 0
+    best_accuracy: float = -1.0
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    best_val_probs: torch.Tensor | None = None  # a tensor, not a numpy array: last.pt loads with weights_only
+    history: list[dict] = field(default_factory=list)
+    stale_epochs: int = 0
+
+    def record(self, epoch: int, val_accuracy: float, val_loss: float, val_probs: np.ndarray) -> bool:
+        """Note the epoch's validation result; True when it is the best so far (ties: lower loss)."""
+        self.epoch = epoch
+        improved = (val_accuracy, -val_loss) > (self.best_accuracy, -self.best_loss)
+        if improved:
+            self.best_accuracy, self.best_loss, self.best_epoch = val_accuracy, val_loss, epoch
+            self.best_val_probs, self.stale_epochs = torch.from_numpy(val_probs), 0
+        else:
+            self.stale_epochs += 1
+        return improved
+
+
+def resume(last_path: Path, learner: Learner, runtime: Runtime) -> Progress:
+    """The progress saved in last.pt, with the learner restored to it; a fresh Progress if there is none."""
+    if not last_path.is_file():
+        return Progress()
+    saved = load_checkpoint(last_path, runtime.device)
+    learner.load_state(saved)
+    return Progress(**saved["state"])
+
+
+def epoch_batches(train_rows: torch.Tensor, batch_size: int, steps: int, seed: int) -> list[torch.Tensor]:
+    """This epoch's batches of row numbers; the last partial batch is dropped (mixup needs pairs)."""
+    order = train_rows[torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(seed))]
+    return list(order[: steps * batch_size].split(batch_size))
+
+
+def train_one_epoch(learner: Learner, augmenter: BatchAugmenter, labels: torch.Tensor, batches: list[torch.Tensor],
+                    seed: int, runtime: Runtime, desc: str) -> float:
+    """One pass over `batches`; returns the mean training loss."""
+    learner.model.train()
+    loss_sum = torch.zeros((), device=runtime.device)
+    progress = tqdm(augmenter.batches(batches, seed), total=len(batches), leave=False, mininterval=2, desc=desc, unit="batch")
+    for idx, images in zip(batches, progress):
+        targets = labels[idx.to(runtime.device)]
+        inputs = images.float()
+        if learner.mixup is not None:
+            inputs, targets = learner.mixup(inputs, targets)
+        with torch.autocast(runtime.device.type, dtype=runtime.amp_dtype, enabled=runtime.amp_dtype is not None):
+            loss = learner.loss(learner.model(inputs), targets)
+        learner.optimizer.zero_grad(set_to_none=True)
+        learner.scaler.scale(loss).backward()
+        learner.scaler.step(learner.optimizer)
+        learner.scaler.update()
+        if learner.ema is not None:
+            learner.ema.update(learner.model)
+        if learner.scheduler is not None and learner.scheduler_unit == "step":
+            learner.scheduler.step()
+        loss_sum += loss.detach()
+    return float(loss_sum) / len(batches)
+
+
+def step_after_epoch(learner: Learner, val_accuracy: float) -> None:
+    if learner.scheduler is not None and learner.scheduler_unit == "epoch":
+        learner.scheduler.step()
+    elif learner.scheduler is not None and learner.scheduler_unit == "plateau":
+        learner.scheduler.step(val_accuracy)
+
+
+class EpochLog:
+    """Each epoch's numbers: a row of history.csv, a line on the terminal, TensorBoard scalars (if installed)."""
+
+    def __init__(self, what: str, epochs: int, tensorboard_dir: Path | None):
+        self.what, self.epochs = what, epochs
+        self.tensorboard = tensorboard_writer(tensorboard_dir) if tensorboard_dir is not None else None
+
+    def epoch(self, progress: Progress, train_loss: float, val_loss: float, val_accuracy: float, lr: float,
+              seconds: float, images: int, improved: bool) -> None:
+        row = {"epoch": progress.epoch, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
+               "val_accuracy": round(val_accuracy, 5), "lr": f"{lr:.3g}", "seconds": round(seconds, 2),
+               "images_per_second": round(images / seconds, 1)}
+        progress.history.append(row)
+        print(f"train: {self.what} epoch {progress.epoch}/{self.epochs}: loss {row['train_loss']:.4f} "
+              f"val_loss {val_loss:.4f} val_acc {val_accuracy:.4f}{' *' if improved else ''} "
+              f"({seconds:.0f}s, {row['images_per_second']:.0f} img/s)", flush=True)
+        if self.tensorboard is not None:
+            for key in ("train_loss", "val_loss", "val_accuracy", "images_per_second"):
+                self.tensorboard.add_scalar(key, float(row[key]), progress.epoch)
+            self.tensorboard.add_scalar("lr", lr, progress.epoch)
+            self.tensorboard.flush()
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def tensorboard_writer(log_dir: Path):
@@ -241,7 +248,14 @@ def tensorboard_writer(log_dir: Path):
     return SummaryWriter(log_dir=str(log_dir))
 
 
-# --- the loop -------------------------------------------------------------------------------------
+def write_history(path: Path, history: list[dict]) -> None:
+    with atomic.atomic_file(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(history[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(history)
+
+
+# --- the entry and the loop ---------------------------------------------------------------------------
 
 
 def train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepared: Prepared, folds: Folds,
@@ -263,158 +277,73 @@ def _train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepar
                 runtime: Runtime, final: Path, replace: bool, log_tensorboard: bool, subsample: float,
                 on_epoch: Callable[[int, float], None] | None) -> FoldOutput:
     # An interrupted attempt is resumed even when forced: epochs are seeded by (seed, fold, epoch), so
-    # resuming ends exactly where starting over would. `force` only replaces the finished output.
+    # resuming ends exactly where starting over would. `replace` only swaps out the finished output.
     work = final.with_name(f".{final.name}.partial")
     work.mkdir(parents=True, exist_ok=True)
-
-    seed = spec.folds.seed
-    train_index = np.flatnonzero(data.fold_of_row != fold)
-    if subsample < 1.0:
-        keep = np.random.default_rng(epoch_seed(seed, fold, -2)).permutation(len(train_index))[: int(len(train_index) * subsample)]
-        train_index = np.sort(train_index[keep])
-    train_rows = torch.from_numpy(train_index)
-    val_rows = torch.from_numpy(np.flatnonzero(data.fold_of_row == fold))
-    torch.manual_seed(epoch_seed(seed, fold, -1))  # the same initial weights for the same seed and fold
-    model = build_model(run, spec, data.mean, data.std).to(runtime.device)
-    optimizer = make_optimizer(run, model)
-    steps_per_epoch = len(train_rows) // run.batch_size  # the last partial batch is dropped (mixup needs pairs)
-    if steps_per_epoch == 0:
-        raise UserError(f"{run.name}: batch_size {run.batch_size} is larger than fold {fold}'s {len(train_rows)} training rows; lower it in the profile")
-    scheduler, scheduler_unit = make_scheduler(run, optimizer, steps_per_epoch)
-    scaler = torch.amp.GradScaler(enabled=runtime.amp_dtype == torch.float16)
-    ema = None
-    if run.ema_decay:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(model, decay=run.ema_decay, use_warmup=True)
-    mixup = None
-    if run.mixup_alpha or run.cutmix_alpha:
-        from timm.data import Mixup
-
-        mixup = Mixup(mixup_alpha=run.mixup_alpha, cutmix_alpha=run.cutmix_alpha, label_smoothing=run.label_smoothing,
-                      num_classes=len(spec.classes))
+    seed, what = spec.folds.seed, f"{run.name} fold {fold}"
+    train_rows, val_rows = fold_rows(data, fold, seed, subsample)
+    steps = len(train_rows) // run.batch_size
+    if steps == 0:
+        raise UserError(f"{run.name}: batch_size {run.batch_size} is larger than fold {fold}'s {len(train_rows)} "
+                        "training rows; lower it in the profile")
+    learner = make_learner(run, spec, data, runtime, steps, init_seed=epoch_seed(seed, fold, -1))
     augmenter = BatchAugmenter(run.augment, spec, data.images, data.images_nhwc)
-
-    def base_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if mixup is not None:  # soft targets, label smoothing already applied by Mixup
-            return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-        return F.cross_entropy(logits.float(), targets, label_smoothing=run.label_smoothing)
-
-    combine_loss = getattr(model.net, "training_loss", None)
-
-    state = {"epoch": 0, "best_accuracy": -1.0, "best_loss": math.inf, "best_epoch": 0, "best_val_probs": None,
-             "history": [], "stale_epochs": 0}
-    last_path, best_path = work / "last.pt", work / "best.pt"
-    if last_path.is_file():
-        checkpoint = load_checkpoint(last_path, runtime.device)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(checkpoint["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(checkpoint["ema"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        state = checkpoint["state"]
-        print(f"train: {run.name} fold {fold}: resuming after epoch {state['epoch']} of {run.epochs}")
-
-    val_images = data.images[val_rows.to(runtime.device)]
-    val_labels_host = data.labels.cpu().numpy()[val_rows.numpy()]
-    # TensorBoard events for real runs only (tuning trials are deleted when they end): <data>/<comp>/tensorboard/<run>/fold<k>
-    tensorboard = tensorboard_writer(competition_root(spec.name) / "tensorboard" / final.parent.name / final.name) \
-        if log_tensorboard else None
-    for epoch in range(state["epoch"] + 1, run.epochs + 1):
-        if run.early_stopping and state["stale_epochs"] >= run.early_stopping:
-            print(f"train: {run.name} fold {fold}: early stop, no better val accuracy for {run.early_stopping} epochs")
+    progress = resume(work / "last.pt", learner, runtime)
+    if progress.epoch:
+        print(f"train: {what}: resuming after epoch {progress.epoch} of {run.epochs}")
+    val_images, val_labels = data.images[val_rows.to(runtime.device)], data.labels_host()[val_rows.numpy()]
+    # TensorBoard events for real runs only (tuning trials are deleted when they end).
+    log = EpochLog(what, run.epochs, competition_root(spec.name) / "tensorboard" / final.parent.name / final.name
+                   if log_tensorboard else None)
+    for epoch in range(progress.epoch + 1, run.epochs + 1):
+        if run.early_stopping and progress.stale_epochs >= run.early_stopping:
+            print(f"train: {what}: early stop, no better val accuracy for {run.early_stopping} epochs")
             break
         this_seed = epoch_seed(seed, fold, epoch)
         torch.manual_seed(this_seed)  # dropout, drop-path
         np.random.seed(this_seed)  # timm's Mixup draws from numpy's global generator
-        order = train_rows[torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(this_seed))]
-        index_batches = list(order[: steps_per_epoch * run.batch_size].split(run.batch_size))
-        model.train()
-        started, loss_sum = time.perf_counter(), torch.zeros((), device=runtime.device)
-        progress = tqdm(augmenter.batches(index_batches, this_seed), total=steps_per_epoch, leave=False, mininterval=2,
-                        desc=f"{run.name} fold {fold} epoch {epoch}/{run.epochs}", unit="batch")
-        for idx, images in zip(index_batches, progress):
-            targets = data.labels[idx.to(runtime.device)]
-            inputs = images.float()
-            if mixup is not None:
-                inputs, targets = mixup(inputs, targets)
-            with torch.autocast(runtime.device.type, dtype=runtime.amp_dtype, enabled=runtime.amp_dtype is not None):
-                output = model(inputs)
-                # Models with several heads (multi_output_resnet) say how their heads' losses combine.
-                loss = combine_loss(output, targets, base_loss) if combine_loss else base_loss(output, targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            if ema is not None:
-                ema.update(model)
-            if scheduler is not None and scheduler_unit == "step":
-                scheduler.step()
-            loss_sum += loss.detach()
-        train_seconds = time.perf_counter() - started
-
-        evaluated = ema.module if ema is not None else model
-        val_probs = predict_probs(evaluated, val_images, runtime)
-        val_accuracy = accuracy(val_probs, val_labels_host)
-        val_loss = log_loss(val_probs, val_labels_host)
-        lr = optimizer.param_groups[0]["lr"]
-        if scheduler is not None and scheduler_unit == "epoch":
-            scheduler.step()
-        elif scheduler is not None and scheduler_unit == "plateau":
-            scheduler.step(val_accuracy)
-        improved = (val_accuracy, -val_loss) > (state["best_accuracy"], -state["best_loss"])
+        batches = epoch_batches(train_rows, run.batch_size, steps, this_seed)
+        started = time.perf_counter()
+        train_loss = train_one_epoch(learner, augmenter, data.labels, batches, this_seed, runtime,
+                                     f"{what} epoch {epoch}/{run.epochs}")
+        seconds = time.perf_counter() - started
+        val_probs = predict_probs(learner.evaluated, val_images, runtime)
+        val_accuracy, val_loss = accuracy(val_probs, val_labels), log_loss(val_probs, val_labels)
+        lr = learner.optimizer.param_groups[0]["lr"]
+        step_after_epoch(learner, val_accuracy)
+        improved = progress.record(epoch, val_accuracy, val_loss, val_probs)
         if improved:
-            # A tensor, not a numpy array: checkpoints must load with weights_only=True.
-            state.update(best_accuracy=val_accuracy, best_loss=val_loss, best_epoch=epoch,
-                         best_val_probs=torch.from_numpy(val_probs), stale_epochs=0)
-            save_checkpoint({"state_dict": evaluated.state_dict(), "run": run.model_dump(mode="json"), "mean": data.mean,
-                          "std": data.std, "epoch": epoch, "val_accuracy": val_accuracy}, best_path)
-        else:
-            state["stale_epochs"] += 1
-        state["epoch"] = epoch
-        state["history"].append({
-            "epoch": epoch, "train_loss": round(float(loss_sum) / steps_per_epoch, 5), "val_loss": round(val_loss, 5),
-            "val_accuracy": round(val_accuracy, 5), "lr": f"{lr:.3g}", "seconds": round(train_seconds, 2),
-            "images_per_second": round(steps_per_epoch * run.batch_size / train_seconds, 1),
-        })
-        print(f"train: {run.name} fold {fold} epoch {epoch}/{run.epochs}: loss {state['history'][-1]['train_loss']:.4f} "
-              f"val_loss {val_loss:.4f} val_acc {val_accuracy:.4f}{' *' if improved else ''} "
-              f"({train_seconds:.0f}s, {state['history'][-1]['images_per_second']:.0f} img/s)", flush=True)
-        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                      "ema": ema.state_dict() if ema is not None else None, "scaler": scaler.state_dict(),
-                      "state": state}, last_path)
-        if tensorboard is not None:
-            for key in ("train_loss", "val_loss", "val_accuracy", "images_per_second"):
-                tensorboard.add_scalar(key, float(state["history"][-1][key]), epoch)
-            tensorboard.add_scalar("lr", lr, epoch)
-            tensorboard.flush()
+            save_checkpoint(best_weights(learner.evaluated, run, epoch, val_accuracy), work / "best.pt")
+        log.epoch(progress, train_loss, val_loss, val_accuracy, lr, seconds, steps * run.batch_size, improved)
+        save_checkpoint({**learner.state(), "state": asdict(progress)}, work / "last.pt")
         if on_epoch is not None:
             on_epoch(epoch, val_accuracy)
+    log.close()
+    return publish_fold(spec, run, data, prepared, folds, fold, runtime, work, final, progress, val_rows, replace)
 
-    if tensorboard is not None:
-        tensorboard.close()
-    # The fold is done: predict the test set with the best weights and publish the outputs.
-    best = load_checkpoint(best_path, runtime.device)
-    best_model = rebuild_from_checkpoint(best, spec, runtime)
+
+def publish_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepared: Prepared, folds: Folds, fold: int,
+                 runtime: Runtime, work: Path, final: Path, progress: Progress, val_rows: torch.Tensor,
+                 replace: bool) -> FoldOutput:
+    """The fold is done: predict the test set with the best weights and publish the outputs."""
+    best_model = load_fold_model(work, spec, runtime)
     np.save(work / "test_probs.npy", predict_probs(best_model, data.test_images, runtime))
-    np.save(work / "oof_probs.npy", state["best_val_probs"].numpy())
+    np.save(work / "oof_probs.npy", progress.best_val_probs.numpy())
     np.save(work / "oof_index.npy", val_rows.numpy())
-    _write_history(work / "history.csv", state["history"])
-    last_path.unlink()
-    publish(work, final, "train", run_config(spec, run), {"prepared": prepared.key, "folds": folds.key}, replace=replace, extra={
-        "fold": fold, "best_epoch": state["best_epoch"], "val_accuracy": state["best_accuracy"],
-        "val_loss": state["best_loss"], "parameters": sum(p.numel() for p in best_model.net.parameters()),
-        "train_seconds": round(sum(h["seconds"] for h in state["history"]), 1),
-        "digest": file_digest(work / "oof_probs.npy", work / "test_probs.npy"),
-    })
+    write_history(work / "history.csv", progress.history)
+    (work / "last.pt").unlink()
+    publish(work, final, "train", run_config(spec, run), {"prepared": prepared.key, "folds": folds.key}, replace=replace,
+            extra={"fold": fold, "best_epoch": progress.best_epoch,
+                   "val_accuracy": progress.best_accuracy, "val_loss": progress.best_loss,
+                   "parameters": sum(p.numel() for p in best_model.net.parameters()),
+                   "train_seconds": round(sum(h["seconds"] for h in progress.history), 1),
+                   "digest": file_digest(work / "oof_probs.npy", work / "test_probs.npy")})
     return FoldOutput(final)
 
 
-def train_run(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepared: Prepared, folds: Folds,
-              fold_indices: list[int], runtime: Runtime, force_folds: tuple[int, ...] = ()) -> list[FoldOutput]:
+def train_folds(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepared: Prepared, folds: Folds,
+                fold_indices: list[int], runtime: Runtime, force_folds: tuple[int, ...] = ()) -> list[FoldOutput]:
+    """Every selected fold of one model run, trained or reused; `force_folds` are trained again."""
     outputs = []
     for fold in fold_indices:
         output = train_fold(spec, run, data, prepared, folds, fold, runtime, force=fold in force_folds)

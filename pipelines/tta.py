@@ -1,54 +1,22 @@
 """TTA: average a fold model's probabilities over augmented views of each image.
 
-Views: identity, hflip, vflip (only where the competition allows the flip), and shift (the mean over the
-four one-pixel translations). With only the identity view this stage is a pass-through of the train
-stage's predictions. Otherwise it writes, per model run and fold,
+Views are registered in predict.py (identity, hflip, vflip — only where the competition allows the flip
+— and shift, the mean over the four one-pixel translations). With only the identity view this stage is
+a pass-through of the train stage's predictions. Otherwise it writes, per model run and fold,
 <data>/<comp>/tta/<run>-<key>/fold<k>/ with oof_probs.npy, oof_index.npy, test_probs.npy, manifest.json.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from competition.paths import competition_root
 from competition.spec import CompetitionSpec
 from pipelines.artifacts import atomic_output, build_once, output_key
 from pipelines.device import Runtime
+from pipelines.device_data import TrainingData
 from pipelines.metrics import accuracy
-from pipelines.train import FoldOutput, TrainingData, file_digest, load_checkpoint, predict_probs, rebuild_from_checkpoint
-
-
-def shift_by(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
-    """Translate a batch by (dx, dy) pixels, filling with zeros."""
-    shifted = torch.roll(images, shifts=(dy, dx), dims=(2, 3))
-    if dy > 0:
-        shifted[:, :, :dy] = 0
-    elif dy < 0:
-        shifted[:, :, dy:] = 0
-    if dx > 0:
-        shifted[:, :, :, :dx] = 0
-    elif dx < 0:
-        shifted[:, :, :, dx:] = 0
-    return shifted
-
-
-# Each view is a list of transforms whose predictions are averaged (shift = four one-pixel moves).
-VIEWS = {
-    "identity": [lambda x: x],
-    "hflip": [lambda x: x.flip(3)],
-    "vflip": [lambda x: x.flip(2)],
-    "shift": [lambda x, d=d: shift_by(x, *d) for d in ((1, 0), (-1, 0), (0, 1), (0, -1))],
-}
-
-
-def predict_with_views(model, images: torch.Tensor, views: list[str], runtime: Runtime, desc: str = "tta") -> np.ndarray:
-    """Mean over views of each view's (mean) probabilities."""
-    passes = [(name, transform) for name in views for transform in VIEWS[name]]
-    probs: dict[str, list[np.ndarray]] = {name: [] for name in views}
-    for name, transform in tqdm(passes, desc=desc, unit="view", leave=False, disable=len(images) * len(passes) < 20_000):
-        probs[name].append(predict_probs(model, images, runtime, view=transform))
-    return np.mean([np.mean(probs[name], axis=0) for name in views], axis=0).astype(np.float32)
+from pipelines.predict import FoldOutput, file_digest, load_fold_model, predict_with_views
 
 
 def tta_fold(spec: CompetitionSpec, run_name: str, trained: FoldOutput, data: TrainingData, views: list[str],
@@ -63,7 +31,7 @@ def tta_fold(spec: CompetitionSpec, run_name: str, trained: FoldOutput, data: Tr
 
 def _tta_fold(spec: CompetitionSpec, run_name: str, trained: FoldOutput, data: TrainingData, views: list[str],
               runtime: Runtime, final) -> FoldOutput:
-    model = rebuild_from_checkpoint(load_checkpoint(trained.folder / "best.pt", runtime.device), spec, runtime)
+    model = load_fold_model(trained.folder, spec, runtime)
     oof_index = np.load(trained.folder / "oof_index.npy")
     summary: dict = {}
     with atomic_output(final, "tta", {"views": views}, {"train": trained.digest}, extra=summary) as staging:
@@ -73,7 +41,7 @@ def _tta_fold(spec: CompetitionSpec, run_name: str, trained: FoldOutput, data: T
         np.save(staging / "oof_index.npy", oof_index)
         np.save(staging / "test_probs.npy",
                 predict_with_views(model, data.test_images, views, runtime, f"tta {run_name} {trained.folder.name} test"))
-        summary["val_accuracy"] = accuracy(oof_probs, data.labels.cpu().numpy()[oof_index])
+        summary["val_accuracy"] = accuracy(oof_probs, data.labels_host()[oof_index])
         summary["digest"] = file_digest(staging / "oof_probs.npy", staging / "test_probs.npy")
     return FoldOutput(final)
 
@@ -89,7 +57,7 @@ def tta_run(spec, run_name: str, trained_folds: list[FoldOutput], data: Training
             runtime: Runtime) -> list[FoldOutput]:
     outputs = [tta_fold(spec, run_name, trained, data, views, runtime) for trained in trained_folds]
     if views != ["identity"]:
-        labels = data.labels.cpu().numpy()
+        labels = data.labels_host()
         gains = [tta_gain(t, o, labels) for t, o in zip(trained_folds, outputs)]
         print(f"tta: {run_name}: views {'+'.join(views)}: accuracy gain {np.mean(gains) * 100:+.2f} points (mean over folds)")
     return outputs

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import gc
 import os
-import warnings
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,71 +21,18 @@ import optuna
 import torch
 
 from competition import atomic
-from competition.errors import SpecError, UserError
+from competition.errors import UserError
 from competition.paths import REPO_ROOT, competition_root
 from competition.recipe import ModelRun, ParamSpec, PrunerConfig, apply_params
 from competition.spec import CompetitionSpec
+from pipelines.checks import find_model_run
+from pipelines.context import Context, setup
 from pipelines.metrics import accuracy
+from pipelines.studies import default_study_name, open_storage, redact, storage_url
 from pipelines.train import train_fold
 
-# fail_stale_trials and the matplotlib plots are marked experimental; they are what the issue asks for.
+# fail_stale_trials and the matplotlib plots are marked experimental; this stage relies on both.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-MAX_RETRY = 2  # a trial whose worker died is tried this many more times
-
-
-def heartbeat_settings() -> tuple[int, int]:
-    """(seconds between a running trial's heartbeats, seconds of silence after which it counts as dead)."""
-    return int(os.environ.get("KPIPE_OPTUNA_HEARTBEAT_S", "10")), int(os.environ.get("KPIPE_OPTUNA_GRACE_S", "30"))
-
-
-def default_storage_url(spec: CompetitionSpec) -> str:
-    return f"sqlite:///{competition_root(spec.name) / 'tuning' / 'optuna.db'}"
-
-
-def storage_url(spec: CompetitionSpec, storage: str | None) -> str:
-    return storage or os.environ.get("KPIPE_OPTUNA_STORAGE") or default_storage_url(spec)
-
-
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    heartbeat, grace = heartbeat_settings()
-    try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=grace,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
-    except Exception as exc:  # SQLAlchemy raises many kinds for a bad URL or an unreachable server
-        reason = redact_text((str(exc).strip().splitlines() or [""])[0], url)
-        raise UserError(f"Optuna storage {redact(url)}: cannot open it ({type(exc).__name__}: {reason})") from None
-
-
-def _password(url: str) -> str | None:
-    if "://" not in url or "@" not in url:
-        return None
-    credentials = url.split("://", 1)[1].rsplit("@", 1)[0]
-    return credentials.partition(":")[2] or None
-
-
-def redact(url: str) -> str:
-    """The URL with its password replaced by ***, for messages (even when the URL does not parse)."""
-    return redact_text(url, url)
-
-
-def redact_text(text: str, url: str) -> str:
-    """`text` with every occurrence of `url`'s password (raw and URL-decoded) replaced by ***."""
-    from urllib.parse import unquote
-
-    password = _password(url)
-    for secret in {password, unquote(password)} if password else ():
-        text = text.replace(secret, "***")
-    return text
-
-
-def default_study_name(spec: CompetitionSpec, run: ModelRun) -> str:
-    return f"{spec.name}-{run.name}"
-
 
 def make_pruner(config: PrunerConfig) -> optuna.pruners.BasePruner:
     factories = {
@@ -105,37 +52,10 @@ def suggest(trial: optuna.Trial, path: str, spec: ParamSpec):
     return trial.suggest_float(path, spec.low, spec.high, step=spec.step, log=spec.log)
 
 
-def load_study(spec: CompetitionSpec, study_name: str, storage: str | None = None) -> optuna.Study:
-    url = storage_url(spec, storage)
-    try:
-        return optuna.load_study(study_name=study_name, storage=open_storage(url))
-    except KeyError:
-        raise UserError(f"no Optuna study '{study_name}' in {redact(url)}; run `make tune COMP={spec.name} MODEL=...` first") from None
-
-
-def best_params(spec: CompetitionSpec, run: ModelRun, storage: str | None = None) -> dict:
-    """The best trial's parameters for a run whose recipe says `params: best` (or names a study)."""
-    study_name = default_study_name(spec, run) if run.params == "best" else run.params
-    study = load_study(spec, study_name, storage)
-    try:
-        return dict(study.best_trial.params)
-    except ValueError:
-        raise UserError(f"Optuna study '{study_name}' has no completed trial yet; let `make tune` finish some") from None
-
-
-def resolve_params(spec: CompetitionSpec, run: ModelRun) -> ModelRun:
-    """A run with its tuned parameters applied (the config, and so every hash downstream, changes with them)."""
-    if run.params is None:
-        return run
-    params = best_params(spec, run)
-    print(f"params: {run.name}: best trial of study '{default_study_name(spec, run) if run.params == 'best' else run.params}': {params}")
-    return apply_params(run, params).model_copy(update={"params": None, "alias": run.name})
-
-
 class Objective:
     """Mean validation accuracy over the tuning folds of the run with the trial's parameters."""
 
-    def __init__(self, spec, base_run: ModelRun, ctx, study_dir: Path):
+    def __init__(self, spec: CompetitionSpec, base_run: ModelRun, ctx: Context, study_dir: Path):
         self.spec, self.base_run, self.ctx, self.study_dir = spec, base_run, ctx, study_dir
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -158,7 +78,7 @@ class Objective:
                 output = train_fold(self.spec, run, self.ctx.data, self.ctx.prepared, self.ctx.folds, fold,
                                     self.ctx.runtime, out_root=trial_dir, subsample=tuning.subsample, on_epoch=report)
                 index, probs = output.oof()
-                scores.append(accuracy(probs, self.ctx.data.labels.cpu().numpy()[index]))
+                scores.append(accuracy(probs, self.ctx.data.labels_host()[index]))
         finally:
             # A finished or pruned trial keeps nothing but its numbers in the study: free disk and memory now.
             shutil.rmtree(trial_dir, ignore_errors=True)
@@ -173,10 +93,8 @@ def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def tune(spec: CompetitionSpec, ctx, run: ModelRun, total: int, study_name: str | None, storage: str | None) -> optuna.Study:
+def tune(spec: CompetitionSpec, ctx: Context, run: ModelRun, total: int, study_name: str | None, storage: str | None) -> optuna.Study:
     """Run trials until the study holds `total` finished (complete or pruned) trials."""
-    if spec.tuning is None:
-        raise SpecError(f"competition/{spec.name}.yaml: no `tuning:` section (search_space, folds, pruner)")
     study_name = study_name or default_study_name(spec, run)
     url = storage_url(spec, storage)
     study = optuna.create_study(study_name=study_name, storage=open_storage(url), direction="maximize",
@@ -201,6 +119,31 @@ def tune(spec: CompetitionSpec, ctx, run: ModelRun, total: int, study_name: str 
         if failures_in_a_row >= 3:
             raise UserError(f"tune: 3 trials in a row failed (last: {last.system_attrs.get('fail_reason', 'see the log above')})")
     shutil.rmtree(study_dir, ignore_errors=True)
+    return study
+
+
+def run_study(spec: CompetitionSpec, profile_name: str, model: str | None, study_name: str | None, storage: str | None,
+              trials: int | None, total: int | None, workers: int, comp_argument: str, report: bool = True) -> optuna.Study:
+    """`make tune`: add `trials` (or run until `total`) to the study of one model run, with `workers` processes."""
+    ctx = setup(spec, profile_name, resolve_tuned=False)
+    run = find_model_run(spec, profile_name, model) if model else ctx.profile.models[0]
+    run = run.model_copy(update={"params": None})
+    study_name = study_name or default_study_name(spec, run)
+    url = storage_url(spec, storage)
+    if total is None:  # fixed once here, so that every worker aims at the same total
+        study = optuna.create_study(study_name=study_name, storage=open_storage(url), direction="maximize", load_if_exists=True)
+        total = finished_trials(study) + trials
+    if workers > 1:
+        argv = ["tune", "--comp", comp_argument, "--profile", profile_name, "--model", run.name, "--study", study_name,
+                "--total", str(total), "--workers", "1", "--no-report"]
+        status = spawn_workers(argv, workers, storage=url)  # the URL may hold a password: not on argv
+        if status:
+            raise UserError(f"tune: a worker exited with status {status}")
+        study = optuna.load_study(study_name=study_name, storage=open_storage(url))
+    else:
+        study = tune(spec, ctx, run, total, study_name, url)
+    if report:  # spawned workers leave the report to the command that started them
+        report_study(study, competition_root(spec.name) / "tuning" / study_name, url)
     return study
 
 

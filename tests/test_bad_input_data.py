@@ -27,7 +27,7 @@ from pipelines import download as download_stage
 from pipelines.__main__ import main as pipelines_main
 from pipelines.download import safe_extract
 from pipelines.prepare import make_folds, prepare
-from pipelines.train import load_checkpoint
+from pipelines.predict import load_checkpoint
 from tests.conftest import Host
 
 
@@ -342,3 +342,50 @@ def test_anchors_and_merge_keys_still_share_settings(tmp_path):
                 "      - <<: *base\n        alias: longer\n        epochs: 3\n").encode()
     runs = load_spec(str(_digits_yaml(tmp_path, edit))).profiles["quick"].models
     assert [(r.name, r.epochs, r.batch_size) for r in runs] == [("cnn3", 1, 32), ("longer", 3, 32)]
+
+
+# --- checked when the command starts, before any download ---------------------------------------------
+
+
+def _profile_spec(tmp_path: Path, run_changes: dict | None = None, profile_changes: dict | None = None,
+                  tuning: dict | None = None) -> Path:
+    spec = yaml.safe_load((Path(__file__).resolve().parent.parent / "competition" / "digits.yaml").read_text())
+    run = {"model": "cnn3", "epochs": 1, **(run_changes or {})}
+    spec["profiles"] = {"quick": {"folds": [0], "models": [run], **(profile_changes or {})}}
+    spec.pop("tuning", None)
+    if tuning is not None:
+        spec["tuning"] = tuning
+    path = tmp_path / "early.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+EARLY_CASES = {
+    "optimizer": (dict(run_changes={"optimizer": {"name": "sgdd"}}), ["train"],
+                  "key 'profiles.quick.models.0.optimizer.name': unknown optimizer 'sgdd': did you mean 'sgd'?"),
+    "schedule": (dict(run_changes={"schedule": {"name": "cosin"}}), ["train"],
+                 "key 'profiles.quick.models.0.schedule.name': unknown schedule 'cosin'"),
+    "policy": (dict(run_changes={"augment": {"policy": "heavy"}}), ["train"],
+               "key 'profiles.quick.models.0.augment.policy': unknown augmentation policy 'heavy'"),
+    "view": (dict(profile_changes={"tta": ["identity", "rotate"]}), ["submit"],
+             "key 'profiles.quick.tta.1': unknown TTA view 'rotate'"),
+    "method": (dict(profile_changes={"ensemble": "stacking"}), ["submit"],
+               "key 'profiles.quick.ensemble': unknown ensemble method 'stacking'"),
+    "model": (dict(run_changes={"model": "resnet81"}), ["train"], "unknown model 'resnet81'"),
+    "tuning-choice": (dict(tuning={"search_space": {"augment.policy": {"type": "categorical", "choices": ["light", "wild"]}}}),
+                      ["train"], "key 'tuning.search_space.augment.policy.choices': unknown augmentation policy 'wild'"),
+    "no-tuning": (dict(), ["tune", "--trials", "2"], "no `tuning:` section"),
+    "unknown-MODEL": (dict(), ["train", "--model", "vgg11"], "profile 'quick' has no model 'vgg11' (has: cnn3)"),
+    "unknown-profile": (dict(), ["train", "--profile", "fast"], "no profile 'fast' under `profiles:`"),
+    "fold": (dict(), ["train", "--fold", "9"], "FOLD=9: folds are numbered 0..4"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EARLY_CASES))
+def test_names_and_the_command_line_are_checked_before_any_download(pipeline_env, tmp_path, capsys, case):
+    spec_changes, command, phrase = EARLY_CASES[case]
+    path = _profile_spec(tmp_path, **spec_changes)
+    assert pipelines_main([command[0], "--comp", str(path), *command[1:]]) == 2
+    err = one_line_error(capsys)
+    assert phrase in err, err
+    assert not (pipeline_env / "digits").exists(), "work started before the check"

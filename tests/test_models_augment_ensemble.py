@@ -6,14 +6,13 @@ import pytest
 import torch
 
 import models
-from competition.errors import UserError
 from competition.recipe import AugmentConfig
 from competition.spec import load_spec
 from models.weights import load_weights_file
 from pipelines.augment import albumentations_policy, flip_and_shift
 from pipelines.ensemble import find_weights
 from pipelines.metrics import accuracy
-from pipelines.tta import VIEWS, shift_by
+from pipelines.predict import VIEWS, shift_by
 
 
 @pytest.mark.parametrize("name", ["fastcnn", "cnn3", "cnn5", "timm:resnet18"])
@@ -28,9 +27,9 @@ def test_registry_builds_models_for_each_competition_shape(name, comp):
 
 
 def test_unknown_model_suggests_close_names():
-    with pytest.raises(UserError, match="unknown model 'fastcn': did you mean fastcnn"):
+    with pytest.raises(models.ModelError, match="unknown model 'fastcn': did you mean fastcnn"):
         models.create("fastcn", 10, 1, 28)
-    with pytest.raises(UserError, match="unknown timm model 'resnet19'"):
+    with pytest.raises(models.ModelError, match="unknown timm model 'resnet19'"):
         models.create("timm:resnet19", 10, 1, 28)
 
 
@@ -43,9 +42,9 @@ def test_pretrained_file_loads_and_refuses_mismatched_shapes(tmp_path):
     wrong = models.create("timm:resnet34", num_classes=10, in_chans=3, img_size=32)
     torch.save(wrong.state_dict(), tmp_path / "resnet34.pth")
     torch.save({"conv1.weight": torch.zeros(64, 1, 7, 7)}, tmp_path / "one-channel.pth")
-    with pytest.raises(UserError, match=r"tensor 'conv1.weight' has shape \(64, 1, 7, 7\) but the model needs \(64, 3, 7, 7\)"):
+    with pytest.raises(models.ModelError, match=r"tensor 'conv1.weight' has shape \(64, 1, 7, 7\) but the model needs \(64, 3, 7, 7\)"):
         load_weights_file(models.create("timm:resnet18", 10, 3, 32), str(tmp_path / "one-channel.pth"))
-    with pytest.raises(UserError, match="no such file"):
+    with pytest.raises(models.ModelError, match="no such file"):
         load_weights_file(target, str(tmp_path / "missing.pth"))
 
 
@@ -103,7 +102,7 @@ def test_hill_climbing_prefers_the_better_model_and_never_loses_on_oof():
 
 def test_own_models_load_a_local_file_but_refuse_published_weights(tmp_path):
     from competition.recipe import ModelRun
-    from pipelines.train import build_model
+    from pipelines.classifier import build_model
 
     spec = load_spec("digits")
     source = models.create("cnn3", num_classes=10, in_chans=1, img_size=8)
@@ -111,5 +110,5 @@ def test_own_models_load_a_local_file_but_refuse_published_weights(tmp_path):
     run = ModelRun(model="cnn3", pretrained_file=str(tmp_path / "cnn3.pth"))
     loaded = build_model(run, spec, mean=[0.0], std=[1.0])
     assert torch.equal(loaded.net.features[0].weight, source.features[0].weight)
-    with pytest.raises(UserError, match="model 'cnn3' has no published pretrained weights; set `pretrained_file:`"):
+    with pytest.raises(models.ModelError, match="model 'cnn3' has no published pretrained weights; set `pretrained_file:`"):
         build_model(ModelRun(model="cnn3", pretrained=True), spec, mean=[0.0], std=[1.0])

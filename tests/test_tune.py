@@ -18,8 +18,9 @@ from competition.paths import REPO_ROOT
 from competition.spec import SPEC_DIR, load_spec
 from pipelines.__main__ import main as pipelines_main
 from pipelines.artifacts import read_manifest
-from pipelines.run import config_hash, setup
-from pipelines.tune import open_storage
+from pipelines.chain import config_hash
+from pipelines.context import setup
+from pipelines.studies import open_storage
 
 RUN = {"model": "cnn3", "model_args": {"width": 16}, "epochs": 3, "batch_size": 64, "augment": {"policy": "light", "shift": 1}}
 

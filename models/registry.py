@@ -1,0 +1,68 @@
+"""The model registry: every architecture by name, and where its weights come from.
+
+`create(name, num_classes, in_chans, img_size, pretrained=False, pretrained_file=None, **kwargs)` is the
+one door in. Own architectures register with `@register_model` in their family's file; whole libraries
+register a name prefix (`timm:resnet18`, `tv:resnet50`) with `register_prefix`. Weights are resolved
+here, for every model alike: `pretrained=True` asks the library for its published weights (own models
+have none), `pretrained_file` loads a local checkpoint over whatever was built (offline machines).
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Callable
+
+import torch.nn as nn
+
+from models.errors import ModelError, UnknownModel
+from models.weights import load_weights_file
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_PREFIXES: dict[str, Callable[..., nn.Module]] = {}
+
+# Library models the course reports use; any other timm/torchvision name works too.
+LIBRARY_EXAMPLES = ["timm:resnet18", "timm:efficientnet_b0", "timm:mobilenetv3_small_100", "timm:seresnet50",
+                    "timm:vit_base_patch32_224", "timm:swin_base_patch4_window7_224",
+                    "tv:resnet50", "tv:resnet101", "tv:vgg19", "tv:vit_b_32", "tv:swin_b"]
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register `fn(num_classes, in_chans, img_size, **kwargs) -> nn.Module` under its function name."""
+    _MODELS[fn.__name__] = fn
+    return fn
+
+
+def register_prefix(prefix: str, factory: Callable[..., nn.Module]) -> None:
+    """`factory(model_name, num_classes, in_chans, img_size, pretrained, **kwargs)` builds any '<prefix>:<name>'."""
+    _PREFIXES[prefix] = factory
+
+
+def list_models() -> list[str]:
+    """Every registered own model, then the library examples."""
+    return sorted(_MODELS) + LIBRARY_EXAMPLES
+
+
+def check_name(name: str) -> None:
+    """Raise UnknownModel with the closest known names unless `name` can be built."""
+    prefix, _, rest = name.partition(":")
+    if (rest and prefix in _PREFIXES) or name in _MODELS:
+        return
+    close = difflib.get_close_matches(name, list(_MODELS), n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise UnknownModel(f"unknown model '{name}': {hint}see `python -m models list` "
+                       f"(or use a prefix: {', '.join(p + ':<name>' for p in sorted(_PREFIXES))})")
+
+
+def create(name: str, num_classes: int, in_chans: int, img_size: int, pretrained: bool = False,
+           pretrained_file: str | None = None, **kwargs) -> nn.Module:
+    check_name(name)
+    prefix, _, rest = name.partition(":")
+    if rest and prefix in _PREFIXES:
+        model = _PREFIXES[prefix](rest, num_classes=num_classes, in_chans=in_chans, img_size=img_size,
+                                  pretrained=pretrained, **kwargs)
+    elif pretrained:
+        raise ModelError(f"model '{name}' has no published pretrained weights; set `pretrained_file:` to a local checkpoint")
+    else:
+        model = _MODELS[name](num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+    if pretrained_file:
+        load_weights_file(model, pretrained_file)
+    return model

@@ -1,0 +1,103 @@
+"""Everything that can be checked before work starts, checked when a command starts: before any
+download, preparation or training, each problem is one line naming the file, the key and the fix.
+
+The spec layer holds names only (models, optimizers, schedules, augmentation policies, TTA views,
+ensemble methods); here they are held against the registries beside their code. Then the command line:
+the profile, MODEL=, FOLD=, and what `tune` needs.
+"""
+from __future__ import annotations
+
+import argparse
+
+import models
+from competition.errors import SpecError, UserError
+from competition.recipe import ModelRun, Profile
+from competition.spec import CompetitionSpec
+from pipelines.augment import POLICIES
+from pipelines.ensemble import METHODS
+from pipelines.optim import OPTIMIZERS, SCHEDULES
+from pipelines.predict import VIEWS
+from pipelines.registry import Registry
+
+# Dotted paths of a model run whose values name a registered implementation (also as tuning choices).
+NAMED_FIELDS: dict[str, Registry] = {"optimizer.name": OPTIMIZERS, "schedule.name": SCHEDULES, "augment.policy": POLICIES}
+
+
+def spec_file(spec: CompetitionSpec) -> str:
+    return f"competition/{spec.name}.yaml"
+
+
+def _refuse(spec: CompetitionSpec, key: str, problem: str) -> SpecError:
+    return SpecError(f"{spec_file(spec)}: key '{key}': {problem}")
+
+
+def _field(run: ModelRun, path: str) -> str:
+    head, _, leaf = path.partition(".")
+    return getattr(getattr(run, head), leaf)
+
+
+def check_model_run(spec: CompetitionSpec, key: str, run: ModelRun) -> None:
+    try:
+        models.check_name(run.model)
+    except models.ModelError as exc:
+        raise _refuse(spec, f"{key}.model", str(exc)) from None
+    for path, registry in NAMED_FIELDS.items():
+        problem = registry.problem(_field(run, path))
+        if problem:
+            raise _refuse(spec, f"{key}.{path}", problem)
+
+
+def check_profile(spec: CompetitionSpec, profile_name: str, profile: Profile) -> None:
+    key = f"profiles.{profile_name}"
+    for number, run in enumerate(profile.models):
+        check_model_run(spec, f"{key}.models.{number}", run)
+    for number, view in enumerate(profile.tta):
+        if VIEWS.problem(view):
+            raise _refuse(spec, f"{key}.tta.{number}", VIEWS.problem(view))
+    if METHODS.problem(profile.ensemble):
+        raise _refuse(spec, f"{key}.ensemble", METHODS.problem(profile.ensemble))
+
+
+def check_spec(spec: CompetitionSpec) -> None:
+    """Every name in every profile, and the tuning choices that name implementations."""
+    for profile_name, profile in spec.profiles.items():
+        check_profile(spec, profile_name, profile)
+    if spec.tuning is not None:
+        for path, registry in NAMED_FIELDS.items():
+            space = spec.tuning.search_space.get(path)
+            for choice in (space.choices or []) if space is not None else []:
+                if registry.problem(str(choice)):
+                    raise _refuse(spec, f"tuning.search_space.{path}.choices", registry.problem(str(choice)))
+
+
+def find_model_run(spec: CompetitionSpec, profile_name: str, name: str) -> ModelRun:
+    """The profile's model run called `name` (its alias or model name)."""
+    profile = spec.profile(profile_name)
+    for run in profile.models:
+        if name in (run.name, run.model):
+            return run
+    names = ", ".join(r.name for r in profile.models)
+    raise SpecError(f"{spec_file(spec)}: profile '{profile_name}' has no model '{name}' (has: {names}); "
+                    "set MODEL= to one of them")
+
+
+def check_command(spec: CompetitionSpec, args: argparse.Namespace) -> None:
+    """The command line against the spec: profile, MODEL=, FOLD=, and what tune needs."""
+    check_spec(spec)
+    if getattr(args, "profile", None) is not None:
+        spec.profile(args.profile)
+        if getattr(args, "model", None):
+            find_model_run(spec, args.profile, args.model)
+    fold = getattr(args, "fold", None)
+    if fold is not None and not 0 <= fold < spec.folds.n_splits:
+        raise UserError(f"FOLD={fold}: folds are numbered 0..{spec.folds.n_splits - 1} "
+                        f"(folds.n_splits is {spec.folds.n_splits} in {spec_file(spec)})")
+    if args.stage == "tune":
+        if spec.tuning is None:
+            raise SpecError(f"{spec_file(spec)}: no `tuning:` section (search_space, folds, pruner); add one to tune")
+        if args.total is None and args.trials is None:
+            raise UserError("say how many trials: --trials N (add N to the study) or --total N (run until it holds N)")
+        if (args.trials is not None and args.trials < 1) or (args.total is not None and args.total < 1):
+            raise UserError("TRIALS= must be at least 1")
+        if args.workers < 1:
+            raise UserError(f"WORKERS={args.workers}: must be at least 1")

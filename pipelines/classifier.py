@@ -1,0 +1,40 @@
+"""The model as the pipeline trains and runs it: a registry network behind the competition's own
+normalisation (and resizing, for networks that need a fixed input size).
+
+Both training (a fresh model) and prediction (a model rebuilt from a checkpoint) build it here, so the
+two can never disagree about preprocessing.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import models
+from competition.recipe import ModelRun
+from competition.spec import CompetitionSpec
+
+
+class ImageClassifier(nn.Module):
+    """Takes images with values 0..255 (uint8 or float), normalises them, resizes if asked, classifies."""
+
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float], input_size: int | None = None):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        self.input_size = input_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.float() - self.mean) / self.std
+        if self.input_size and x.shape[-1] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        return self.net(x.contiguous(memory_format=torch.channels_last))
+
+
+def build_model(run: ModelRun, spec: CompetitionSpec, mean: list[float], std: list[float]) -> ImageClassifier:
+    """The run's network for this competition's classes and channels; the registry loads any weights."""
+    net = models.create(run.model, num_classes=len(spec.classes), in_chans=spec.image.channels,
+                        img_size=run.input_size or spec.image.height, pretrained=run.pretrained,
+                        pretrained_file=run.pretrained_file, **run.model_args)
+    return ImageClassifier(net, mean, std, run.input_size).to(memory_format=torch.channels_last)

@@ -1,0 +1,150 @@
+"""predict: what a trained fold model says about images.
+
+The one module that loads fold models and runs them: training's validation pass, the TTA and ensemble
+stages, tuning, and (to come) `make predict` all use it; none of them needs the training code.
+    FoldOutput      a fold's predictions on disk (oof_probs.npy, oof_index.npy, test_probs.npy, best.pt)
+    checkpoints     `save_checkpoint` / `load_checkpoint` (weights_only: a checkpoint cannot run code)
+    VIEWS           the test-time-augmentation views by name; `register_view` adds one
+    predict_probs   batched softmax probabilities, optionally through a view
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from competition import atomic
+from competition.errors import UserError
+from competition.recipe import ModelRun
+from competition.spec import CompetitionSpec
+from pipelines.artifacts import read_manifest
+from pipelines.classifier import ImageClassifier, build_model
+from pipelines.device import Runtime
+from pipelines.registry import Registry
+
+PREDICT_BATCH = 512
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class FoldOutput:
+    """One fold's published predictions (train or TTA stage)."""
+
+    folder: Path
+
+    @property
+    def digest(self) -> str:
+        return read_manifest(self.folder)["digest"]
+
+    def oof(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.load(self.folder / "oof_index.npy"), np.load(self.folder / "oof_probs.npy")
+
+    def test_probs(self) -> np.ndarray:
+        return np.load(self.folder / "test_probs.npy")
+
+
+def file_digest(*paths: Path) -> str:
+    sha = hashlib.sha256()
+    for path in paths:
+        sha.update(path.read_bytes())
+    return sha.hexdigest()[:16]
+
+
+# --- checkpoints --------------------------------------------------------------------------------------
+
+
+def save_checkpoint(obj: dict, path: Path) -> None:
+    with atomic.atomic_file(path, "wb") as fh:
+        torch.save(obj, fh)
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict:
+    """Checkpoints hold tensors, numbers, strings and lists only, so they load with weights_only=True:
+    a checkpoint file cannot run code."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # a truncated or foreign file raises many kinds
+        raise UserError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                        "delete it and train that fold again") from None
+
+
+def best_weights(model: ImageClassifier, run: ModelRun, epoch: int, val_accuracy: float) -> dict:
+    """What best.pt holds: the weights and all that is needed to rebuild the model around them."""
+    return {"state_dict": model.state_dict(), "run": run.model_dump(mode="json"), "mean": model.mean.flatten().tolist(),
+            "std": model.std.flatten().tolist(), "epoch": epoch, "val_accuracy": val_accuracy}
+
+
+def rebuild_from_checkpoint(checkpoint: dict, spec: CompetitionSpec, runtime: Runtime) -> ImageClassifier:
+    run = ModelRun.model_validate(checkpoint["run"])
+    model = build_model(run.model_copy(update={"pretrained": False, "pretrained_file": None}), spec,
+                        checkpoint["mean"], checkpoint["std"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.to(runtime.device).eval()
+
+
+def load_fold_model(folder: Path, spec: CompetitionSpec, runtime: Runtime) -> ImageClassifier:
+    return rebuild_from_checkpoint(load_checkpoint(folder / "best.pt", runtime.device), spec, runtime)
+
+
+# --- inference ----------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, images: torch.Tensor, runtime: Runtime, view: Transform | None = None) -> np.ndarray:
+    """Softmax probabilities (float32, N×classes) for uint8 images, optionally through a TTA view."""
+    model.eval()
+    chunks = []
+    for start in range(0, len(images), PREDICT_BATCH):
+        batch = images[start:start + PREDICT_BATCH]
+        if view is not None:
+            batch = view(batch)
+        with torch.autocast(runtime.device.type, dtype=runtime.amp_dtype, enabled=runtime.amp_dtype is not None):
+            logits = model(batch)
+        chunks.append(logits.float().softmax(dim=1).cpu())
+    return torch.cat(chunks).numpy()
+
+
+# --- test-time augmentation views ----------------------------------------------------------------------
+
+# Each view is a list of transforms whose predictions are averaged (shift = four one-pixel moves).
+VIEWS: Registry[list[Transform]] = Registry("TTA view")
+
+
+def register_view(name: str, *transforms: Transform) -> None:
+    VIEWS[name] = list(transforms)
+
+
+def shift_by(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Translate a batch by (dx, dy) pixels, filling with zeros."""
+    shifted = torch.roll(images, shifts=(dy, dx), dims=(2, 3))
+    if dy > 0:
+        shifted[:, :, :dy] = 0
+    elif dy < 0:
+        shifted[:, :, dy:] = 0
+    if dx > 0:
+        shifted[:, :, :, :dx] = 0
+    elif dx < 0:
+        shifted[:, :, :, dx:] = 0
+    return shifted
+
+
+register_view("identity", lambda x: x)
+register_view("hflip", lambda x: x.flip(3))
+register_view("vflip", lambda x: x.flip(2))
+register_view("shift", *[lambda x, d=d: shift_by(x, *d) for d in ((1, 0), (-1, 0), (0, 1), (0, -1))])
+
+
+def predict_with_views(model: nn.Module, images: torch.Tensor, views: list[str], runtime: Runtime,
+                       desc: str = "tta") -> np.ndarray:
+    """Mean over views of each view's (mean) probabilities."""
+    passes = [(name, transform) for name in views for transform in VIEWS[name]]
+    probs: dict[str, list[np.ndarray]] = {name: [] for name in views}
+    for name, transform in tqdm(passes, desc=desc, unit="view", leave=False, disable=len(images) * len(passes) < 20_000):
+        probs[name].append(predict_probs(model, images, runtime, view=transform))
+    return np.mean([np.mean(probs[name], axis=0) for name in views], axis=0).astype(np.float32)
