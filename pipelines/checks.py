@@ -8,6 +8,7 @@ the profile, MODEL=, FOLD=, and what `tune` needs.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import models
 from competition.errors import SpecError, UserError
@@ -45,6 +46,11 @@ def check_model_run(spec: CompetitionSpec, key: str, run: ModelRun) -> None:
         problem = registry.problem(_field(run, path))
         if problem:
             raise _refuse(spec, f"{key}.{path}", problem)
+    if run.pretrained and ":" not in run.model:
+        raise _refuse(spec, f"{key}.pretrained", f"model '{run.model}' has no published weights; set `pretrained_file:` "
+                                                 "to a local checkpoint instead")
+    if run.pretrained_file and not Path(run.pretrained_file).is_file():
+        raise _refuse(spec, f"{key}.pretrained_file", f"{run.pretrained_file}: no such file")
 
 
 def check_profile(spec: CompetitionSpec, profile_name: str, profile: Profile) -> None:
