@@ -48,7 +48,7 @@ class _ImageFilesLayout(_Strict):
     @classmethod
     def _has_id(cls, value: str) -> str:
         try:
-            fields = [field for _, field, spec, conv in string.Formatter().parse(value) if field is not None]
+            fields = [field for _, field, _, _ in string.Formatter().parse(value) if field is not None]
         except ValueError as exc:  # an unbalanced brace
             raise ValueError(f"is not a file name pattern ({exc}); write it like '{{id}}.png'") from None
         unknown = [f for f in fields if f != "id"]

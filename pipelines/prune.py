@@ -53,9 +53,9 @@ def disk_usage(path: Path) -> int:
     return total
 
 
-def human(size: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
+def human(size: float) -> str:
+    for unit in ("B", "kB", "MB"):
+        if size < 1000:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{size:.1f} GB"
@@ -83,7 +83,6 @@ def needed_outputs(spec: CompetitionSpec) -> set[Path]:
             by_digest.setdefault(manifest["digest"], []).append((folder, manifest))
     needed: set[Path] = set()
     digests = [row["predictions_digest"] for row in read_log(spec)]
-    keyed: list[Path] = []  # prepared/<key> and folds/<key>, named by key rather than digest
     seen: set[str] = set()
     while digests:
         digest = digests.pop()
@@ -93,15 +92,10 @@ def needed_outputs(spec: CompetitionSpec) -> set[Path]:
         for folder, manifest in by_digest.get(digest, []):
             needed.add(folder)
             for name, value in manifest.get("inputs", {}).items():
-                if name in ("prepared", "folds"):
-                    keyed.append(root / name / value)
+                if name in ("prepared", "folds"):  # named by key; a train fold names both it was made from
+                    needed.add(root / name / value)
                 else:  # ensemble inputs are fold predictions, TTA inputs a train fold: both by digest
                     digests.append(value)
-    for folder in keyed:
-        needed.add(folder)
-        prepared_key = (read_manifest(folder) or {}).get("inputs", {}).get("prepared") if folder.parent.name == "folds" else None
-        if prepared_key:  # folds name the prepared arrays they were cut from
-            needed.add(root / "prepared" / prepared_key)
     return needed
 
 
@@ -123,9 +117,10 @@ def plan_prune(spec: CompetitionSpec) -> PrunePlan:
     plan = PrunePlan()
     for folder in _outputs(root):
         (plan.keep if folder in needed or _in_use(folder) else plan.remove).append(folder)
-    # TensorBoard logs mirror train/<run>-<key>/fold<k>; they go with their fold.
+    # TensorBoard logs mirror train/<run>-<key>/fold<k>; they go with their fold (kept while it trains).
     for fold_log in (root / "tensorboard").glob("*/*") if (root / "tensorboard").is_dir() else []:
-        if not (root / "train" / fold_log.parent.name / fold_log.name) in needed:
+        fold = root / "train" / fold_log.parent.name / fold_log.name
+        if fold not in needed and not _in_use(fold):
             plan.remove.append(fold_log)
     return plan
 

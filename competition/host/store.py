@@ -19,6 +19,7 @@ import threading
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 from competition import atomic
 from competition.host import builders
@@ -130,10 +131,7 @@ class HostStore:
         self.meta(slug)  # raises NotFound for unknown slugs
         with self._lock:
             if not (folder / "competition.json").is_file():
-                atomic.remove_staging_leftovers(folder)
-                with atomic.staged_folder(folder) as staging:
-                    builders.BUILDERS[slug](staging)
-                    atomic.publish_folder(staging, folder, replace=folder.exists())
+                _build_folder(folder, builders.BUILDERS[slug])
         return folder
 
     def add_competition(self, source: Path) -> str:
@@ -149,13 +147,13 @@ class HostStore:
         Solution.load(source / "solution.csv", meta["id_column"], meta["label_column"], [str(x) for x in meta["labels"]])
         meta = {"category": "Community", "metric": "accuracy", "max_daily_submissions": 20,
                 "deadline": "2099-12-31T23:59:59", "description": "", "synthetic": False, **meta}
-        dest = self.root / "competitions" / meta["slug"]
+
+        def copy_with_defaults(staging: Path) -> None:
+            shutil.copytree(source, staging, dirs_exist_ok=True)
+            atomic.write_json(staging / "competition.json", meta)
+
         with self._lock:
-            atomic.remove_staging_leftovers(dest)
-            with atomic.staged_folder(dest) as staging:
-                shutil.copytree(source, staging, dirs_exist_ok=True)
-                atomic.write_json(staging / "competition.json", meta)
-                atomic.publish_folder(staging, dest, replace=dest.exists())
+            _build_folder(self.root / "competitions" / meta["slug"], copy_with_defaults)
         return meta["slug"]
 
     def data_files(self, slug: str) -> list[Path]:
@@ -284,6 +282,14 @@ class HostStore:
             if sub["team"] not in best or sub["public_score"] > best[sub["team"]]["public_score"]:
                 best[sub["team"]] = sub
         return sorted(best.values(), key=lambda s: (-s["public_score"], s["date"]))
+
+
+def _build_folder(dest: Path, fill: Callable[[Path], None]) -> None:
+    """Fill a staging folder and swap it in for `dest` (the caller holds the store's lock)."""
+    atomic.remove_staging_leftovers(dest)
+    with atomic.staged_folder(dest) as staging:
+        fill(staging)
+        atomic.publish_folder(staging, dest, replace=dest.exists())
 
 
 def read_competition_json(path: Path) -> dict:
