@@ -2,6 +2,8 @@
 # Every target first installs what a fresh Debian machine lacks (pipelines/system_packages.py), then the venv.
 COMP ?= fashion-mnist
 PROFILE ?=
+BUDGET ?=
+PLAN ?=
 MODEL ?=
 FOLD ?=
 PORT ?= 80
@@ -16,10 +18,14 @@ ifneq ($(STORAGE),)
 export KPIPE_OPTUNA_STORAGE := $(STORAGE)
 endif
 
+# A fixed profile (PROFILE=quick|full), a time budget (BUDGET=15m) or a replayed plan (PLAN=file).
+RECIPE = $(if $(PROFILE),--profile $(PROFILE)) $(if $(BUDGET),--budget=$(BUDGET)) $(if $(PLAN),--plan=$(PLAN))
+
 .PHONY: help install system-run system-test test serve stop-host download prepare train tune report submit bench prune clean
 
 help:
-	@echo "make submit COMP=fashion-mnist   download -> prepare -> train -> TTA -> ensemble -> submit"
+	@echo "make submit COMP=fashion-mnist   download -> prepare -> plan -> train -> TTA -> ensemble -> submit"
+	@echo "  [BUDGET=15m | PLAN=plan.json | PROFILE=quick]   time budget (default: the spec's), replay, fixed recipe"
 	@echo "make test                        run the test suite"
 	@echo "make prepare COMP=digits         download + cached arrays + stratified folds"
 	@echo "make train COMP=x MODEL=m FOLD=k retrain one fold of one model (and nothing else)"
@@ -58,17 +64,17 @@ prepare: install
 	$(PY) -m pipelines prepare --comp $(COMP)
 
 train: install
-	$(PY) -m pipelines train --comp $(COMP) $(if $(PROFILE),--profile $(PROFILE)) $(if $(MODEL),--model $(MODEL)) $(if $(FOLD),--fold $(FOLD))
+	$(PY) -m pipelines train --comp $(COMP) $(RECIPE) $(if $(MODEL),--model $(MODEL)) $(if $(FOLD),--fold $(FOLD))
 
 submit: install
-	$(PY) -m pipelines submit --comp $(COMP) $(if $(PROFILE),--profile $(PROFILE)) $(if $(filter-out 0,$(DRY_RUN)),--dry-run)
+	$(PY) -m pipelines submit --comp $(COMP) $(RECIPE) $(if $(filter-out 0,$(DRY_RUN)),--dry-run)
 
 tune: install
 	$(PY) -m pipelines tune --comp $(COMP) $(if $(PROFILE),--profile $(PROFILE)) $(if $(MODEL),--model $(MODEL)) \
 		--trials $(or $(TRIALS),20) $(if $(STUDY),--study $(STUDY)) $(if $(WORKERS),--workers $(WORKERS))
 
 report: install
-	$(PY) -m pipelines report --comp $(COMP) $(if $(PROFILE),--profile $(PROFILE))
+	$(PY) -m pipelines report --comp $(COMP) $(RECIPE)
 
 prune: install
 	$(PY) -m pipelines prune --comp $(COMP) $(if $(filter-out 0,$(DRY_RUN)),--dry-run)

@@ -8,9 +8,10 @@ registry beside its code as soon as a command starts.
 """
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
@@ -30,6 +31,7 @@ class ScheduleConfig(_Strict):
     pct_start: float = Field(default=0.25, gt=0, lt=1)  # onecycle: fraction of steps spent warming up
     warmup_epochs: float = Field(default=0.0, ge=0)  # cosine: linear warm-up before the cosine decay
     step_size: int = Field(default=3, ge=1)  # step: epochs between decays
+    step_at: float | None = Field(default=None, gt=0, lt=1)  # step: decay once, at this share of the epochs, instead
     gamma: float = Field(default=0.1, gt=0, le=1)  # step: decay factor
     patience: int = Field(default=1, ge=0)  # plateau: epochs without improvement before decaying
     factor: float = Field(default=0.3, gt=0, lt=1)  # plateau: decay factor
@@ -61,10 +63,84 @@ class ModelRun(_Strict):
     input_size: int | None = Field(default=None, ge=8, le=1024)  # resize images on the fly (models needing a fixed size)
     # Take hyperparameters from an Optuna study's best trial: "best" (the study <comp>-<run name>) or a study name.
     params: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]+$")
+    # How the forward pass runs (pipelines/device.py: PRECISIONS): fp32, fp32-cl (channels_last), bf16-cl,
+    # fp16-cl; `auto` = the device's default (fp32-cl on a CPU, bf16/fp16 autocast on CUDA).
+    precision: str = "auto"
 
     @property
     def name(self) -> str:
         return self.alias or self.model.replace(":", "-")
+
+
+class Candidate(ModelRun):
+    """A run the time-budget planner may choose (`pool.candidates`); it sets the epochs and precision.
+
+    `epochs` is the most worth training here (past it, more barely helps on this data), `min_epochs` the
+    fewest worth training at all (below it the planner leaves the run out instead)."""
+
+    family: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")  # architecture family: the ensemble wants two or more
+    min_epochs: int = Field(default=3, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _epochs_in_order(self):
+        if self.min_epochs > self.epochs:
+            raise ValueError(f"min_epochs ({self.min_epochs}) is above epochs ({self.epochs})")
+        return self
+
+    def as_run(self, epochs: int, precision: str) -> ModelRun:
+        fields = self.model_dump(exclude={"family", "min_epochs"})
+        return ModelRun.model_validate({**fields, "epochs": epochs, "precision": precision})
+
+
+def parse_duration(value) -> float:
+    """Seconds from `90s`, `15m`, `2h`, `1h30m` or a bare number of seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*",
+                             str(value))
+        if not match or not any(match.groups()):
+            raise ValueError(f"'{value}' is not a duration; write e.g. 90s, 15m, 2h or 1h30m")
+        hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
+        seconds = hours * 3600 + minutes * 60 + secs
+    if not 10 <= seconds <= 7 * 24 * 3600:
+        raise ValueError(f"'{value}' is outside 10s..168h")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class Budget(_Strict):
+    """The default wall-clock budget of `make submit` (BUDGET= overrides), per kind of device."""
+
+    cpu: Duration = 15 * 60.0
+    cuda: Duration = 15 * 60.0
+
+
+def check_unique_names(key: str, runs: list[ModelRun]) -> None:
+    """Runs name their output folders and MODEL=: two with one name would overwrite each other."""
+    names = [run.name for run in runs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{key}: two runs named '{duplicates[0]}'; give one an `alias`")
+
+
+class Pool(_Strict):
+    """What the planner chooses from: candidate runs (in order of preference), TTA views it may use
+    (it adds a view when the time fits), and how it combines the models."""
+
+    candidates: list[Candidate] = Field(min_length=1)
+    tta: list[str] = Field(default_factory=lambda: ["identity"], min_length=1)  # pipelines/predict.py: VIEWS
+    ensemble: str = "hill_climb"  # pipelines/ensemble.py: METHODS
+    max_models: int = Field(default=3, ge=1, le=20)
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        check_unique_names("candidates", self.candidates)
+        if self.tta[0] != "identity":
+            raise ValueError("tta: the first view must be `identity` (the others are added when time allows)")
+        return self
 
 
 class Profile(_Strict):
@@ -76,10 +152,7 @@ class Profile(_Strict):
 
     @model_validator(mode="after")
     def _unique_names(self):
-        names = [m.name for m in self.models]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"models: two runs named '{duplicates[0]}'; give one an `alias`")
+        check_unique_names("models", self.models)
         if self.folds != "all" and len(set(self.folds)) != len(self.folds):
             raise ValueError("folds: listed twice")
         return self
@@ -137,7 +210,7 @@ class TuningConfig(_Strict):
                 if not rest:
                     raise ValueError(f"search_space.{path}: name the model argument, e.g. model_args.width")
                 continue
-            if head not in ModelRun.model_fields or head in ("model", "alias", "params", "model_args"):
+            if head not in ModelRun.model_fields or head in ("model", "alias", "params", "model_args", "precision"):
                 raise ValueError(f"search_space.{path}: '{head}' is not a tunable field of a model run")
             nested = ModelRun.model_fields[head].annotation
             if rest and not (isinstance(nested, type) and issubclass(nested, BaseModel) and rest in nested.model_fields):

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from competition.errors import SpecError
-from competition.recipe import Profile, TuningConfig
+from competition.recipe import Budget, Pool, Profile, TuningConfig
 
 SPEC_DIR = Path(__file__).resolve().parent
 
@@ -112,7 +112,11 @@ class CompetitionSpec(_Strict):
     metric: Literal["accuracy"]
     folds: FoldsConfig = FoldsConfig()
     flips: FlipsConfig = FlipsConfig()
-    profiles: dict[str, Profile] = Field(default_factory=dict)
+    # The class depends on colour (e.g. hue bands): augmentation that changes colour is refused.
+    colour_defines_class: bool = False
+    budget: Budget = Budget()  # make submit's default time budget (BUDGET= overrides)
+    pool: Pool | None = None  # candidate runs the time-budget planner chooses from
+    profiles: dict[str, Profile] = Field(default_factory=dict)  # fixed recipes: PROFILE=quick|full
     tuning: TuningConfig | None = None
 
     @field_validator("classes", "class_names", mode="before")
@@ -135,11 +139,15 @@ class CompetitionSpec(_Strict):
             if profile.folds != "all" and max(profile.folds) >= self.folds.n_splits:
                 raise ValueError(f"profiles.{profile_name}.folds: fold {max(profile.folds)} does not exist "
                                  f"(folds.n_splits is {self.folds.n_splits}; folds count from 0)")
-            for view, allowed in (("hflip", self.flips.hflip), ("vflip", self.flips.vflip)):
-                if view in profile.tta and not allowed:
-                    raise ValueError(f"profiles.{profile_name}.tta: '{view}' changes this competition's classes "
-                                     f"(flips.{view} is false)")
+            self._check_views(f"profiles.{profile_name}.tta", profile.tta)
+        if self.pool is not None:
+            self._check_views("pool.tta", self.pool.tta)
         return self
+
+    def _check_views(self, key: str, views: list[str]) -> None:
+        for view, allowed in (("hflip", self.flips.hflip), ("vflip", self.flips.vflip)):
+            if view in views and not allowed:
+                raise ValueError(f"{key}: '{view}' changes this competition's classes (flips.{view} is false)")
 
     def profile(self, name: str) -> Profile:
         if name not in self.profiles:

@@ -36,17 +36,25 @@ def command_prepare(spec, args) -> None:
     make_folds(spec, prepared, force=args.force)
 
 
+def context_for(spec, args, need_record: bool = False):
+    """A fixed profile's context (PROFILE=), or a time-budget plan's (BUDGET=, PLAN=, or the spec's pool)."""
+    from pipelines.context import setup, setup_budget
+
+    if args.profile is not None:
+        return setup(spec, args.profile)
+    return setup_budget(spec, args.budget, args.plan, need_record=need_record)
+
+
 def command_train(spec, args) -> None:
     from pipelines.chain import train_models
-    from pipelines.context import setup
 
-    train_models(setup(spec, args.profile), only=args.model, fold=args.fold, force=args.force)
+    train_models(context_for(spec, args), only=args.model, fold=args.fold, force=args.force)
 
 
 def command_submit(spec, args) -> None:
     from pipelines.chain import submit_all
 
-    submit_all(spec, args.profile, dry_run=args.dry_run, resubmit=args.resubmit)
+    submit_all(context_for(spec, args), dry_run=args.dry_run, resubmit=args.resubmit)
 
 
 def command_tune(spec, args) -> None:
@@ -65,7 +73,7 @@ def command_prune(spec, args) -> None:
 def command_report(spec, args) -> None:
     from pipelines.chain import report_only
 
-    report_only(spec, args.profile)
+    report_only(context_for(spec, args, need_record=True))
 
 
 STAGES = {
@@ -112,7 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
             stage.add_argument("--dry-run", action="store_true", default=default_dry_run(),
                                help="list what would be removed (also DRY_RUN=1)")
         if name in ("train", "submit", "tune", "report"):
-            stage.add_argument("--profile", default=None, help="recipe profile (default: quick on CPU, full on a GPU)")
+            stage.add_argument("--profile", default=None, help="a fixed recipe profile (quick, full); default: plan "
+                               "inside the time budget where the spec has a `pool:`, else quick on CPU, full on a GPU")
+        if name in ("train", "submit", "report"):
+            stage.add_argument("--budget", default=None, help="wall-clock budget for the whole command: 90s, 15m, 2h "
+                               "(default: the spec's budget for this device)")
+            stage.add_argument("--plan", default=None, help="replay this plan.json's decisions exactly")
         if name in ("train", "tune"):
             stage.add_argument("--model", default=None, help="only this model run (its alias or model name)")
         if name == "tune":
@@ -138,11 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     spec = None
     try:
         spec = load_spec(args.comp)
-        if getattr(args, "profile", "") is None:
-            from pipelines.device import default_profile
+        from pipelines.checks import check_command, resolve_mode
 
-            args.profile = default_profile()
-        from pipelines.checks import check_command
+        resolve_mode(spec, args)  # PROFILE= or BUDGET=/PLAN=, with the defaults filled in
 
         check_command(spec, args)  # names, profile, MODEL=, FOLD=, tuning: before any download or training
         STAGES[args.stage][0](spec, args)

@@ -1,4 +1,5 @@
-"""Augmentation policies, by the names a recipe gives them (`augment.policy`): none, light, medium, strong.
+"""Augmentation policies, by the names a recipe gives them (`augment.policy`): none, light, medium, strong,
+geometric (strong without colour changes).
 
 Each policy is one registered function returning its albumentations ops, built for the competition:
 flips only where the spec says they keep the class, colour jitter only on RGB. A policy may also have a
@@ -28,15 +29,16 @@ BatchedPolicy = Callable[[torch.Tensor, torch.Generator, AugmentConfig, Competit
 class AugmentPolicy:
     albumentations_ops: Callable[[AugmentConfig, CompetitionSpec], list]  # the per-sample definition
     batched: BatchedPolicy | None  # the same distribution on a whole N×C×H×W batch, where there is one
+    changes_colour: bool  # refused where the spec says colour defines the class
 
 
 POLICIES: Registry[AugmentPolicy] = Registry("augmentation policy")
 
 
-def register_policy(name: str, batched: BatchedPolicy | None = None):
+def register_policy(name: str, batched: BatchedPolicy | None = None, changes_colour: bool = False):
     """Decorator over a policy's albumentations ops; `batched` is its whole-batch twin, if any."""
     def register(ops: Callable[[AugmentConfig, CompetitionSpec], list]):
-        POLICIES[name] = AugmentPolicy(ops, batched)
+        POLICIES[name] = AugmentPolicy(ops, batched, changes_colour)
         return ops
     return register
 
@@ -86,7 +88,7 @@ def flips_and_shift(config: AugmentConfig, spec: CompetitionSpec) -> list:
     return ops
 
 
-@register_policy("medium")
+@register_policy("medium", changes_colour=True)
 def light_and_colour(config: AugmentConfig, spec: CompetitionSpec) -> list:
     import albumentations as A
 
@@ -98,15 +100,25 @@ def light_and_colour(config: AugmentConfig, spec: CompetitionSpec) -> list:
     return flips_and_shift(config, spec) + [colour]
 
 
-@register_policy("strong")
-def medium_and_geometry(config: AugmentConfig, spec: CompetitionSpec) -> list:
+def geometry_ops() -> list:
     import albumentations as A
     import cv2
 
-    return light_and_colour(config, spec) + [
-        A.Affine(scale=(0.9, 1.1), rotate=(-12, 12), shear=(-6, 6), border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.7),
-        # random erasing
-        A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.2, 0.4), hole_width_range=(0.2, 0.4), fill=0, p=0.5)]
+    return [A.Affine(scale=(0.9, 1.1), rotate=(-12, 12), shear=(-6, 6), border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.7),
+            # random erasing
+            A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.2, 0.4), hole_width_range=(0.2, 0.4), fill=0,
+                            p=0.5)]
+
+
+@register_policy("strong", changes_colour=True)
+def medium_and_geometry(config: AugmentConfig, spec: CompetitionSpec) -> list:
+    return light_and_colour(config, spec) + geometry_ops()
+
+
+@register_policy("geometric")
+def light_and_geometry(config: AugmentConfig, spec: CompetitionSpec) -> list:
+    """`strong` without its colour jitter: for competitions whose classes colour defines."""
+    return flips_and_shift(config, spec) + geometry_ops()
 
 
 def albumentations_policy(config: AugmentConfig, spec: CompetitionSpec, seed: int | None = None):

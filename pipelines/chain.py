@@ -1,10 +1,11 @@
 """The stages chained for the commands that run several: `make train`, `make submit`, `make report`.
 
-download -> prepare -> folds (in context.setup) -> train -> TTA -> ensemble -> submit -> report.
+download -> prepare -> folds (context.setup) -> [probe -> plan (context.setup_budget)] -> train ->
+TTA -> ensemble -> submit -> report.
 
 Every stage skips work whose output already exists (outputs are keyed by what produced them), so a
 second run with nothing changed only re-reads predictions, and a rerun of one fold redoes that fold and
-what depends on it.
+what depends on it. A time-budget run trains through `pipelines.runner` with the deadline guard.
 """
 from __future__ import annotations
 
@@ -15,47 +16,101 @@ from pathlib import Path
 import numpy as np
 
 from competition.errors import UserError
-from competition.recipe import Profile
-from competition.spec import CompetitionSpec, stable_hash
+from competition.spec import stable_hash
 from pipelines.artifacts import git_commit, is_complete, read_manifest
 from pipelines.checks import find_model_run
-from pipelines.context import Context, setup
+from pipelines.context import Context
 from pipelines.ensemble import ensemble
+from pipelines.plan import Clock, Shortening, save_plan
 from pipelines.predict import FoldOutput
 from pipelines.prune import report_disk_usage
 from pipelines.report import model_summaries, write_report
+from pipelines.runner import DeadlineGuard, Unit, run_plan
 from pipelines.submit import submit
-from pipelines.train import fold_folder, train_folds
+from pipelines.train import fold_folder, train_fold, train_folds
 from pipelines.tta import tta_run
 
+GUARD_SLACK = 0.025  # of the budget: a running unit is shortened once it would overrun by more
 
-def config_hash(spec: CompetitionSpec, profile: Profile) -> str:
-    """What the submission depends on: the data, the folds, the flips and the whole recipe."""
-    return stable_hash({"data": spec.data_hash(), "folds": spec.folds.model_dump(), "flips": spec.flips.model_dump(),
-                        "profile": profile.model_dump(mode="json")})
+
+def config_hash(ctx: Context) -> str:
+    """What the submission depends on: the data, the folds, the flips and the whole recipe (or plan)."""
+    recipe = ctx.plan.hash_input() if ctx.plan is not None else ctx.profile.model_dump(mode="json")
+    return stable_hash({"data": ctx.spec.data_hash(), "folds": ctx.spec.folds.model_dump(),
+                        "flips": ctx.spec.flips.model_dump(), "profile": recipe})
+
+
+class SequentialExecutor:
+    """Trains a plan's units one after another in this process (runner.Executor)."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    def train(self, unit: Unit, epochs_allowed) -> tuple[FoldOutput, float | None]:
+        ctx, planned = self.ctx, unit.planned
+        replayed = next((s for s in planned.shortened if s.fold == unit.fold), None)
+        reused = is_complete(fold_folder(ctx.spec, planned.run, ctx.prepared, ctx.folds, unit.fold))
+        started = time.monotonic()
+        output = train_fold(ctx.spec, planned.run, ctx.data, ctx.prepared, ctx.folds, unit.fold, ctx.runtime,
+                            epochs_allowed=None if replayed else epochs_allowed,
+                            shortening=(replayed.from_epoch, replayed.epochs) if replayed else None)
+        manifest = read_manifest(output.folder)
+        if manifest.get("shortened") and not replayed:
+            planned.shortened.append(Shortening(fold=unit.fold, **manifest["shortened"]))
+        seconds = time.monotonic() - started
+        ctx.stage_seconds[f"train {unit.what}"] = seconds
+        ctx.trained_any = ctx.trained_any or not reused
+        print(f"train: {unit.what}: val accuracy {manifest['val_accuracy']:.4f} (best epoch {manifest['best_epoch']}) "
+              f"-> {output.folder}")
+        return output, None if reused else seconds
 
 
 def train_models(ctx: Context, only: str | None = None, fold: int | None = None, force: bool = False) -> dict:
-    """Train (or reuse) every run and fold of the profile; `fold` given = retrain exactly that fold."""
-    fold_ids = spec_folds = ctx.spec.fold_indices(ctx.profile)
-    if fold is not None:  # checked against folds.n_splits when the command started
-        fold_ids = [fold]
-    runs = [find_model_run(ctx.spec, ctx.profile_name, only)] if only else ctx.profile.models
+    """Train (or reuse) every run and fold; `fold` given = retrain exactly that fold."""
+    if ctx.plan is not None and only is None and fold is None and not force:
+        return train_planned(ctx)
     trained = {}
-    for run in runs:
+    for run, run_folds in ctx.work():
+        if only and only not in (run.name, run.model):
+            continue
+        fold_ids = [fold] if fold is not None else run_folds
         forced = tuple(fold_ids) if (force or fold is not None) else ()
         trained[run.name] = train_folds(ctx.spec, run, ctx.data, ctx.prepared, ctx.folds, fold_ids, ctx.runtime, forced)
-    if fold is not None and fold not in spec_folds:
-        print(f"train: note: fold {fold} is not in profile '{ctx.profile_name}' (folds {spec_folds}), so submit will not use it")
+        if fold is not None and fold not in run_folds:
+            print(f"train: note: fold {fold} is not among {run.name}'s folds {run_folds}, so submit will not use it")
+    if only and not trained:
+        if ctx.plan is None:
+            find_model_run(ctx.spec, ctx.profile_name, only)  # raises the one-line error naming the runs there are
+        names = ", ".join(run.name for run, _ in ctx.work())
+        raise UserError(f"MODEL={only}: not a run of this plan (has: {names}); set MODEL= to one of them")
+    return trained
+
+
+def train_planned(ctx: Context) -> dict:
+    """The plan's units through the runner; the deadline guard watches unless the plan is a replay."""
+    plan = ctx.plan
+    started = time.monotonic()
+    guard = None
+    if not ctx.replay:  # each unit's TTA time is counted with the unit (PlannedRun.tta_seconds_per_fold)
+        guard = DeadlineGuard(Clock(), train_deadline=ctx.started + plan.budget_seconds - plan.reserve_seconds,
+                              slack=GUARD_SLACK * plan.budget_seconds)
+    trained = run_plan(plan, SequentialExecutor(ctx), guard, on_change=lambda p: save_plan(p, ctx.plan_path))
+    if guard is not None:
+        plan.notes.extend(n for n in guard.notes if n not in plan.notes)
+        for note in guard.notes:
+            print(f"deadline guard: {note}")
+    ctx.profile = plan.profile()  # the guard may have dropped runs or folds
+    ctx.stage_seconds["train"] = time.monotonic() - started
+    save_plan(plan, ctx.plan_path)
     return trained
 
 
 def finished_models(ctx: Context) -> dict:
-    """The trained folds of every run of the profile, or a UserError naming the first missing one."""
+    """The trained folds of every run, or a UserError naming the first missing one."""
     trained = {}
-    for run in ctx.profile.models:
+    for run, run_folds in ctx.work():
         trained[run.name] = []
-        for fold in ctx.spec.fold_indices(ctx.profile):
+        for fold in run_folds:
             folder = fold_folder(ctx.spec, run, ctx.prepared, ctx.folds, fold)
             if not is_complete(folder):
                 raise UserError(f"{run.name} fold {fold} is not trained yet; run `make submit COMP={ctx.spec.name}` "
@@ -66,31 +121,81 @@ def finished_models(ctx: Context) -> dict:
 
 def tta_and_ensemble(ctx: Context, trained: dict) -> tuple[Path, dict]:
     """TTA and ensemble over trained folds (both cached): (ensemble folder, its report)."""
+    started = time.monotonic()
     per_model = {name: tta_run(ctx.spec, name, folds, ctx.data, ctx.profile.tta, ctx.runtime) for name, folds in trained.items()}
-    return ensemble(ctx.spec, ctx.profile.ensemble, per_model, ctx.data.labels_host())
+    ctx.stage_seconds["tta"] = time.monotonic() - started
+    started = time.monotonic()
+    result = ensemble(ctx.spec, ctx.profile.ensemble, per_model, ctx.data.labels_host())
+    ctx.stage_seconds["ensemble"] = time.monotonic() - started
+    return result
 
 
-def report_only(spec: CompetitionSpec, profile_name: str) -> Path:
-    ctx = setup(spec, profile_name)
+def report_only(ctx: Context) -> Path:
     trained = finished_models(ctx)
     folder, report = tta_and_ensemble(ctx, trained)
     return write_report(ctx, trained, folder, report)
 
 
-def submit_all(spec: CompetitionSpec, profile_name: str, dry_run: bool = False, resubmit: bool = False) -> dict:
-    started = time.perf_counter()
-    ctx = setup(spec, profile_name)
+def submit_all(ctx: Context, dry_run: bool = False, resubmit: bool = False) -> dict:
     trained = train_models(ctx)
     folder, report = tta_and_ensemble(ctx, trained)
     test_probs = np.load(folder / "test_probs.npy")
     cv = report["ensemble"]["oof_accuracy"]
     test_ids = ctx.prepared.load().test_ids
-    result = submit(spec, profile_name, test_ids, test_probs, cv, config_hash(spec, ctx.profile),
+    started = time.monotonic()
+    result = submit(ctx.spec, ctx.profile_name, test_ids, test_probs, cv, config_hash(ctx),
                     read_manifest(folder)["digest"], git_commit(), dry_run=dry_run, resubmit=resubmit)
+    ctx.stage_seconds["submit"] = time.monotonic() - started
+    # A cached rerun keeps the first run's minutes in the plan of record.
+    measured = ctx.plan is not None and (ctx.trained_any or not ctx.plan.actual)
+    started = time.monotonic()
+    if measured:
+        record_actual(ctx)  # so that the report shows the training minutes
     write_report(ctx, trained, folder, report)
-    print_summary(ctx, trained, report, result, time.perf_counter() - started)
-    print(report_disk_usage(spec))
+    ctx.stage_seconds["report"] = time.monotonic() - started
+    print_summary(ctx, trained, report, result, time.monotonic() - ctx.started)
+    if measured:
+        record_actual(ctx)
+    if ctx.plan is not None:
+        print(planned_vs_actual(ctx))
+    print(report_disk_usage(ctx.spec))
     return {"report": report, "result": result}
+
+
+def record_actual(ctx: Context) -> None:
+    """Write the measured minutes into the plan of record."""
+    plan = ctx.plan
+    plan.status = "ran"
+    plan.actual = {"seconds": {k: round(v, 1) for k, v in ctx.stage_seconds.items()},
+                   "total_seconds": round(time.monotonic() - ctx.started, 1)}
+    save_plan(plan, ctx.plan_path)
+
+
+def planned_vs_actual(ctx: Context) -> str:
+    """The end-of-run table: planned and actual minutes per stage and per run, and the precision chosen."""
+    plan, seconds = ctx.plan, ctx.stage_seconds
+    rows = [("stage / run", "planned min", "actual min", "precision (why)")]
+    rows.append(("setup (download, prepare, load, probe)", f"{plan.setup_seconds / 60:.2f}", f"{seconds.get('setup', 0) / 60:.2f}", ""))
+    for planned in plan.runs:
+        actual = sum(v for k, v in seconds.items() if k.startswith(f"train {planned.run.name} fold "))
+        cut = "".join(f", fold {s.fold} shortened to {s.epochs} after epoch {s.from_epoch}" for s in planned.shortened)
+        rows.append((f"train {planned.run.name} ({len(planned.folds)} fold{'s' * (len(planned.folds) > 1)}, "
+                     f"{planned.run.epochs} epochs{cut})", f"{len(planned.folds) * planned.seconds_per_fold / 60:.2f}",
+                     f"{actual / 60:.2f}", f"{planned.run.precision} ({planned.precision_reason})"))
+    tta_planned = sum(p.tta_seconds_per_fold * len(p.folds) for p in plan.runs)
+    rows.append((f"TTA ({'+'.join(plan.tta)})", f"{tta_planned / 60:.2f}", f"{seconds.get('tta', 0) / 60:.2f}", ""))
+    after = sum(seconds.get(k, 0) for k in ("ensemble", "submit", "report"))
+    rows.append(("ensemble, upload, report", f"{plan.reserve_seconds / 60:.2f}", f"{after / 60:.2f}", ""))
+    total_planned = plan.setup_seconds + plan.estimated_train_seconds() + plan.reserve_seconds
+    total = time.monotonic() - ctx.started
+    rows.append(("total", f"{total_planned / 60:.2f}", f"{total / 60:.2f}",
+                 f"budget {plan.budget_seconds / 60:.2f} min ({total / plan.budget_seconds:.0%} used)"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["\nplanned vs actual"] + ["  ".join([r[0].ljust(widths[0]), r[1].rjust(widths[1]), r[2].rjust(widths[2]), r[3]])
+                                        for r in rows]
+    if plan.precisions_left_out:
+        lines.append("precisions not measured: " + "; ".join(f"{k}: {v}" for k, v in plan.precisions_left_out.items()))
+    return "\n".join(lines)
 
 
 def print_summary(ctx: Context, trained: dict, report: dict, result, seconds: float) -> None:
@@ -103,11 +208,15 @@ def print_summary(ctx: Context, trained: dict, report: dict, result, seconds: fl
     for row in rows:
         print(line.format(*row))
     ens = report["ensemble"]
-    print(f"ensemble ({report['method']}): CV accuracy {ens['oof_accuracy']:.4f} on {report['oof_rows']:,} out-of-fold rows, "
-          f"log loss {ens['oof_log_loss']:.4f}")
+    best = max(report["models"], key=lambda m: m["oof_accuracy"])
+    shared = f" (the rows every model holds out: {report['shared_note']})" if report.get("shared_note") else ""
+    print(f"ensemble ({report['method']}): CV accuracy {ens['oof_accuracy']:.4f} on {report['oof_rows']:,} out-of-fold rows"
+          f"{shared}, log loss {ens['oof_log_loss']:.4f}; best single model {best['name']} {best['oof_accuracy']:.4f} "
+          f"on the same rows ({(ens['oof_accuracy'] - best['oof_accuracy']) * 100:+.2f} points)")
+    synthetic = " (SYNTHETIC stand-in data)" if ctx.spec.synthetic else ""
     if result.public_score is not None:
         private = f", private {result.private_score:.4f}" if result.private_score is not None else ""
-        print(f"leaderboard: public {result.public_score:.4f}{private} ({result.status})")
+        print(f"leaderboard: public {result.public_score:.4f}{private} ({result.status}){synthetic}")
     else:
         print(f"leaderboard: no score ({result.status})")
     print(f"total {seconds / 60:.1f} min")

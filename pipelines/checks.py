@@ -12,9 +12,10 @@ from pathlib import Path
 
 import models
 from competition.errors import SpecError, UserError
-from competition.recipe import ModelRun, Profile
+from competition.recipe import ModelRun
 from competition.spec import CompetitionSpec
 from pipelines.augment import POLICIES
+from pipelines.device import AUTO, PRECISIONS
 from pipelines.ensemble import METHODS
 from pipelines.optim import OPTIMIZERS, SCHEDULES
 from pipelines.predict import VIEWS
@@ -37,6 +38,14 @@ def _field(run: ModelRun, path: str) -> str:
     return getattr(getattr(run, head), leaf)
 
 
+def colour_problem(spec: CompetitionSpec, policy: str) -> str | None:
+    if spec.colour_defines_class and policy in POLICIES and POLICIES[policy].changes_colour:
+        keeps = ", ".join(name for name in POLICIES if not POLICIES[name].changes_colour)
+        return (f"policy '{policy}' changes colour, and colour defines this competition's classes "
+                f"(colour_defines_class: true); use one that keeps it: {keeps}")
+    return None
+
+
 def check_model_run(spec: CompetitionSpec, key: str, run: ModelRun) -> None:
     try:
         models.check_name(run.model)
@@ -46,6 +55,11 @@ def check_model_run(spec: CompetitionSpec, key: str, run: ModelRun) -> None:
         problem = registry.problem(_field(run, path))
         if problem:
             raise _refuse(spec, f"{key}.{path}", problem)
+    if colour_problem(spec, run.augment.policy):
+        raise _refuse(spec, f"{key}.augment.policy", colour_problem(spec, run.augment.policy))
+    if run.precision != AUTO and run.precision not in PRECISIONS:
+        raise _refuse(spec, f"{key}.precision", f"unknown precision '{run.precision}'; "
+                                                f"use auto or one of {', '.join(PRECISIONS)}")
     if run.pretrained and ":" not in run.model:
         raise _refuse(spec, f"{key}.pretrained", f"model '{run.model}' has no published weights; set `pretrained_file:` "
                                                  "to a local checkpoint instead")
@@ -53,27 +67,30 @@ def check_model_run(spec: CompetitionSpec, key: str, run: ModelRun) -> None:
         raise _refuse(spec, f"{key}.pretrained_file", f"{run.pretrained_file}: no such file")
 
 
-def check_profile(spec: CompetitionSpec, profile_name: str, profile: Profile) -> None:
-    key = f"profiles.{profile_name}"
-    for number, run in enumerate(profile.models):
-        check_model_run(spec, f"{key}.models.{number}", run)
-    for number, view in enumerate(profile.tta):
+def check_runs(spec: CompetitionSpec, key: str, runs: list[ModelRun], views: list[str], method: str) -> None:
+    """A profile's or the pool's runs, TTA views and ensemble method."""
+    for number, run in enumerate(runs):
+        check_model_run(spec, f"{key}.{number}", run)
+    for number, view in enumerate(views):
         if VIEWS.problem(view):
-            raise _refuse(spec, f"{key}.tta.{number}", VIEWS.problem(view))
-    if METHODS.problem(profile.ensemble):
-        raise _refuse(spec, f"{key}.ensemble", METHODS.problem(profile.ensemble))
+            raise _refuse(spec, f"{key.rsplit('.', 1)[0]}.tta.{number}", VIEWS.problem(view))
+    if METHODS.problem(method):
+        raise _refuse(spec, f"{key.rsplit('.', 1)[0]}.ensemble", METHODS.problem(method))
 
 
 def check_spec(spec: CompetitionSpec) -> None:
     """Every name in every profile, and the tuning choices that name implementations."""
     for profile_name, profile in spec.profiles.items():
-        check_profile(spec, profile_name, profile)
+        check_runs(spec, f"profiles.{profile_name}.models", profile.models, profile.tta, profile.ensemble)
+    if spec.pool is not None:
+        check_runs(spec, "pool.candidates", spec.pool.candidates, spec.pool.tta, spec.pool.ensemble)
     if spec.tuning is not None:
         for path, registry in NAMED_FIELDS.items():
             space = spec.tuning.search_space.get(path)
             for choice in (space.choices or []) if space is not None else []:
-                if registry.problem(str(choice)):
-                    raise _refuse(spec, f"tuning.search_space.{path}.choices", registry.problem(str(choice)))
+                problem = registry.problem(str(choice)) or (colour_problem(spec, str(choice)) if path == "augment.policy" else None)
+                if problem:
+                    raise _refuse(spec, f"tuning.search_space.{path}.choices", problem)
 
 
 def find_model_run(spec: CompetitionSpec, profile_name: str, name: str) -> ModelRun:
@@ -90,6 +107,14 @@ def find_model_run(spec: CompetitionSpec, profile_name: str, name: str) -> Model
 def check_command(spec: CompetitionSpec, args: argparse.Namespace) -> None:
     """The command line against the spec: profile, MODEL=, FOLD=, and what tune needs."""
     check_spec(spec)
+    if getattr(args, "plan", None):
+        from pipelines.plan import read_plan
+
+        for number, planned in enumerate(read_plan(Path(args.plan), spec).runs):
+            try:
+                check_model_run(spec, f"runs.{number}.run", planned.run)
+            except SpecError as exc:
+                raise UserError(f"PLAN={args.plan}: {str(exc).split(': ', 1)[1]}") from None
     if getattr(args, "profile", None) is not None:
         spec.profile(args.profile)
         if getattr(args, "model", None):
@@ -107,3 +132,35 @@ def check_command(spec: CompetitionSpec, args: argparse.Namespace) -> None:
             raise UserError("TRIALS= must be at least 1")
         if args.workers < 1:
             raise UserError(f"WORKERS={args.workers}: must be at least 1")
+
+
+def resolve_mode(spec: CompetitionSpec, args: argparse.Namespace) -> None:
+    """Fill in how the command runs: a fixed profile (args.profile) or a time budget (args.budget in
+    seconds, args.plan): PROFILE= pins a profile; otherwise a spec with a `pool:` plans inside its budget
+    (BUDGET= overrides) and one without uses its quick (CPU) or full (GPU) profile."""
+    if not hasattr(args, "profile"):
+        return
+    budget, plan = getattr(args, "budget", None), getattr(args, "plan", None)
+    if args.profile is not None and (budget or plan):
+        raise UserError(f"PROFILE={args.profile} pins a fixed recipe; drop it to plan with BUDGET= or PLAN=")
+    if budget and plan:
+        raise UserError("PLAN= replays a plan's decisions, whatever its budget; give BUDGET= or PLAN=, not both")
+    if args.profile is None and (spec.pool is None or args.stage == "tune"):
+        if budget or plan:
+            raise SpecError(f"{spec_file(spec)}: no `pool:` of candidate runs to plan with; add one, or use "
+                            f"PROFILE=quick|full")
+        from pipelines.device import default_profile
+
+        args.profile = default_profile()
+        return
+    if args.profile is None:
+        from competition.recipe import parse_duration
+        from pipelines.device import default_profile
+
+        if budget:
+            try:
+                args.budget = parse_duration(budget)
+            except ValueError as exc:
+                raise UserError(f"BUDGET={budget}: {exc}") from None
+        else:
+            args.budget = spec.budget.cuda if default_profile() == "full" else spec.budget.cpu

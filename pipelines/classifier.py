@@ -1,8 +1,8 @@
 """The model as the pipeline trains and runs it: a registry network behind the competition's own
-normalisation (and resizing, for networks that need a fixed input size).
+normalisation (and resizing, for networks that need a fixed input size), in its run's precision.
 
 Both training (a fresh model) and prediction (a model rebuilt from a checkpoint) build it here, so the
-two can never disagree about preprocessing.
+two can never disagree about preprocessing or precision.
 """
 from __future__ import annotations
 
@@ -13,28 +13,41 @@ import torch.nn.functional as F
 import models
 from competition.recipe import ModelRun
 from competition.spec import CompetitionSpec
+from pipelines.device import PRECISIONS, Precision, Runtime
 
 
 class ImageClassifier(nn.Module):
-    """Takes images with values 0..255 (uint8 or float), normalises them, resizes if asked, classifies."""
+    """Takes images with values 0..255 (uint8 or float), normalises them, resizes if asked, classifies.
 
-    def __init__(self, net: nn.Module, mean: list[float], std: list[float], input_size: int | None = None):
+    The forward pass runs in `precision` (autocast dtype, memory layout)."""
+
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float], input_size: int | None = None,
+                 precision: Precision = PRECISIONS["fp32-cl"]):
         super().__init__()
         self.net = net
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
         self.input_size = input_size
+        self.precision = precision
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.float() - self.mean) / self.std
         if self.input_size and x.shape[-1] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        return self.net(x.contiguous(memory_format=torch.channels_last))
+        if self.precision.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = self.precision.amp_dtype
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+            return self.net(x)  # logits in the autocast dtype: the loss and the softmax take .float()
 
 
-def build_model(run: ModelRun, spec: CompetitionSpec, mean: list[float], std: list[float]) -> ImageClassifier:
-    """The run's network for this competition's classes and channels; the registry loads any weights."""
+def build_model(run: ModelRun, spec: CompetitionSpec, mean: list[float], std: list[float],
+                runtime: Runtime) -> ImageClassifier:
+    """The run's network for this competition's classes and channels on the runtime's device, in the
+    run's precision (`auto`: the device's default); the registry loads any weights."""
     net = models.create(run.model, num_classes=len(spec.classes), in_chans=spec.image.channels,
                         img_size=run.input_size or spec.image.height, pretrained=run.pretrained,
                         pretrained_file=run.pretrained_file, **run.model_args)
-    return ImageClassifier(net, mean, std, run.input_size).to(memory_format=torch.channels_last)
+    precision = runtime.precision(run.precision)
+    model = ImageClassifier(net, mean, std, run.input_size, precision).to(runtime.device)
+    return model.to(memory_format=torch.channels_last) if precision.channels_last else model

@@ -1,18 +1,23 @@
-"""The run context: what every computing command works from — the spec, the chosen profile (with tuned
-parameters applied), the prepared arrays and folds, the device, and the data on it.
+"""The run context: what every computing command works from — the spec, the recipe (a fixed profile
+with tuned parameters applied, or a time-budget plan), the work list of (run, folds), the prepared
+arrays and folds, the device, and the data on it.
 
-Built once per command by `setup`, after `pipelines.checks` has checked the spec and the command line,
-and passed as a typed parameter to the stages that need more than one of these.
+Built once per command by `setup` (PROFILE=) or `setup_budget` (BUDGET=, PLAN=), after
+`pipelines.checks` has checked the spec and the command line, and passed as a typed parameter to the
+stages that need more than one of these.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from competition.recipe import Profile
+from competition.recipe import ModelRun, Profile
 from competition.spec import CompetitionSpec
 from pipelines.device import Runtime, pick_runtime
 from pipelines.device_data import TrainingData, load_training_data
 from pipelines.download import download
+from pipelines.plan import PlanRecord
 from pipelines.prepare import Folds, Prepared, make_folds, prepare
 from pipelines.studies import resolve_params
 
@@ -20,24 +25,63 @@ from pipelines.studies import resolve_params
 @dataclass
 class Context:
     spec: CompetitionSpec
-    profile_name: str
-    profile: Profile
+    profile_name: str  # the profile's name, or `budget-15m` / `plan` for a planned run
+    profile: Profile  # TTA views and ensemble method (for a plan: its runs and folds too)
     prepared: Prepared
     folds: Folds
     runtime: Runtime
     data: TrainingData
+    plan: PlanRecord | None = None
+    plan_path: Path | None = None  # where the plan of record is kept
+    replay: bool = False  # PLAN= given: decisions are fixed, the deadline guard stays out
+    started: float = field(default_factory=time.monotonic)  # when the command started
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # measured, for the end-of-run table
+    trained_any: bool = False  # whether this command trained a unit (rather than reusing them all)
+
+    def work(self) -> list[tuple[ModelRun, list[int]]]:
+        """(run, the folds it trains on) for every run."""
+        if self.plan is not None:
+            return self.plan.work()
+        return [(run, self.spec.fold_indices(self.profile)) for run in self.profile.models]
 
 
-def setup(spec: CompetitionSpec, profile_name: str, resolve_tuned: bool = True) -> Context:
+def load_data(spec: CompetitionSpec) -> tuple[Prepared, Folds, Runtime, TrainingData]:
     """Download and prepare (or reuse), pick the device, load the data onto it."""
-    profile = spec.profile(profile_name)
-    if resolve_tuned:  # `params: best` -> the study's best parameters, before anything is hashed
-        profile = profile.model_copy(update={"models": [resolve_params(spec, run) for run in profile.models]})
     download(spec)
     prepared = prepare(spec)
     folds = make_folds(spec, prepared)
     runtime = pick_runtime()
+    return prepared, folds, runtime, load_training_data(prepared, folds, runtime)
+
+
+def setup(spec: CompetitionSpec, profile_name: str, resolve_tuned: bool = True) -> Context:
+    """The context of a fixed profile."""
+    started = time.monotonic()
+    profile = spec.profile(profile_name)
+    if resolve_tuned:  # `params: best` -> the study's best parameters, before anything is hashed
+        profile = profile.model_copy(update={"models": [resolve_params(spec, run) for run in profile.models]})
+    prepared, folds, runtime, data = load_data(spec)
     print(f"run: {spec.name}, profile '{profile_name}' on {runtime.device}"
           f"{'' if runtime.amp_dtype is None else f' with {runtime.amp_dtype} autocast'}; "
           f"folds {spec.fold_indices(profile)} of {spec.folds.n_splits}")
-    return Context(spec, profile_name, profile, prepared, folds, runtime, load_training_data(prepared, folds, runtime))
+    ctx = Context(spec, profile_name, profile, prepared, folds, runtime, data, started=started)
+    ctx.stage_seconds["setup"] = time.monotonic() - started
+    return ctx
+
+
+def setup_budget(spec: CompetitionSpec, budget: float, plan_path: str | None = None, need_record: bool = False) -> Context:
+    """The context of a time-budget run: the plan of record (reused, replayed, or made by probing;
+    `need_record`: only an existing one, as `make report` wants)."""
+    from pipelines.plan import obtain_plan, plan_table
+
+    started = time.monotonic()
+    prepared, folds, runtime, data = load_data(spec)
+    plan, record, replay = obtain_plan(spec, budget, plan_path, runtime, data, lambda: time.monotonic() - started,
+                                       need_record)
+    label = "plan" if replay else f"budget-{round(budget / 60)}m" if budget % 60 == 0 else f"budget-{round(budget)}s"
+    print(f"run: {spec.name}, {'replaying a plan' if replay else f'budget {budget / 60:.1f} min'} on {plan.machine}\n"
+          + plan_table(plan), flush=True)
+    ctx = Context(spec, label, plan.profile(), prepared, folds, runtime, data, plan=plan, plan_path=record,
+                  replay=replay, started=started)
+    ctx.stage_seconds["setup"] = time.monotonic() - started
+    return ctx

@@ -1,42 +1,126 @@
-"""Device choice and the numeric settings that follow from it.
+"""Device choice, the precision/layout options a model can run in, and what this machine is.
 
-On the CPUs measured so far, 2 threads train 1.93× faster than 1, and bf16 autocast was 11× slower than
-fp32 on an AVX2-only CPU: the CPU path stays fp32 here.
+A precision is how a model's forward pass runs: fp32 or bf16/fp16 autocast, NCHW or channels_last.
+Which is fastest depends on the machine — on the 2-core CPUs measured so far, channels_last gave
++7–11% on an AVX2-only CPU and bf16 autocast was 11× *slower* there, but 1.4–2.1× faster than fp32 on a
+CPU with AVX-512 BF16 — so `pipelines/probe.py` measures them and the planner chooses. A recipe names
+one (`precision:`) or says `auto`: fp32 + channels_last on a CPU, bf16 (or fp16) autocast on CUDA.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
 from dataclasses import dataclass
 
 import torch
 
 
 @dataclass(frozen=True)
+class Precision:
+    name: str
+    amp_dtype: torch.dtype | None  # autocast dtype; None = fp32
+    channels_last: bool
+
+
+PRECISIONS = {p.name: p for p in (
+    Precision("fp32", None, False),
+    Precision("fp32-cl", None, True),
+    Precision("bf16-cl", torch.bfloat16, True),
+    Precision("fp16-cl", torch.float16, True),  # CUDA only: autocast fp16 needs a GradScaler, which train.py adds
+)}
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
 class Runtime:
     device: torch.device
-    amp_dtype: torch.dtype | None  # autocast dtype; None = fp32 (always on CPU: bf16 is 11x slower here)
 
     @property
     def is_cuda(self) -> bool:
         return self.device.type == "cuda"
 
+    def precision(self, name: str = AUTO) -> Precision:
+        """The named precision, or this device's default for `auto`."""
+        if name != AUTO:
+            return PRECISIONS[name]
+        if self.is_cuda:
+            return PRECISIONS["bf16-cl" if torch.cuda.is_bf16_supported() else "fp16-cl"]
+        return PRECISIONS["fp32-cl"]
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:  # the default precision's autocast dtype (for messages)
+        return self.precision().amp_dtype
+
 
 def pick_runtime() -> Runtime:
-    """CUDA with autocast when there is a GPU, else the CPU in fp32 using every core.
-
-    KPIPE_DEVICE=cpu|cuda overrides the choice.
-    """
+    """CUDA when there is a GPU, else the CPU using every core. KPIPE_DEVICE=cpu|cuda overrides the choice."""
     wanted = os.environ.get("KPIPE_DEVICE")
     use_cuda = torch.cuda.is_available() if wanted is None else wanted == "cuda"
     if use_cuda:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return Runtime(torch.device("cuda"), amp)
+        return Runtime(torch.device("cuda"))
     torch.set_num_threads(os.cpu_count() or 1)  # x1.93 from 1 to 2 threads on these machines
-    return Runtime(torch.device("cpu"), None)
+    return Runtime(torch.device("cpu"))
 
 
 def default_profile() -> str:
     return "full" if torch.cuda.is_available() and os.environ.get("KPIPE_DEVICE") != "cpu" else "quick"
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def offered_precisions(runtime: Runtime) -> tuple[list[str], dict[str, str]]:
+    """(precisions worth measuring here, {precision left out: why})."""
+    if runtime.is_cuda:
+        if torch.cuda.is_bf16_supported():
+            return ["fp32-cl", "bf16-cl"], {"fp16-cl": "bf16 is supported: same speed, no loss scaling needed",
+                                            "fp32": "channels_last is the layout cuDNN's tensor-core kernels want"}
+        return ["fp32-cl", "fp16-cl"], {"bf16-cl": "this GPU has no bf16", "fp32": "channels_last is faster on CUDA"}
+    flags = cpu_flags()
+    offered = ["fp32", "fp32-cl"]
+    left_out = {"fp16-cl": "fp16 autocast is for CUDA"}
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        offered.append("bf16-cl")
+    else:
+        left_out["bf16-cl"] = "this CPU lacks avx512_bf16/amx_bf16 (bf16 ran 11x slower than fp32 on such a CPU)"
+    return offered, left_out
+
+
+def machine_description(runtime: Runtime) -> str:
+    if runtime.is_cuda:
+        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), torch {torch.__version__}"
+    flags = cpu_flags()
+    isa = "AVX-512 BF16" if flags & {"avx512_bf16", "amx_bf16"} else "AVX-512" if "avx512f" in flags else \
+        "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {isa}, torch {torch.__version__}"
+
+
+def machine_key(runtime: Runtime) -> str:
+    """Names what timings depend on: the processor and its features, the core count, torch."""
+    identity = [machine_description(runtime), torch.get_num_threads()]
+    if not runtime.is_cuda:
+        identity.append(sorted(cpu_flags()))
+    return hashlib.sha256(repr(identity).encode()).hexdigest()[:12]

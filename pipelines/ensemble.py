@@ -7,7 +7,8 @@ function here:
                 model that most improves OOF accuracy (ties: lower log loss); weights = how often chosen.
     mean        equal weights.
     best        the single best model.
-Each model's test probabilities are the mean over its fold models.
+Each model's test probabilities are the mean over its fold models. Models trained on different folds
+are weighted on the out-of-fold rows they share (`shared_rows`), and the report says so.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from competition.errors import UserError
 from competition.paths import competition_root
 from competition.spec import CompetitionSpec
 from pipelines.artifacts import atomic_output, build_once, output_key, read_manifest
@@ -82,6 +84,23 @@ def best_single(oof: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
     return weights
 
 
+def shared_rows(models: list[ModelPredictions]) -> tuple[np.ndarray, list[np.ndarray], str]:
+    """The out-of-fold rows every model holds (models may have trained on different folds), each
+    model's probabilities on them, and a note saying what was left out ('' when nothing was)."""
+    index = models[0].oof_index
+    for m in models[1:]:
+        index = np.intersect1d(index, m.oof_index)
+    if len(index) == 0:
+        raise UserError("ensemble: the models share no out-of-fold rows (they were trained on disjoint folds); "
+                        "train them on at least one common fold")
+    oof = [m.oof_probs[np.searchsorted(m.oof_index, index)] for m in models]
+    fewer = [f"{m.name} {len(m.oof_index):,}" for m in models if len(m.oof_index) > len(index)]
+    note = f"weights fitted on the {len(index):,} rows all models hold out ({', '.join(fewer)} had more)" if fewer else ""
+    if note:
+        print(f"ensemble: {note}")
+    return index, oof, note
+
+
 def find_weights(method: str, oof: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
     return equal_weights(oof, labels) if len(oof) == 1 else METHODS[method](oof, labels)
 
@@ -100,20 +119,17 @@ def ensemble(spec: CompetitionSpec, method: str, per_model: dict[str, list[FoldO
 def _write_ensemble(method: str, per_model: dict[str, list[FoldOutput]], train_labels: np.ndarray, final: Path,
                     inputs: dict[str, str]) -> tuple[Path, dict]:
     models = [gather(name, folds) for name, folds in per_model.items()]
-    index = models[0].oof_index
-    for m in models[1:]:
-        if not np.array_equal(m.oof_index, index):
-            raise ValueError(f"models '{models[0].name}' and '{m.name}' were trained on different folds; "
-                             "an ensemble needs the same folds for every model")
+    index, oof, note = shared_rows(models)
     labels = train_labels[index]
-    weights = find_weights(method, [m.oof_probs for m in models], labels)
-    oof_blend = sum(w * m.oof_probs for w, m in zip(weights, models))
+    weights = find_weights(method, oof, labels)
+    oof_blend = sum(w * p for w, p in zip(weights, oof))
     test_blend = sum(w * m.test_probs for w, m in zip(weights, models)).astype(np.float32)
     report = {
         "method": method,
         "oof_rows": int(len(index)),
-        "models": [{"name": m.name, "weight": round(float(w), 4), "oof_accuracy": accuracy(m.oof_probs, labels),
-                    "oof_log_loss": log_loss(m.oof_probs, labels)} for m, w in zip(models, weights)],
+        "shared_note": note,
+        "models": [{"name": m.name, "weight": round(float(w), 4), "oof_accuracy": accuracy(p, labels),
+                    "oof_log_loss": log_loss(p, labels)} for m, p, w in zip(models, oof, weights)],
         "ensemble": {"oof_accuracy": accuracy(oof_blend, labels), "oof_log_loss": log_loss(oof_blend, labels)},
     }
     summary: dict = {"report": report}

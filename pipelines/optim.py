@@ -63,6 +63,11 @@ def cosine(optimizer: torch.optim.Optimizer, run: ModelRun, steps_per_epoch: int
 
 @SCHEDULES.register("step")
 def step_decay(optimizer: torch.optim.Optimizer, run: ModelRun, steps_per_epoch: int):
+    """Multiply the rate by `gamma` every `step_size` epochs, or once at `step_at` of the run's epochs
+    (which keeps the decay inside the run when a planner changes its length)."""
+    if run.schedule.step_at is not None:
+        milestone = max(1, round(run.epochs * run.schedule.step_at))
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[milestone], gamma=run.schedule.gamma), "epoch"
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=run.schedule.step_size, gamma=run.schedule.gamma), "epoch"
 
 

@@ -83,9 +83,9 @@ def best_weights(model: ImageClassifier, run: ModelRun, epoch: int, val_accuracy
 def rebuild_from_checkpoint(checkpoint: dict, spec: CompetitionSpec, runtime: Runtime) -> ImageClassifier:
     run = ModelRun.model_validate(checkpoint["run"])
     model = build_model(run.model_copy(update={"pretrained": False, "pretrained_file": None}), spec,
-                        checkpoint["mean"], checkpoint["std"])
+                        checkpoint["mean"], checkpoint["std"], runtime)
     model.load_state_dict(checkpoint["state_dict"])
-    return model.to(runtime.device).eval()
+    return model.eval()
 
 
 def load_fold_model(folder: Path, spec: CompetitionSpec, runtime: Runtime) -> ImageClassifier:
@@ -96,7 +96,7 @@ def load_fold_model(folder: Path, spec: CompetitionSpec, runtime: Runtime) -> Im
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, images: torch.Tensor, runtime: Runtime, view: Transform | None = None) -> np.ndarray:
+def predict_probs(model: nn.Module, images: torch.Tensor, view: Transform | None = None) -> np.ndarray:
     """Softmax probabilities (float32, N×classes) for uint8 images, optionally through a TTA view."""
     model.eval()
     chunks = []
@@ -104,8 +104,7 @@ def predict_probs(model: nn.Module, images: torch.Tensor, runtime: Runtime, view
         batch = images[start:start + PREDICT_BATCH]
         if view is not None:
             batch = view(batch)
-        with torch.autocast(runtime.device.type, dtype=runtime.amp_dtype, enabled=runtime.amp_dtype is not None):
-            logits = model(batch)
+        logits = model(batch)  # in the model's own precision (classifier.py)
         chunks.append(logits.float().softmax(dim=1).cpu())
     return torch.cat(chunks).numpy()
 
@@ -140,11 +139,10 @@ register_view("vflip", lambda x: x.flip(2))
 register_view("shift", *[lambda x, d=d: shift_by(x, *d) for d in ((1, 0), (-1, 0), (0, 1), (0, -1))])
 
 
-def predict_with_views(model: nn.Module, images: torch.Tensor, views: list[str], runtime: Runtime,
-                       desc: str = "tta") -> np.ndarray:
+def predict_with_views(model: nn.Module, images: torch.Tensor, views: list[str], desc: str = "tta") -> np.ndarray:
     """Mean over views of each view's (mean) probabilities."""
     passes = [(name, transform) for name in views for transform in VIEWS[name]]
     probs: dict[str, list[np.ndarray]] = {name: [] for name in views}
     for name, transform in tqdm(passes, desc=desc, unit="view", leave=False, disable=len(images) * len(passes) < 20_000):
-        probs[name].append(predict_probs(model, images, runtime, view=transform))
+        probs[name].append(predict_probs(model, images, view=transform))
     return np.mean([np.mean(probs[name], axis=0) for name in views], axis=0).astype(np.float32)

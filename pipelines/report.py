@@ -177,6 +177,29 @@ def _study_images(spec) -> list[str]:
     return images
 
 
+def plan_section(plan) -> list[str]:
+    """The time-budget plan: what was chosen, estimated and measured, and why."""
+    actual = plan.actual.get("seconds", {})
+    rows = []
+    for p in plan.runs:
+        measured = sum(v for k, v in actual.items() if k.startswith(f"train {p.run.name} fold "))
+        rows.append([p.run.name, p.family, ",".join(map(str, p.folds)), p.run.epochs, p.run.precision,
+                     f"{p.estimated_seconds / 60:.2f}", f"{measured / 60:.2f}" if measured else "-", p.precision_reason])
+    speeds = [[name, precision, f"{v['train_images_per_second']:,.0f}", f"{v['predict_images_per_second']:,.0f}"]
+              for name, table in plan.speeds.items() for precision, v in table.items()]
+    notes = [f"<li>{html.escape(n)}</li>" for n in plan.notes + [f"{k} not measured: {v}" for k, v in
+                                                                 plan.precisions_left_out.items()]]
+    return ["<h2>Plan</h2>",
+            f'<p class="note">Budget {plan.budget_seconds / 60:.1f} min on {html.escape(plan.machine)}; TTA views '
+            f"{'+'.join(plan.tta)}, ensemble {html.escape(plan.ensemble)}; setup took {plan.setup_seconds:.0f} s and "
+            f"{plan.reserve_seconds:.0f} s were kept for the ensemble, the upload and this report.</p>",
+            _table(["run", "family", "folds", "epochs", "precision", "planned (min)", "actual (min)", "why this precision"],
+                   rows, "plan-table"),
+            "<p>Measured speeds (images per second) of every candidate:</p>",
+            _table(["candidate", "precision", "training (img/s)", "inference (img/s)"], speeds, "probe-table"),
+            f"<ul>{''.join(notes)}</ul>"]
+
+
 def write_report(ctx: Context, trained: dict, ensemble_folder: Path, report: dict) -> Path:
     """Render the page for a finished run; returns its path."""
     spec = ctx.spec
@@ -216,6 +239,8 @@ def write_report(ctx: Context, trained: dict, ensemble_folder: Path, report: dic
         "<p>Most confused pairs (out of fold):</p>",
         _table(["true class", "predicted as", "images (count)", "share of the true class (%)"], pairs, "confused-table"),
     ]
+    if ctx.plan is not None:
+        parts += plan_section(ctx.plan)
     if study_images:
         parts += ["<h2>Hyperparameter studies</h2>", *study_images]
     parts += ["<h2>Submissions</h2>",

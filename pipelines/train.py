@@ -104,6 +104,8 @@ class Learner:
     def load_state(self, saved: dict) -> None:
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
+        if saved["state"].get("anneal_steps"):  # the run was shortened: its schedule is the linear fall
+            anneal(self, saved["state"]["anneal_steps"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(saved["scheduler"])
         if self.ema is not None:
@@ -111,13 +113,22 @@ class Learner:
         self.scaler.load_state_dict(saved["scaler"])
 
 
+def anneal(learner: Learner, steps: int) -> None:
+    """Replace the schedule by a linear fall from the current learning rate to zero over `steps` steps:
+    how a run shortened by the deadline guard still ends its schedule at a low rate."""
+    for group in learner.optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
+    learner.scheduler = torch.optim.lr_scheduler.LambdaLR(learner.optimizer, lambda step: max(0.0, 1 - step / steps))
+    learner.scheduler_unit = "step"
+
+
 def make_learner(run: ModelRun, spec: CompetitionSpec, data: TrainingData, runtime: Runtime, steps_per_epoch: int,
                  init_seed: int) -> Learner:
     torch.manual_seed(init_seed)  # the same initial weights for the same seed and fold
-    model = build_model(run, spec, data.mean, data.std).to(runtime.device)
+    model = build_model(run, spec, data.mean, data.std, runtime)
     optimizer = make_optimizer(run, model)
     scheduler, scheduler_unit = make_scheduler(run, optimizer, steps_per_epoch)
-    scaler = torch.amp.GradScaler(enabled=runtime.amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(enabled=model.precision.amp_dtype == torch.float16)
     ema = None
     if run.ema_decay:
         from timm.utils import ModelEmaV3
@@ -152,6 +163,9 @@ class Progress:
     best_val_probs: torch.Tensor | None = None  # a tensor, not a numpy array: last.pt loads with weights_only
     history: list[dict] = field(default_factory=list)
     stale_epochs: int = 0
+    end_epoch: int = 0  # the last epoch, when shortened (0: the run's own `epochs`)
+    anneal_from: int = 0  # shortened after this epoch ...
+    anneal_steps: int = 0  # ... with a linear fall of the learning rate over this many steps
 
     def record(self, epoch: int, val_accuracy: float, val_loss: float, val_probs: np.ndarray) -> bool:
         """Note the epoch's validation result; True when it is the best so far (ties: lower loss)."""
@@ -185,14 +199,14 @@ def train_one_epoch(learner: Learner, augmenter: BatchAugmenter, labels: torch.T
     """One pass over `batches`; returns the mean training loss."""
     learner.model.train()
     loss_sum = torch.zeros((), device=runtime.device)
-    progress = tqdm(augmenter.batches(batches, seed), total=len(batches), leave=False, mininterval=2, desc=desc, unit="batch")
+    progress = tqdm(augmenter.batches(batches, seed), total=len(batches), leave=False, mininterval=2, desc=desc, unit="batch",
+                    disable=len(batches) < 50)  # a probe's few steps need no bar
     for idx, images in zip(batches, progress):
         targets = labels[idx.to(runtime.device)]
         inputs = images.float()
         if learner.mixup is not None:
             inputs, targets = learner.mixup(inputs, targets)
-        with torch.autocast(runtime.device.type, dtype=runtime.amp_dtype, enabled=runtime.amp_dtype is not None):
-            loss = learner.loss(learner.model(inputs), targets)
+        loss = learner.loss(learner.model(inputs), targets)  # the model runs in its precision (classifier.py)
         learner.optimizer.zero_grad(set_to_none=True)
         learner.scaler.scale(loss).backward()
         learner.scaler.step(learner.optimizer)
@@ -258,24 +272,40 @@ def write_history(path: Path, history: list[dict]) -> None:
 # --- the entry and the loop ---------------------------------------------------------------------------
 
 
+EpochsAllowed = Callable[[int, float], int]  # (epochs done, seconds per epoch) -> total epochs the run may have
+
+
 def train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepared: Prepared, folds: Folds,
                fold: int, runtime: Runtime, force: bool = False, out_root: Path | None = None,
-               subsample: float = 1.0, on_epoch: Callable[[int, float], None] | None = None) -> FoldOutput:
+               subsample: float = 1.0, on_epoch: Callable[[int, float], None] | None = None,
+               epochs_allowed: EpochsAllowed | None = None, shortening: tuple[int, int] | None = None) -> FoldOutput:
     """Train one fold (or reuse it). `out_root`, `subsample` and `on_epoch` serve tuning: trials write
     elsewhere, may see a seeded fraction of the training rows, and report each epoch's val accuracy
-    (`on_epoch` may raise to stop the fold, e.g. optuna.TrialPruned)."""
+    (`on_epoch` may raise to stop the fold, e.g. optuna.TrialPruned). `epochs_allowed` serves the
+    deadline guard: asked after every epoch, it may shorten the run; `shortening` = (after epoch, to
+    epochs) replays such a shortening from a plan."""
     final = fold_folder(spec, run, prepared, folds, fold, out_root)
     # One process per fold at a time: a second `make submit`, or a `make train FOLD=k` beside it, waits
     # and then reuses (or, when forced, replaces) what the first one published.
     return build_once(final, f"{run.name} fold {fold}",
                       lambda: _train_fold(spec, run, data, prepared, folds, fold, runtime, final, force, out_root is None,
-                                          subsample, on_epoch),
+                                          subsample, on_epoch, epochs_allowed, shortening),
                       lambda: FoldOutput(final), force)
+
+
+def shorten(learner: Learner, progress: Progress, end_epoch: int, steps_per_epoch: int, what: str) -> None:
+    """End the run at `end_epoch` instead, the learning rate falling linearly to zero until then."""
+    progress.end_epoch, progress.anneal_from = end_epoch, progress.epoch
+    progress.anneal_steps = (end_epoch - progress.epoch) * steps_per_epoch
+    anneal(learner, progress.anneal_steps)
+    print(f"train: {what}: shortened to {end_epoch} epochs by the deadline guard; learning rate falls linearly "
+          "to zero from here", flush=True)
 
 
 def _train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepared: Prepared, folds: Folds, fold: int,
                 runtime: Runtime, final: Path, replace: bool, log_tensorboard: bool, subsample: float,
-                on_epoch: Callable[[int, float], None] | None) -> FoldOutput:
+                on_epoch: Callable[[int, float], None] | None, epochs_allowed: EpochsAllowed | None,
+                shortening: tuple[int, int] | None) -> FoldOutput:
     # An interrupted attempt is resumed even when forced: epochs are seeded by (seed, fold, epoch), so
     # resuming ends exactly where starting over would. `replace` only swaps out the finished output.
     work = final.with_name(f".{final.name}.partial")
@@ -290,12 +320,17 @@ def _train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepar
     augmenter = BatchAugmenter(run.augment, spec, data.images, data.images_nhwc)
     progress = resume(work / "last.pt", learner, runtime)
     if progress.epoch:
-        print(f"train: {what}: resuming after epoch {progress.epoch} of {run.epochs}")
+        print(f"train: {what}: resuming after epoch {progress.epoch} of {progress.end_epoch or run.epochs}")
     val_images, val_labels = data.images[val_rows.to(runtime.device)], data.labels_host()[val_rows.numpy()]
     # TensorBoard events for real runs only (tuning trials are deleted when they end).
     log = EpochLog(what, run.epochs, competition_root(spec.name) / "tensorboard" / final.parent.name / final.name
                    if log_tensorboard else None)
-    for epoch in range(progress.epoch + 1, run.epochs + 1):
+    if shortening is not None and not progress.end_epoch and progress.epoch == shortening[0]:
+        shorten(learner, progress, shortening[1], steps, what)
+    log.epochs = progress.end_epoch or run.epochs
+    recent_seconds: list[float] = []  # per epoch, with validation: the guard judges by the last three
+    while progress.epoch < (progress.end_epoch or run.epochs):
+        epoch = progress.epoch + 1
         if run.early_stopping and progress.stale_epochs >= run.early_stopping:
             print(f"train: {what}: early stop, no better val accuracy for {run.early_stopping} epochs")
             break
@@ -305,9 +340,10 @@ def _train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepar
         batches = epoch_batches(train_rows, run.batch_size, steps, this_seed)
         started = time.perf_counter()
         train_loss = train_one_epoch(learner, augmenter, data.labels, batches, this_seed, runtime,
-                                     f"{what} epoch {epoch}/{run.epochs}")
+                                     f"{what} epoch {epoch}/{progress.end_epoch or run.epochs}")
         seconds = time.perf_counter() - started
-        val_probs = predict_probs(learner.evaluated, val_images, runtime)
+        val_probs = predict_probs(learner.evaluated, val_images)
+        epoch_seconds = time.perf_counter() - started  # with the validation pass: what the guard plans with
         val_accuracy, val_loss = accuracy(val_probs, val_labels), log_loss(val_probs, val_labels)
         lr = learner.optimizer.param_groups[0]["lr"]
         step_after_epoch(learner, val_accuracy)
@@ -315,6 +351,14 @@ def _train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepar
         if improved:
             save_checkpoint(best_weights(learner.evaluated, run, epoch, val_accuracy), work / "best.pt")
         log.epoch(progress, train_loss, val_loss, val_accuracy, lr, seconds, steps * run.batch_size, improved)
+        if not progress.end_epoch and epoch < run.epochs:
+            if shortening is not None and epoch == shortening[0]:
+                shorten(learner, progress, shortening[1], steps, what)
+            elif shortening is None and epochs_allowed is not None:
+                recent_seconds = (recent_seconds + [epoch_seconds])[-3:]
+                if (end := epochs_allowed(epoch, sum(recent_seconds) / len(recent_seconds))) < run.epochs:
+                    shorten(learner, progress, max(end, epoch + 1), steps, what)
+            log.epochs = progress.end_epoch or run.epochs
         save_checkpoint({**learner.state(), "state": asdict(progress)}, work / "last.pt")
         if on_epoch is not None:
             on_epoch(epoch, val_accuracy)
@@ -327,13 +371,14 @@ def publish_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepa
                  replace: bool) -> FoldOutput:
     """The fold is done: predict the test set with the best weights and publish the outputs."""
     best_model = load_fold_model(work, spec, runtime)
-    np.save(work / "test_probs.npy", predict_probs(best_model, data.test_images, runtime))
+    np.save(work / "test_probs.npy", predict_probs(best_model, data.test_images))
     np.save(work / "oof_probs.npy", progress.best_val_probs.numpy())
     np.save(work / "oof_index.npy", val_rows.numpy())
     write_history(work / "history.csv", progress.history)
     (work / "last.pt").unlink()
     publish(work, final, "train", run_config(spec, run), {"prepared": prepared.key, "folds": folds.key}, replace=replace,
-            extra={"fold": fold, "best_epoch": progress.best_epoch,
+            extra={"fold": fold, "best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
+                   "shortened": {"from_epoch": progress.anneal_from, "epochs": progress.end_epoch} if progress.end_epoch else None,
                    "val_accuracy": progress.best_accuracy, "val_loss": progress.best_loss,
                    "parameters": sum(p.numel() for p in best_model.net.parameters()),
                    "train_seconds": round(sum(h["seconds"] for h in progress.history), 1),

@@ -36,11 +36,11 @@ def _tta_fold(spec: CompetitionSpec, run_name: str, trained: FoldOutput, data: T
     summary: dict = {}
     with atomic_output(final, "tta", {"views": views}, {"train": trained.digest}, extra=summary) as staging:
         oof_images = data.images[torch.from_numpy(oof_index).to(runtime.device)]
-        oof_probs = predict_with_views(model, oof_images, views, runtime, f"tta {run_name} {trained.folder.name} oof")
+        oof_probs = predict_with_views(model, oof_images, views, f"tta {run_name} {trained.folder.name} oof")
         np.save(staging / "oof_probs.npy", oof_probs)
         np.save(staging / "oof_index.npy", oof_index)
         np.save(staging / "test_probs.npy",
-                predict_with_views(model, data.test_images, views, runtime, f"tta {run_name} {trained.folder.name} test"))
+                predict_with_views(model, data.test_images, views, f"tta {run_name} {trained.folder.name} test"))
         summary["val_accuracy"] = accuracy(oof_probs, data.labels_host()[oof_index])
         summary["digest"] = file_digest(staging / "oof_probs.npy", staging / "test_probs.npy")
     return FoldOutput(final)

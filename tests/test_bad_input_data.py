@@ -352,6 +352,7 @@ def _profile_spec(tmp_path: Path, run_changes: dict | None = None, profile_chang
     spec = yaml.safe_load((Path(__file__).resolve().parent.parent / "competition" / "digits.yaml").read_text())
     run = {"model": "cnn3", "epochs": 1, **(run_changes or {})}
     spec["profiles"] = {"quick": {"folds": [0], "models": [run], **(profile_changes or {})}}
+    spec.pop("pool")
     spec.pop("tuning", None)
     if tuning is not None:
         spec["tuning"] = tuning

@@ -103,12 +103,13 @@ def test_hill_climbing_prefers_the_better_model_and_never_loses_on_oof():
 def test_own_models_load_a_local_file_but_refuse_published_weights(tmp_path):
     from competition.recipe import ModelRun
     from pipelines.classifier import build_model
+    from pipelines.device import Runtime
 
     spec = load_spec("digits")
     source = models.create("cnn3", num_classes=10, in_chans=1, img_size=8)
     torch.save(source.state_dict(), tmp_path / "cnn3.pth")
     run = ModelRun(model="cnn3", pretrained_file=str(tmp_path / "cnn3.pth"))
-    loaded = build_model(run, spec, mean=[0.0], std=[1.0])
+    loaded = build_model(run, spec, mean=[0.0], std=[1.0], runtime=Runtime(torch.device("cpu")))
     assert torch.equal(loaded.net.features[0].weight, source.features[0].weight)
     with pytest.raises(models.ModelError, match="model 'cnn3' has no published pretrained weights; set `pretrained_file:`"):
-        build_model(ModelRun(model="cnn3", pretrained=True), spec, mean=[0.0], std=[1.0])
+        build_model(ModelRun(model="cnn3", pretrained=True), spec, mean=[0.0], std=[1.0], runtime=Runtime(torch.device("cpu")))

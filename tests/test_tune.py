@@ -29,6 +29,7 @@ def write_tuning_variant(folder, epochs=3, params=None, pruner=None):
     spec = yaml.safe_load((SPEC_DIR / "digits.yaml").read_text())
     run = {**RUN, **({"params": params} if params else {})}
     spec["profiles"] = {"quick": {"folds": [0], "tta": ["identity"], "models": [run]}}
+    spec.pop("pool")
     spec["tuning"] = {"folds": [0], "epochs": epochs, "subsample": 0.5,
                       "pruner": pruner or {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
                       "search_space": {"optimizer.lr": {"type": "float", "low": 0.00001, "high": 0.2, "log": True},
@@ -126,7 +127,7 @@ def test_best_params_flow_into_the_trained_model(pipeline_env, tmp_path):
     tuned_ctx = setup(tuned, "quick")
     run = tuned_ctx.profile.models[0]
     assert run.optimizer.lr == pytest.approx(0.0731) and run.label_smoothing == pytest.approx(0.0421)
-    assert config_hash(tuned, tuned_ctx.profile) != config_hash(plain, setup(plain, "quick", resolve_tuned=False).profile)
+    assert config_hash(tuned_ctx) != config_hash(setup(plain, "quick", resolve_tuned=False))
     assert pipelines_main(["train", "--comp", str(tmp_path / "digits-tune.yaml")]) == 0
     manifest = read_manifest(next((pipeline_env / "digits" / "train").glob("cnn3-*/fold0")))
     assert manifest["config"]["run"]["optimizer"]["lr"] == pytest.approx(0.0731)

@@ -1,0 +1,155 @@
+"""probe: how fast each candidate run trains and predicts on this machine, in each precision it offers.
+
+For each (candidate, precision) the probe builds the run's real model, optimizer and augmentation, and
+times real training steps on the competition's own images (after one warm-up step) for a few seconds,
+then batched inference. Precisions this machine cannot run fast are not measured, with the reason
+(pipelines/device.py: offered_precisions). A reduced precision (bf16, fp16) is only *allowed* where a
+short training on the competition's data stays within 0.3 accuracy points of fp32 at the same seed and
+steps (`check_reduced_precision`).
+
+Every figure is cached per machine (processor, features, core count, torch), run and input shape, in
+<data>/machine/<machine key>/probe.json, so a rerun on the same machine does not probe again.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from competition import atomic, locks
+from competition.paths import data_root
+from competition.recipe import ModelRun
+from competition.spec import CompetitionSpec, stable_hash
+from pipelines.augment import BatchAugmenter
+from pipelines.device import Runtime, machine_description, machine_key, offered_precisions
+from pipelines.device_data import TrainingData
+from pipelines.metrics import accuracy
+from pipelines.predict import predict_probs
+from pipelines.train import epoch_batches, make_learner, train_one_epoch
+
+PROBE_SECONDS = 2.0  # of timed training steps per (run, precision); inference gets a quarter of it
+CHECK_STEPS = 150  # training steps of the fp32-vs-reduced-precision accuracy check
+ACCURACY_TOLERANCE = 0.003  # 0.3 points
+
+
+@dataclass(frozen=True)
+class Speed:
+    train_images_per_second: float
+    predict_images_per_second: float
+
+
+def cache_path(runtime: Runtime):
+    return data_root() / "machine" / machine_key(runtime) / "probe.json"
+
+
+def run_key(spec: CompetitionSpec, run: ModelRun) -> str:
+    """What a run's speed depends on: everything but its length and precision, plus the input shape."""
+    fields = run.model_dump(mode="json", exclude={"epochs", "precision", "early_stopping", "params", "family",
+                                                  "min_epochs"})
+    return stable_hash({"run": fields, "image": spec.image.model_dump(), "classes": len(spec.classes)})
+
+
+def _read_cache(runtime: Runtime) -> dict:
+    path = cache_path(runtime)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _update_cache(runtime: Runtime, key: str, value: dict) -> None:
+    """Merge one entry under the cache's lock: planners running at once each add theirs."""
+    path = cache_path(runtime)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with locks.hold(path, "the machine's probe cache"):
+        cache = _read_cache(runtime)
+        cache.setdefault("machine", machine_description(runtime))
+        cache[key] = value
+        atomic.write_json(path, cache)
+
+
+def _sample_rows(data: TrainingData, count: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(len(data.labels), generator=generator)[:count]
+
+
+def measure(spec: CompetitionSpec, run: ModelRun, data: TrainingData, runtime: Runtime,
+            seconds: float = PROBE_SECONDS) -> Speed:
+    """Images per second of training steps (augmentation included) and of inference, for `run` as given."""
+    batch = min(run.batch_size, len(data.labels))
+    learner = make_learner(run, spec, data, runtime, steps_per_epoch=10_000, init_seed=0)
+    augmenter = BatchAugmenter(run.augment, spec, data.images, data.images_nhwc)
+    rows = _sample_rows(data, len(data.labels), 0)
+    train_one_epoch(learner, augmenter, data.labels, epoch_batches(rows, batch, 1, 0), 0, runtime, "probe warm-up")
+    steps, started, chunk = 0, time.perf_counter(), 2
+    while time.perf_counter() - started < seconds or steps < 2:
+        batches = epoch_batches(rows, batch, chunk, steps + 1)
+        train_one_epoch(learner, augmenter, data.labels, batches, steps + 1, runtime, "probe")
+        steps += chunk
+        chunk = min(chunk * 2, 32)
+    train_rate = steps * batch / (time.perf_counter() - started)
+    images = data.test_images[:512] if len(data.test_images) else data.images[:512]
+    predict_probs(learner.model, images[:64])  # warm-up
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds / 4 or done == 0:
+        predict_probs(learner.model, images)
+        done += len(images)
+    return Speed(round(train_rate, 1), round(done / (time.perf_counter() - started), 1))
+
+
+def probe_run(spec: CompetitionSpec, run: ModelRun, data: TrainingData, runtime: Runtime) -> dict[str, Speed]:
+    """{precision: Speed} for every precision this machine offers, from the cache when it has them."""
+    precisions, _ = offered_precisions(runtime)
+    key = run_key(spec, run)
+    cached = _read_cache(runtime).get(key, {}).get("speeds", {})
+    if all(p in cached for p in precisions):
+        return {p: Speed(**cached[p]) for p in precisions}
+    speeds = {}
+    for precision in precisions:
+        speeds[precision] = measure(spec, run.model_copy(update={"precision": precision}), data, runtime)
+        print(f"probe: {run.name} {precision}: train {speeds[precision].train_images_per_second:,.0f} img/s, "
+              f"predict {speeds[precision].predict_images_per_second:,.0f} img/s", flush=True)
+    _update_cache(runtime, key, {"run": run.name, "speeds": {p: asdict(s) for p, s in speeds.items()}})
+    return speeds
+
+
+def _short_training(spec: CompetitionSpec, run: ModelRun, data: TrainingData, runtime: Runtime,
+                    steps: int) -> float:
+    """Validation accuracy on fold 0 after `steps` seeded steps: the same rows, order and init every time."""
+    train_rows = torch.from_numpy(np.flatnonzero(data.fold_of_row != 0))
+    val_rows = torch.from_numpy(np.flatnonzero(data.fold_of_row == 0))[:4000]
+    batch = min(run.batch_size, len(train_rows))
+    steps = max(1, min(steps, len(train_rows) // batch * 3))
+    learner = make_learner(run.model_copy(update={"epochs": 1}), spec, data, runtime, steps_per_epoch=steps, init_seed=7)
+    augmenter = BatchAugmenter(run.augment, spec, data.images, data.images_nhwc)
+    done = 0
+    while done < steps:
+        count = min(steps - done, len(train_rows) // batch)
+        torch.manual_seed(done)
+        train_one_epoch(learner, augmenter, data.labels, epoch_batches(train_rows, batch, count, done), done, runtime,
+                        f"precision check {run.precision}")
+        done += count
+    probs = predict_probs(learner.model, data.images[val_rows.to(runtime.device)])
+    return accuracy(probs, data.labels_host()[val_rows.numpy()])
+
+
+def check_reduced_precision(spec: CompetitionSpec, run: ModelRun, data: TrainingData, runtime: Runtime,
+                            precision: str, steps: int = CHECK_STEPS) -> dict:
+    """Whether `precision` keeps accuracy for this run on this competition's data: fp32 and `precision`
+    train the same steps from the same seed; allowed when the latter is at most 0.3 points below.
+    Cached with the probe figures (the key includes the competition's data)."""
+    key = "check-" + stable_hash({"run": run_key(spec, run), "data": spec.data_hash(), "precision": precision,
+                                  "steps": steps})
+    cached = _read_cache(runtime).get(key)
+    if cached is not None:
+        return cached
+    print(f"probe: checking {precision} against fp32 on {spec.name} ({run.name}, {steps} steps each)", flush=True)
+    reference = _short_training(spec, run.model_copy(update={"precision": "fp32-cl"}), data, runtime, steps)
+    reduced = _short_training(spec, run.model_copy(update={"precision": precision}), data, runtime, steps)
+    result = {"precision": precision, "fp32_accuracy": round(reference, 4), "reduced_accuracy": round(reduced, 4),
+              "steps": steps, "allowed": reduced >= reference - ACCURACY_TOLERANCE}
+    _update_cache(runtime, key, result)
+    return result

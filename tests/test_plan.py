@@ -1,0 +1,367 @@
+"""The time-budget planner and the deadline guard: decisions from fake speeds and a fake clock, then
+real budget runs on digits through the local host (plan of record, reuse, replay, shortening)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from competition.errors import SpecError
+from competition.recipe import Candidate, ModelRun, parse_duration
+from competition.spec import SPEC_DIR, load_spec
+from pipelines.__main__ import main as pipelines_main
+from pipelines.artifacts import read_manifest
+from pipelines.plan import CandidateCost, PlannedRun, PlanRecord, choose, order_by_family
+from pipelines.runner import DeadlineGuard, Unit, run_plan, units_of
+
+
+def cost(name: str, family: str, epoch_s: float, epochs: int = 10, min_epochs: int = 3, fixed: float = 5.0,
+         view_s: float = 2.0) -> CandidateCost:
+    candidate = Candidate(model="cnn3", alias=name, family=family, epochs=epochs, min_epochs=min_epochs)
+    return CandidateCost(candidate, "fp32", "test", epoch_s, fixed, view_s)
+
+
+# --- the planner's decisions, from fake speeds ----------------------------------------------------------
+
+
+def test_family_first_order_puts_a_new_family_before_a_repeat():
+    ordered = order_by_family([cost("a", "cnn", 1), cost("b", "cnn", 1), cost("c", "resnet", 1)])
+    assert [c.candidate.name for c in ordered] == ["a", "c", "b"]
+
+
+def test_medium_budget_ensembles_two_families_at_most_of_their_epochs():
+    costs = [cost("a", "cnn", 10), cost("b", "cnn", 5), cost("c", "resnet", 8)]
+    # a alone at full epochs: 105 s; a + c at 90%: 90 + 72 + 10 = 172 s; with b too, 85% would need 216 s.
+    decision = choose(costs, 180, n_splits=5, max_models=3, view_passes=[1, 1], budget=5000)
+    names = [(c.candidate.name, epochs, folds) for c, epochs, folds in decision.runs]
+    assert [n for n, _, _ in names] == ["a", "c"], names  # c before b: a new family first
+    assert all(folds == 1 for _, _, folds in names)
+    assert all(epochs == 9 for _, epochs, _ in names), names
+    assert any("b left out" in note for note in decision.notes)
+
+
+def test_models_are_not_bought_with_epochs():
+    costs = [cost("a", "cnn", 10), cost("c", "resnet", 8)]
+    decision = choose(costs, 150, n_splits=5, max_models=3, view_passes=[1], budget=5000)
+    # a + c would get 74% of their epochs: the planner keeps a at all of its epochs instead.
+    assert [(c.candidate.name, epochs) for c, epochs, _ in decision.runs] == [("a", 14)]  # 145 s / 10: stretched
+
+
+def test_large_budget_buys_folds_then_longer_schedules():
+    costs = [cost("a", "cnn", 1), cost("c", "resnet", 1)]
+    decision = choose(costs, 10_000, n_splits=5, max_models=3, view_passes=[1, 1, 4], budget=10_000)
+    assert [(epochs, folds) for _, epochs, folds in decision.runs] == [(15, 5), (15, 5)]  # 1.5x epochs, all folds
+    assert decision.views == 3  # every view is cheap here
+
+
+def test_tiny_budget_trains_the_first_candidate_that_fits_its_min_epochs():
+    costs = [cost("slow", "resnet", 100), cost("fast", "cnn", 10)]
+    decision = choose(costs, 40, n_splits=5, max_models=3, view_passes=[1], budget=60)
+    [(chosen, epochs, folds)] = decision.runs
+    assert chosen.candidate.name == "fast" and folds == 1 and epochs == 3
+    assert "budget too small" in decision.notes[0]
+    decision = choose(costs, 10, n_splits=5, max_models=3, view_passes=[1], budget=60)
+    assert [(c.candidate.name, epochs) for c, epochs, _ in decision.runs] == [("fast", 1)]  # none fits: the fastest
+
+
+def test_tta_views_are_left_out_when_they_cost_too_much():
+    costs = [cost("a", "cnn", 1, view_s=100)]
+    decision = choose(costs, 500, n_splits=5, max_models=1, view_passes=[1, 1], budget=500)
+    assert decision.views == 1
+
+
+# --- the deadline guard, with a fake clock ----------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+
+def planned(name: str, epochs: int, folds: list[int], epoch_s: float = 10.0, min_epochs: int = 2) -> PlannedRun:
+    run = ModelRun(model="cnn3", alias=name, epochs=epochs)
+    return PlannedRun(run=run, family=name, folds=folds, seconds_per_epoch=epoch_s,
+                      seconds_per_fold=epochs * epoch_s + 5, tta_seconds_per_fold=0, min_epochs=min_epochs)
+
+
+def plan_of(*runs: PlannedRun) -> PlanRecord:
+    return PlanRecord(competition="digits", request="r", budget_seconds=1000, device="cpu", machine="m",
+                      machine_key="k", created="now", runs=list(runs), tta=["identity"], ensemble="hill_climb",
+                      reserve_seconds=10, setup_seconds=0)
+
+
+class FakeExecutor:
+    """Advances the fake clock by `speed` x the planned time of each unit, as a slow machine would."""
+
+    def __init__(self, clock: FakeClock, speed: float):
+        self.clock, self.speed, self.trained = clock, speed, []
+
+    def train(self, unit: Unit, epochs_allowed):
+        seconds = self.speed * unit.planned.seconds_per_fold
+        self.clock.t += seconds
+        self.trained.append((unit.planned.run.name, unit.fold, unit.planned.run.epochs))
+        return f"{unit.what}", seconds
+
+
+def test_units_go_fold_major():
+    plan = plan_of(planned("a", 10, [0, 1]), planned("b", 10, [0, 1]))
+    assert [u.what for u in units_of(plan)] == ["a fold 0", "b fold 0", "a fold 1", "b fold 1"]
+
+
+def test_on_time_the_guard_changes_nothing():
+    clock = FakeClock()
+    plan = plan_of(planned("a", 10, [0]), planned("b", 10, [0]))
+    executor = FakeExecutor(clock, speed=1.0)
+    run_plan(plan, executor, DeadlineGuard(clock, train_deadline=300, slack=25))
+    assert executor.trained == [("a", 0, 10), ("b", 0, 10)]
+
+
+def test_behind_plan_the_runs_not_started_are_shortened_then_units_dropped():
+    clock = FakeClock()
+    plan = plan_of(planned("a", 10, [0, 1]), planned("b", 10, [0, 1]))  # 4 units of 105 s planned
+    executor = FakeExecutor(clock, speed=2.0)  # the machine runs at half the probed speed
+    guard = DeadlineGuard(clock, train_deadline=450, slack=10)
+    run_plan(plan, executor, guard)
+    first, *rest = executor.trained
+    assert first == ("a", 0, 10)  # started on plan
+    assert rest[0][0] == "b" and rest[0][2] < 10, executor.trained  # b shortened before it started
+    assert rest[0][2] >= 2  # never below min_epochs
+    b = next(p for p in plan.runs if p.run.name == "b")
+    assert b.seconds_per_fold == b.run.epochs * 10 + 5  # its estimate follows its new length
+    assert len(executor.trained) < 4 and plan.runs[0].dropped_folds + plan.runs[-1].dropped_folds
+    assert clock.t <= 450 + 10 + 2 * 105, clock.t  # the dropped units would have taken longer
+    assert any("behind plan" in n for n in guard.notes) and any("dropped" in n for n in guard.notes)
+
+
+def test_the_first_unit_always_runs():
+    clock = FakeClock()
+    clock.t = 1000.0  # already past the deadline
+    plan = plan_of(planned("a", 10, [0]), planned("b", 10, [0]))
+    executor = FakeExecutor(clock, speed=1.0)
+    run_plan(plan, executor, DeadlineGuard(clock, train_deadline=500, slack=10))
+    assert [t[0] for t in executor.trained] == ["a"] and plan.dropped_runs == ["b"]
+
+
+def test_a_running_unit_is_shortened_when_the_deadline_nears():
+    clock = FakeClock()
+    plan = plan_of(planned("a", 10, [0]))
+    guard = DeadlineGuard(clock, train_deadline=100, slack=0)
+    unit = units_of(plan)[0]
+    clock.t = 20.0
+    assert guard.epochs_allowed(unit, 2, 10.0) == 10  # 2 done, 8 x 10 s fit in the 80 s left
+    clock.t = 60.0
+    assert guard.epochs_allowed(unit, 3, 15.0) == 5  # 40 s left at 15 s an epoch: 2 more
+    clock.t = 99.0
+    assert guard.epochs_allowed(unit, 4, 15.0) == 5  # always one more, to bring the learning rate down
+
+
+# --- spec and command line ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("15m", 900), ("2h", 7200), ("1h30m", 5400), (120, 120)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["15", "15 minutes", "-5m", "0s", "1000h", "m"])
+def test_bad_budget_is_one_line(text, capsys):
+    assert pipelines_main(["submit", "--comp", "digits", f"--budget={text}"]) == 2  # as make passes it
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: BUDGET={text}:"), err
+
+
+def _digits_spec(tmp_path: Path, edit) -> Path:
+    spec = yaml.safe_load((SPEC_DIR / "digits.yaml").read_text())
+    edit(spec)
+    path = tmp_path / "digits-plan.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_candidate_min_epochs_above_epochs_is_refused(tmp_path):
+    path = _digits_spec(tmp_path, lambda s: s["pool"]["candidates"][0].update(min_epochs=99))
+    with pytest.raises(SpecError, match=r"pool\.candidates\.0.*min_epochs \(99\) is above epochs"):
+        load_spec(str(path))
+
+
+def test_colour_changing_augmentation_is_refused_where_colour_defines_the_class(tmp_path, capsys):
+    spec = yaml.safe_load((SPEC_DIR / "tiny-image-challenge.yaml").read_text())
+    spec["pool"]["candidates"][1]["augment"]["policy"] = "medium"
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert pipelines_main(["prepare", "--comp", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: competition/tiny-image-challenge.yaml: key 'pool.candidates.1.augment.policy': "
+                          "policy 'medium' changes colour"), err
+    assert "geometric" in err and "\n" not in err
+
+
+def test_profile_and_budget_exclude_each_other(capsys):
+    assert pipelines_main(["submit", "--comp", "digits", "--profile", "quick", "--budget", "5m"]) == 2
+    assert "PROFILE=quick pins a fixed recipe" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not JSON"),
+    ('{"version": 1}', "field 'competition'"),
+])
+def test_bad_plan_file_is_one_line(tmp_path, capsys, content, message):
+    path = tmp_path / "plan.json"
+    path.write_text(content)
+    assert pipelines_main(["submit", "--comp", "digits", "--plan", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: PLAN={path}:") and message in err and "\n" not in err, err
+
+
+# --- real budget runs on digits -------------------------------------------------------------------------------
+
+
+def test_budget_run_plans_trains_and_reuses_its_plan(pipeline_env, host, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KPIPE_SUBMISSIONS", str(tmp_path / "submissions"))
+    monkeypatch.setenv("DRY_RUN", "1")
+    assert pipelines_main(["submit", "--comp", "digits", "--budget", "40s"]) == 0
+    out = capsys.readouterr().out
+    assert "plan: probing 3 candidates" in out and "planned vs actual" in out
+    [record] = (pipeline_env / "digits" / "plans").glob("*.json")
+    plan = json.loads(record.read_text())
+    assert plan["status"] == "ran" and plan["budget_seconds"] == 40 and plan["runs"]
+    assert plan["actual"]["total_seconds"] > 0
+    trained = sorted((pipeline_env / "digits" / "train").glob("*/fold*/manifest.json"))
+    assert trained
+    probe_cache = next((pipeline_env / "machine").glob("*/probe.json"))
+    assert "speeds" in json.dumps(json.loads(probe_cache.read_text()))
+
+    # The same command again: the plan of record, no probing, nothing trained, the same submission.
+    assert pipelines_main(["submit", "--comp", "digits", "--budget", "40s"]) == 0
+    out = capsys.readouterr().out
+    assert "reusing the plan of record" in out and "probe:" not in out and " epoch 1/" not in out
+    assert sorted((pipeline_env / "digits" / "train").glob("*/fold*/manifest.json")) == trained
+    log = (tmp_path / "submissions" / "digits" / "log.csv").read_text().splitlines()
+    hashes = {line.split(",")[3] for line in log[1:]}
+    assert len(log) >= 2 and len(hashes) == 1, log
+
+    # Replaying the plan elsewhere reproduces its decisions: the same folders, the same predictions.
+    assert pipelines_main(["submit", "--comp", "digits", "--plan", str(record)]) == 0
+    out = capsys.readouterr().out
+    assert "replaying a plan" in out and " epoch 1/" not in out
+
+
+def test_shortened_run_ends_its_schedule_and_replays_exactly(pipeline_env, host, tmp_path):
+    from pipelines.context import setup
+    from pipelines.train import train_fold
+
+    spec_path = _digits_spec(tmp_path, lambda s: s.update(profiles={"quick": {"folds": [0], "models": [
+        {"model": "cnn3", "model_args": {"width": 16}, "epochs": 8, "batch_size": 64,
+         "optimizer": {"name": "sgd", "lr": 0.05}, "augment": {"policy": "light", "shift": 1}}]}}))
+    spec = load_spec(str(spec_path))
+    ctx = setup(spec, "quick")
+    run = ctx.profile.models[0]
+    asked = []
+
+    def epochs_allowed(done: int, seconds: float) -> int:
+        asked.append(done)
+        return 4 if done >= 2 else 8  # after epoch 2, the guard says: end at epoch 4
+
+    output = train_fold(spec, run, ctx.data, ctx.prepared, ctx.folds, 0, ctx.runtime, epochs_allowed=epochs_allowed)
+    manifest = read_manifest(output.folder)
+    assert manifest["shortened"] == {"from_epoch": 2, "epochs": 4} and manifest["epochs_run"] == 4
+    assert asked == [1, 2]  # not asked again once shortened
+    history = (output.folder / "history.csv").read_text().splitlines()[1:]
+    lrs = [float(line.split(",")[4]) for line in history]
+    assert len(lrs) == 4 and lrs[3] < lrs[2] < lrs[1]  # the rate falls to the end
+    assert manifest["val_accuracy"] > 0.5
+    first = np.load(output.folder / "oof_probs.npy")
+
+    # Replayed from the plan's record, with no guard: the same predictions.
+    again = train_fold(spec, run, ctx.data, ctx.prepared, ctx.folds, 0, ctx.runtime, force=True, shortening=(2, 4))
+    assert np.array_equal(np.load(again.folder / "oof_probs.npy"), first)
+
+
+def test_precision_check_compares_against_fp32_and_is_cached(pipeline_env, host, tmp_path):
+    from pipelines.context import setup
+    from pipelines.probe import cache_path, check_reduced_precision
+
+    spec_path = _digits_spec(tmp_path, lambda s: s.update(profiles={"quick": {"folds": [0], "models": [
+        {"model": "cnn3", "model_args": {"width": 16}, "batch_size": 64}]}}))
+    spec = load_spec(str(spec_path))
+    ctx = setup(spec, "quick")
+    run = ctx.profile.models[0]
+    # fp32 without channels_last against fp32 with it: the same arithmetic up to float noise, so allowed.
+    result = check_reduced_precision(spec, run, ctx.data, ctx.runtime, "fp32", steps=30)
+    assert result["allowed"] and abs(result["reduced_accuracy"] - result["fp32_accuracy"]) <= 0.003
+    assert result["fp32_accuracy"] > 0.5  # it really trained
+    cached = json.loads(cache_path(ctx.runtime).read_text())
+    assert any(k.startswith("check-") for k in cached)
+    assert check_reduced_precision(spec, run, ctx.data, ctx.runtime, "fp32", steps=30) == result  # from the cache
+
+
+def test_bf16_autocast_model_runs_and_returns_probabilities():
+    import torch
+
+    from pipelines.classifier import build_model
+    from pipelines.device import Runtime
+    from pipelines.predict import predict_probs
+
+    spec = load_spec("digits")
+    model = build_model(ModelRun(model="cnn3", precision="bf16-cl"), spec, [0.0], [1.0], Runtime(torch.device("cpu")))
+    assert model.precision.amp_dtype == torch.bfloat16
+    probs = predict_probs(model, torch.randint(0, 255, (16, 1, 8, 8), dtype=torch.uint8))
+    assert probs.dtype == np.float32 and np.allclose(probs.sum(1), 1, atol=1e-3)
+
+
+def test_models_on_different_folds_are_weighted_on_the_rows_they_share(capsys):
+    from pipelines.ensemble import ModelPredictions, shared_rows
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), size=10).astype(np.float32)
+    two_folds = ModelPredictions("a", np.arange(10), probs, probs[:2])
+    one_fold = ModelPredictions("b", np.arange(0, 10, 2), probs[::2] * 0.5 + 1 / 6, probs[:2])
+    index, oof, note = shared_rows([two_folds, one_fold])
+    assert index.tolist() == [0, 2, 4, 6, 8]
+    assert np.allclose(oof[0], probs[::2]) and np.allclose(oof[1], probs[::2] * 0.5 + 1 / 6)
+    assert note == "weights fitted on the 5 rows all models hold out (a 10 had more)"
+    assert "ensemble: weights fitted on the 5 rows" in capsys.readouterr().out
+    with pytest.raises(Exception, match="share no out-of-fold rows"):
+        shared_rows([two_folds, ModelPredictions("c", np.array([11, 12]), probs[:2], probs[:2])])
+
+
+def test_plan_naming_an_unknown_model_is_refused_before_work(tmp_path, capsys):
+    plan = plan_of(planned("a", 3, [0]))
+    plan.runs[0].run = plan.runs[0].run.model_copy(update={"model": "no_such_net"})
+    path = tmp_path / "plan.json"
+    path.write_text(plan.model_dump_json())
+    assert pipelines_main(["submit", "--comp", "digits", f"--plan={path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: PLAN={path}: key 'runs.0.run.model': ") and "no_such_net" in err, err
+
+
+def test_two_budget_runs_at_once_make_one_plan_and_train_once(pipeline_env, host, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from competition.paths import REPO_ROOT
+
+    def one_candidate(spec):
+        spec["pool"]["candidates"] = [{**spec["pool"]["candidates"][0], "epochs": 3, "min_epochs": 1}]
+        spec["pool"]["tta"] = ["identity"]
+
+    spec_path = _digits_spec(tmp_path, one_candidate)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "KPIPE_SUBMISSIONS": str(tmp_path / "submissions"),
+           "DRY_RUN": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "pipelines", "submit", "--comp", str(spec_path), "--budget=60s"]
+    runs = [subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    for run, (out, err) in zip(runs, outputs):
+        assert run.returncode == 0, err[-3000:]
+    assert sum("plan: probing" in out for out, _ in outputs) == 1
+    assert sum("reusing the plan of record" in out for out, _ in outputs) == 1
+    assert sum(" epoch 1/" in out for out, _ in outputs) == 1, "both processes trained the same fold"
+    assert len(list((pipeline_env / "digits" / "plans").glob("*.json"))) == 1
