@@ -134,6 +134,9 @@ class Pool(_Strict):
     tta: list[str] = Field(default_factory=lambda: ["identity"], min_length=1)  # pipelines/predict.py: VIEWS
     ensemble: str = "hill_climb"  # pipelines/ensemble.py: METHODS
     max_models: int = Field(default=3, ge=1, le=20)
+    # A model is added only while every chosen model keeps this share of its `epochs`: how this data set
+    # trades models against epochs, measured (1.0: never give up epochs for another model).
+    min_share: float = Field(default=0.85, gt=0, le=1)
 
     @model_validator(mode="after")
     def _unique_names(self):

@@ -48,6 +48,9 @@ def test_models_are_not_bought_with_epochs():
     decision = choose(costs, 150, n_splits=5, max_models=3, view_passes=[1], budget=5000)
     # a + c would get 74% of their epochs: the planner keeps a at all of its epochs instead.
     assert [(c.candidate.name, epochs) for c, epochs, _ in decision.runs] == [("a", 14)]  # 145 s / 10: stretched
+    # With min_share 1.0, 94% is not enough either (180 s); at 200 s both get all their epochs.
+    assert len(choose(costs, 180, 5, 3, [1], 5000, min_share=1.0).runs) == 1
+    assert [e for _, e, _ in choose(costs, 200, 5, 3, [1], 5000, min_share=1.0).runs] == [10, 10]
 
 
 def test_large_budget_buys_folds_then_longer_schedules():
