@@ -6,6 +6,10 @@ Rows:
 - pipeline: the real `train_fold` on the same fold, model and batch size, its images/s from history.csv
   (training steps only, validation excluded, as in the plain loop).
 - augmentation alone: the batched `light` policy and per-sample albumentations `strong`.
+- precision probe: every candidate of the competition's pool in every precision this machine offers
+  (measured afresh, not from the probe cache), with the speed-up over fp32.
+- planner accuracy: a real time-budget run of digits (BENCH_PLAN_BUDGET, default 60s, dry run), then
+  actual / planned wall time of every plan of record on this machine.
 
 Environment: BENCH_COMP (default fashion-mnist), BENCH_MODEL (fastcnn), BENCH_BATCH (128), BENCH_EPOCHS (1).
 """
@@ -32,6 +36,7 @@ from pipelines.download import download
 from pipelines.prepare import make_folds, prepare
 from pipelines.device_data import load_training_data
 from pipelines.train import train_fold
+from pipelines.device import machine_description, machine_key, offered_precisions
 
 
 def plain_loop(images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, model_name: str, batch: int,
@@ -69,6 +74,57 @@ def augmentation_only(spec, data, policy: str, rows: torch.Tensor, batch: int) -
     return count / (time.perf_counter() - started)
 
 
+def precision_table(spec, data, runtime) -> list[dict]:
+    from pipelines.probe import measure
+
+    rows = []
+    for candidate in spec.pool.candidates if spec.pool else []:
+        speeds = {p: measure(spec, candidate.model_copy(update={"precision": p}), data, runtime)
+                  for p in offered_precisions(runtime)[0]}
+        base = speeds["fp32"].train_images_per_second if "fp32" in speeds else None
+        for precision, speed in speeds.items():
+            rows.append({"candidate": candidate.name, "precision": precision,
+                         "train_images_per_second": speed.train_images_per_second,
+                         "predict_images_per_second": speed.predict_images_per_second,
+                         "train_vs_fp32": round(speed.train_images_per_second / base, 3) if base else 1.0})
+    return rows
+
+
+def planner_accuracy(runtime, budget: str) -> list[dict]:
+    """A fresh budget run of digits (its own temporary data folder, dry run: probe, plan, train, all of it),
+    then actual / planned wall time of every plan of record of this machine."""
+    import tempfile
+
+    from competition.paths import data_root
+    from pipelines.__main__ import main as pipelines_main
+
+    records = sorted(data_root().glob("*/plans/*.json"))
+    saved = {k: os.environ.get(k) for k in ("DRY_RUN", "KPIPE_DATA")}
+    with tempfile.TemporaryDirectory(prefix="kpipe-bench-") as scratch:
+        os.environ.update(DRY_RUN="1", KPIPE_DATA=scratch)
+        try:
+            if pipelines_main(["submit", "--comp", "digits", "--budget", budget]) != 0:
+                raise UserError("bench: the digits budget run failed (see above)")
+            records += sorted(data_root().glob("*/plans/*.json"))
+            rows = [row for path in records if (row := _accuracy_row(path, runtime))]
+        finally:
+            for key, value in saved.items():
+                os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    return rows
+
+
+def _accuracy_row(path, runtime) -> dict | None:
+    plan = json.loads(path.read_text())
+    if plan.get("status") != "ran" or plan.get("machine_key") != machine_key(runtime) or not plan.get("actual"):
+        return None
+    planned = plan["setup_seconds"] + plan["reserve_seconds"] + sum(
+        len(r["folds"]) * (r["seconds_per_fold"] + r["tta_seconds_per_fold"]) for r in plan["runs"])
+    actual = plan["actual"]["total_seconds"]
+    return {"competition": plan["competition"], "plan": path.name, "budget_minutes": plan["budget_seconds"] / 60,
+            "planned_minutes": planned / 60, "actual_minutes": actual / 60,
+            "actual_over_planned": round(actual / planned, 3), "actual_over_budget": round(actual / plan["budget_seconds"], 3)}
+
+
 def main() -> None:
     comp = os.environ.get("BENCH_COMP", "fashion-mnist")
     model_name = os.environ.get("BENCH_MODEL", "fastcnn")
@@ -100,6 +156,9 @@ def main() -> None:
         rate = augmentation_only(spec, data, policy, train_rows.cpu(), batch)
         results.append({"path": f"augmentation only: {policy}", "images_per_second": round(rate, 1)})
 
+    precision_rows = precision_table(spec, data, runtime)
+    planner_rows = planner_accuracy(runtime, os.environ.get("BENCH_PLAN_BUDGET", "60s"))
+
     print(f"\nbenchmark: {comp}, model {model_name}, batch {batch}, fold 0 ({len(train_rows):,} training images), "
           f"{runtime.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     print(f"{'path':<30} {'images/s':>10} {'vs plain':>9}")
@@ -108,9 +167,22 @@ def main() -> None:
         print(f"{r['path']:<30} {r['images_per_second']:>10,.0f} {ratio:>9}")
     verdict = "PASS" if pipeline >= 0.9 * plain else "FAIL"
     print(f"target: pipeline >= 0.9x plain loop: {verdict}")
+    print(f"\nprecision probe on {machine_description(runtime)}")
+    print(f"{'candidate':<16} {'precision':<10} {'train img/s':>12} {'predict img/s':>14} {'train vs fp32':>14}")
+    for r in precision_rows:
+        print(f"{r['candidate']:<16} {r['precision']:<10} {r['train_images_per_second']:>12,.0f} "
+              f"{r['predict_images_per_second']:>14,.0f} {r['train_vs_fp32']:>13.2f}x")
+    for precision, why in offered_precisions(runtime)[1].items():
+        print(f"  {precision} not measured: {why}")
+    print("\nplanner accuracy (plans of record on this machine)")
+    print(f"{'competition':<22} {'budget min':>10} {'planned min':>12} {'actual min':>11} {'actual/planned':>15} {'actual/budget':>14}")
+    for r in planner_rows:
+        print(f"{r['competition']:<22} {r['budget_minutes']:>10.2f} {r['planned_minutes']:>12.2f} {r['actual_minutes']:>11.2f} "
+              f"{r['actual_over_planned']:>15.2f} {r['actual_over_budget']:>14.2f}")
     print(json.dumps({"benchmark": "training_throughput", "competition": comp, "model": model_name, "batch_size": batch,
-                      "device": str(runtime.device), "threads": torch.get_num_threads(), "results": results,
-                      "target_met": verdict == "PASS"}))
+                      "device": str(runtime.device), "machine": machine_description(runtime),
+                      "threads": torch.get_num_threads(), "results": results, "target_met": verdict == "PASS",
+                      "precision_probe": precision_rows, "planner": planner_rows}))
 
 
 if __name__ == "__main__":
