@@ -114,15 +114,15 @@ def planner_accuracy(runtime, budget: str) -> list[dict]:
 
 
 def _accuracy_row(path, runtime) -> dict | None:
-    plan = json.loads(path.read_text())
-    if plan.get("status") != "ran" or plan.get("machine_key") != machine_key(runtime) or not plan.get("actual"):
+    from pipelines.plan import PlanRecord
+
+    plan = PlanRecord.model_validate_json(path.read_text())
+    if plan.status != "ran" or plan.machine_key != machine_key(runtime) or not plan.actual:
         return None
-    planned = plan["setup_seconds"] + plan["reserve_seconds"] + sum(
-        len(r["folds"]) * (r["seconds_per_fold"] + r["tta_seconds_per_fold"]) for r in plan["runs"])
-    actual = plan["actual"]["total_seconds"]
-    return {"competition": plan["competition"], "plan": path.name, "budget_minutes": plan["budget_seconds"] / 60,
+    planned, actual = plan.estimated_total_seconds(), plan.actual["total_seconds"]
+    return {"competition": plan.competition, "plan": path.name, "budget_minutes": plan.budget_seconds / 60,
             "planned_minutes": planned / 60, "actual_minutes": actual / 60,
-            "actual_over_planned": round(actual / planned, 3), "actual_over_budget": round(actual / plan["budget_seconds"], 3)}
+            "actual_over_planned": round(actual / planned, 3), "actual_over_budget": round(actual / plan.budget_seconds, 3)}
 
 
 def main() -> None:

@@ -186,7 +186,7 @@ def planned_vs_actual(ctx: Context) -> str:
     rows.append((f"TTA ({'+'.join(plan.tta)})", f"{tta_planned / 60:.2f}", f"{seconds.get('tta', 0) / 60:.2f}", ""))
     after = sum(seconds.get(k, 0) for k in ("ensemble", "submit", "report"))
     rows.append(("ensemble, upload, report", f"{plan.reserve_seconds / 60:.2f}", f"{after / 60:.2f}", ""))
-    total_planned = plan.setup_seconds + plan.estimated_train_seconds() + plan.reserve_seconds
+    total_planned = plan.estimated_total_seconds()
     total = time.monotonic() - ctx.started
     rows.append(("total", f"{total_planned / 60:.2f}", f"{total / 60:.2f}",
                  f"budget {plan.budget_seconds / 60:.2f} min ({total / plan.budget_seconds:.0%} used)"))

@@ -124,6 +124,10 @@ class PlanRecord(_Strict):
     def estimated_train_seconds(self) -> float:
         return sum(p.estimated_seconds for p in self.runs)
 
+    def estimated_total_seconds(self) -> float:
+        """The whole command as planned: setup, training with TTA, and the reserve."""
+        return self.setup_seconds + self.estimated_train_seconds() + self.reserve_seconds
+
     def hash_input(self) -> dict:
         """What the predictions depend on (not the timings): part of the submission's config hash."""
         return {"runs": [{"run": p.run.model_dump(mode="json"), "folds": p.folds,
@@ -385,7 +389,7 @@ def plan_table(plan: PlanRecord) -> str:
                      f"{p.estimated_seconds / 60:.1f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    total = plan.setup_seconds + plan.estimated_train_seconds() + plan.reserve_seconds
+    total = plan.estimated_total_seconds()
     lines.append(f"TTA {'+'.join(plan.tta)}, ensemble {plan.ensemble}; estimated {total / 60:.1f} of "
                  f"{plan.budget_seconds / 60:.1f} min (setup {plan.setup_seconds:.0f} s, reserve "
                  f"{plan.reserve_seconds:.0f} s for ensemble, upload and report)")

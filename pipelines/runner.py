@@ -11,7 +11,7 @@ The deadline guard compares actual with planned time:
   first unit always runs, so there is always a submission;
 - after every epoch it checks the unit in progress: if finishing it would overrun the training
   deadline by more than the slack, the run is shortened in place — its learning rate falls linearly
-  to zero over the epochs that still fit (train.py: `Shortening`), so no run stops at a high rate.
+  to zero over the epochs that still fit (train.py: `shorten`), so no run stops at a high rate.
 Every change is recorded in the plan of record, so a replay reproduces it.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from pipelines.plan import Clock, PlannedRun, PlanRecord, Shortening
+from pipelines.plan import Clock, PlannedRun, PlanRecord
 from pipelines.predict import FoldOutput
 
 
@@ -141,7 +141,3 @@ def run_plan(plan: PlanRecord, executor: Executor, guard: DeadlineGuard | None,
         index += 1
     return trained
 
-
-def record_shortening(unit: Unit, shortening: Shortening | None) -> None:
-    if shortening is not None:
-        unit.planned.shortened = [s for s in unit.planned.shortened if s.fold != unit.fold] + [shortening]
