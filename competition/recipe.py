@@ -66,6 +66,9 @@ class ModelRun(_Strict):
     # How the forward pass runs (pipelines/device.py: PRECISIONS): fp32, fp32-cl (channels_last), bf16-cl,
     # fp16-cl; `auto` = the device's default (fp32-cl on a CPU, bf16/fp16 autocast on CUDA).
     precision: str = "auto"
+    # Train through torch.compile (inductor). The planner sets it where its probe measured that the
+    # faster steps repay the compile time; evaluation and prediction stay eager.
+    compile: bool = False
 
     @property
     def name(self) -> str:
@@ -87,9 +90,9 @@ class Candidate(ModelRun):
             raise ValueError(f"min_epochs ({self.min_epochs}) is above epochs ({self.epochs})")
         return self
 
-    def as_run(self, epochs: int, precision: str) -> ModelRun:
+    def as_run(self, epochs: int, precision: str, compile: bool = False) -> ModelRun:
         fields = self.model_dump(exclude={"family", "min_epochs"})
-        return ModelRun.model_validate({**fields, "epochs": epochs, "precision": precision})
+        return ModelRun.model_validate({**fields, "epochs": epochs, "precision": precision, "compile": compile})
 
 
 def parse_duration(value) -> float:
@@ -137,6 +140,11 @@ class Pool(_Strict):
     # A model is added only while every chosen model keeps this share of its `epochs`: how this data set
     # trades models against epochs, measured (1.0: never give up epochs for another model).
     min_share: float = Field(default=0.85, gt=0, le=1)
+    # An Optuna study (the spec's `tuning:`) on the first chosen candidate, planned only from time left
+    # after every chosen model's full `epochs`: at most this share of the budget, and only when it buys
+    # at least `min_trials` unpruned trials (fewer are a random search that rarely beats a tuned recipe).
+    study_share: float = Field(default=0.25, ge=0, le=0.9)
+    min_trials: int = Field(default=8, ge=1, le=10_000)
 
     @model_validator(mode="after")
     def _unique_names(self):
@@ -213,7 +221,8 @@ class TuningConfig(_Strict):
                 if not rest:
                     raise ValueError(f"search_space.{path}: name the model argument, e.g. model_args.width")
                 continue
-            if head not in ModelRun.model_fields or head in ("model", "alias", "params", "model_args", "precision"):
+            if head not in ModelRun.model_fields or head in ("model", "alias", "params", "model_args", "precision",
+                                                             "compile"):
                 raise ValueError(f"search_space.{path}: '{head}' is not a tunable field of a model run")
             nested = ModelRun.model_fields[head].annotation
             if rest and not (isinstance(nested, type) and issubclass(nested, BaseModel) and rest in nested.model_fields):
@@ -222,7 +231,8 @@ class TuningConfig(_Strict):
 
 
 def apply_params(run: ModelRun, params: dict) -> ModelRun:
-    """A copy of `run` with dotted-path values set (e.g. {"optimizer.lr": 0.01}), validated again."""
+    """A copy of `run` (a ModelRun or a Candidate) with dotted-path values set (e.g. {"optimizer.lr":
+    0.01}), validated again."""
     data = run.model_dump(mode="json")
     for path, value in params.items():
         target = data
@@ -230,4 +240,4 @@ def apply_params(run: ModelRun, params: dict) -> ModelRun:
         for key in parents:
             target = target.setdefault(key, {})
         target[leaf] = value
-    return ModelRun.model_validate(data)
+    return type(run).model_validate(data)

@@ -41,6 +41,18 @@ def list_models() -> list[str]:
     return sorted(_MODELS) + LIBRARY_EXAMPLES
 
 
+def arguments(name: str) -> dict[str, object] | None:
+    """The keyword arguments an own model takes besides the three every model takes, with their defaults
+    (None for library models, whose arguments the library decides)."""
+    import inspect
+
+    if name not in _MODELS:
+        return None
+    parameters = inspect.signature(_MODELS[name]).parameters.values()
+    return {p.name: p.default for p in parameters if p.name not in ("num_classes", "in_chans", "img_size")
+            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
 def check_name(name: str) -> None:
     """Raise UnknownModel with the closest known names unless `name` can be built."""
     prefix, _, rest = name.partition(":")

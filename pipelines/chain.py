@@ -21,7 +21,8 @@ from pipelines.artifacts import git_commit, is_complete, read_manifest
 from pipelines.checks import find_model_run
 from pipelines.context import Context
 from pipelines.ensemble import ensemble
-from pipelines.plan import Clock, Shortening, save_plan
+from pipelines.plan import Clock, Shortening, execution, save_plan
+from pipelines.plan_study import run_planned_study
 from pipelines.predict import FoldOutput
 from pipelines.prune import report_disk_usage
 from pipelines.report import model_summaries, write_report
@@ -87,7 +88,9 @@ def train_models(ctx: Context, only: str | None = None, fold: int | None = None,
 
 
 def train_planned(ctx: Context) -> dict:
-    """The plan's units through the runner; the deadline guard watches unless the plan is a replay."""
+    """The plan's study (if any, and not done yet), then its units through the runner; the deadline guard
+    watches unless the plan is a replay."""
+    run_planned_study(ctx)
     plan = ctx.plan
     started = time.monotonic()
     guard = None
@@ -176,12 +179,17 @@ def planned_vs_actual(ctx: Context) -> str:
     plan, seconds = ctx.plan, ctx.stage_seconds
     rows = [("stage / run", "planned min", "actual min", "precision (why)")]
     rows.append(("setup (download, prepare, load, probe)", f"{plan.setup_seconds / 60:.2f}", f"{seconds.get('setup', 0) / 60:.2f}", ""))
+    if plan.study is not None:
+        study = plan.study
+        found = f"best {study.best_value:.4f} vs own recipe {study.own_recipe_value}" if study.best_params else ""
+        rows.append((f"Optuna study on {study.run} ({study.trials_run} trials)", f"{study.seconds / 60:.2f}",
+                     f"{seconds.get('study', 0) / 60:.2f}", found))
     for planned in plan.runs:
         actual = sum(v for k, v in seconds.items() if k.startswith(f"train {planned.run.name} fold "))
         cut = "".join(f", fold {s.fold} shortened to {s.epochs} after epoch {s.from_epoch}" for s in planned.shortened)
         rows.append((f"train {planned.run.name} ({len(planned.folds)} fold{'s' * (len(planned.folds) > 1)}, "
                      f"{planned.run.epochs} epochs{cut})", f"{len(planned.folds) * planned.seconds_per_fold / 60:.2f}",
-                     f"{actual / 60:.2f}", f"{planned.run.precision} ({planned.precision_reason})"))
+                     f"{actual / 60:.2f}", f"{execution(planned.run)} ({planned.precision_reason})"))
     tta_planned = sum(p.tta_seconds_per_fold * len(p.folds) for p in plan.runs)
     rows.append((f"TTA ({'+'.join(plan.tta)})", f"{tta_planned / 60:.2f}", f"{seconds.get('tta', 0) / 60:.2f}", ""))
     after = sum(seconds.get(k, 0) for k in ("ensemble", "submit", "report"))

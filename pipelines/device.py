@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import shutil
+import sysconfig
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -107,6 +110,22 @@ def offered_precisions(runtime: Runtime) -> tuple[list[str], dict[str, str]]:
     else:
         left_out["bf16-cl"] = "this CPU lacks avx512_bf16/amx_bf16 (bf16 ran 11x slower than fp32 on such a CPU)"
     return offered, left_out
+
+
+def compile_offered(runtime: Runtime) -> str | None:
+    """None where torch.compile can run here, else why not (inductor builds C++ kernels on a CPU, and
+    Triton kernels on CUDA)."""
+    if runtime.is_cuda:
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "Triton is not installed"
+        return None
+    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return "no C++ compiler (inductor builds its CPU kernels with one; Debian: g++)"
+    if not Path(sysconfig.get_path("include"), "Python.h").is_file():
+        return "no Python headers (inductor builds its CPU kernels against them; Debian: python3-dev)"
+    return None
 
 
 def machine_description(runtime: Runtime) -> str:

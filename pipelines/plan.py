@@ -18,8 +18,17 @@ How the time is split (`choose`, a pure function of costs, so tests can feed it 
 3. TTA views are added left to right while all their passes cost under TTA_SHARE of the budget
    (measured: hflip +0.18 points on Fashion-MNIST, flips and shifts +1.2 on the tiny-image stand-in
    for one of its models); the epochs are then fitted again.
+5. torch.compile is probed for a chosen run only when its planned training steps could repay a compile
+   (COMPILE_GUESS_S at a COMPILE_MIN_GAIN speed-up), and used when the measured speed-up is at least
+   COMPILE_MIN_GAIN and saves more than the compile costs; then the time is split again.
+4. An Optuna study on the first chosen candidate (the spec's `tuning:` search space, fitted to it) is
+   planned only from the time left after every chosen model's full `epochs` on one fold: at most the
+   pool's `study_share` of the time, and only when that buys `min_trials` unpruned trials. After the
+   study (pipelines/plan_study.py) the best parameters replace the candidate's and the epochs are fitted
+   again to the time then left. So a small budget never trades epochs for tuning; a large one tunes
+   before it buys more folds.
 Refitting on all rows is not planned: on a CPU it costs a whole extra run per model for no CV to check
-it by. Optuna studies stay with `make tune` (a run may name a study's best parameters with `params:`).
+it by.
 
 The plan of record — what actually ran, after any change the deadline guard made — is saved under
 <data>/<comp>/plans/<request>.json, keyed by what was asked (pool, budget, data, folds, machine): the
@@ -31,7 +40,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Literal
@@ -43,12 +52,14 @@ from competition.errors import UserError
 from competition.paths import competition_root
 from competition.recipe import Candidate, ModelRun, Profile
 from competition.spec import CompetitionSpec, stable_hash
-from pipelines.device import Runtime, machine_description, machine_key, offered_precisions
+from pipelines.device import Runtime, compile_offered, machine_description, machine_key, offered_precisions
 
 MAX_STRETCH = 1.5  # time that buys no further fold lengthens schedules, up to this many times `epochs`
 TTA_SHARE = 0.05  # TTA views are added while all their passes cost under this share of the budget
 FOLD_OVERHEAD_S = 2.0  # building the model, checkpoints, manifests: per fold, measured 1-2 s
 EPOCH_OVERHEAD_S = 0.1  # per epoch: two checkpoints, the log line (dominant for tiny data sets such as digits)
+COMPILE_MIN_GAIN = 1.10  # measured compile speed-ups below this are within the probe's noise on 2 cores
+COMPILE_GUESS_S = 30.0  # a first compile before anything is cached: 28-37 s measured on a 2-core CPU
 PLAN_VERSION = 1
 
 
@@ -91,6 +102,27 @@ class PlannedRun(_Strict):
         return len(self.folds) * (self.seconds_per_fold + self.tta_seconds_per_fold)
 
 
+class PlannedStudy(_Strict):
+    """The Optuna study a plan schedules before training, and (once run) what it found."""
+
+    run: str  # the candidate it tunes
+    study: str  # the study's name in the storage (persistent: a later run extends it)
+    seconds: float = Field(ge=0)  # time given to it
+    trial_seconds: float = Field(ge=0)  # estimated, one unpruned trial
+    search_space: list[str]  # the spec's `tuning:` dimensions that fit the candidate
+    seconds_spent: float = Field(default=0, ge=0)
+    trials_run: int = Field(default=0, ge=0)  # by this plan
+    trials_in_study: int = Field(default=0, ge=0)  # finished (complete or pruned), all runs together
+    best_params: dict | None = None
+    best_value: float | None = None
+    own_recipe_value: float | None = None  # the candidate's own parameters, enqueued as the first trial
+    done: bool = False
+
+    @property
+    def estimated_seconds(self) -> float:
+        return self.seconds_spent if self.done else max(self.seconds, self.seconds_spent)
+
+
 class PlanRecord(_Strict):
     version: Literal[1] = PLAN_VERSION
     competition: str
@@ -104,6 +136,7 @@ class PlanRecord(_Strict):
     tta: list[str] = Field(min_length=1)
     ensemble: str
     refit: bool = False
+    study: PlannedStudy | None = None
     reserve_seconds: float
     setup_seconds: float  # download, prepare, loading and probing, before the plan was made
     speeds: dict[str, dict[str, dict[str, float]]] = Field(default_factory=dict)  # run -> precision -> speeds
@@ -125,8 +158,9 @@ class PlanRecord(_Strict):
         return sum(p.estimated_seconds for p in self.runs)
 
     def estimated_total_seconds(self) -> float:
-        """The whole command as planned: setup, training with TTA, and the reserve."""
-        return self.setup_seconds + self.estimated_train_seconds() + self.reserve_seconds
+        """The whole command as planned: setup, the study, training with TTA, and the reserve."""
+        study = self.study.estimated_seconds if self.study is not None else 0.0
+        return self.setup_seconds + study + self.estimated_train_seconds() + self.reserve_seconds
 
     def hash_input(self) -> dict:
         """What the predictions depend on (not the timings): part of the submission's config hash."""
@@ -146,8 +180,20 @@ class CandidateCost:
     precision: str
     precision_reason: str
     seconds_per_epoch: float  # training steps + the validation pass
-    seconds_fixed_per_fold: float  # the test prediction + overhead
+    seconds_fixed_per_fold: float  # the test prediction + overhead (+ compiling)
     seconds_per_view_per_fold: float  # one TTA view over the fold's held-out rows and the test set
+    seconds_training_per_epoch: float = 0.0  # the training steps alone (what torch.compile can speed up)
+    predict_images_per_second: float = 0.0
+    compiled: bool = False
+
+
+@dataclass(frozen=True)
+class StudyOffer:
+    """What a study would cost: seconds of one unpruned trial per candidate name, and the pool's limits."""
+
+    trial_seconds: dict[str, float]
+    share: float
+    min_trials: int
 
 
 @dataclass(frozen=True)
@@ -155,6 +201,7 @@ class Decision:
     runs: list[tuple[CandidateCost, int, int]]  # (cost, epochs, number of folds)
     views: int  # how many of the pool's TTA views, from the first
     notes: list[str]
+    study_seconds: float = 0.0  # time for an Optuna study on the first run, before training
 
 
 def order_by_family(costs: list[CandidateCost]) -> list[CandidateCost]:
@@ -193,10 +240,27 @@ def _views(chosen: list[CandidateCost], view_passes: list[int], budget: float) -
                       if tta_passes(view_passes, n) * per_pass <= TTA_SHARE * budget])
 
 
+def study_time(chosen: list[CandidateCost], seconds: float, passes: int, offer: StudyOffer | None) -> tuple[float, str]:
+    """(seconds for a study on the first chosen run, why): only time left after every chosen model's
+    full `epochs` on one fold, at most `offer.share` of `seconds`, and none below `min_trials` trials."""
+    if offer is None or chosen[0].candidate.name not in offer.trial_seconds:
+        return 0.0, ""
+    name, trial = chosen[0].candidate.name, offer.trial_seconds[chosen[0].candidate.name]
+    spare = seconds - sum(c.candidate.epochs * c.seconds_per_epoch + c.seconds_fixed_per_fold
+                          + passes * c.seconds_per_view_per_fold for c in chosen)
+    allowance = max(0.0, min(spare, offer.share * seconds))
+    if trial <= 0 or allowance < offer.min_trials * trial:
+        return 0.0, (f"no Optuna study: {offer.min_trials} trials of {name} would take {offer.min_trials * trial / 60:.1f} "
+                     f"min; {max(0.0, spare) / 60:.1f} min are left after every model's full epochs")
+    return allowance, (f"Optuna study on {name} for {allowance / 60:.1f} min (about {allowance / trial:.0f} unpruned "
+                       f"trials) before training: time left after every model's full epochs")
+
+
 def choose(costs: list[CandidateCost], seconds: float, n_splits: int, max_models: int, view_passes: list[int],
-           budget: float, min_share: float = 0.85) -> Decision:
-    """Which candidates, how many epochs and folds each, how many TTA views: see the module docstring.
-    `view_passes` are the model passes of each of the pool's views (identity 1, hflip 1, shift 4)."""
+           budget: float, min_share: float = 0.85, offer: StudyOffer | None = None) -> Decision:
+    """Which candidates, how many epochs and folds each, how many TTA views, whether to study first: see
+    the module docstring. `view_passes` are the model passes of each of the pool's views (identity 1,
+    hflip 1, shift 4); `offer`: what a study would cost (None: no study)."""
     notes: list[str] = []
     ordered = order_by_family(costs)
     chosen: list[CandidateCost] = []
@@ -220,28 +284,75 @@ def choose(costs: list[CandidateCost], seconds: float, n_splits: int, max_models
         return Decision([(pick, epochs, 1)], views, notes)
     views = _views(chosen, view_passes, budget)
     passes = tta_passes(view_passes, views)
+    studying, why = study_time(chosen, seconds, passes, offer)
+    notes += [why] if why else []
+    seconds -= studying
     folds = 1
     while folds < n_splits and _fit_epochs(chosen, folds + 1, seconds, passes, 1.0) >= 1.0:
         folds += 1
     share = _fit_epochs(chosen, folds, seconds, passes, MAX_STRETCH)  # time that buys no fold lengthens schedules
     if folds > 1:
         notes.append(f"{folds} folds: time was left after every model's full `epochs` on one fold")
-    return Decision([(c, _epochs(c, share), folds) for c in chosen], views, notes)
+    return Decision([(c, _epochs(c, share), folds) for c in chosen], views, notes, studying)
 
 
 # --- building, saving and replaying a plan --------------------------------------------------------------
 
 
 def candidate_cost(spec: CompetitionSpec, candidate: Candidate, precision: str, reason: str, train_ips: float,
-                   predict_ips: float, n_train: int, n_test: int) -> CandidateCost:
+                   predict_ips: float, n_train: int, n_test: int, compile_seconds: float | None = None) -> CandidateCost:
+    """`compile_seconds` given: trained through torch.compile, which costs that much per fold (an upper
+    bound: a later fold in the same process reuses the compiled kernels)."""
     val_rows = n_train / spec.folds.n_splits
     steps = int(n_train - val_rows) // candidate.batch_size
-    views_pass = (val_rows + n_test) / predict_ips
+    training = steps * candidate.batch_size / train_ips
     return CandidateCost(candidate, precision, reason,
-                         seconds_per_epoch=steps * candidate.batch_size / train_ips + val_rows / predict_ips
-                         + EPOCH_OVERHEAD_S,
-                         seconds_fixed_per_fold=n_test / predict_ips + FOLD_OVERHEAD_S,
-                         seconds_per_view_per_fold=views_pass)
+                         seconds_per_epoch=training + val_rows / predict_ips + EPOCH_OVERHEAD_S,
+                         seconds_fixed_per_fold=n_test / predict_ips + FOLD_OVERHEAD_S + (compile_seconds or 0.0),
+                         seconds_per_view_per_fold=(val_rows + n_test) / predict_ips,
+                         seconds_training_per_epoch=training, predict_images_per_second=predict_ips,
+                         compiled=compile_seconds is not None)
+
+
+def consider_compile(spec: CompetitionSpec, decision: Decision, probe_compiled: Callable, n_train: int,
+                     n_test: int) -> tuple[dict[str, CandidateCost], list[str]]:
+    """({candidate name: its compiled cost} where compiling pays, notes). `probe_compiled(candidate,
+    precision)` returns a probe Speed, or a string saying why it cannot compile."""
+    compiled, notes = {}, []
+    for cost, epochs, folds in decision.runs:
+        name, steps = cost.candidate.name, epochs * folds * cost.seconds_training_per_epoch
+        if steps * (1 - 1 / COMPILE_MIN_GAIN) <= COMPILE_GUESS_S:
+            notes.append(f"torch.compile not probed for {name}: {steps / 60:.1f} min of training steps would not "
+                         f"repay a compile (~{COMPILE_GUESS_S:.0f} s) at a {COMPILE_MIN_GAIN:.2f}x speed-up")
+            continue
+        speed = probe_compiled(cost.candidate, cost.precision)
+        if isinstance(speed, str):
+            notes.append(f"torch.compile not used for {name}: {speed}")
+            continue
+        option = candidate_cost(spec, cost.candidate, cost.precision, "", speed.train_images_per_second,
+                                cost.predict_images_per_second, n_train, n_test, compile_seconds=speed.warmup_seconds)
+        gain = cost.seconds_training_per_epoch / option.seconds_training_per_epoch
+        saved = epochs * folds * (cost.seconds_per_epoch - option.seconds_per_epoch) - folds * speed.warmup_seconds
+        verdict = (f"{gain:.2f}x training steps, {speed.warmup_seconds:.0f} s to compile: saves about {saved / 60:.1f} "
+                   f"min over {epochs} epochs x {folds} fold(s)")
+        if gain >= COMPILE_MIN_GAIN and saved > 0:
+            compiled[name] = replace(option, precision_reason=f"{cost.precision_reason}; torch.compile: {verdict}")
+            notes.append(f"torch.compile for {name}: {verdict}")
+        else:
+            notes.append(f"torch.compile not used for {name}: {verdict} (it needs at least {COMPILE_MIN_GAIN:.2f}x "
+                         f"and a saving)")
+    return compiled, notes
+
+
+def trial_seconds(spec: CompetitionSpec, cost: CandidateCost, n_train: int, n_test: int) -> float:
+    """One unpruned trial of the spec's `tuning:` on this candidate: its epochs on a subsample of each
+    tuning fold's training rows, validation every epoch, the test prediction and the overhead."""
+    tuning, candidate = spec.tuning, cost.candidate
+    val_rows = n_train / spec.folds.n_splits
+    validation = val_rows / (val_rows + n_test) * cost.seconds_per_view_per_fold
+    training = cost.seconds_per_epoch - validation - EPOCH_OVERHEAD_S
+    epoch = tuning.subsample * training + validation + EPOCH_OVERHEAD_S
+    return len(tuning.folds) * ((tuning.epochs or candidate.epochs) * epoch + cost.seconds_fixed_per_fold)
 
 
 def view_passes(view: str) -> int:
@@ -295,10 +406,11 @@ def save_plan(plan: PlanRecord, path: Path) -> None:
 
 
 def make_plan(spec: CompetitionSpec, budget: float, runtime: Runtime, probe_speeds: Callable, check_precision: Callable,
-              n_train: int, n_test: int, elapsed: Callable[[], float]) -> PlanRecord:
+              n_train: int, n_test: int, elapsed: Callable[[], float], probe_compiled: Callable | None = None) -> PlanRecord:
     """Decide with measured speeds. `probe_speeds(candidate) -> {precision: Speed}`;
     `check_precision(candidate, precision) -> {"allowed": bool, ...}` for reduced precisions;
-    `elapsed()`: seconds of the budget used so far (read after probing, which it includes)."""
+    `elapsed()`: seconds of the budget used so far (read after probing, which it includes);
+    `probe_compiled(candidate, precision) -> Speed | why not` (None: torch.compile is not offered here)."""
     pool = spec.pool
     _, left_out = offered_precisions(runtime)
     costs, speeds_table = [], {}
@@ -313,27 +425,58 @@ def make_plan(spec: CompetitionSpec, budget: float, runtime: Runtime, probe_spee
                                     chosen.predict_images_per_second, n_train, n_test))
     reserve = reserve_seconds(budget)
     setup_seconds = elapsed()
-    per_view = [view_passes(v) for v in pool.tta]
-    decision = choose(costs, budget - setup_seconds - reserve, spec.folds.n_splits, pool.max_models, per_view, budget,
-                      pool.min_share)
-    passes = tta_passes(per_view, decision.views)
-    runs = []
-    for cost, epochs, folds in decision.runs:
-        run = cost.candidate.as_run(epochs, cost.precision)
-        runs.append(PlannedRun(
-            run=run, family=cost.candidate.family, folds=list(range(folds)), min_epochs=cost.candidate.min_epochs,
-            seconds_per_epoch=round(cost.seconds_per_epoch, 2),
-            seconds_per_fold=round(epochs * cost.seconds_per_epoch + cost.seconds_fixed_per_fold, 1),
-            tta_seconds_per_fold=round(cost.seconds_per_view_per_fold * passes, 1),
-            precision_reason=cost.precision_reason))
-    notes = list(decision.notes)
+    offer = None
+    if spec.tuning is not None and pool.study_share > 0:
+        offer = StudyOffer({c.candidate.name: trial_seconds(spec, c, n_train, n_test) for c in costs},
+                           pool.study_share, pool.min_trials)
+    decision = decide(spec, costs, budget - setup_seconds - reserve, budget, offer)
+    why_not = compile_offered(runtime)
+    compile_notes = [f"torch.compile not offered: {why_not}"] if why_not else []
+    if probe_compiled is not None and not why_not:
+        compiled, compile_notes = consider_compile(spec, decision, probe_compiled, n_train, n_test)
+        if compiled:  # faster steps: split the time again (the compile probe's own seconds included)
+            costs = [compiled.get(c.candidate.name, c) for c in costs]
+            setup_seconds = elapsed()
+            decision = decide(spec, costs, budget - setup_seconds - reserve, budget, offer)
+    notes = list(decision.notes) + compile_notes
     notes.append("no refit on all rows: it would cost a whole extra run per model, with no held-out rows to check it")
+    study = None
+    if decision.study_seconds > 0:
+        from pipelines.plan_study import fit_search_space, study_name
+
+        first = decision.runs[0][0]
+        study = PlannedStudy(run=first.candidate.name, study=study_name(spec, first.candidate),
+                             seconds=round(decision.study_seconds, 1),
+                             trial_seconds=round(offer.trial_seconds[first.candidate.name], 1),
+                             search_space=sorted(fit_search_space(spec, first.candidate)[0]))
     return PlanRecord(
         competition=spec.name, request=request_key(spec, budget, runtime), budget_seconds=budget,
         device=runtime.device.type, machine=machine_description(runtime), machine_key=machine_key(runtime),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), runs=runs, tta=pool.tta[: decision.views],
-        ensemble=pool.ensemble, reserve_seconds=round(reserve, 1), setup_seconds=round(setup_seconds, 1),
-        speeds=speeds_table, precisions_left_out=left_out, notes=notes)
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), runs=planned_runs(spec, decision),
+        tta=pool.tta[: decision.views], ensemble=pool.ensemble, study=study, reserve_seconds=round(reserve, 1),
+        setup_seconds=round(setup_seconds, 1), speeds=speeds_table, precisions_left_out=left_out, notes=notes)
+
+
+def decide(spec: CompetitionSpec, costs: list[CandidateCost], seconds: float, budget: float,
+           offer: StudyOffer | None = None) -> Decision:
+    """`choose` with the pool's settings."""
+    pool = spec.pool
+    return choose(costs, seconds, spec.folds.n_splits, pool.max_models, [view_passes(v) for v in pool.tta], budget,
+                  pool.min_share, offer)
+
+
+def planned_runs(spec: CompetitionSpec, decision: Decision) -> list[PlannedRun]:
+    passes = tta_passes([view_passes(v) for v in spec.pool.tta], decision.views)
+    runs = []
+    for cost, epochs, folds in decision.runs:
+        runs.append(PlannedRun(
+            run=cost.candidate.as_run(epochs, cost.precision, cost.compiled), family=cost.candidate.family,
+            folds=list(range(folds)),
+            min_epochs=cost.candidate.min_epochs, seconds_per_epoch=round(cost.seconds_per_epoch, 2),
+            seconds_per_fold=round(epochs * cost.seconds_per_epoch + cost.seconds_fixed_per_fold, 1),
+            tta_seconds_per_fold=round(cost.seconds_per_view_per_fold * passes, 1),
+            precision_reason=cost.precision_reason))
+    return runs
 
 
 def obtain_plan(spec: CompetitionSpec, budget: float, plan_path: str | None, runtime: Runtime, data,
@@ -357,12 +500,13 @@ def obtain_plan(spec: CompetitionSpec, budget: float, plan_path: str | None, run
         if path.is_file():
             print(f"plan: reusing the plan of record {path} (same budget, data and machine: no probing)", flush=True)
             return read_plan(path, spec), path, False
-        from pipelines.probe import check_reduced_precision, probe_run
+        from pipelines.probe import check_reduced_precision, probe_compiled, probe_run
 
         print(f"plan: probing {len(spec.pool.candidates)} candidates on {machine_description(runtime)}", flush=True)
         plan = make_plan(spec, budget, runtime, lambda c: probe_run(spec, c, data, runtime),
                          lambda c, p: check_reduced_precision(spec, c, data, runtime, p),
-                         len(data.labels), len(data.test_images), elapsed)
+                         len(data.labels), len(data.test_images), elapsed,
+                         lambda c, p: probe_compiled(spec, c.model_copy(update={"precision": p}), data, runtime))
         save_plan(plan, path)
     return plan, path, False
 
@@ -382,13 +526,24 @@ def pick_precision(candidate: Candidate, speeds: dict, check_precision) -> tuple
     return baseline, "only fp32 measured"
 
 
+def execution(run: ModelRun) -> str:
+    """How a run trains, for tables: its precision, and whether through torch.compile."""
+    return run.precision + ("+compile" if run.compile else "")
+
+
 def plan_table(plan: PlanRecord) -> str:
     rows = [("run", "family", "folds", "epochs", "precision", "est. min")]
     for p in plan.runs:
-        rows.append((p.run.name, p.family, ",".join(map(str, p.folds)), str(p.run.epochs), p.run.precision,
+        rows.append((p.run.name, p.family, ",".join(map(str, p.folds)), str(p.run.epochs), execution(p.run),
                      f"{p.estimated_seconds / 60:.1f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    if plan.study is not None:
+        study = plan.study
+        found = (f": best {study.best_value:.4f} after {study.trials_in_study} trials, {study.best_params}"
+                 if study.done and study.best_params else ": done" if study.done else "")
+        lines.append(f"Optuna study '{study.study}' on {study.run} before training, {study.seconds / 60:.1f} min "
+                     f"({len(study.search_space)} dimensions){found}")
     total = plan.estimated_total_seconds()
     lines.append(f"TTA {'+'.join(plan.tta)}, ensemble {plan.ensemble}; estimated {total / 60:.1f} of "
                  f"{plan.budget_seconds / 60:.1f} min (setup {plan.setup_seconds:.0f} s, reserve "

@@ -39,6 +39,7 @@ ACCURACY_TOLERANCE = 0.003  # 0.3 points
 class Speed:
     train_images_per_second: float
     predict_images_per_second: float
+    warmup_seconds: float = 0.0  # the first training step: with torch.compile, the compile time
 
 
 def cache_path(runtime: Runtime):
@@ -47,8 +48,8 @@ def cache_path(runtime: Runtime):
 
 def run_key(spec: CompetitionSpec, run: ModelRun) -> str:
     """What a run's speed depends on: everything but its length and precision, plus the input shape."""
-    fields = run.model_dump(mode="json", exclude={"epochs", "precision", "early_stopping", "params", "family",
-                                                  "min_epochs"})
+    fields = run.model_dump(mode="json", exclude={"epochs", "precision", "compile", "early_stopping", "params",
+                                                  "family", "min_epochs"})
     return stable_hash({"run": fields, "image": spec.image.model_dump(), "classes": len(spec.classes)})
 
 
@@ -83,7 +84,9 @@ def measure(spec: CompetitionSpec, run: ModelRun, data: TrainingData, runtime: R
     learner = make_learner(run, spec, data, runtime, steps_per_epoch=10_000, init_seed=0)
     augmenter = BatchAugmenter(run.augment, spec, data.images, data.images_nhwc)
     rows = _sample_rows(data, len(data.labels), 0)
+    started = time.perf_counter()
     train_one_epoch(learner, augmenter, data.labels, epoch_batches(rows, batch, 1, 0), 0, runtime, "probe warm-up")
+    warmup = time.perf_counter() - started
     steps, started, chunk = 0, time.perf_counter(), 2
     while time.perf_counter() - started < seconds or steps < 2:
         batches = epoch_batches(rows, batch, chunk, steps + 1)
@@ -97,7 +100,7 @@ def measure(spec: CompetitionSpec, run: ModelRun, data: TrainingData, runtime: R
     while time.perf_counter() - started < seconds / 4 or done == 0:
         predict_probs(learner.model, images)
         done += len(images)
-    return Speed(round(train_rate, 1), round(done / (time.perf_counter() - started), 1))
+    return Speed(round(train_rate, 1), round(done / (time.perf_counter() - started), 1), round(warmup, 2))
 
 
 def probe_run(spec: CompetitionSpec, run: ModelRun, data: TrainingData, runtime: Runtime) -> dict[str, Speed]:
@@ -114,6 +117,25 @@ def probe_run(spec: CompetitionSpec, run: ModelRun, data: TrainingData, runtime:
               f"predict {speeds[precision].predict_images_per_second:,.0f} img/s", flush=True)
     _update_cache(runtime, key, {"run": run.name, "speeds": {p: asdict(s) for p, s in speeds.items()}})
     return speeds
+
+
+def probe_compiled(spec: CompetitionSpec, run: ModelRun, data: TrainingData, runtime: Runtime) -> Speed | str:
+    """The run's speed trained through torch.compile in its precision (cached), or why it cannot run."""
+    key = "compile-" + stable_hash({"run": run_key(spec, run), "precision": run.precision})
+    cached = _read_cache(runtime).get(key)
+    if cached is not None:
+        return cached["failed"] if "failed" in cached else Speed(**cached["speed"])
+    print(f"probe: {run.name} {run.precision} with torch.compile (the first step compiles)", flush=True)
+    try:
+        speed = measure(spec, run.model_copy(update={"compile": True}), data, runtime)
+    except Exception as exc:  # inductor fails in many ways (compiler, kernels, an unsupported op): not a crash
+        reason = f"torch.compile failed: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:160]}"
+        _update_cache(runtime, key, {"run": run.name, "failed": reason})
+        return reason
+    print(f"probe: {run.name} {run.precision} compiled: train {speed.train_images_per_second:,.0f} img/s after "
+          f"{speed.warmup_seconds:.0f} s compiling", flush=True)
+    _update_cache(runtime, key, {"run": run.name, "speed": asdict(speed)})
+    return speed
 
 
 def _short_training(spec: CompetitionSpec, run: ModelRun, data: TrainingData, runtime: Runtime,

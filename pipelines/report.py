@@ -21,6 +21,7 @@ from competition import atomic
 from competition.paths import competition_root
 from pipelines.artifacts import git_commit, read_manifest
 from pipelines.context import Context
+from pipelines.plan import execution
 from pipelines.submit import read_log
 
 PAGE_STYLE = """
@@ -183,12 +184,19 @@ def plan_section(plan) -> list[str]:
     rows = []
     for p in plan.runs:
         measured = sum(v for k, v in actual.items() if k.startswith(f"train {p.run.name} fold "))
-        rows.append([p.run.name, p.family, ",".join(map(str, p.folds)), p.run.epochs, p.run.precision,
+        rows.append([p.run.name, p.family, ",".join(map(str, p.folds)), p.run.epochs, execution(p.run),
                      f"{p.estimated_seconds / 60:.2f}", f"{measured / 60:.2f}" if measured else "-", p.precision_reason])
     speeds = [[name, precision, f"{v['train_images_per_second']:,.0f}", f"{v['predict_images_per_second']:,.0f}"]
               for name, table in plan.speeds.items() for precision, v in table.items()]
     notes = [f"<li>{html.escape(n)}</li>" for n in plan.notes + [f"{k} not measured: {v}" for k, v in
                                                                  plan.precisions_left_out.items()]]
+    study = plan.study
+    if study is not None and study.done:
+        found = (f"best objective {study.best_value:.4f} (the run's own parameters: {study.own_recipe_value}) with "
+                 f"{study.best_params}" if study.best_params else "no trial completed; the run kept its own parameters")
+        notes.insert(0, f"<li>Optuna study <b>{html.escape(study.study)}</b> on {html.escape(study.run)}: "
+                        f"{study.trials_run} trials in {study.seconds_spent / 60:.1f} min ({study.trials_in_study} in the "
+                        f"study so far) over {html.escape(', '.join(study.search_space))}; {html.escape(found)}</li>")
     return ["<h2>Plan</h2>",
             f'<p class="note">Budget {plan.budget_seconds / 60:.1f} min on {html.escape(plan.machine)}; TTA views '
             f"{'+'.join(plan.tta)}, ensemble {html.escape(plan.ensemble)}; setup took {plan.setup_seconds:.0f} s and "

@@ -3,7 +3,8 @@
 The Makefile calls this before anything else, with the system's python3 (no venv yet, standard library
 only), so that the README's two commands are all a newcomer runs:
     run   what `make submit` needs: python3-venv (for the venv), dataset-fashion-mnist (the local host's data)
-    test  the same, plus PostgreSQL (the tests start a throw-away server) and Chromium (renders the report)
+    test  the same, plus PostgreSQL (the tests start a throw-away server), Chromium (renders the report),
+          g++ and python3-dev (torch.compile builds C++ kernels)
 It prints nothing when everything is there. It installs with apt-get as root, or through `sudo -n`;
 otherwise it stops with one line naming the packages and the command to install them.
 """
@@ -14,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 
 FASHION_MNIST_FILE = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 
@@ -36,6 +38,11 @@ CHECKS = {
     "test": [
         ("postgresql", "the shared-study test (a throw-away server)", lambda: bool(glob.glob("/usr/lib/postgresql/*/bin/initdb"))),
         ("chromium", "the report test (headless rendering)", lambda: shutil.which("chromium") is not None),
+        # torch.compile's CPU kernels are C++ built against Python's headers (the run itself goes without:
+        # the planner then says why it does not compile).
+        ("g++", "the torch.compile test (inductor's C++ kernels)", lambda: shutil.which("g++") is not None),
+        ("python3-dev", "the torch.compile test (Python's headers)",
+         lambda: os.path.isfile(os.path.join(sysconfig.get_path("include"), "Python.h"))),
     ],
 }
 

@@ -91,6 +91,7 @@ class Learner:
     ema: nn.Module | None  # timm ModelEmaV3: evaluated instead of the raw weights
     mixup: Callable | None  # timm Mixup (with CutMix)
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    forward: Callable[[torch.Tensor], torch.Tensor]  # the training step's forward: the model, or torch.compile of it
 
     @property
     def evaluated(self) -> nn.Module:
@@ -149,7 +150,9 @@ def make_learner(run: ModelRun, spec: CompetitionSpec, data: TrainingData, runti
     # Models with several heads (multi_output_resnet) say how their heads' losses combine.
     heads_loss = getattr(model.net, "training_loss", None)
     loss = (lambda output, targets: heads_loss(output, targets, base_loss)) if heads_loss else base_loss
-    return Learner(model, optimizer, scheduler, scheduler_unit, scaler, ema, mixup, loss)
+    # The compiled module shares the model's parameters: checkpoints, EMA and evaluation use the model.
+    forward = torch.compile(model) if run.compile else model
+    return Learner(model, optimizer, scheduler, scheduler_unit, scaler, ema, mixup, loss, forward)
 
 
 @dataclass
@@ -206,7 +209,7 @@ def train_one_epoch(learner: Learner, augmenter: BatchAugmenter, labels: torch.T
         inputs = images.float()
         if learner.mixup is not None:
             inputs, targets = learner.mixup(inputs, targets)
-        loss = learner.loss(learner.model(inputs), targets)  # the model runs in its precision (classifier.py)
+        loss = learner.loss(learner.forward(inputs), targets)  # the model runs in its precision (classifier.py)
         learner.optimizer.zero_grad(set_to_none=True)
         learner.scaler.scale(loss).backward()
         learner.scaler.step(learner.optimizer)

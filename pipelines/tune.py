@@ -53,15 +53,18 @@ def suggest(trial: optuna.Trial, path: str, spec: ParamSpec):
 
 
 class Objective:
-    """Mean validation accuracy over the tuning folds of the run with the trial's parameters."""
+    """Mean validation accuracy over the tuning folds of the run with the trial's parameters
+    (`search_space`: the spec's `tuning.search_space`, or a part of it that fits the run)."""
 
-    def __init__(self, spec: CompetitionSpec, base_run: ModelRun, ctx: Context, study_dir: Path):
+    def __init__(self, spec: CompetitionSpec, base_run: ModelRun, ctx: Context, study_dir: Path,
+                 search_space: dict[str, ParamSpec] | None = None):
         self.spec, self.base_run, self.ctx, self.study_dir = spec, base_run, ctx, study_dir
+        self.search_space = search_space if search_space is not None else spec.tuning.search_space
 
     def __call__(self, trial: optuna.Trial) -> float:
         tuning = self.spec.tuning
         trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")  # which worker ran it
-        params = {path: suggest(trial, path, space) for path, space in tuning.search_space.items()}
+        params = {path: suggest(trial, path, space) for path, space in self.search_space.items()}
         run = apply_params(self.base_run, params)
         if tuning.epochs:
             run = run.model_copy(update={"epochs": tuning.epochs})
@@ -88,6 +91,13 @@ class Objective:
         return float(np.mean(scores))
 
 
+def open_study(spec: CompetitionSpec, name: str, url: str, seed: int | None = None) -> optuna.Study:
+    """The study `name` in `url`, created when new: maximising, with the spec's pruner and TPE."""
+    return optuna.create_study(study_name=name, storage=open_storage(url), direction="maximize",
+                               pruner=make_pruner(spec.tuning.pruner), load_if_exists=True,
+                               sampler=optuna.samplers.TPESampler(seed=seed))
+
+
 def finished_trials(study: optuna.Study) -> int:
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     return len(study.get_trials(deepcopy=False, states=states))
@@ -97,9 +107,7 @@ def tune(spec: CompetitionSpec, ctx: Context, run: ModelRun, total: int, study_n
     """Run trials until the study holds `total` finished (complete or pruned) trials."""
     study_name = study_name or default_study_name(spec, run)
     url = storage_url(spec, storage)
-    study = optuna.create_study(study_name=study_name, storage=open_storage(url), direction="maximize",
-                                pruner=make_pruner(spec.tuning.pruner), load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=None))
+    study = open_study(spec, study_name, url)
     study_dir = competition_root(spec.name) / "tuning" / study_name / f"worker-{os.getpid()}"
     print(f"tune: study '{study_name}' in {redact(url)}: {finished_trials(study)} finished trials, running until {total}")
     objective = Objective(spec, run, ctx, study_dir)

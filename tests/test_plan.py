@@ -14,7 +14,9 @@ from competition.recipe import Candidate, ModelRun, parse_duration
 from competition.spec import SPEC_DIR, load_spec
 from pipelines.__main__ import main as pipelines_main
 from pipelines.artifacts import read_manifest
-from pipelines.plan import CandidateCost, PlannedRun, PlanRecord, choose, order_by_family
+from pipelines.plan import (CandidateCost, Decision, PlannedRun, PlanRecord, StudyOffer, choose, consider_compile,
+                            order_by_family)
+from pipelines.plan_study import fit_search_space, own_values
 from pipelines.runner import DeadlineGuard, Unit, run_plan, units_of
 
 
@@ -179,6 +181,79 @@ def test_bad_budget_is_one_line(text, capsys):
     assert len(err) == 1 and err[0].startswith(f"error: BUDGET={text}:"), err
 
 
+def test_a_study_is_planned_only_from_time_left_after_full_epochs():
+    costs = [cost("a", "cnn", 10), cost("c", "resnet", 8)]  # full epochs on one fold: 105 s + 85 s
+    offer = StudyOffer({"a": 10.0, "c": 10.0}, share=0.25, min_trials=8)
+    # 200 s: 10 s are left after both models' full epochs, which buys no 8 trials of 10 s.
+    decision = choose(costs, 200, 5, 3, [1], 5000, 1.0, offer)
+    assert decision.study_seconds == 0 and any("no Optuna study" in n for n in decision.notes), decision.notes
+    assert [e for _, e, _ in decision.runs] == [10, 10]
+    # 600 s: a quarter (150 s) goes to the study, on the first model; the rest buys two folds at 11 epochs.
+    decision = choose(costs, 600, 5, 3, [1], 5000, 1.0, offer)
+    assert decision.study_seconds == pytest.approx(150)
+    assert any("Optuna study on a" in n for n in decision.notes), decision.notes
+    assert [(e, f) for _, e, f in decision.runs] == [(11, 2), (11, 2)]
+    # No search space in the spec (no offer): no study, the time buys folds.
+    assert choose(costs, 600, 5, 3, [1], 5000, 1.0).study_seconds == 0
+
+
+def test_compile_is_probed_only_where_it_could_pay_and_used_only_where_it_does():
+    from pipelines.plan import candidate_cost
+    from pipelines.probe import Speed
+
+    spec = load_spec("digits")  # 1,437 training rows, 5 folds: 1,149 per fold, 17 steps of 64
+    candidate = spec.pool.candidates[0]
+    eager = candidate_cost(spec, candidate, "fp32", "fastest", 100.0, 1000.0, 1437, 360)  # ~10.9 s of steps per epoch
+    asked = []
+
+    def probe(answer):
+        def compiled(c, precision):
+            asked.append((c.name, precision))
+            return answer
+        return compiled
+
+    few = Decision([(eager, 2, 1)], 1, [])  # 22 s of steps: could never repay a compile
+    assert consider_compile(spec, few, probe(Speed(1000.0, 1000.0, 1.0)), 1437, 360) == (
+        {}, [f"torch.compile not probed for {candidate.name}: 0.4 min of training steps would not repay a compile "
+             "(~30 s) at a 1.10x speed-up"])
+    assert asked == []
+    many = Decision([(eager, 30, 2)], 1, [])  # 11 min of steps
+    compiled, notes = consider_compile(spec, many, probe(Speed(130.0, 1000.0, 20.0)), 1437, 360)
+    assert asked == [(candidate.name, "fp32")]
+    assert compiled[candidate.name].compiled and "1.30x training steps, 20 s to compile" in notes[0], notes
+    assert compiled[candidate.name].seconds_per_epoch < eager.seconds_per_epoch
+    assert "torch.compile: 1.30x" in compiled[candidate.name].precision_reason
+    compiled, notes = consider_compile(spec, many, probe(Speed(104.0, 1000.0, 20.0)), 1437, 360)
+    assert not compiled and "not used" in notes[0] and "1.04x" in notes[0]  # within the probe's noise
+    compiled, notes = consider_compile(spec, many, probe("torch.compile failed: InductorError: no cc"), 1437, 360)
+    assert not compiled and notes == [f"torch.compile not used for {candidate.name}: torch.compile failed: "
+                                      "InductorError: no cc"]
+
+
+def test_search_space_fits_each_candidate(tmp_path):
+    spec = load_spec("fashion-mnist")
+    by_model = {c.model: c for c in spec.pool.candidates}
+    space, left_out = fit_search_space(spec, by_model["fastresnet"])
+    assert "model_args.width" in space and "model_args.dropout" not in space
+    assert left_out == ["model_args.dropout (fastresnet takes no 'dropout')"]
+    space, left_out = fit_search_space(spec, by_model["fastcnn"])
+    assert "model_args.dropout" in space and not left_out
+    # The candidate's own recipe, where it lies inside the space, is the study's first trial.
+    assert own_values(by_model["fastcnn"], space) == {
+        "optimizer.name": "sgd", "optimizer.lr": 0.1, "optimizer.weight_decay": 0.0005, "schedule.name": "onecycle",
+        "label_smoothing": 0.1, "augment.policy": "light", "augment.shift": 2, "mixup_alpha": 0.0,
+        "model_args.width": 24, "model_args.dropout": 0.0}
+    library = Candidate(model="timm:resnet18", family="residual", epochs=5)
+    assert not [p for p in fit_search_space(spec, library)[0] if p.startswith("model_args.")]
+    # Where colour defines the class, colour-changing policies are no choice.
+    tiny = yaml.safe_load((SPEC_DIR / "tiny-image-challenge.yaml").read_text())
+    tiny["tuning"] = {"search_space": {"augment.policy": {"type": "categorical", "choices": ["light", "medium", "geometric"]}}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny))
+    tiny_spec = load_spec(str(tmp_path / "tiny.yaml"))
+    space, _ = fit_search_space(tiny_spec, tiny_spec.pool.candidates[0])
+    assert space["augment.policy"].choices == ["light", "geometric"]
+
+
 def _digits_spec(tmp_path: Path, edit) -> Path:
     spec = yaml.safe_load((SPEC_DIR / "digits.yaml").read_text())
     edit(spec)
@@ -255,6 +330,44 @@ def test_budget_run_plans_trains_and_reuses_its_plan(pipeline_env, host, tmp_pat
     assert "replaying a plan" in out and " epoch 1/" not in out
 
 
+def test_budget_run_studies_first_and_a_later_run_extends_the_study(pipeline_env, host, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KPIPE_SUBMISSIONS", str(tmp_path / "submissions"))
+    monkeypatch.setenv("DRY_RUN", "1")
+
+    def studied(spec):
+        spec["pool"]["candidates"] = [{**spec["pool"]["candidates"][0], "epochs": 4, "min_epochs": 1}]
+        spec["pool"].update(tta=["identity"], study_share=0.5, min_trials=2)
+        spec["tuning"].update(epochs=2, pruner={"name": "none"})
+
+    spec_path = str(_digits_spec(tmp_path, studied))
+    assert pipelines_main(["submit", "--comp", spec_path, "--budget", "45s"]) == 0
+    out = capsys.readouterr().out
+    assert "Optuna study 'plan-digits-cnn3-" in out and "study: best" in out, out[-3000:]
+    [record] = (pipeline_env / "digits" / "plans").glob("*.json")
+    plan = json.loads(record.read_text())
+    study = plan["study"]
+    assert study["done"] and study["trials_run"] >= 2 and study["trials_in_study"] == study["trials_run"]
+    assert study["own_recipe_value"] is not None  # the candidate's own recipe ran as a trial
+    [run] = plan["runs"]
+    for path, value in study["best_params"].items():  # the best trial's parameters are what trained
+        head, _, key = path.partition(".")
+        assert (run["run"][head][key] if key else run["run"][head]) == value, path
+    assert "Optuna study on cnn3" in "\n".join(plan["notes"])
+
+    # The same command: the plan of record, with its study's result; no trial, nothing trained.
+    assert pipelines_main(["submit", "--comp", spec_path, "--budget", "45s"]) == 0
+    out = capsys.readouterr().out
+    assert "reusing the plan of record" in out and " epoch 1/" not in out and "study: '" not in out
+
+    # Another budget plans again, and extends the same (persistent) study.
+    assert pipelines_main(["submit", "--comp", spec_path, "--budget", "50s"]) == 0
+    out = capsys.readouterr().out
+    assert f"{study['trials_in_study']} finished trials" in out, out[-3000:]
+    later = [json.loads(p.read_text()) for p in (pipeline_env / "digits" / "plans").glob("*.json") if p != record]
+    assert later[0]["study"]["study"] == study["study"]
+    assert later[0]["study"]["trials_in_study"] > study["trials_in_study"]
+
+
 def test_shortened_run_ends_its_schedule_and_replays_exactly(pipeline_env, host, tmp_path):
     from pipelines.context import setup
     from pipelines.train import train_fold
@@ -284,6 +397,36 @@ def test_shortened_run_ends_its_schedule_and_replays_exactly(pipeline_env, host,
     # Replayed from the plan's record, with no guard: the same predictions.
     again = train_fold(spec, run, ctx.data, ctx.prepared, ctx.folds, 0, ctx.runtime, force=True, shortening=(2, 4))
     assert np.array_equal(np.load(again.folder / "oof_probs.npy"), first)
+
+
+def test_compiled_training_probes_trains_and_checkpoints_like_eager(pipeline_env, host, tmp_path):
+    from pipelines.context import setup
+    from pipelines.device import compile_offered
+    from pipelines.predict import load_checkpoint
+    from pipelines.probe import Speed, probe_compiled
+    from pipelines.train import train_fold
+
+    spec_path = _digits_spec(tmp_path, lambda s: s.update(profiles={"quick": {"folds": [0], "models": [
+        {"model": "cnn3", "model_args": {"width": 16}, "epochs": 2, "batch_size": 64, "precision": "fp32",
+         "optimizer": {"name": "sgd", "lr": 0.05}, "augment": {"policy": "light", "shift": 1}}]}}))
+    spec = load_spec(str(spec_path))
+    ctx = setup(spec, "quick")
+    assert compile_offered(ctx.runtime) is None, compile_offered(ctx.runtime)  # `make test` installs g++, python3-dev
+    run = ctx.profile.models[0]
+    speed = probe_compiled(spec, run, ctx.data, ctx.runtime)
+    assert isinstance(speed, Speed) and speed.train_images_per_second > 0 and speed.warmup_seconds > 0
+    assert probe_compiled(spec, run, ctx.data, ctx.runtime) == speed  # cached per machine
+
+    compiled = run.model_copy(update={"compile": True})
+    output = train_fold(spec, compiled, ctx.data, ctx.prepared, ctx.folds, 0, ctx.runtime)
+    eager = train_fold(spec, run, ctx.data, ctx.prepared, ctx.folds, 0, ctx.runtime)
+    assert output.folder != eager.folder  # the recipe differs: so do its outputs
+    manifest = read_manifest(output.folder)
+    assert manifest["epochs_run"] == 2 and manifest["val_accuracy"] > 0.5
+    # The checkpoint is the plain model's (no compiled wrapper in its keys): prediction rebuilds it eagerly.
+    saved = load_checkpoint(output.folder / "best.pt", ctx.runtime.device)
+    assert saved["state_dict"] and not [k for k in saved["state_dict"] if "_orig_mod" in k]
+    assert saved["run"]["compile"] is True
 
 
 def test_precision_check_compares_against_fp32_and_is_cached(pipeline_env, host, tmp_path):
