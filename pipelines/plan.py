@@ -434,10 +434,10 @@ def make_plan(spec: CompetitionSpec, budget: float, runtime: Runtime, probe_spee
     compile_notes = [f"torch.compile not offered: {why_not}"] if why_not else []
     if probe_compiled is not None and not why_not:
         compiled, compile_notes = consider_compile(spec, decision, probe_compiled, n_train, n_test)
-        if compiled:  # faster steps: split the time again (the compile probe's own seconds included)
-            costs = [compiled.get(c.candidate.name, c) for c in costs]
-            setup_seconds = elapsed()
-            decision = decide(spec, costs, budget - setup_seconds - reserve, budget, offer)
+        # Split the time again: the compile probe took some, and compiled runs train faster.
+        costs = [compiled.get(c.candidate.name, c) for c in costs]
+        setup_seconds = elapsed()
+        decision = decide(spec, costs, budget - setup_seconds - reserve, budget, offer)
     notes = list(decision.notes) + compile_notes
     notes.append("no refit on all rows: it would cost a whole extra run per model, with no held-out rows to check it")
     study = None
