@@ -15,6 +15,7 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from competition import metrics
 from competition.errors import SpecError
 from competition.recipe import Budget, Pool, Profile, TuningConfig
 
@@ -95,6 +96,27 @@ class FoldsConfig(_Strict):
     seed: int = 42
 
 
+class MetricChoice(_Strict):
+    """The competition's metric (competition/metrics.py), written `accuracy` or `{name: map_at_k, k: 3}`."""
+
+    name: str
+    k: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value):
+        if isinstance(value, MetricChoice):
+            return value
+        name, k = metrics.parse(value)
+        return {"name": name, "k": k}
+
+    def __str__(self) -> str:
+        return self.bind().label
+
+    def bind(self) -> metrics.Metric:
+        return metrics.metric(self.name, self.k)
+
+
 class CompetitionSpec(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     title: str
@@ -109,7 +131,7 @@ class CompetitionSpec(_Strict):
     # Human-readable names for reports; defaults to the labels themselves.
     class_names: list[str] | None = None
     image: ImageShape
-    metric: Literal["accuracy"]
+    metric: MetricChoice  # how the leaderboard scores: it drives every choice the pipeline makes
     folds: FoldsConfig = FoldsConfig()
     flips: FlipsConfig = FlipsConfig()
     # The class depends on colour (e.g. hue bands): augmentation that changes colour is refused.
@@ -133,6 +155,8 @@ class CompetitionSpec(_Strict):
             raise ValueError("classes: duplicate labels")
         if self.class_names is not None and len(self.class_names) != len(self.classes):
             raise ValueError(f"class_names: has {len(self.class_names)} names for {len(self.classes)} classes")
+        if self.metric.k is not None and self.metric.k > len(self.classes):
+            raise ValueError(f"metric: k is {self.metric.k}, but there are only {len(self.classes)} classes")
         if self.tuning is not None and max(self.tuning.folds) >= self.folds.n_splits:
             raise ValueError(f"tuning.folds: fold {max(self.tuning.folds)} does not exist (folds.n_splits is {self.folds.n_splits})")
         for profile_name, profile in self.profiles.items():

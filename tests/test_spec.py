@@ -12,7 +12,7 @@ def test_shipped_specs_load():
     tiny = load_spec("tiny-image-challenge")
     assert tiny.kaggle_slug == "thu-deep-learning" and tiny.synthetic
     assert (tiny.image.height, tiny.image.width, tiny.image.channels) == (64, 64, 3)
-    assert len(tiny.classes) == 100 and tiny.metric == "accuracy"
+    assert len(tiny.classes) == 100 and tiny.metric.name == "accuracy"
     fashion = load_spec("fashion-mnist")
     assert fashion.classes[:2] == ["0", "1"] and fashion.display_names[0] == "T-shirt/top"
 

@@ -1,0 +1,153 @@
+"""Kaggle classification metrics by name: how each scores class probabilities, which way is better, and
+what a submission for it holds. One table for the pipeline (CV, early stopping, ensembling, tuning) and
+the local host (leaderboards), so the two can never disagree.
+
+A spec names its metric as `metric: f1_macro` or, for metrics that take arguments, as a mapping
+`metric: {name: map_at_k, k: 3}`. Every metric here reads class probabilities (rows summing to 1, one
+column per class, in the spec's class order) and integer labels; those scored on hard labels take the
+most probable class. scikit-learn computes each one except MAP@k, which it lacks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import numpy as np
+
+# What a submission row holds for a metric: one label; k labels separated by spaces, best first; or one
+# probability column per class (one column, for the positive class, when there are two classes).
+Submission = Literal["label", "ranked_labels", "probabilities"]
+LOG_LOSS_EPSILON = 1e-15  # Kaggle clips probabilities to [eps, 1 - eps] before taking logs
+
+
+@dataclass(frozen=True)
+class MetricKind:
+    """One metric family: its scorer (given the arguments), direction and submission format."""
+
+    greater_is_better: bool
+    submission: Submission
+    scorer: Callable[..., Callable[[np.ndarray, np.ndarray], float]]  # (**args) -> f(probs, labels)
+    arguments: tuple[str, ...] = ()  # names the mapping form may give, e.g. ("k",)
+
+
+def _sklearn(name: str) -> Callable:
+    # Imported when a score is computed: loading a spec needs only the table, not scikit-learn.
+    from sklearn import metrics
+
+    return getattr(metrics, name)
+
+
+def _on_labels(function: str, **kwargs) -> Callable[[np.ndarray, np.ndarray], float]:
+    return lambda probs, labels: float(_sklearn(function)(labels, probs.argmax(1), **kwargs))
+
+
+def _log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
+    clipped = np.clip(probs, LOG_LOSS_EPSILON, 1 - LOG_LOSS_EPSILON)
+    clipped = clipped / clipped.sum(1, keepdims=True)  # Kaggle rescales each row to sum to 1
+    return float(-np.log(clipped[np.arange(len(labels)), labels]).mean())
+
+
+def _roc_auc(probs: np.ndarray, labels: np.ndarray) -> float:
+    roc_auc_score = _sklearn("roc_auc_score")
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(labels, probs[:, 1]))
+    return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=np.arange(probs.shape[1])))
+
+
+def _top_k(k: int) -> Callable[[np.ndarray, np.ndarray], float]:
+    return lambda probs, labels: float(_sklearn("top_k_accuracy_score")(labels, probs, k=k,
+                                                                        labels=np.arange(probs.shape[1])))
+
+
+def ranked(probs: np.ndarray, k: int) -> np.ndarray:
+    """The k most probable classes of each row, best first (ties: the lower class number)."""
+    return np.argsort(-probs, axis=1, kind="stable")[:, :k]
+
+
+def map_at_k(predictions, labels, k: int) -> float:
+    """Mean average precision at k with one true label per row, as Kaggle's evaluation scores it: a row
+    scores 1/i when its true label is first found at the i-th of its (at most k) predictions, else 0.
+    Positions count every prediction, repeats included ([a, a, b] finds b at the third)."""
+    total = 0.0
+    for row, label in zip(predictions, labels):
+        for position, prediction in enumerate(list(row)[:k], start=1):
+            if prediction == label:
+                total += 1.0 / position
+                break
+    return total / len(labels)
+
+
+def _map_at_k(k: int) -> Callable[[np.ndarray, np.ndarray], float]:
+    return lambda probs, labels: map_at_k(ranked(probs, k), labels, k)
+
+
+KINDS: dict[str, MetricKind] = {
+    "accuracy": MetricKind(True, "label", lambda: _on_labels("accuracy_score")),
+    "balanced_accuracy": MetricKind(True, "label", lambda: _on_labels("balanced_accuracy_score")),
+    "f1_macro": MetricKind(True, "label", lambda: _on_labels("f1_score", average="macro", zero_division=0)),
+    "f1_micro": MetricKind(True, "label", lambda: _on_labels("f1_score", average="micro", zero_division=0)),
+    "f1_weighted": MetricKind(True, "label", lambda: _on_labels("f1_score", average="weighted", zero_division=0)),
+    "quadratic_weighted_kappa": MetricKind(True, "label", lambda: _on_labels("cohen_kappa_score", weights="quadratic")),
+    "log_loss": MetricKind(False, "probabilities", lambda: _log_loss),
+    "roc_auc": MetricKind(True, "probabilities", lambda: _roc_auc),
+    "top_k_accuracy": MetricKind(True, "ranked_labels", _top_k, ("k",)),
+    "map_at_k": MetricKind(True, "ranked_labels", _map_at_k, ("k",)),
+}
+DEFAULT_K = 3  # Kaggle's usual MAP@3 / top-3
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A competition's metric, arguments bound: `score(probs, labels)`, its direction, its submission."""
+
+    name: str
+    k: int | None
+    greater_is_better: bool
+    submission: Submission
+    score: Callable[[np.ndarray, np.ndarray], float]
+
+    @property
+    def label(self) -> str:
+        """The name as people read it: `map_at_k` with k=3 is `map@3`."""
+        return self.name.replace("_at_k", f"@{self.k}").replace("top_k", f"top_{self.k}") if self.k else self.name
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether score `a` beats score `b`."""
+        return a > b if self.greater_is_better else a < b
+
+    def signed(self, value: float) -> float:
+        """The score with its sign set so that larger is better (for max() and sorting)."""
+        return value if self.greater_is_better else -value
+
+    @property
+    def worst(self) -> float:
+        return -np.inf if self.greater_is_better else np.inf
+
+
+def parse(value) -> tuple[str, int | None]:
+    """(name, k) from `f1_macro` or `{name: map_at_k, k: 3}`; ValueError with the fix when not one."""
+    if isinstance(value, str):
+        name, args = value, {}
+    elif isinstance(value, dict) and isinstance(value.get("name"), str):
+        name, args = value["name"], {key: v for key, v in value.items() if key != "name"}
+    else:
+        raise ValueError("give a metric name (e.g. accuracy) or a mapping such as {name: map_at_k, k: 3}")
+    if name not in KINDS:
+        raise ValueError(f"unknown metric '{name}'; known: {', '.join(KINDS)}")
+    kind = KINDS[name]
+    unknown = sorted(set(args) - set(kind.arguments))
+    if unknown:
+        takes = f"takes only {', '.join(kind.arguments)}" if kind.arguments else "takes no arguments"
+        raise ValueError(f"metric '{name}' {takes}, not {', '.join(unknown)}")
+    if "k" not in kind.arguments:
+        return name, None
+    k = args.get("k", DEFAULT_K)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"metric '{name}': k must be a whole number of at least 1, not {k!r}")
+    return name, k
+
+
+def metric(name: str, k: int | None = None) -> Metric:
+    kind = KINDS[name]
+    score = kind.scorer(k) if "k" in kind.arguments else kind.scorer()
+    return Metric(name, k, kind.greater_is_better, kind.submission, score)
