@@ -143,7 +143,7 @@ def submit_all(ctx: Context, dry_run: bool = False, resubmit: bool = False) -> d
     trained = train_models(ctx)
     folder, report = tta_and_ensemble(ctx, trained)
     test_probs = np.load(folder / "test_probs.npy")
-    cv = report["ensemble"]["oof_accuracy"]
+    cv = report["ensemble"]["oof_score"]
     test_ids = ctx.prepared.load().test_ids
     started = time.monotonic()
     result = submit(ctx.spec, ctx.profile_name, test_ids, test_probs, cv, config_hash(ctx),
@@ -215,12 +215,14 @@ def print_summary(ctx: Context, trained: dict, report: dict, result, seconds: fl
     print("\n" + line.format(*header))
     for row in rows:
         print(line.format(*row))
-    ens = report["ensemble"]
-    best = max(report["models"], key=lambda m: m["oof_accuracy"])
+    ens, metric = report["ensemble"], ctx.spec.metric.bind()
+    best = max(report["models"], key=lambda m: metric.signed(m["oof_score"]))
     shared = f" (the rows every model holds out: {report['shared_note']})" if report.get("shared_note") else ""
-    print(f"ensemble ({report['method']}): CV accuracy {ens['oof_accuracy']:.4f} on {report['oof_rows']:,} out-of-fold rows"
-          f"{shared}, log loss {ens['oof_log_loss']:.4f}; best single model {best['name']} {best['oof_accuracy']:.4f} "
-          f"on the same rows ({(ens['oof_accuracy'] - best['oof_accuracy']) * 100:+.2f} points)")
+    accuracy = "" if metric.name == "accuracy" else f" (accuracy {ens['oof_accuracy']:.4f})"
+    print(f"ensemble ({report['method']}): CV {metric.label} {ens['oof_score']:.4f}{accuracy} on {report['oof_rows']:,} "
+          f"out-of-fold rows{shared}, log loss {ens['oof_log_loss']:.4f}; best single model {best['name']} "
+          f"{best['oof_score']:.4f} on the same rows ({(ens['oof_score'] - best['oof_score']) * 100:+.2f} points, "
+          f"{'higher' if metric.greater_is_better else 'lower'} is better)")
     synthetic = " (SYNTHETIC stand-in data)" if ctx.spec.synthetic else ""
     if result.public_score is not None:
         private = f", private {result.private_score:.4f}" if result.private_score is not None else ""

@@ -158,7 +158,7 @@ def finish(ctx: Context, study, candidate: Candidate) -> None:
     planned.trials_in_study = finished_trials(study)
     planned.own_recipe_value = round(own[0], 5) if own else None
     if complete:
-        best = max(complete, key=lambda t: t.value)
+        best = study.best_trial  # in the study's direction
         planned.best_params, planned.best_value = dict(best.params), round(best.value, 5)
     planned.done = True
     if planned.best_params:

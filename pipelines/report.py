@@ -221,7 +221,7 @@ def write_report(ctx: Context, trained: dict, ensemble_folder: Path, report: dic
     oof_probs = np.load(ensemble_folder / "oof_probs.npy")
     confusion_png, pairs = confusion(ctx.data.labels_host()[oof_index], oof_probs.argmax(1), spec.display_names)
     study_images = _study_images(spec)
-    log_rows = [[r["time"], r["profile"], r["config_hash"], r["git_commit"][:12], r["cv_accuracy"], r["public_score"],
+    log_rows = [[r["time"], r["profile"], r["config_hash"], r["git_commit"][:12], f'{r["metric"]} {r["cv_score"]}', r["public_score"],
                  r["private_score"], r["status"]] for r in read_log(spec)]
     ensemble = report["ensemble"]
     parts = [
@@ -236,9 +236,10 @@ def write_report(ctx: Context, trained: dict, ensemble_folder: Path, report: dic
         "test-time-augmentation views minus without. Weight is the model's share in the ensemble.</p>",
         _models_table(summaries),
         "<h2>Ensemble</h2>",
-        _table(["method", "OOF rows (images)", "OOF accuracy (%)", "OOF log loss (nats per image)"],
-               [[report["method"], f"{report['oof_rows']:,}", f"{100 * ensemble['oof_accuracy']:.2f}",
-                 f"{ensemble['oof_log_loss']:.4f}"]], "ensemble-table"),
+        _table(["method", "OOF rows (images)", f"OOF {spec.metric} (the competition's metric)", "OOF accuracy (%)",
+                "OOF log loss (nats per image)"],
+               [[report["method"], f"{report['oof_rows']:,}", f"{ensemble['oof_score']:.4f}",
+                 f"{100 * ensemble['oof_accuracy']:.2f}", f"{ensemble['oof_log_loss']:.4f}"]], "ensemble-table"),
         _img(comparison_bars(bar_rows), "model comparison", "Models side by side: OOF accuracy with TTA, size, and total "
              "training time over all trained folds."),
         "<h2>Learning curves</h2>", *sections,
@@ -252,9 +253,9 @@ def write_report(ctx: Context, trained: dict, ensemble_folder: Path, report: dic
     if study_images:
         parts += ["<h2>Hyperparameter studies</h2>", *study_images]
     parts += ["<h2>Submissions</h2>",
-              '<p class="note">CV is the ensemble\'s out-of-fold accuracy (fraction); public and private are the '
-              "leaderboard's accuracy on the two halves of the hidden test labels (fraction).</p>",
-              _table(["time (UTC)", "profile", "config hash", "git commit", "CV accuracy", "public score", "private score",
+              f'<p class="note">CV is the ensemble\'s out-of-fold score by the competition\'s metric ({spec.metric}); '
+              "public and private are the leaderboard's scores on the two halves of the hidden test labels.</p>",
+              _table(["time (UTC)", "profile", "config hash", "git commit", "CV (metric, score)", "public score", "private score",
                       "status"], log_rows, "submissions-table") if log_rows else "<p>No submissions yet.</p>"]
     # On load, count images that failed to decode; a test reads this back from the rendered DOM.
     check = ("<script>window.addEventListener('load',function(){var imgs=[].slice.call(document.images);"

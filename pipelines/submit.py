@@ -25,12 +25,17 @@ import numpy as np
 from competition import atomic, locks
 from competition.errors import DataError, KaggleError, UserError
 from competition.kaggle_adapter import call, host_description, kaggle_api
+from competition.formats import SubmissionFormat
 from competition.paths import submissions_root
 from competition.spec import CompetitionSpec
 from pipelines.download import raw_dir
 
-LOG_COLUMNS = ["time", "competition", "profile", "config_hash", "git_commit", "predictions_digest", "cv_accuracy",
-               "public_score", "private_score", "status", "ref", "file"]
+LOG_COLUMNS = ["time", "competition", "profile", "config_hash", "git_commit", "predictions_digest", "cv_score",
+               "metric", "public_score", "private_score", "status", "ref", "file"]
+# Logs written before metrics other than accuracy: read as cv_score with metric `accuracy`, rewritten
+# in today's columns at the next write.
+ACCURACY_LOG_COLUMNS = ["time", "competition", "profile", "config_hash", "git_commit", "predictions_digest",
+                        "cv_accuracy", "public_score", "private_score", "status", "ref", "file"]
 # PENDING: recorded before the upload, completed by this or a later run. FAILED: the upload never reached
 # the host. The others are final.
 LOG_STATUSES = ("COMPLETE", "ERROR", "PENDING", "FAILED", "dry-run", "limit", "already-scored")
@@ -54,21 +59,28 @@ def _read_rows(path: Path) -> list[list[str]]:
         raise SubmissionInvalid(f"{path}: not a readable CSV ({exc})") from None
 
 
-def write_submission(spec: CompetitionSpec, test_ids: list[str], test_probs: np.ndarray, path: Path) -> None:
-    """id,label rows in the sample submission's order and header; written under a temporary name first."""
+def submission_format(spec: CompetitionSpec) -> SubmissionFormat:
+    """The competition's format (competition/formats.py), checked against its sample submission."""
     sample = raw_dir(spec) / spec.layout.sample_submission
     header = _read_rows(sample)[0]
-    if [h.strip() for h in header] != [spec.id_column, spec.label_column]:
-        raise SubmissionInvalid(f"{sample}: header {','.join(header)} is not '{spec.id_column},{spec.label_column}'; "
-                                "only one-label-per-id submissions are supported")
-    labels = [spec.classes[i] for i in test_probs.argmax(axis=1)]
+    try:
+        return SubmissionFormat.of(spec.metric.bind(), spec.id_column, spec.label_column, spec.classes, header)
+    except ValueError as exc:
+        raise SubmissionInvalid(f"{sample}: {exc}; the spec's metric ({spec.metric}) and the sample submission "
+                                "disagree") from None
+
+
+def write_submission(spec: CompetitionSpec, test_ids: list[str], test_probs: np.ndarray, path: Path) -> None:
+    """Rows in the sample submission's order and header, in the metric's format; written under a
+    temporary name first."""
+    fmt = submission_format(spec)
     with atomic.atomic_file(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(zip(test_ids, labels))
+        writer.writerow(_read_rows(raw_dir(spec) / spec.layout.sample_submission)[0])
+        writer.writerows([sample_id, *fmt.cells(probs)] for sample_id, probs in zip(test_ids, test_probs))
 
 
-def validate_submission(path: Path, sample: Path, classes: list[str]) -> int:
+def validate_submission(path: Path, sample: Path, fmt: SubmissionFormat) -> int:
     """Raise SubmissionInvalid naming the first problem; returns the number of rows."""
     rows, sample_rows = _read_rows(path), _read_rows(sample)
     if not rows:
@@ -77,22 +89,21 @@ def validate_submission(path: Path, sample: Path, classes: list[str]) -> int:
         raise SubmissionInvalid(f"{path}: header {','.join(rows[0])} differs from the sample's {','.join(sample_rows[0])}")
     if len(rows) != len(sample_rows):
         raise SubmissionInvalid(f"{path}: {len(rows) - 1} rows, the sample submission has {len(sample_rows) - 1}")
-    allowed = set(classes)
     seen: set[str] = set()
     for line, (row, expected) in enumerate(zip(rows[1:], sample_rows[1:]), start=2):
         if len(row) != len(sample_rows[0]):
             raise SubmissionInvalid(f"{path} row {line}: {len(row)} fields, expected {len(sample_rows[0])}")
-        sample_id, label = row[0], row[1]
+        sample_id = row[0]
         if sample_id in seen:
             raise SubmissionInvalid(f"{path} row {line}: duplicate id '{sample_id}'")
         seen.add(sample_id)
         if sample_id != expected[0]:
             raise SubmissionInvalid(f"{path} row {line}: id '{sample_id}' where the sample submission has '{expected[0]}' "
                                     "(ids must be in the sample's order)")
-        if not label.strip():
-            raise SubmissionInvalid(f"{path} row {line}: empty label for id '{sample_id}'")
-        if label not in allowed:
-            raise SubmissionInvalid(f"{path} row {line}: label '{label}' is not one of the competition's classes")
+        try:
+            fmt.parse(row[1:])
+        except ValueError as exc:
+            raise SubmissionInvalid(f"{path} row {line} (id '{sample_id}'): {exc}") from None
     return len(rows) - 1
 
 
@@ -129,7 +140,7 @@ def _check_log_row(row: dict) -> str | None:
         return f"status '{row['status']}' is not one of {', '.join(LOG_STATUSES)}"
     if not re.fullmatch(r"[0-9a-f]{8,64}", row["predictions_digest"]):
         return f"predictions_digest '{row['predictions_digest']}' is not a hex digest"
-    for column in ("cv_accuracy", "public_score", "private_score"):
+    for column in ("cv_score", "public_score", "private_score"):
         if row[column] and _score(row[column]) is None:
             return f"{column} '{row[column]}' is not a number"
     if row["ref"] and not row["ref"].isdigit():
@@ -152,16 +163,19 @@ def read_log(spec: CompetitionSpec) -> list[dict]:
         raise DataError(f"{path}: not a readable CSV ({exc}); {fix}") from None
     if not rows:
         return []
-    if rows[0] != LOG_COLUMNS:
+    if rows[0] not in (LOG_COLUMNS, ACCURACY_LOG_COLUMNS):
         raise DataError(f"{path} row 1: the header must be {','.join(LOG_COLUMNS)}; {fix}")
+    columns = rows[0]
     entries = []
     for number, fields in enumerate(rows[1:], start=2):
         if not fields:
             continue
-        if len(fields) != len(LOG_COLUMNS):
-            raise DataError(f"{path} row {number}: {len(fields)} fields, expected {len(LOG_COLUMNS)} "
+        if len(fields) != len(columns):
+            raise DataError(f"{path} row {number}: {len(fields)} fields, expected {len(columns)} "
                             f"(a truncated or hand-edited row?); {fix}")
-        entry = dict(zip(LOG_COLUMNS, fields))
+        entry = dict(zip(columns, fields))
+        if "cv_accuracy" in entry:
+            entry["cv_score"], entry["metric"] = entry.pop("cv_accuracy"), "accuracy"
         problem = _check_log_row(entry)
         if problem:
             raise DataError(f"{path} row {number}: {problem}; {fix}")
@@ -177,10 +191,10 @@ def write_log(spec: CompetitionSpec, rows: list[dict]) -> None:
 
 
 def _log_row(spec: CompetitionSpec, profile_name: str, config_hash: str, git_commit: str, digest: str,
-             cv_accuracy: float, result: SubmissionResult, path: Path) -> dict:
+             cv_score: float, result: SubmissionResult, path: Path) -> dict:
     return {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "competition": spec.name,
             "profile": profile_name, "config_hash": config_hash, "git_commit": git_commit, "predictions_digest": digest,
-            "cv_accuracy": f"{cv_accuracy:.5f}", "public_score": _score_text(result.public_score),
+            "cv_score": f"{cv_score:.5f}", "metric": str(spec.metric), "public_score": _score_text(result.public_score),
             "private_score": _score_text(result.private_score), "status": result.status, "ref": result.ref or "",
             "file": str(path)}
 
@@ -262,7 +276,7 @@ def create_submission(spec: CompetitionSpec, api, path: Path, message: str) -> t
 # --- the stage -------------------------------------------------------------------------------------
 
 
-def submit(spec: CompetitionSpec, profile_name: str, test_ids: list[str], test_probs: np.ndarray, cv_accuracy: float,
+def submit(spec: CompetitionSpec, profile_name: str, test_ids: list[str], test_probs: np.ndarray, cv_score: float,
            config_hash: str, predictions_digest: str, git_commit: str, dry_run: bool = False,
            resubmit: bool = False) -> SubmissionResult:
     """Write, check and (unless `dry_run`) upload the predictions, under the log's lock; one log row each run."""
@@ -273,7 +287,7 @@ def submit(spec: CompetitionSpec, profile_name: str, test_ids: list[str], test_p
             settle_pending(spec, api, rows)
 
         def new_row(result: SubmissionResult, path: Path) -> dict:
-            return _log_row(spec, profile_name, config_hash, git_commit, predictions_digest, cv_accuracy, result, path)
+            return _log_row(spec, profile_name, config_hash, git_commit, predictions_digest, cv_score, result, path)
 
         if not dry_run:
             earlier = _earlier_result(spec, rows, predictions_digest, resubmit, new_row)
@@ -284,7 +298,7 @@ def submit(spec: CompetitionSpec, profile_name: str, test_ids: list[str], test_p
             rows.append(new_row(SubmissionResult("dry-run"), path))
             write_log(spec, rows)
             return SubmissionResult("dry-run")
-        message = (f"CV {cv_accuracy:.4f} | config {config_hash} | git {git_commit[:12]} | {profile_name} "
+        message = (f"CV {spec.metric} {cv_score:.4f} | config {config_hash} | git {git_commit[:12]} | {profile_name} "
                    f"| digest {predictions_digest}")
         return _upload(spec, api or kaggle_api(spec), rows, new_row(SubmissionResult("PENDING"), path), message)
 
@@ -313,7 +327,7 @@ def _checked_submission_file(spec: CompetitionSpec, test_ids: list[str], test_pr
     path = submissions_root() / spec.name / f"{stamp}-{config_hash}.csv"
     write_submission(spec, test_ids, test_probs, path)
     try:
-        count = validate_submission(path, raw_dir(spec) / spec.layout.sample_submission, spec.classes)
+        count = validate_submission(path, raw_dir(spec) / spec.layout.sample_submission, submission_format(spec))
     except SubmissionInvalid:
         path.unlink(missing_ok=True)
         raise

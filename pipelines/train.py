@@ -1,11 +1,12 @@
 """train: one model run, fold by fold, from in-memory uint8 tensors.
 
-For fold k the model trains on the other folds, keeps the weights with the best validation accuracy,
+For fold k the model trains on the other folds, keeps the weights with the best validation score (the
+competition's metric, in its direction; ties: the lower loss),
 and writes <data>/<comp>/train/<run>-<key>/fold<k>/:
     best.pt          the best weights, with what is needed to rebuild the model (predict.py loads it)
     oof_probs.npy    class probabilities for the held-out rows (identity view), oof_index.npy their row numbers
     test_probs.npy   class probabilities for the test images (identity view)
-    history.csv      per epoch: train loss, val loss, val accuracy, learning rate, seconds, images/s
+    history.csv      per epoch: train loss, val loss, val accuracy, val score, learning rate, seconds, images/s
     manifest.json    config, hashes, versions, git commit, and a digest of the predictions
 
 While a fold trains, `.fold<k>.partial/last.pt` is rewritten after every epoch; a killed run resumes
@@ -32,6 +33,7 @@ from tqdm import tqdm
 
 from competition import atomic
 from competition.errors import UserError
+from competition.metrics import Metric
 from competition.paths import competition_root
 from competition.recipe import ModelRun
 from competition.spec import CompetitionSpec
@@ -160,7 +162,8 @@ class Progress:
     """How far a fold has come; saved in last.pt beside the learner's state."""
 
     epoch: int = 0
-    best_accuracy: float = -1.0
+    best_accuracy: float = -1.0  # at the best epoch (for people; the metric chooses it)
+    best_score: float | None = None  # the competition's metric at the best epoch
     best_loss: float = math.inf
     best_epoch: int = 0
     best_val_probs: torch.Tensor | None = None  # a tensor, not a numpy array: last.pt loads with weights_only
@@ -170,12 +173,14 @@ class Progress:
     anneal_from: int = 0  # shortened after this epoch ...
     anneal_steps: int = 0  # ... with a linear fall of the learning rate over this many steps
 
-    def record(self, epoch: int, val_accuracy: float, val_loss: float, val_probs: np.ndarray) -> bool:
-        """Note the epoch's validation result; True when it is the best so far (ties: lower loss)."""
+    def record(self, epoch: int, val_score: float, val_accuracy: float, val_loss: float, val_probs: np.ndarray,
+               metric: Metric) -> bool:
+        """Note the epoch's validation result; True when it is the best so far by the metric (ties: lower loss)."""
         self.epoch = epoch
-        improved = (val_accuracy, -val_loss) > (self.best_accuracy, -self.best_loss)
+        improved = (self.best_score is None or metric.better(val_score, self.best_score)
+                    or (val_score == self.best_score and val_loss < self.best_loss))
         if improved:
-            self.best_accuracy, self.best_loss, self.best_epoch = val_accuracy, val_loss, epoch
+            self.best_score, self.best_accuracy, self.best_loss, self.best_epoch = val_score, val_accuracy, val_loss, epoch
             self.best_val_probs, self.stale_epochs = torch.from_numpy(val_probs), 0
         else:
             self.stale_epochs += 1
@@ -222,31 +227,33 @@ def train_one_epoch(learner: Learner, augmenter: BatchAugmenter, labels: torch.T
     return float(loss_sum) / len(batches)
 
 
-def step_after_epoch(learner: Learner, val_accuracy: float) -> None:
+def step_after_epoch(learner: Learner, signed_score: float) -> None:
+    """`signed_score`: the validation score, larger is better (the plateau schedule watches for a maximum)."""
     if learner.scheduler is not None and learner.scheduler_unit == "epoch":
         learner.scheduler.step()
     elif learner.scheduler is not None and learner.scheduler_unit == "plateau":
-        learner.scheduler.step(val_accuracy)
+        learner.scheduler.step(signed_score)
 
 
 class EpochLog:
     """Each epoch's numbers: a row of history.csv, a line on the terminal, TensorBoard scalars (if installed)."""
 
-    def __init__(self, what: str, epochs: int, tensorboard_dir: Path | None):
-        self.what, self.epochs = what, epochs
+    def __init__(self, what: str, epochs: int, tensorboard_dir: Path | None, metric: Metric):
+        self.what, self.epochs, self.metric = what, epochs, metric
         self.tensorboard = tensorboard_writer(tensorboard_dir) if tensorboard_dir is not None else None
 
-    def epoch(self, progress: Progress, train_loss: float, val_loss: float, val_accuracy: float, lr: float,
-              seconds: float, images: int, improved: bool) -> None:
+    def epoch(self, progress: Progress, train_loss: float, val_loss: float, val_accuracy: float, val_score: float,
+              lr: float, seconds: float, images: int, improved: bool) -> None:
         row = {"epoch": progress.epoch, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
-               "val_accuracy": round(val_accuracy, 5), "lr": f"{lr:.3g}", "seconds": round(seconds, 2),
-               "images_per_second": round(images / seconds, 1)}
+               "val_accuracy": round(val_accuracy, 5), "val_score": round(val_score, 5), "lr": f"{lr:.3g}",
+               "seconds": round(seconds, 2), "images_per_second": round(images / seconds, 1)}
         progress.history.append(row)
+        score = "" if self.metric.name == "accuracy" else f" val_{self.metric.label} {val_score:.4f}"
         print(f"train: {self.what} epoch {progress.epoch}/{self.epochs}: loss {row['train_loss']:.4f} "
-              f"val_loss {val_loss:.4f} val_acc {val_accuracy:.4f}{' *' if improved else ''} "
+              f"val_loss {val_loss:.4f} val_acc {val_accuracy:.4f}{score}{' *' if improved else ''} "
               f"({seconds:.0f}s, {row['images_per_second']:.0f} img/s)", flush=True)
         if self.tensorboard is not None:
-            for key in ("train_loss", "val_loss", "val_accuracy", "images_per_second"):
+            for key in ("train_loss", "val_loss", "val_accuracy", "val_score", "images_per_second"):
                 self.tensorboard.add_scalar(key, float(row[key]), progress.epoch)
             self.tensorboard.add_scalar("lr", lr, progress.epoch)
             self.tensorboard.flush()
@@ -283,7 +290,7 @@ def train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepare
                subsample: float = 1.0, on_epoch: Callable[[int, float], None] | None = None,
                epochs_allowed: EpochsAllowed | None = None, shortening: tuple[int, int] | None = None) -> FoldOutput:
     """Train one fold (or reuse it). `out_root`, `subsample` and `on_epoch` serve tuning: trials write
-    elsewhere, may see a seeded fraction of the training rows, and report each epoch's val accuracy
+    elsewhere, may see a seeded fraction of the training rows, and report each epoch's val score
     (`on_epoch` may raise to stop the fold, e.g. optuna.TrialPruned). `epochs_allowed` serves the
     deadline guard: asked after every epoch, it may shorten the run; `shortening` = (after epoch, to
     epochs) replays such a shortening from a plan."""
@@ -313,7 +320,7 @@ def _train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepar
     # resuming ends exactly where starting over would. `replace` only swaps out the finished output.
     work = final.with_name(f".{final.name}.partial")
     work.mkdir(parents=True, exist_ok=True)
-    seed, what = spec.folds.seed, f"{run.name} fold {fold}"
+    seed, what, metric = spec.folds.seed, f"{run.name} fold {fold}", spec.metric.bind()
     train_rows, val_rows = fold_rows(data, fold, seed, subsample)
     steps = len(train_rows) // run.batch_size
     if steps == 0:
@@ -327,7 +334,7 @@ def _train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepar
     val_images, val_labels = data.images[val_rows.to(runtime.device)], data.labels_host()[val_rows.numpy()]
     # TensorBoard events for real runs only (tuning trials are deleted when they end).
     log = EpochLog(what, run.epochs, competition_root(spec.name) / "tensorboard" / final.parent.name / final.name
-                   if log_tensorboard else None)
+                   if log_tensorboard else None, metric)
     if shortening is not None and not progress.end_epoch and progress.epoch == shortening[0]:
         shorten(learner, progress, shortening[1], steps, what)
     log.epochs = progress.end_epoch or run.epochs
@@ -335,7 +342,7 @@ def _train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepar
     while progress.epoch < (progress.end_epoch or run.epochs):
         epoch = progress.epoch + 1
         if run.early_stopping and progress.stale_epochs >= run.early_stopping:
-            print(f"train: {what}: early stop, no better val accuracy for {run.early_stopping} epochs")
+            print(f"train: {what}: early stop, no better val {metric.label} for {run.early_stopping} epochs")
             break
         this_seed = epoch_seed(seed, fold, epoch)
         torch.manual_seed(this_seed)  # dropout, drop-path
@@ -348,12 +355,13 @@ def _train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepar
         val_probs = predict_probs(learner.evaluated, val_images)
         epoch_seconds = time.perf_counter() - started  # with the validation pass: what the guard plans with
         val_accuracy, val_loss = accuracy(val_probs, val_labels), log_loss(val_probs, val_labels)
+        val_score = metric.score(val_probs, val_labels)
         lr = learner.optimizer.param_groups[0]["lr"]
-        step_after_epoch(learner, val_accuracy)
-        improved = progress.record(epoch, val_accuracy, val_loss, val_probs)
+        step_after_epoch(learner, metric.signed(val_score))
+        improved = progress.record(epoch, val_score, val_accuracy, val_loss, val_probs, metric)
         if improved:
             save_checkpoint(best_weights(learner.evaluated, run, epoch, val_accuracy), work / "best.pt")
-        log.epoch(progress, train_loss, val_loss, val_accuracy, lr, seconds, steps * run.batch_size, improved)
+        log.epoch(progress, train_loss, val_loss, val_accuracy, val_score, lr, seconds, steps * run.batch_size, improved)
         if not progress.end_epoch and epoch < run.epochs:
             if shortening is not None and epoch == shortening[0]:
                 shorten(learner, progress, shortening[1], steps, what)
@@ -364,7 +372,7 @@ def _train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepar
             log.epochs = progress.end_epoch or run.epochs
         save_checkpoint({**learner.state(), "state": asdict(progress)}, work / "last.pt")
         if on_epoch is not None:
-            on_epoch(epoch, val_accuracy)
+            on_epoch(epoch, val_score)
     log.close()
     return publish_fold(spec, run, data, prepared, folds, fold, runtime, work, final, progress, val_rows, replace)
 
@@ -383,6 +391,7 @@ def publish_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepa
             extra={"fold": fold, "best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
                    "shortened": {"from_epoch": progress.anneal_from, "epochs": progress.end_epoch} if progress.end_epoch else None,
                    "val_accuracy": progress.best_accuracy, "val_loss": progress.best_loss,
+                   "metric": str(spec.metric), "val_score": progress.best_score,
                    "parameters": sum(p.numel() for p in best_model.net.parameters()),
                    "train_seconds": round(sum(h["seconds"] for h in progress.history), 1),
                    "digest": file_digest(work / "oof_probs.npy", work / "test_probs.npy")})

@@ -1,7 +1,8 @@
 """tune: an Optuna study over a model run's hyperparameters, with pruning, persistent and shared storage.
 
 The objective trains the run (with the trial's parameters applied) on `tuning.folds`, optionally on a
-subsample of the rows, reports the validation accuracy every epoch, and returns the mean over folds.
+subsample of the rows, reports the validation score (the competition's metric) every epoch, and returns
+the mean over folds; the study maximises or minimises as the metric says.
 Storage: by default an SQLite file under <data>/<comp>/tuning/ (no server); any SQLAlchemy URL
 (e.g. postgresql://...) for workers on several machines. Trials send heartbeats; a worker that dies
 mid-trial has its trial marked failed by the next worker and retried (RetryHeartbeatStaleTrialCallback).
@@ -27,7 +28,6 @@ from competition.recipe import ModelRun, ParamSpec, PrunerConfig, apply_params
 from competition.spec import CompetitionSpec
 from pipelines.checks import find_model_run
 from pipelines.context import Context, setup
-from pipelines.metrics import accuracy
 from pipelines.studies import default_study_name, open_storage, redact, storage_url
 from pipelines.train import train_fold
 
@@ -53,7 +53,7 @@ def suggest(trial: optuna.Trial, path: str, spec: ParamSpec):
 
 
 class Objective:
-    """Mean validation accuracy over the tuning folds of the run with the trial's parameters
+    """Mean validation score (the competition's metric) over the tuning folds of the run with the trial's parameters
     (`search_space`: the spec's `tuning.search_space`, or a part of it that fits the run)."""
 
     def __init__(self, spec: CompetitionSpec, base_run: ModelRun, ctx: Context, study_dir: Path,
@@ -72,16 +72,17 @@ class Objective:
         scores = []
         try:
             for position, fold in enumerate(tuning.folds):
-                def report(epoch: int, val_accuracy: float, position=position) -> None:
+                def report(epoch: int, val_score: float, position=position) -> None:
                     step = position * run.epochs + epoch
-                    trial.report(val_accuracy, step)
+                    trial.report(val_score, step)
                     if trial.should_prune():
-                        raise optuna.TrialPruned(f"pruned at epoch {epoch} of fold {fold} (val accuracy {val_accuracy:.4f})")
+                        raise optuna.TrialPruned(f"pruned at epoch {epoch} of fold {fold} "
+                                                 f"(val {self.spec.metric} {val_score:.4f})")
 
                 output = train_fold(self.spec, run, self.ctx.data, self.ctx.prepared, self.ctx.folds, fold,
                                     self.ctx.runtime, out_root=trial_dir, subsample=tuning.subsample, on_epoch=report)
                 index, probs = output.oof()
-                scores.append(accuracy(probs, self.ctx.data.labels_host()[index]))
+                scores.append(self.spec.metric.bind().score(probs, self.ctx.data.labels_host()[index]))
         finally:
             # A finished or pruned trial keeps nothing but its numbers in the study: free disk and memory now.
             shutil.rmtree(trial_dir, ignore_errors=True)
@@ -92,10 +93,14 @@ class Objective:
 
 
 def open_study(spec: CompetitionSpec, name: str, url: str, seed: int | None = None) -> optuna.Study:
-    """The study `name` in `url`, created when new: maximising, with the spec's pruner and TPE."""
-    return optuna.create_study(study_name=name, storage=open_storage(url), direction="maximize",
+    """The study `name` in `url`, created when new: in the metric's direction, with the spec's pruner and TPE."""
+    return optuna.create_study(study_name=name, storage=open_storage(url), direction=direction(spec),
                                pruner=make_pruner(spec.tuning.pruner), load_if_exists=True,
                                sampler=optuna.samplers.TPESampler(seed=seed))
+
+
+def direction(spec: CompetitionSpec) -> str:
+    return "maximize" if spec.metric.bind().greater_is_better else "minimize"
 
 
 def finished_trials(study: optuna.Study) -> int:
@@ -139,7 +144,8 @@ def run_study(spec: CompetitionSpec, profile_name: str, model: str | None, study
     study_name = study_name or default_study_name(spec, run)
     url = storage_url(spec, storage)
     if total is None:  # fixed once here, so that every worker aims at the same total
-        study = optuna.create_study(study_name=study_name, storage=open_storage(url), direction="maximize", load_if_exists=True)
+        study = optuna.create_study(study_name=study_name, storage=open_storage(url), direction=direction(spec),
+                                    load_if_exists=True)
         total = finished_trials(study) + trials
     if workers > 1:
         argv = ["tune", "--comp", comp_argument, "--profile", profile_name, "--model", run.name, "--study", study_name,
@@ -167,10 +173,11 @@ def report_study(study: optuna.Study, out_dir: Path, url: str, top: int = 10) ->
     trials = study.get_trials(deepcopy=False)
     counts = {state.name: sum(t.state == state for t in trials) for state in optuna.trial.TrialState}
     print(f"\nstudy '{study.study_name}': " + ", ".join(f"{n} {name.lower()}" for name, n in counts.items() if n))
-    done = sorted((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: -t.value)[:top]
+    sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1  # best first
+    done = sorted((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: sign * t.value)[:top]
     if done:
         names = list(done[0].params)
-        header = ["trial", "val acc", "seconds"] + names
+        header = ["trial", "val score", "seconds"] + names
         rows = [[str(t.number), f"{t.value:.4f}", f"{t.duration.total_seconds():.0f}" if t.duration else "-"]
                 + [f"{t.params.get(n):.4g}" if isinstance(t.params.get(n), float) else str(t.params.get(n)) for n in names]
                 for t in done]

@@ -88,14 +88,20 @@ def pipeline_env(host, tmp_path, monkeypatch) -> Path:
     return tmp_path / "data"
 
 
-def write_course_competition(folder: Path, slug: str, max_daily: int = 2) -> dict[str, str]:
-    """A tiny competition of one's own (labels a/b, 6 test ids); returns the hidden truth."""
-    truth = {f"t{i}": "ab"[i % 2] for i in range(6)}
+def write_course_competition(folder: Path, slug: str, max_daily: int = 2, metric="accuracy") -> dict[str, str]:
+    """A tiny competition of one's own (6 test ids; labels a/b alternating, or a/b/c for a metric scored
+    on probabilities, whose sample submission has one column per class: p_a, p_b, p_c); returns the
+    hidden truth."""
+    probabilities = metric in ("log_loss", "roc_auc")
+    labels = ["a", "b", "c"] if probabilities else ["a", "b"]
+    truth = {f"t{i}": labels[i % len(labels)] for i in range(6)}
     (folder / "data").mkdir(parents=True)
     (folder / "competition.json").write_text(json.dumps({
-        "slug": slug, "title": "Tiny course competition", "labels": ["a", "b"], "id_column": "id",
-        "label_column": "label", "max_daily_submissions": max_daily}))
-    (folder / "data" / "sample_submission.csv").write_text("id,label\n" + "".join(f"{i},a\n" for i in truth))
+        "slug": slug, "title": "Tiny course competition", "labels": labels, "id_column": "id",
+        "label_column": "label", "max_daily_submissions": max_daily, "metric": metric}))
+    sample = ("id,p_a,p_b,p_c\n" + "".join(f"{i},0.4,0.3,0.3\n" for i in truth) if probabilities
+              else "id,label\n" + "".join(f"{i},a\n" for i in truth))
+    (folder / "data" / "sample_submission.csv").write_text(sample)
     (folder / "solution.csv").write_text("id,label,Usage\n" + "".join(
         f"{i},{label},{'Public' if n < 3 else 'Private'}\n" for n, (i, label) in enumerate(truth.items())))
     return truth

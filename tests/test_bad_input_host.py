@@ -254,6 +254,7 @@ def test_add_with_a_bad_slug_is_refused_and_deletes_nothing(tmp_path, capsys, sl
     ("not-json", "not valid JSON"),
     ("labels-one", "key 'labels' must list at least two labels"),
     ("limit-bad", "key 'max_daily_submissions'"),
+    ("metric-bad", "key 'metric': unknown metric 'rmse'"),
     ("symlink", "a symbolic link"),
     ("solution-bad", "solution.csv row 2: Usage must be Public or Private"),
 ])
@@ -270,6 +271,8 @@ def test_add_refuses_a_broken_competition_folder_in_one_line(tmp_path, capsys, m
         meta_path.write_text(json.dumps({**meta, "labels": ["a"]}))
     elif mutation == "limit-bad":
         meta_path.write_text(json.dumps({**meta, "max_daily_submissions": "many"}))
+    elif mutation == "metric-bad":
+        meta_path.write_text(json.dumps({**meta, "metric": "rmse"}))
     elif mutation == "symlink":
         (folder / "data" / "leak.txt").symlink_to("/etc/hostname")
     elif mutation == "solution-bad":

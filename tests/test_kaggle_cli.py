@@ -90,6 +90,35 @@ def test_cli_refuses_malformed_submission_with_a_clear_message(run_kaggle, host,
     assert message in result.stderr
 
 
+def test_a_log_loss_competition_takes_probabilities_scores_them_and_ranks_lower_first(run_kaggle, host, tmp_path):
+    import numpy as np
+
+    from competition.metrics import metric
+
+    truth = write_course_competition(tmp_path / "course", "logloss-course", max_daily=5, metric="log_loss")
+    assert host.store.add_competition(tmp_path / "course") == "logloss-course"
+    classes = ["a", "b", "c"]
+    labels = np.array([classes.index(label) for label in truth.values()])
+    sharp = np.full((6, 3), 0.1) + 0.7 * np.eye(3)[labels]
+    vague = np.full((6, 3), 0.25) + 0.25 * np.eye(3)[labels]
+    for name, probs in (("vague", vague), ("sharp", sharp)):
+        path = _write(tmp_path / f"{name}.csv", [["id", "p_a", "p_b", "p_c"]]
+                      + [[i, *(f"{p:.6f}" for p in row)] for i, row in zip(truth, probs)])
+        assert run_kaggle("competitions", "submit", "-c", "logloss-course", "-f", path, "-m", name).returncode == 0
+    [sharp_sub, vague_sub] = host.store.submissions("logloss-course")  # newest first
+    public = [0, 1, 2]  # write_course_competition makes the first three ids Public
+    expected = metric("log_loss").score(sharp[public], labels[public])
+    assert sharp_sub["public_score"] == pytest.approx(expected, abs=1e-6)
+    assert vague_sub["public_score"] > sharp_sub["public_score"]
+    [leader] = host.store.leaderboard("logloss-course")  # one team: its best is the lower log loss
+    assert leader["public_score"] == sharp_sub["public_score"]
+
+    bad = _write(tmp_path / "bad.csv", [["id", "p_a", "p_b", "p_c"]] + [[i, "0.5", "0.5", "0.5"] for i in truth])
+    result = run_kaggle("competitions", "submit", "-c", "logloss-course", "-f", bad, "-m", "sums to 1.5")
+    assert result.returncode == 1
+    assert "Submission row 2 (id 't0'): the probabilities sum to 1.5000; each row must sum to 1" in result.stderr
+
+
 def test_cli_wrong_key_is_refused(run_kaggle, cli_env):
     env = {**cli_env, "KAGGLE_USERNAME": "localuser", "KAGGLE_KEY": "not-the-key"}
     result = run_kaggle("competitions", "list", env=env)

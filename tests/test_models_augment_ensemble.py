@@ -6,12 +6,13 @@ import pytest
 import torch
 
 import models
+from competition.metrics import metric
 from competition.recipe import AugmentConfig
 from competition.spec import load_spec
 from models.weights import load_weights_file
 from pipelines.augment import albumentations_policy, flip_and_shift
 from pipelines.ensemble import find_weights
-from pipelines.metrics import accuracy
+from pipelines.metrics import accuracy, log_loss
 from pipelines.predict import VIEWS, shift_by
 
 
@@ -93,11 +94,16 @@ def test_hill_climbing_prefers_the_better_model_and_never_loses_on_oof():
         logits[np.arange(2000), labels] += strength
         return np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     good, weak, other = noisy(2.0), noisy(0.5), noisy(1.8)
-    weights = find_weights("hill_climb", [good, weak, other], labels)
+    weights = find_weights("hill_climb", [good, weak, other], labels, metric("accuracy"))
     assert weights[0] >= weights[1] and weights[1] <= 0.2 and abs(weights.sum() - 1) < 1e-9
     blend = sum(w * p for w, p in zip(weights, [good, weak, other]))
     assert accuracy(blend, labels) >= max(accuracy(p, labels) for p in (good, weak, other))
-    assert find_weights("best", [good, weak], labels).tolist() == [1.0, 0.0]
+    assert find_weights("best", [good, weak], labels, metric("accuracy")).tolist() == [1.0, 0.0]
+    # A lower-is-better metric is minimised: the blend's log loss is no worse than the best model's.
+    weights = find_weights("hill_climb", [good, weak, other], labels, metric("log_loss"))
+    blend = sum(w * p for w, p in zip(weights, [good, weak, other]))
+    assert log_loss(blend, labels) <= min(log_loss(p, labels) for p in (good, weak, other))
+    assert find_weights("best", [weak, good], labels, metric("log_loss")).tolist() == [0.0, 1.0]
 
 
 def test_own_models_load_a_local_file_but_refuse_published_weights(tmp_path):

@@ -2,6 +2,7 @@
 real budget runs on digits through the local host (plan of record, reuse, replay, shortening)."""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -388,8 +389,8 @@ def test_shortened_run_ends_its_schedule_and_replays_exactly(pipeline_env, host,
     manifest = read_manifest(output.folder)
     assert manifest["shortened"] == {"from_epoch": 2, "epochs": 4} and manifest["epochs_run"] == 4
     assert asked == [1, 2]  # not asked again once shortened
-    history = (output.folder / "history.csv").read_text().splitlines()[1:]
-    lrs = [float(line.split(",")[4]) for line in history]
+    history = (output.folder / "history.csv").read_text().splitlines()
+    lrs = [float(row["lr"]) for row in csv.DictReader(history)]
     assert len(lrs) == 4 and lrs[3] < lrs[2] < lrs[1]  # the rate falls to the end
     assert manifest["val_accuracy"] > 0.5
     first = np.load(output.folder / "oof_probs.npy")

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from competition.paths import REPO_ROOT
@@ -44,7 +45,7 @@ def test_submit_digits_end_to_end_then_cached(pipeline_env, host, tmp_path, monk
     subs = host.store.submissions("digits")
     assert len(subs) == before + 1 and subs[0]["status"] == "COMPLETE"
     assert subs[0]["public_score"] > 0.8, subs[0]
-    assert subs[0]["description"].startswith("CV 0.")
+    assert subs[0]["description"].startswith("CV accuracy 0.")
     log = (tmp_path / "submissions" / "digits" / "log.csv").read_text().splitlines()
     assert log[0].startswith("time,competition,profile,config_hash,git_commit")
     assert len(log) == 2 and ",COMPLETE," in log[1]
@@ -58,6 +59,40 @@ def test_submit_digits_end_to_end_then_cached(pipeline_env, host, tmp_path, monk
     assert time.perf_counter() - started < 60
     assert " epoch 1/" not in out and "scored already" in out  # no epoch was trained
     assert len(host.store.submissions("digits")) == before + 1
+
+
+def test_log_loss_competition_end_to_end_through_the_real_client(pipeline_env, host, tmp_path, monkeypatch, capsys):
+    import csv
+
+    from competition.metrics import metric
+
+    monkeypatch.setenv("KPIPE_SUBMISSIONS", str(tmp_path / "submissions"))
+    spec = yaml.safe_load((SPEC_DIR / "fashion-mnist-logloss.yaml").read_text())
+    spec["profiles"] = {"quick": {"folds": [0], "tta": ["identity"], "models": [
+        {"model": "fastcnn", "model_args": {"width": 8}, "epochs": 1, "batch_size": 256,
+         "optimizer": {"name": "sgd", "lr": 0.05}, "augment": {"policy": "light", "shift": 1}}]}}
+    spec.pop("pool")
+    path = tmp_path / "fashion-logloss-test.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert pipelines_main(["submit", "--comp", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "CV log_loss " in out and "lower is better" in out, out[-2000:]
+    [sub] = host.store.submissions("fashion-mnist-logloss")
+    assert sub["status"] == "COMPLETE" and sub["description"].startswith("CV log_loss 0.")
+
+    # The file holds one probability column per class, and the host scored it as log loss would.
+    [submission] = [p for p in (tmp_path / "submissions" / "fashion-mnist-logloss").glob("*.csv") if p.name != "log.csv"]
+    rows = list(csv.reader(submission.open()))
+    assert rows[0] == ["id"] + [f"class_{i}" for i in range(10)]
+    solution = {r[0]: (int(r[1]), r[2]) for r in list(csv.reader(open(
+        host.store.competition_dir("fashion-mnist-logloss") / "solution.csv")))[1:]}
+    public = [r for r in rows[1:] if solution[r[0]][1] == "Public"]
+    probs = np.array([[float(v) for v in r[1:]] for r in public])
+    labels = np.array([solution[r[0]][0] for r in public])
+    assert sub["public_score"] == pytest.approx(metric("log_loss").score(probs, labels), abs=1e-5)
+    assert 0 < sub["public_score"] < 1.0  # one epoch of a small CNN: well below chance's 2.30
+    log = (tmp_path / "submissions" / "fashion-mnist-logloss" / "log.csv").read_text().splitlines()
+    assert ",log_loss," in log[1]
 
 
 def test_dry_run_validates_without_uploading(pipeline_env, host, tmp_path, monkeypatch, capsys):
@@ -178,4 +213,4 @@ def test_every_optimizer_schedule_and_regulariser_trains_above_chance(pipeline_e
         manifest = read_manifest(next((pipeline_env / "digits" / "train").glob(f"{run['alias']}-*/fold0")))
         assert manifest["val_accuracy"] > 0.3, (run["alias"], manifest["val_accuracy"])
         history = (next((pipeline_env / "digits" / "train").glob(f"{run['alias']}-*/fold0")) / "history.csv").read_text()
-        assert history.startswith("epoch,train_loss,val_loss,val_accuracy,lr,seconds,images_per_second")
+        assert history.startswith("epoch,train_loss,val_loss,val_accuracy,val_score,lr,seconds,images_per_second")

@@ -18,6 +18,8 @@ from typing import Callable
 
 import numpy as np
 
+from competition import metrics
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 PUBLIC_FRACTION = 0.5
 SPLIT_SEED = 20240601  # fixed: the public/private split must never change between host restarts
@@ -43,21 +45,28 @@ def public_private_usage(n: int) -> list[str]:
 
 
 def write_competition(dest: Path, meta: dict, test_ids: list[str], test_labels: list[str]) -> None:
-    """Write competition.json, solution.csv and data/sample_submission.csv (the first label everywhere)."""
+    """Write competition.json, solution.csv and data/sample_submission.csv in the metric's format: the
+    first label everywhere, or equal probabilities in one column per class (`class_<label>`)."""
     (dest / "data").mkdir(parents=True, exist_ok=True)
     (dest / "competition.json").write_text(json.dumps(meta, indent=2) + "\n")
     usage = public_private_usage(len(test_ids))
     write_csv(dest / "solution.csv", ["id", "label", "Usage"], zip(test_ids, test_labels, usage))
-    write_csv(dest / "data" / "sample_submission.csv", ["id", "label"], ((i, meta["labels"][0]) for i in test_ids))
+    labels = meta["labels"]
+    if metrics.KINDS[metrics.parse(meta["metric"])[0]].submission == "probabilities":
+        header, cells = ["id", *(f"class_{label}" for label in labels)], [f"{1 / len(labels):.6g}"] * len(labels)
+    else:
+        header, cells = ["id", "label"], [labels[0]]
+    write_csv(dest / "data" / "sample_submission.csv", header, ((i, *cells) for i in test_ids))
 
 
-def _meta(slug: str, title: str, labels: list[str], description: str, synthetic: bool = False) -> dict:
+def _meta(slug: str, title: str, labels: list[str], description: str, synthetic: bool = False,
+          metric: str | dict = "accuracy") -> dict:
     return {
         "slug": slug,
         "title": title,
         "description": description,
         "category": "Community",
-        "metric": "accuracy",
+        "metric": metric,
         "id_column": "id",
         "label_column": "label",
         "labels": labels,
@@ -82,7 +91,7 @@ def read_idx(path: Path) -> np.ndarray:
     return data.reshape(dims)
 
 
-def build_fashion_mnist(dest: Path) -> None:
+def build_fashion_mnist(dest: Path, slug: str = "fashion-mnist") -> None:
     files = {k: FASHION_MNIST_DIR / f"{k}-ubyte.gz" for k in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")}
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
@@ -91,13 +100,33 @@ def build_fashion_mnist(dest: Path) -> None:
         )
     train_images, train_labels = read_idx(files["train-images-idx3"]), read_idx(files["train-labels-idx1"])
     test_images, test_labels = read_idx(files["t10k-images-idx3"]), read_idx(files["t10k-labels-idx1"])
-    meta = BUILTIN_META["fashion-mnist"]
+    meta = BUILTIN_META[slug]
+    if slug == "fashion-mnist-imbalanced":
+        train_images, train_labels, test_images, test_labels = long_tail(train_images, train_labels, test_images,
+                                                                         test_labels)
     train_ids = [str(i) for i in range(len(train_images))]
     test_ids = [str(len(train_images) + i) for i in range(len(test_images))]
     write_competition(dest, meta, test_ids, [str(v) for v in test_labels])
     np.save(dest / "data" / "train_images.npy", train_images)
     np.save(dest / "data" / "test_images.npy", test_images)
     write_csv(dest / "data" / "train.csv", ["id", "label"], zip(train_ids, train_labels.tolist()))
+
+
+LONG_TAIL_KEEP = [1.0, 0.6, 0.36, 0.22, 0.13, 0.08, 0.05, 0.03, 0.02, 0.015]  # of each class, by a seeded shuffle
+
+
+def long_tail(train_images, train_labels, test_images, test_labels):
+    """Fashion-MNIST with a long tail of rare classes, in training and test alike (seeded): class order
+    shuffled once, then class i keeps LONG_TAIL_KEEP[i] of its images."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    keep_share = np.array(LONG_TAIL_KEEP)[np.argsort(rng.permutation(10))]
+
+    def keep(labels: np.ndarray) -> np.ndarray:
+        draw = rng.random(len(labels))
+        return np.flatnonzero(draw < keep_share[labels])
+
+    train_rows, test_rows = keep(train_labels), keep(test_labels)
+    return train_images[train_rows], train_labels[train_rows], test_images[test_rows], test_labels[test_rows]
 
 
 # --- digits: scikit-learn's bundled 8x8 digits as PNG files + CSV ------------------------------------
@@ -235,6 +264,16 @@ BUILTIN_META: dict[str, dict] = {
     "fashion-mnist": _meta(
         "fashion-mnist", "Fashion-MNIST (course-style)", [str(i) for i in range(10)],
         "Classify 28x28 grey clothing images into 10 classes. Real Fashion-MNIST; test labels hidden."),
+    "fashion-mnist-logloss": _meta(
+        "fashion-mnist-logloss", "Fashion-MNIST, scored by log loss", [str(i) for i in range(10)],
+        "Real Fashion-MNIST; submit one probability column per class (class_0 ... class_9), each row summing "
+        "to 1. Scored by multi-class log loss (lower is better), probabilities clipped to [1e-15, 1 - 1e-15].",
+        metric="log_loss"),
+    "fashion-mnist-imbalanced": _meta(
+        "fashion-mnist-imbalanced", "Fashion-MNIST with rare classes, scored by macro-F1", [str(i) for i in range(10)],
+        "Real Fashion-MNIST with a long tail: the most common class keeps all its images, the rarest 1.5%, in "
+        "training and test alike. Scored by macro-averaged F1, so each rare class counts as much as a common one.",
+        metric="f1_macro"),
     "digits": _meta(
         "digits", "Digits 8x8 (tiny)", [str(i) for i in range(10)],
         "scikit-learn's 1,797 handwritten 8x8 digits as PNG files; for fast end-to-end runs."),
@@ -248,6 +287,8 @@ BUILTIN_META: dict[str, dict] = {
 
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "fashion-mnist": build_fashion_mnist,
+    "fashion-mnist-logloss": lambda dest: build_fashion_mnist(dest, "fashion-mnist-logloss"),
+    "fashion-mnist-imbalanced": lambda dest: build_fashion_mnist(dest, "fashion-mnist-imbalanced"),
     "digits": build_digits,
     "thu-deep-learning": build_thu_deep_learning,
 }

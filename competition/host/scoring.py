@@ -1,7 +1,9 @@
-"""Check a submission CSV against the hidden solution and score it.
+"""Check a submission CSV against the hidden solution and score it by the competition's metric.
 
-Every refusal is a `SubmissionRejected` whose message names the problem (header, row, id or label),
-because the Kaggle client shows that message to the participant verbatim.
+The metric (competition/metrics.py) and the submission format it asks for (competition/formats.py:
+one label, k ranked labels, or probabilities) come from competition.json's `metric`. Every refusal is a
+`SubmissionRejected` whose message names the problem (header, row, id, label or value), because the
+Kaggle client shows that message to the participant verbatim.
 """
 from __future__ import annotations
 
@@ -9,6 +11,11 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+
+from competition import metrics
+from competition.formats import SubmissionFormat, score
 
 
 class SubmissionRejected(Exception):
@@ -22,9 +29,20 @@ class Solution:
     labels: dict[str, str]  # id -> true label
     usage: dict[str, str]  # id -> "Public" | "Private"
     allowed_labels: frozenset[str]
+    metric: metrics.Metric
+    format: SubmissionFormat
 
     @classmethod
-    def load(cls, path: Path, id_column: str, label_column: str, allowed_labels: list[str]) -> "Solution":
+    def load(cls, path: Path, id_column: str, label_column: str, allowed_labels: list[str], metric="accuracy",
+             sample_header: list[str] | None = None) -> "Solution":
+        """`metric` as competition.json writes it (a name or {name, k}); `sample_header`: the sample
+        submission's header (default: id and label columns)."""
+        try:
+            chosen = metrics.metric(*metrics.parse(metric))
+            fmt = SubmissionFormat.of(chosen, id_column, label_column, [str(x) for x in allowed_labels],
+                                      sample_header or [id_column, label_column])
+        except ValueError as exc:
+            raise ValueError(f"{path.parent / 'competition.json'}: key 'metric': {exc}") from None
         labels, usage = {}, {}
         try:
             rows = list(csv.reader(io.StringIO(Path(path).read_bytes().decode("utf-8-sig"), newline="")))
@@ -55,7 +73,10 @@ class Solution:
             usage[sample_id] = row["Usage"]
         if not labels:
             raise ValueError(f"{path}: no rows")
-        return cls(id_column, label_column, labels, usage, frozenset(allowed_labels))
+        for part in ("Public", "Private"):
+            if part not in usage.values():
+                raise ValueError(f"{path}: no {part} rows; give each half of the test set some (column Usage)")
+        return cls(id_column, label_column, labels, usage, frozenset(allowed_labels), chosen, fmt)
 
 
 @dataclass(frozen=True)
@@ -69,8 +90,8 @@ def _examples(values, limit=3) -> str:
     return shown + (", ..." if len(values) > limit else "")
 
 
-def parse_submission(data: bytes, solution: Solution) -> dict[str, str]:
-    """Return {id: predicted label}, or raise SubmissionRejected naming the first problem found."""
+def parse_submission(data: bytes, solution: Solution) -> dict[str, object]:
+    """Return {id: prediction} (`SubmissionFormat.parse`), or raise SubmissionRejected naming the first problem."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -83,33 +104,38 @@ def parse_submission(data: bytes, solution: Solution) -> dict[str, str]:
         raise SubmissionRejected(f"Submission is not a readable CSV ({exc})") from None
 
 
-def _parse_rows(all_rows: list[list[str]], solution: Solution) -> dict[str, str]:
+def _parse_rows(all_rows: list[list[str]], solution: Solution) -> dict[str, object]:
     rows = iter(all_rows)
     header = [h.strip() for h in next(rows)]
-    expected_header = [solution.id_column, solution.label_column]
+    fmt = solution.format
+    expected_header = fmt.header
     if header != expected_header:
         raise SubmissionRejected(
-            f"Submission header must be exactly: {','.join(expected_header)} (got: {','.join(header)})"
+            f"Submission header must be exactly: {','.join(expected_header)} (got: {','.join(header)[:200]})"
         )
-    predictions: dict[str, str] = {}
+    predictions: dict[str, object] = {}
     first_seen: dict[str, int] = {}
     for line_number, row in enumerate(rows, start=2):
         if not row:
             continue
-        if len(row) != 2:
-            raise SubmissionRejected(f"Submission row {line_number} has {len(row)} fields; expected 2 ({','.join(expected_header)})")
-        sample_id, label = row[0].strip(), row[1].strip()
+        if len(row) != len(expected_header):
+            raise SubmissionRejected(f"Submission row {line_number} has {len(row)} fields; expected "
+                                     f"{len(expected_header)} ({','.join(expected_header)[:200]})")
+        sample_id = row[0].strip()
         if sample_id in predictions:
             raise SubmissionRejected(
                 f"Submission has duplicate id {sample_id!r} (rows {first_seen[sample_id]} and {line_number})"
             )
-        if label not in solution.allowed_labels:
+        if fmt.kind == "label" and row[1].strip() not in solution.allowed_labels:
             allowed = sorted(solution.allowed_labels)
             raise SubmissionRejected(
-                f"Submission row {line_number}: unknown label {label!r} for id {sample_id!r}; "
+                f"Submission row {line_number}: unknown label {row[1].strip()[:40]!r} for id {sample_id!r}; "
                 f"labels must be one of {_examples(allowed, 10)}"
             )
-        predictions[sample_id] = label
+        try:
+            predictions[sample_id] = fmt.parse(row[1:])
+        except ValueError as exc:
+            raise SubmissionRejected(f"Submission row {line_number} (id {sample_id[:40]!r}): {exc}") from None
         first_seen[sample_id] = line_number
     unknown = [i for i in predictions if i not in solution.labels]
     if unknown:
@@ -123,15 +149,12 @@ def _parse_rows(all_rows: list[list[str]], solution: Solution) -> dict[str, str]
 
 
 def score_submission(data: bytes, solution: Solution) -> Score:
-    """Accuracy on the public and on the private part of the test set."""
+    """The metric on the public and on the private part of the test set."""
     predictions = parse_submission(data, solution)
-    hits = {"Public": 0, "Private": 0}
-    totals = {"Public": 0, "Private": 0}
-    for sample_id, true_label in solution.labels.items():
-        part = solution.usage[sample_id]
-        totals[part] += 1
-        hits[part] += predictions[sample_id] == true_label
-    return Score(
-        public=hits["Public"] / max(totals["Public"], 1),
-        private=hits["Private"] / max(totals["Private"], 1),
-    )
+    index = {label: i for i, label in enumerate(solution.format.classes)}
+    parts = {}
+    for part in ("Public", "Private"):
+        ids = [i for i, usage in solution.usage.items() if usage == part]
+        labels = np.array([index[solution.labels[i]] for i in ids])
+        parts[part] = score(solution.metric, solution.format, [predictions[i] for i in ids], labels)
+    return Score(public=parts["Public"], private=parts["Private"])

@@ -29,6 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
+from competition import metrics
 from competition.host import builders
 from competition.host.scoring import SubmissionRejected
 from competition.host.store import MAX_UPLOAD_BYTES, HostStore, InvalidName, LimitReached, NotFound, iso
@@ -57,6 +58,11 @@ def _page(items: list, request: dict, default_size: int = 20) -> tuple[list, str
     start = int(token) if token.isdigit() else max(int(request.get("page") or 1) - 1, 0) * size
     chunk = items[start:start + size]
     return chunk, (str(start + size) if start + size < len(items) else "")
+
+
+def metric_label(value) -> str:
+    """competition.json's metric as the competition page shows it (`map@3` for {name: map_at_k, k: 3})."""
+    return metrics.metric(*metrics.parse(value)).label
 
 
 def _score_text(value) -> str | None:
@@ -323,7 +329,7 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
                 "deadline": meta["deadline"] + ".000Z" if "." not in meta["deadline"] else meta["deadline"],
                 "category": meta["category"], "reward": "Knowledge", "teamCount": len(teams),
                 "userHasEntered": user in teams, "maxDailySubmissions": meta["max_daily_submissions"],
-                "evaluationMetric": meta["metric"], "tags": [],
+                "evaluationMetric": metric_label(meta.get("metric", "accuracy")), "tags": [],
             })
         self._send_json({"competitions": competitions, "nextPageToken": next_token})
 

@@ -10,6 +10,7 @@ Layout under the host root:
 """
 from __future__ import annotations
 
+import csv
 import json
 import re
 import secrets
@@ -21,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from competition import atomic
+from competition import atomic, metrics
 from competition.host import builders
 from competition.host.scoring import Score, Solution, SubmissionRejected, score_submission
 
@@ -144,7 +145,8 @@ class HostStore:
         if links:
             raise ValueError(f"{links[0]}: a symbolic link; copy the file in instead (the host serves only what the folder holds)")
         # Parse the solution now so a broken one is refused here, not at the first submission.
-        Solution.load(source / "solution.csv", meta["id_column"], meta["label_column"], [str(x) for x in meta["labels"]])
+        Solution.load(source / "solution.csv", meta["id_column"], meta["label_column"], [str(x) for x in meta["labels"]],
+                      meta.get("metric", "accuracy"), sample_header(data / "sample_submission.csv"))
         meta = {"category": "Community", "metric": "accuracy", "max_daily_submissions": 20,
                 "deadline": "2099-12-31T23:59:59", "description": "", "synthetic": False, **meta}
 
@@ -183,8 +185,10 @@ class HostStore:
 
     def solution(self, slug: str) -> Solution:
         meta = self.meta(slug)
-        return Solution.load(self.competition_dir(slug) / "solution.csv", meta["id_column"], meta["label_column"],
-                             [str(x) for x in meta["labels"]])
+        folder = self.competition_dir(slug)
+        return Solution.load(folder / "solution.csv", meta["id_column"], meta["label_column"],
+                             [str(x) for x in meta["labels"]], meta.get("metric", "accuracy"),
+                             sample_header(folder / "data" / "sample_submission.csv"))
 
     # --- uploads and submissions ---------------------------------------------------------------
 
@@ -274,14 +278,15 @@ class HostStore:
             return [dict(r) for r in db.execute(query + " ORDER BY ref DESC", args)]
 
     def leaderboard(self, slug: str) -> list[dict]:
-        """Each team's best public score, best first (ties: earlier submission first)."""
+        """Each team's best public score, best first by the metric's direction (ties: earlier submission first)."""
+        metric = self.solution(slug).metric
         best: dict[str, dict] = {}
         for sub in reversed(self.submissions(slug)):
             if sub["status"] != "COMPLETE":
                 continue
-            if sub["team"] not in best or sub["public_score"] > best[sub["team"]]["public_score"]:
+            if sub["team"] not in best or metric.better(sub["public_score"], best[sub["team"]]["public_score"]):
                 best[sub["team"]] = sub
-        return sorted(best.values(), key=lambda s: (-s["public_score"], s["date"]))
+        return sorted(best.values(), key=lambda s: (-metric.signed(s["public_score"]), s["date"]))
 
 
 def _build_folder(dest: Path, fill: Callable[[Path], None]) -> None:
@@ -290,6 +295,16 @@ def _build_folder(dest: Path, fill: Callable[[Path], None]) -> None:
     with atomic.staged_folder(dest) as staging:
         fill(staging)
         atomic.publish_folder(staging, dest, replace=dest.exists())
+
+
+def sample_header(path: Path) -> list[str]:
+    """The first row of a sample submission (empty when the file is missing or unreadable: the format
+    check then names the mismatch)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            return next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
 
 
 def read_competition_json(path: Path) -> dict:
@@ -322,4 +337,8 @@ def read_competition_json(path: Path) -> dict:
     limit = meta.get("max_daily_submissions", 20)
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
         raise ValueError(f"{path}: key 'max_daily_submissions' must be a whole number from 1 to 10000")
+    try:
+        metrics.parse(meta.get("metric", "accuracy"))
+    except ValueError as exc:
+        raise ValueError(f"{path}: key 'metric': {exc}") from None
     return meta
