@@ -1,5 +1,10 @@
 """ensemble: weight the models by their out-of-fold predictions, then apply the weights to the test set.
 
+Where the metric scores probabilities (log loss, AUC), each model and then the blend get a temperature
+(pipelines/calibrate.py), fitted on OOF rows and applied to the test set. Besides the in-sample CV, the
+report holds the cross-fitted one: weights and temperatures fitted on the other folds' rows (or
+sub-splits), scored on the held-out ones; that is the CV logged and shown first.
+
 Weights are found on OOF rows only (the held-out rows of the trained folds), so the ensemble's CV score
 is as honest as each model's. Methods, by the name a profile gives (`ensemble:`), each one registered
 function here:
@@ -24,6 +29,8 @@ from competition.metrics import Metric
 from competition.paths import competition_root
 from competition.spec import CompetitionSpec
 from pipelines.artifacts import atomic_output, build_once, output_key, read_manifest
+from pipelines.calibrate import (cross_fit, expected_calibration_error, fit_temperature, groups_of, reliability,
+                                 with_temperature)
 from pipelines.metrics import accuracy, log_loss
 from pipelines.predict import FoldOutput, file_digest
 from pipelines.registry import Registry
@@ -108,26 +115,63 @@ def find_weights(method: str, oof: list[np.ndarray], labels: np.ndarray, metric:
     return equal_weights(oof, labels, metric) if len(oof) == 1 else METHODS[method](oof, labels, metric)
 
 
-def ensemble(spec: CompetitionSpec, method: str, per_model: dict[str, list[FoldOutput]],
-             train_labels: np.ndarray) -> tuple[Path, dict]:
-    """Combine; returns (output folder, report). Cached by the digests of every fold's predictions."""
+def ensemble(spec: CompetitionSpec, method: str, per_model: dict[str, list[FoldOutput]], train_labels: np.ndarray,
+             row_folds: np.ndarray) -> tuple[Path, dict]:
+    """Combine; returns (output folder, report). Cached by the digests of every fold's predictions.
+    `row_folds`: each training row's fold (the groups of the cross-fitted CV)."""
     inputs = {f"{name}/{f.folder.name}": f.digest for name, folds in per_model.items() for f in folds}
-    config = {"method": method, "metric": spec.metric.model_dump()}
+    config = {"method": method, "metric": spec.metric.model_dump(), "cross_fit": 1, "seed": spec.folds.seed}
     final = competition_root(spec.name) / "ensemble" / output_key(config, inputs)
     return build_once(final, f"the ensemble of {spec.name}",
-                      lambda: _write_ensemble(config, spec.metric.bind(), per_model, train_labels, final, inputs),
+                      lambda: _write_ensemble(config, spec.metric.bind(), per_model, train_labels, row_folds, final,
+                                              inputs),
                       lambda: (final, read_manifest(final)["report"]))
 
 
+def _calibrated(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> tuple[float, np.ndarray]:
+    """(temperature fitted on every row, the rows calibrated cross-fitted: each group by the other groups' T)."""
+    def fit(rows):
+        return fit_temperature(probs[rows], labels[rows])
+
+    return fit_temperature(probs, labels), cross_fit(groups, fit, lambda t, rows: with_temperature(probs[rows], t),
+                                                     *probs.shape)
+
+
 def _write_ensemble(config: dict, metric: Metric, per_model: dict[str, list[FoldOutput]], train_labels: np.ndarray,
-                    final: Path, inputs: dict[str, str]) -> tuple[Path, dict]:
+                    row_folds: np.ndarray, final: Path, inputs: dict[str, str]) -> tuple[Path, dict]:
     models = [gather(name, folds) for name, folds in per_model.items()]
     index, oof, note = shared_rows(models)
     labels = train_labels[index]
+    groups = groups_of(row_folds[index], config["seed"])
     method = config["method"]
+    tests = [m.test_probs for m in models]
+    raw_weights = find_weights(method, oof, labels, metric)
+    raw_blend = sum(w * p for w, p in zip(raw_weights, oof))
+    calibrating = metric.submission == "probabilities"  # log loss, AUC: the probabilities themselves are scored
+    temperatures = {}
+    if calibrating:  # each model's temperature; the weights are then fitted on its cross-fitted calibrated rows
+        for i, m in enumerate(models):
+            temperatures[m.name], oof[i] = _calibrated(oof[i], labels, groups)
+            tests[i] = with_temperature(tests[i], temperatures[m.name])
     weights = find_weights(method, oof, labels, metric)
     oof_blend = sum(w * p for w, p in zip(weights, oof))
-    test_blend = sum(w * m.test_probs for w, m in zip(weights, models)).astype(np.float32)
+    test_blend = sum(w * p for w, p in zip(weights, tests))
+    if calibrating:
+        temperatures["ensemble"] = fit_temperature(oof_blend, labels)
+        oof_blend, test_blend = (with_temperature(oof_blend, temperatures["ensemble"]),
+                                 with_temperature(test_blend, temperatures["ensemble"]))
+
+    def fit_on(rows: np.ndarray):  # everything fitted on OOF rows, fitted on `rows` only
+        fitted = find_weights(method, [p[rows] for p in oof], labels[rows], metric)
+        blend = sum(w * p[rows] for w, p in zip(fitted, oof))
+        return fitted, fit_temperature(blend, labels[rows]) if calibrating else 1.0
+
+    def apply(fitted, rows: np.ndarray) -> np.ndarray:
+        blend = sum(w * p[rows] for w, p in zip(fitted[0], oof))
+        return with_temperature(blend, fitted[1]) if calibrating else blend
+
+    cross_fitted = cross_fit(groups, fit_on, apply, *oof_blend.shape)
+
     def scores(probs: np.ndarray) -> dict:
         return {"oof_score": metric.score(probs, labels), "oof_accuracy": accuracy(probs, labels),
                 "oof_log_loss": log_loss(probs, labels)}
@@ -140,11 +184,20 @@ def _write_ensemble(config: dict, metric: Metric, per_model: dict[str, list[Fold
         "shared_note": note,
         "models": [{"name": m.name, "weight": round(float(w), 4), **scores(p)} for m, p, w in zip(models, oof, weights)],
         "ensemble": scores(oof_blend),
+        # Weights (and temperatures) fitted on the other groups' rows: the CV to choose submissions by.
+        "cross_fitted": {**scores(cross_fitted), "groups": int(len(np.unique(groups)))},
     }
+    if calibrating:
+        report["calibration"] = {
+            "temperatures": {k: round(v, 4) for k, v in temperatures.items()},
+            "log_loss_before": log_loss(raw_blend, labels), "log_loss_after": log_loss(cross_fitted, labels),
+            "ece_before": expected_calibration_error(raw_blend, labels),
+            "ece_after": expected_calibration_error(cross_fitted, labels),
+            "reliability_before": reliability(raw_blend, labels), "reliability_after": reliability(cross_fitted, labels)}
     summary: dict = {"report": report}
     with atomic_output(final, "ensemble", config, inputs, extra=summary) as staging:
         np.save(staging / "oof_probs.npy", oof_blend.astype(np.float32))
         np.save(staging / "oof_index.npy", index)
-        np.save(staging / "test_probs.npy", test_blend)
+        np.save(staging / "test_probs.npy", test_blend.astype(np.float32))
         summary["digest"] = file_digest(staging / "test_probs.npy")
     return final, report

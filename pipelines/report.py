@@ -178,6 +178,41 @@ def _study_images(spec) -> list[str]:
     return images
 
 
+def reliability_png(calibration: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(4.8, 4.2))
+    ax.plot([0, 1], [0, 1], ":", color="#888", label="perfectly calibrated")
+    for key, label, colour in (("reliability_before", "before", "#e45756"), ("reliability_after", "after (cross-fitted)", "#4c78a8")):
+        points = calibration[key]
+        ax.plot([p["confidence"] for p in points], [p["accuracy"] for p in points], "-o", ms=4, color=colour, label=label)
+    ax.set_xlabel("confidence (top class probability)")
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left", fontsize=8)
+    return _figure_png(figure)
+
+
+def calibration_section(report: dict) -> list[str]:
+    """Temperatures, log loss and calibration error before and after, and the reliability diagram."""
+    calibration = report.get("calibration")
+    if not calibration:
+        return []
+    temperatures = ", ".join(f"{name} {value:.3f}" for name, value in calibration["temperatures"].items())
+    return ["<h2>Calibration</h2>",
+            '<p class="note">The competition scores probabilities, so each model and then the blend were divided by a '
+            f"temperature fitted on out-of-fold rows (above 1 softens, below 1 sharpens): {html.escape(temperatures)}.</p>",
+            _table(["", "log loss (nats per image)", "expected calibration error"],
+                   [["before", f"{calibration['log_loss_before']:.4f}", f"{calibration['ece_before']:.4f}"],
+                    ["after (cross-fitted)", f"{calibration['log_loss_after']:.4f}", f"{calibration['ece_after']:.4f}"]],
+                   "calibration-table"),
+            _img(reliability_png(calibration), "reliability diagram",
+                 "Reliability: out-of-fold rows binned by the top class's probability; a calibrated model lies on the "
+                 "diagonal.")]
+
+
 def plan_section(plan) -> list[str]:
     """The time-budget plan: what was chosen, estimated and measured, and why."""
     actual = plan.actual.get("seconds", {})
@@ -236,10 +271,16 @@ def write_report(ctx: Context, trained: dict, ensemble_folder: Path, report: dic
         "test-time-augmentation views minus without. Weight is the model's share in the ensemble.</p>",
         _models_table(summaries),
         "<h2>Ensemble</h2>",
-        _table(["method", "OOF rows (images)", f"OOF {spec.metric} (the competition's metric)", "OOF accuracy (%)",
+        '<p class="note">Cross-fitted: the weights (and temperatures) fitted on the other groups of rows (folds, or '
+        "sub-splits of one fold) and scored on the held-out group, so nothing is scored on the rows it was fitted on: "
+        "the figure to choose final submissions by. In-sample: fitted and scored on the same rows (optimistic).</p>",
+        _table(["CV", "OOF rows (images)", f"OOF {spec.metric} (the competition's metric)", "OOF accuracy (%)",
                 "OOF log loss (nats per image)"],
-               [[report["method"], f"{report['oof_rows']:,}", f"{ensemble['oof_score']:.4f}",
-                 f"{100 * ensemble['oof_accuracy']:.2f}", f"{ensemble['oof_log_loss']:.4f}"]], "ensemble-table"),
+               [[f"{label} ({report['method']})", f"{report['oof_rows']:,}", f"{scores['oof_score']:.4f}",
+                 f"{100 * scores['oof_accuracy']:.2f}", f"{scores['oof_log_loss']:.4f}"]
+                for label, scores in (("cross-fitted", report["cross_fitted"]), ("in-sample", ensemble))],
+               "ensemble-table"),
+        *calibration_section(report),
         _img(comparison_bars(bar_rows), "model comparison", "Models side by side: OOF accuracy with TTA, size, and total "
              "training time over all trained folds."),
         "<h2>Learning curves</h2>", *sections,

@@ -77,6 +77,9 @@ def test_log_loss_competition_end_to_end_through_the_real_client(pipeline_env, h
     assert pipelines_main(["submit", "--comp", str(path)]) == 0
     out = capsys.readouterr().out
     assert "CV log_loss " in out and "lower is better" in out, out[-2000:]
+    assert "calibration: temperatures {'fastcnn'" in out and "cross-fitted CV log_loss" in out, out[-2000:]
+    report = (pipeline_env / "fashion-mnist-logloss" / "report.html").read_text()
+    assert 'id="calibration-table"' in report and "reliability diagram" in report
     [sub] = host.store.submissions("fashion-mnist-logloss")
     assert sub["status"] == "COMPLETE" and sub["description"].startswith("CV log_loss 0.")
 
