@@ -227,6 +227,11 @@ def print_summary(ctx: Context, trained: dict, report: dict, result, seconds: fl
     print(f"cross-fitted CV {metric.label} {crossed['oof_score']:.4f} (weights{' and temperatures' if 'calibration' in report else ''} "
           f"fitted on the other {crossed['groups'] - 1} of {crossed['groups']} groups of rows; the in-sample "
           f"{ens['oof_score']:.4f} reuses the rows it scores)")
+    if "decision_rule" in report:
+        rule = report["decision_rule"]
+        print(f"decision rule: per-class weights {rule['class_weights']}; cross-fitted {metric.label} "
+              f"{rule['cross_fitted_without']:.4f} without -> {crossed['oof_score']:.4f} with "
+              f"({rule['cross_fitted_gain'] * 100:+.2f} points)")
     if "calibration" in report:
         calibration = report["calibration"]
         print(f"calibration: temperatures {calibration['temperatures']}; log loss {calibration['log_loss_before']:.4f} -> "

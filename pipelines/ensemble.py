@@ -1,7 +1,8 @@
 """ensemble: weight the models by their out-of-fold predictions, then apply the weights to the test set.
 
 Where the metric scores probabilities (log loss, AUC), each model and then the blend get a temperature
-(pipelines/calibrate.py), fitted on OOF rows and applied to the test set. Besides the in-sample CV, the
+(pipelines/calibrate.py), fitted on OOF rows and applied to the test set; where it scores one label but
+rewards rare classes (macro-F1, balanced accuracy, kappa), the blend gets per-class decision weights. Besides the in-sample CV, the
 report holds the cross-fitted one: weights and temperatures fitted on the other folds' rows (or
 sub-splits), scored on the held-out ones; that is the CV logged and shown first.
 
@@ -29,8 +30,8 @@ from competition.metrics import Metric
 from competition.paths import competition_root
 from competition.spec import CompetitionSpec
 from pipelines.artifacts import atomic_output, build_once, output_key, read_manifest
-from pipelines.calibrate import (cross_fit, expected_calibration_error, fit_temperature, groups_of, reliability,
-                                 with_temperature)
+from pipelines.calibrate import (cross_fit, expected_calibration_error, fit_class_weights, fit_temperature, groups_of,
+                                 reliability, reweighted, with_temperature)
 from pipelines.metrics import accuracy, log_loss
 from pipelines.predict import FoldOutput, file_digest
 from pipelines.registry import Registry
@@ -120,7 +121,7 @@ def ensemble(spec: CompetitionSpec, method: str, per_model: dict[str, list[FoldO
     """Combine; returns (output folder, report). Cached by the digests of every fold's predictions.
     `row_folds`: each training row's fold (the groups of the cross-fitted CV)."""
     inputs = {f"{name}/{f.folder.name}": f.digest for name, folds in per_model.items() for f in folds}
-    config = {"method": method, "metric": spec.metric.model_dump(), "cross_fit": 1, "seed": spec.folds.seed}
+    config = {"method": method, "metric": spec.metric.model_dump(), "cross_fit": 2, "seed": spec.folds.seed}
     final = competition_root(spec.name) / "ensemble" / output_key(config, inputs)
     return build_once(final, f"the ensemble of {spec.name}",
                       lambda: _write_ensemble(config, spec.metric.bind(), per_model, train_labels, row_folds, final,
@@ -160,15 +161,24 @@ def _write_ensemble(config: dict, metric: Metric, per_model: dict[str, list[Fold
         temperatures["ensemble"] = fit_temperature(oof_blend, labels)
         oof_blend, test_blend = (with_temperature(oof_blend, temperatures["ensemble"]),
                                  with_temperature(test_blend, temperatures["ensemble"]))
+    # Macro-F1, balanced accuracy, kappa: a decision rule (per-class weights on the probabilities).
+    deciding = metric.submission == "label" and metric.name != "accuracy"
+    class_weights = fit_class_weights(oof_blend, labels, metric) if deciding else None
+    plain_blend = oof_blend
+    if deciding:
+        oof_blend, test_blend = reweighted(oof_blend, class_weights), reweighted(test_blend, class_weights)
 
-    def fit_on(rows: np.ndarray):  # everything fitted on OOF rows, fitted on `rows` only
+    def fit_on(rows: np.ndarray, with_rule: bool = deciding):  # everything fitted on OOF rows, on `rows` only
         fitted = find_weights(method, [p[rows] for p in oof], labels[rows], metric)
         blend = sum(w * p[rows] for w, p in zip(fitted, oof))
-        return fitted, fit_temperature(blend, labels[rows]) if calibrating else 1.0
+        temperature = fit_temperature(blend, labels[rows]) if calibrating else 1.0
+        rule = fit_class_weights(blend, labels[rows], metric) if with_rule else None
+        return fitted, temperature, rule
 
     def apply(fitted, rows: np.ndarray) -> np.ndarray:
         blend = sum(w * p[rows] for w, p in zip(fitted[0], oof))
-        return with_temperature(blend, fitted[1]) if calibrating else blend
+        blend = with_temperature(blend, fitted[1]) if calibrating else blend
+        return reweighted(blend, fitted[2]) if fitted[2] is not None else blend
 
     cross_fitted = cross_fit(groups, fit_on, apply, *oof_blend.shape)
 
@@ -187,6 +197,13 @@ def _write_ensemble(config: dict, metric: Metric, per_model: dict[str, list[Fold
         # Weights (and temperatures) fitted on the other groups' rows: the CV to choose submissions by.
         "cross_fitted": {**scores(cross_fitted), "groups": int(len(np.unique(groups)))},
     }
+    if deciding:
+        without_rule = cross_fit(groups, lambda rows: fit_on(rows, with_rule=False), apply, *oof_blend.shape)
+        report["decision_rule"] = {
+            "class_weights": [round(float(w), 4) for w in class_weights],
+            "score_without": metric.score(plain_blend, labels),
+            "cross_fitted_without": metric.score(without_rule, labels),
+            "cross_fitted_gain": metric.score(cross_fitted, labels) - metric.score(without_rule, labels)}
     if calibrating:
         report["calibration"] = {
             "temperatures": {k: round(v, 4) for k, v in temperatures.items()},

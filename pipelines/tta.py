@@ -46,18 +46,20 @@ def _tta_fold(spec: CompetitionSpec, run_name: str, trained: FoldOutput, data: T
     return FoldOutput(final)
 
 
-def tta_gain(trained: FoldOutput, with_tta: FoldOutput, labels: np.ndarray) -> float:
-    """Accuracy with TTA minus accuracy without, on the fold's held-out rows."""
+def tta_gain(trained: FoldOutput, with_tta: FoldOutput, labels: np.ndarray, score=accuracy) -> float:
+    """`score` (larger is better) with TTA minus without, on the fold's held-out rows."""
     index, plain = trained.oof()
     _, augmented = with_tta.oof()
-    return accuracy(augmented, labels[index]) - accuracy(plain, labels[index])
+    return score(augmented, labels[index]) - score(plain, labels[index])
 
 
 def tta_run(spec, run_name: str, trained_folds: list[FoldOutput], data: TrainingData, views: list[str],
             runtime: Runtime) -> list[FoldOutput]:
     outputs = [tta_fold(spec, run_name, trained, data, views, runtime) for trained in trained_folds]
     if views != ["identity"]:
-        labels = data.labels_host()
-        gains = [tta_gain(t, o, labels) for t, o in zip(trained_folds, outputs)]
-        print(f"tta: {run_name}: views {'+'.join(views)}: accuracy gain {np.mean(gains) * 100:+.2f} points (mean over folds)")
+        labels, metric = data.labels_host(), spec.metric.bind()
+        gains = [tta_gain(t, o, labels, lambda p, y: metric.signed(metric.score(p, y)))
+                 for t, o in zip(trained_folds, outputs)]
+        print(f"tta: {run_name}: views {'+'.join(views)}: {metric.label} {'+' if np.mean(gains) >= 0 else '-'}"
+              f"{abs(np.mean(gains)):.4f} {'better' if np.mean(gains) >= 0 else 'worse'} (mean over folds)")
     return outputs
