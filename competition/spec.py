@@ -94,6 +94,10 @@ class FlipsConfig(_Strict):
 class FoldsConfig(_Strict):
     n_splits: int = Field(default=5, ge=2, le=20)
     seed: int = 42
+    # Rows sharing a value of this train.csv column (patient, session, source) stay in one fold.
+    group_column: str | None = None
+    # Near-duplicate images (pipelines/duplicates.py) stay in one fold (`group`), or are only reported.
+    duplicates: Literal["group", "ignore"] = "group"
 
 
 class MetricChoice(_Strict):
@@ -155,6 +159,8 @@ class CompetitionSpec(_Strict):
             raise ValueError("classes: duplicate labels")
         if self.class_names is not None and len(self.class_names) != len(self.classes):
             raise ValueError(f"class_names: has {len(self.class_names)} names for {len(self.classes)} classes")
+        if self.folds.group_column is not None and not hasattr(self.layout, "train_csv"):
+            raise ValueError("folds.group_column: this layout has no train.csv to hold a group column; remove it")
         if self.metric.k is not None and self.metric.k > len(self.classes):
             raise ValueError(f"metric: k is {self.metric.k}, but there are only {len(self.classes)} classes")
         if self.tuning is not None and max(self.tuning.folds) >= self.folds.n_splits:

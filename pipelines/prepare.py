@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from competition.errors import DataError
 from competition.paths import competition_root
@@ -134,18 +134,60 @@ class Folds:
         return np.array(folds, dtype=np.int64)
 
 
-def assign_folds(labels: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
-    """fold[i] = the fold in which row i is held out; StratifiedKFold with shuffling fixed by `seed`."""
+def assign_folds(labels: np.ndarray, n_splits: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """fold[i] = the fold in which row i is held out: StratifiedKFold with shuffling fixed by `seed`, or
+    StratifiedGroupKFold when some rows share a group (then a group never spans two folds)."""
     counts = np.bincount(labels)
     too_small = [c for c in np.flatnonzero(counts) if counts[c] < n_splits]
     if too_small:
         raise DataError(f"class index {too_small[0]} has {counts[too_small[0]]} training images, fewer than "
                         f"folds.n_splits={n_splits}; lower n_splits in the competition YAML")
     fold = np.full(len(labels), -1, dtype=np.int64)
-    splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    for k, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+    if groups is not None and len(np.unique(groups)) < len(groups):
+        if len(np.unique(groups)) < n_splits:
+            raise DataError(f"only {len(np.unique(groups))} groups of rows for folds.n_splits={n_splits}; lower "
+                            "n_splits, or check folds.group_column")
+        splits = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(
+            np.zeros(len(labels)), labels, groups)
+    else:
+        splits = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
+    for k, (_, held_out) in enumerate(splits):
         fold[held_out] = k
     return fold
+
+
+def fold_groups(spec: CompetitionSpec, data: CanonicalData) -> tuple[np.ndarray | None, dict]:
+    """(a group number per training row, or None when every row stands alone; what was found)."""
+    from pipelines.duplicates import find_duplicates, groups_from_pairs
+
+    pairs: list[tuple[int, int, int]] = []
+    found: dict = {}
+    report = find_duplicates(np.asarray(data.train_images), np.asarray(data.test_images))  # reported either way
+    found["duplicates"] = report.summary()
+    if spec.folds.duplicates == "group":
+        pairs += report.train_pairs
+    if spec.folds.group_column:
+        values = group_values(spec, data.train_ids)
+        first: dict[str, int] = {}
+        for row, value in enumerate(values):
+            if value in first:
+                pairs.append((first[value], row, 0))
+            first.setdefault(value, row)
+        found["group_column"] = {"name": spec.folds.group_column, "groups": len(first)}
+    return (groups_from_pairs(len(data.train_ids), pairs) if pairs else None), found
+
+
+def group_values(spec: CompetitionSpec, train_ids: list[str]) -> list[str]:
+    """The group column of the raw train.csv, in the prepared rows' order."""
+    from pipelines.readers import read_table
+
+    path = raw_dir(spec) / spec.layout.train_csv
+    table = read_table(path, [spec.id_column, spec.folds.group_column], "groups (folds.group_column)")
+    by_id = dict(zip(table[spec.id_column].str.strip(), table[spec.folds.group_column].str.strip()))
+    missing = [i for i in train_ids if i not in by_id]
+    if missing:
+        raise DataError(f"{path}: no row for training id '{missing[0]}', so it has no group; list every image")
+    return [by_id[i] for i in train_ids]
 
 
 def make_folds(spec: CompetitionSpec, prepared: Prepared, force: bool = False) -> Folds:
@@ -163,14 +205,22 @@ def make_folds(spec: CompetitionSpec, prepared: Prepared, force: bool = False) -
 
 def _write_folds(spec: CompetitionSpec, prepared: Prepared, folder: Path, key: str, config: dict, replace: bool) -> Folds:
     data = prepared.load()
-    fold = assign_folds(data.train_labels, spec.folds.n_splits, spec.folds.seed)
+    groups, found = fold_groups(spec, data)
+    fold = assign_folds(data.train_labels, spec.folds.n_splits, spec.folds.seed, groups)
     table = fold_class_counts(data.train_labels, fold, len(spec.classes))
+    if "duplicates" in found:
+        dups = found["duplicates"]
+        kept = "each kept in one fold" if spec.folds.duplicates == "group" else "not grouped (folds.duplicates: ignore)"
+        print(f"folds: {spec.name}: {dups['train_pairs']} near-duplicate pairs within train ({kept}), "
+              f"{dups['train_test_pairs']} between train and test (perceptual hash, <= {dups['max_distance_bits']} "
+              "bits apart)")
     with atomic_output(folder, "folds", config, {"prepared": prepared.key},
-                       extra={"fold_sizes": table.sum(axis=1).tolist()}, replace=replace) as staging:
+                       extra={"fold_sizes": table.sum(axis=1).tolist(), **found}, replace=replace) as staging:
         _write_rows(staging / "folds.csv", ["id", "label", "fold"],
                     ((i, spec.classes[c], f) for i, c, f in zip(data.train_ids, data.train_labels, fold)))
     deviation = max_deviation_from_ideal(table)
-    print(f"folds: {spec.name}: {spec.folds.n_splits} stratified folds (seed {spec.folds.seed}), sizes "
+    print(f"folds: {spec.name}: {spec.folds.n_splits} stratified{' group' if groups is not None else ''} folds "
+          f"(seed {spec.folds.seed}), sizes "
           f"{table.sum(axis=1).tolist()}, per-class counts within {deviation:.2f} of ideal -> {folder / 'folds.csv'}")
     return Folds(folder, key, spec.folds.n_splits)
 

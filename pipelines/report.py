@@ -197,7 +197,16 @@ def reliability_png(calibration: dict) -> str:
 
 def calibration_section(report: dict) -> list[str]:
     """Temperatures, log loss and calibration error before and after, and the reliability diagram."""
-    calibration = report.get("calibration")
+    rule, calibration = report.get("decision_rule"), report.get("calibration")
+    if rule:
+        weights = ", ".join(f"{w:.2f}" for w in rule["class_weights"])
+        return ["<h2>Decision rule</h2>",
+                '<p class="note">The metric rewards rare classes, so the predicted class is the most probable one after '
+                f"multiplying each class's probability by a weight fitted on out-of-fold rows: {html.escape(weights)} "
+                "(in class order).</p>",
+                _table(["cross-fitted CV", "score"],
+                       [["without the rule", f"{rule['cross_fitted_without']:.4f}"],
+                        ["with the rule", f"{report['cross_fitted']['oof_score']:.4f}"]], "decision-table")]
     if not calibration:
         return []
     temperatures = ", ".join(f"{name} {value:.3f}" for name, value in calibration["temperatures"].items())
@@ -211,6 +220,48 @@ def calibration_section(report: dict) -> list[str]:
             _img(reliability_png(calibration), "reliability diagram",
                  "Reliability: out-of-fold rows binned by the top class's probability; a calibrated model lies on the "
                  "diagonal.")]
+
+
+def pairs_png(prepared, pairs: list[tuple[str, int, int]]) -> str:
+    """Near-duplicate pairs side by side: (kind, row, other row), kind `train` or `test` for the other."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = prepared.load()
+    figure, axes = plt.subplots(2, len(pairs), figsize=(1.6 * len(pairs), 3.4), squeeze=False)
+    for column, (kind, row, other) in enumerate(pairs):
+        second = data.train_images[other] if kind == "train" else data.test_images[other]
+        for ax, image, title in ((axes[0][column], data.train_images[row], f"train {data.train_ids[row]}"),
+                                 (axes[1][column], second, f"{kind} {(data.train_ids if kind == 'train' else data.test_ids)[other]}")):
+            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+    return _figure_png(figure)
+
+
+def duplicates_section(ctx: Context) -> list[str]:
+    """What the folds stage found: near-duplicate pairs within train and between train and test."""
+    found = read_manifest(ctx.folds.folder).get("duplicates")
+    if not found:
+        return []
+    grouped = ctx.spec.folds.duplicates == "group"
+    parts = ["<h2>Near-duplicates</h2>",
+             f'<p class="note">Images whose perceptual hashes differ in at most {found["max_distance_bits"]} of 64 bits. '
+             f"{found['train_pairs']:,} pairs within the training set "
+             f"({'each group kept in one fold, so CV never validates on a copy of a training image' if grouped else 'not grouped: folds.duplicates is ignore'}); "
+             f"{found['train_test_pairs']:,} pairs between training and test images (the leaderboard rewards "
+             "memorising those; CV cannot see it).</p>"]
+    examples = ([("train", i, j) for i, j, _ in found["train_examples"][:4]]
+                + [("test", i, j) for i, j, _ in found["train_test_examples"][:4]])
+    if examples:
+        parts.append(_img(pairs_png(ctx.prepared, examples), "near-duplicate pairs",
+                          "A few near-duplicate pairs: top, a training image; below, its near-copy."))
+    if ctx.spec.folds.group_column:
+        parts.append(f'<p class="note">Rows sharing a value of <b>{html.escape(ctx.spec.folds.group_column)}</b> '
+                     "are kept in one fold too.</p>")
+    return parts
 
 
 def plan_section(plan) -> list[str]:
@@ -289,6 +340,7 @@ def write_report(ctx: Context, trained: dict, ensemble_folder: Path, report: dic
         "<p>Most confused pairs (out of fold):</p>",
         _table(["true class", "predicted as", "images (count)", "share of the true class (%)"], pairs, "confused-table"),
     ]
+    parts += duplicates_section(ctx)
     if ctx.plan is not None:
         parts += plan_section(ctx.plan)
     if study_images:
