@@ -229,9 +229,10 @@ def print_summary(ctx: Context, trained: dict, report: dict, result, seconds: fl
           f"{ens['oof_score']:.4f} reuses the rows it scores)")
     if "decision_rule" in report:
         rule = report["decision_rule"]
+        verdict = "applied" if rule["applied"] else "not applied: it did not hold up on held-out rows"
         print(f"decision rule: per-class weights {rule['class_weights']}; cross-fitted {metric.label} "
-              f"{rule['cross_fitted_without']:.4f} without -> {crossed['oof_score']:.4f} with "
-              f"({rule['cross_fitted_gain'] * 100:+.2f} points)")
+              f"{rule['cross_fitted_without']:.4f} without, {rule['cross_fitted_with']:.4f} with "
+              f"({rule['cross_fitted_gain'] * 100:+.2f} points): {verdict}")
     if "calibration" in report:
         calibration = report["calibration"]
         print(f"calibration: temperatures {calibration['temperatures']}; log loss {calibration['log_loss_before']:.4f} -> "

@@ -121,7 +121,7 @@ def ensemble(spec: CompetitionSpec, method: str, per_model: dict[str, list[FoldO
     """Combine; returns (output folder, report). Cached by the digests of every fold's predictions.
     `row_folds`: each training row's fold (the groups of the cross-fitted CV)."""
     inputs = {f"{name}/{f.folder.name}": f.digest for name, folds in per_model.items() for f in folds}
-    config = {"method": method, "metric": spec.metric.model_dump(), "cross_fit": 2, "seed": spec.folds.seed}
+    config = {"method": method, "metric": spec.metric.model_dump(), "cross_fit": 3, "seed": spec.folds.seed}
     final = competition_root(spec.name) / "ensemble" / output_key(config, inputs)
     return build_once(final, f"the ensemble of {spec.name}",
                       lambda: _write_ensemble(config, spec.metric.bind(), per_model, train_labels, row_folds, final,
@@ -164,9 +164,6 @@ def _write_ensemble(config: dict, metric: Metric, per_model: dict[str, list[Fold
     # Macro-F1, balanced accuracy, kappa: a decision rule (per-class weights on the probabilities).
     deciding = metric.submission == "label" and metric.name != "accuracy"
     class_weights = fit_class_weights(oof_blend, labels, metric) if deciding else None
-    plain_blend = oof_blend
-    if deciding:
-        oof_blend, test_blend = reweighted(oof_blend, class_weights), reweighted(test_blend, class_weights)
 
     def fit_on(rows: np.ndarray, with_rule: bool = deciding):  # everything fitted on OOF rows, on `rows` only
         fitted = find_weights(method, [p[rows] for p in oof], labels[rows], metric)
@@ -181,6 +178,17 @@ def _write_ensemble(config: dict, metric: Metric, per_model: dict[str, list[Fold
         return reweighted(blend, fitted[2]) if fitted[2] is not None else blend
 
     cross_fitted = cross_fit(groups, fit_on, apply, *oof_blend.shape)
+    rule = None
+    if deciding:  # kept only when it holds up cross-fitted: on few rows of the rare classes it overfits
+        without_rule = cross_fit(groups, lambda rows: fit_on(rows, with_rule=False), apply, *oof_blend.shape)
+        gain = metric.signed(metric.score(cross_fitted, labels)) - metric.signed(metric.score(without_rule, labels))
+        rule = {"class_weights": [round(float(w), 4) for w in class_weights], "applied": gain > 0,
+                "cross_fitted_with": metric.score(cross_fitted, labels),
+                "cross_fitted_without": metric.score(without_rule, labels), "cross_fitted_gain": gain}
+        if gain > 0:
+            oof_blend, test_blend = reweighted(oof_blend, class_weights), reweighted(test_blend, class_weights)
+        else:
+            cross_fitted = without_rule
 
     def scores(probs: np.ndarray) -> dict:
         return {"oof_score": metric.score(probs, labels), "oof_accuracy": accuracy(probs, labels),
@@ -197,13 +205,8 @@ def _write_ensemble(config: dict, metric: Metric, per_model: dict[str, list[Fold
         # Weights (and temperatures) fitted on the other groups' rows: the CV to choose submissions by.
         "cross_fitted": {**scores(cross_fitted), "groups": int(len(np.unique(groups)))},
     }
-    if deciding:
-        without_rule = cross_fit(groups, lambda rows: fit_on(rows, with_rule=False), apply, *oof_blend.shape)
-        report["decision_rule"] = {
-            "class_weights": [round(float(w), 4) for w in class_weights],
-            "score_without": metric.score(plain_blend, labels),
-            "cross_fitted_without": metric.score(without_rule, labels),
-            "cross_fitted_gain": metric.score(cross_fitted, labels) - metric.score(without_rule, labels)}
+    if rule is not None:
+        report["decision_rule"] = rule
     if calibrating:
         report["calibration"] = {
             "temperatures": {k: round(v, 4) for k, v in temperatures.items()},

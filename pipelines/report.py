@@ -201,12 +201,13 @@ def calibration_section(report: dict) -> list[str]:
     if rule:
         weights = ", ".join(f"{w:.2f}" for w in rule["class_weights"])
         return ["<h2>Decision rule</h2>",
-                '<p class="note">The metric rewards rare classes, so the predicted class is the most probable one after '
-                f"multiplying each class's probability by a weight fitted on out-of-fold rows: {html.escape(weights)} "
-                "(in class order).</p>",
+                '<p class="note">The metric rewards rare classes, so a rule was fitted on out-of-fold rows: the predicted '
+                f"class is the most probable one after multiplying each class's probability by a weight: "
+                f"{html.escape(weights)} (in class order). It is kept only when it wins cross-fitted.</p>",
                 _table(["cross-fitted CV", "score"],
                        [["without the rule", f"{rule['cross_fitted_without']:.4f}"],
-                        ["with the rule", f"{report['cross_fitted']['oof_score']:.4f}"]], "decision-table")]
+                        ["with the rule", f"{rule['cross_fitted_with']:.4f}"]], "decision-table"),
+                f'<p class="note">The rule was {"applied" if rule["applied"] else "<b>not applied</b>: it lost on held-out rows"}.</p>']
     if not calibration:
         return []
     temperatures = ", ".join(f"{name} {value:.3f}" for name, value in calibration["temperatures"].items())

@@ -100,7 +100,21 @@ def test_a_macro_f1_ensemble_learns_a_decision_rule_that_holds_cross_fitted(tmp_
     report = _ensemble(tmp_path, {"biased": _softmax(logits)}, labels, np.arange(3000) % 3, metric("f1_macro"))
     rule = report["decision_rule"]
     assert rule["class_weights"][0] < min(rule["class_weights"][1:])  # the common class is weighed down
-    assert rule["cross_fitted_gain"] > 0.03, rule
+    assert rule["cross_fitted_gain"] > 0.03 and rule["applied"], rule
     assert report["cross_fitted"]["oof_score"] == pytest.approx(rule["cross_fitted_without"] + rule["cross_fitted_gain"])
+
+
+def test_a_decision_rule_that_loses_on_held_out_rows_is_not_applied(tmp_path):
+    # An unbiased model on few rows: whatever weights fit the rows in-sample are noise elsewhere.
+    rng = np.random.default_rng(2)
+    labels = rng.choice(6, size=240, p=[0.5, 0.1, 0.1, 0.1, 0.1, 0.1])
+    probs = _softmax(rng.normal(0, 1.0, (240, 6)) + 1.0 * np.eye(6)[labels])
+    report = _ensemble(tmp_path, {"model": probs}, labels, np.arange(240) % 4, metric("f1_macro"))
+    rule = report["decision_rule"]
+    # Seeded: here the rule gains in-sample but loses 2.7 points cross-fitted, so the submission and the
+    # CV are the plain argmax's.
+    assert not rule["applied"] and rule["cross_fitted_gain"] < -0.02, rule
+    assert report["cross_fitted"]["oof_score"] == rule["cross_fitted_without"]
+    assert np.allclose(np.load(tmp_path / "ensemble" / "oof_probs.npy"), probs, atol=1e-6)
     test = np.load(tmp_path / "ensemble" / "test_probs.npy")
     assert np.allclose(test.sum(1), 1, atol=1e-5)
