@@ -264,7 +264,10 @@ def choose(costs: list[CandidateCost], seconds: float, n_splits: int, max_models
     notes: list[str] = []
     ordered = order_by_family(costs)
     chosen: list[CandidateCost] = []
-    for cost in ordered:
+    # The most preferred candidate short of time is trained shortened rather than replaced by a weaker
+    # one that fits (measured on Fashion-MNIST: deeper_cnn alone at 18 epochs instead of fastresnet at 13).
+    first_share = _fit_epochs(ordered[:1], 1, seconds, 0, 1.0)
+    for cost in ordered if first_share >= min_share else []:
         if len(chosen) == max_models:
             break
         trial = chosen + [cost]
@@ -274,13 +277,14 @@ def choose(costs: list[CandidateCost], seconds: float, n_splits: int, max_models
         elif chosen:
             notes.append(f"{cost.candidate.name} left out: with it, the models would get only {share:.0%} of their "
                          f"epochs (the planner wants {min_share:.0%})")
-    if not chosen:  # no candidate gets min_share: the first that still gets its min_epochs, else the fastest
-        fits = [c for c in costs if _epochs(c, _fit_epochs([c], 1, seconds, 0, 1.0)) >= c.candidate.min_epochs]
+    if not chosen:  # the preferred candidate is short of time: it alone (if it gets min_epochs), else the
+        # next that does, else the fastest
+        fits = [c for c in ordered if _epochs(c, _fit_epochs([c], 1, seconds, 0, 1.0)) >= c.candidate.min_epochs]
         pick = fits[0] if fits else min(costs, key=lambda c: c.seconds_per_epoch * c.candidate.min_epochs)
         views = _views([pick], view_passes, budget)
         epochs = _epochs(pick, _fit_epochs([pick], 1, seconds, tta_passes(view_passes, views), 1.0))
-        notes.append(f"budget too small for {min_share:.0%} of any candidate's epochs: {pick.candidate.name} "
-                     f"trains {epochs} of its {pick.candidate.epochs}")
+        notes.append(f"budget too small for {min_share:.0%} of {ordered[0].candidate.name}'s epochs: "
+                     f"{pick.candidate.name} trains alone, {epochs} of its {pick.candidate.epochs}")
         return Decision([(pick, epochs, 1)], views, notes)
     views = _views(chosen, view_passes, budget)
     passes = tta_passes(view_passes, views)

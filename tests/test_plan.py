@@ -73,6 +73,14 @@ def test_tiny_budget_trains_the_first_candidate_that_fits_its_min_epochs():
     assert [(c.candidate.name, epochs) for c, epochs, _ in decision.runs] == [("fast", 1)]  # none fits: the fastest
 
 
+def test_the_preferred_candidate_short_of_time_is_shortened_not_replaced():
+    costs = [cost("best", "resnet", 10, epochs=10, min_epochs=4), cost("fast", "cnn", 3, epochs=10, min_epochs=4)]
+    # 95 s: "best" gets 9 of its 10 epochs; "fast" would fit at full length, but is the weaker choice.
+    decision = choose(costs, 95, n_splits=5, max_models=3, view_passes=[1], budget=5000, min_share=1.0)
+    assert [(c.candidate.name, epochs) for c, epochs, _ in decision.runs] == [("best", 9)]
+    assert "budget too small for 100% of best's epochs: best trains alone, 9 of its 10" in decision.notes[0]
+
+
 def test_tta_views_are_left_out_when_they_cost_too_much():
     costs = [cost("a", "cnn", 1, view_s=100)]
     decision = choose(costs, 500, n_splits=5, max_models=1, view_passes=[1, 1], budget=500)
