@@ -61,6 +61,8 @@ EPOCH_OVERHEAD_S = 0.1  # per epoch: two checkpoints, the log line (dominant for
 COMPILE_MIN_GAIN = 1.10  # measured compile speed-ups below this are within the probe's noise on 2 cores
 COMPILE_GUESS_S = 30.0  # a first compile before anything is cached: 28-37 s measured on a 2-core CPU
 PLAN_VERSION = 1
+# The decision logic's revision: plans of record made by an older planner are not reused (same request).
+PLANNER_REVISION = 2
 
 
 def reserve_seconds(budget: float) -> float:
@@ -368,7 +370,7 @@ def view_passes(view: str) -> int:
 def request_key(spec: CompetitionSpec, budget: float, runtime: Runtime) -> str:
     return stable_hash({"pool": spec.pool.model_dump(mode="json") if spec.pool else None, "budget": round(budget),
                         "data": spec.data_hash(), "folds": spec.folds.model_dump(), "flips": spec.flips.model_dump(),
-                        "machine": machine_key(runtime), "version": PLAN_VERSION})
+                        "machine": machine_key(runtime), "version": PLAN_VERSION, "planner": PLANNER_REVISION})
 
 
 def plans_folder(spec: CompetitionSpec) -> Path:
