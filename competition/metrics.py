@@ -41,7 +41,8 @@ def _on_labels(function: str, **kwargs) -> Callable[[np.ndarray, np.ndarray], fl
     return lambda probs, labels: float(_sklearn(function)(labels, probs.argmax(1), **kwargs))
 
 
-def _log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
+def kaggle_log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Multi-class log loss as Kaggle scores it: clipped to [eps, 1 - eps], rows rescaled to sum to 1."""
     clipped = np.clip(probs, LOG_LOSS_EPSILON, 1 - LOG_LOSS_EPSILON)
     clipped = clipped / clipped.sum(1, keepdims=True)  # Kaggle rescales each row to sum to 1
     return float(-np.log(clipped[np.arange(len(labels)), labels]).mean())
@@ -88,7 +89,7 @@ KINDS: dict[str, MetricKind] = {
     "f1_micro": MetricKind(True, "label", lambda: _on_labels("f1_score", average="micro", zero_division=0)),
     "f1_weighted": MetricKind(True, "label", lambda: _on_labels("f1_score", average="weighted", zero_division=0)),
     "quadratic_weighted_kappa": MetricKind(True, "label", lambda: _on_labels("cohen_kappa_score", weights="quadratic")),
-    "log_loss": MetricKind(False, "probabilities", lambda: _log_loss),
+    "log_loss": MetricKind(False, "probabilities", lambda: kaggle_log_loss),
     "roc_auc": MetricKind(True, "probabilities", lambda: _roc_auc),
     "top_k_accuracy": MetricKind(True, "ranked_labels", _top_k, ("k",)),
     "map_at_k": MetricKind(True, "ranked_labels", _map_at_k, ("k",)),

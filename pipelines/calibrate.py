@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from competition.metrics import Metric
+from competition.metrics import Metric, kaggle_log_loss
 
 CROSS_FIT_GROUPS = 5  # sub-splits when every OOF row comes from one fold
 LOG_T_BOUNDS = (np.log(0.05), np.log(20.0))
@@ -54,15 +54,11 @@ def with_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     return scaled / scaled.sum(axis=1, keepdims=True)
 
 
-def _log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1.0)).mean())
-
-
 def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     """The T in [0.05, 20] that minimises the log loss of `probs` with temperature T."""
     from scipy.optimize import minimize_scalar
 
-    result = minimize_scalar(lambda log_t: _log_loss(with_temperature(probs, float(np.exp(log_t))), labels),
+    result = minimize_scalar(lambda log_t: kaggle_log_loss(with_temperature(probs, float(np.exp(log_t))), labels),
                              bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-4})
     return float(np.exp(result.x))
 
