@@ -21,7 +21,7 @@ endif
 # A fixed profile (PROFILE=quick|full), a time budget (BUDGET=15m) or a replayed plan (PLAN=file).
 RECIPE = $(if $(PROFILE),--profile $(PROFILE)) $(if $(BUDGET),--budget=$(BUDGET)) $(if $(PLAN),--plan=$(PLAN))
 
-.PHONY: help install system-run system-test test serve stop-host download prepare train tune report submit bench prune clean
+.PHONY: help install system-run system-test test serve stop-host download prepare train tune report submit predict export bench prune clean
 
 help:
 	@echo "make submit COMP=fashion-mnist   download -> prepare -> plan -> train -> TTA -> ensemble -> submit"
@@ -30,6 +30,9 @@ help:
 	@echo "make prepare COMP=digits         download + cached arrays + stratified folds"
 	@echo "make train COMP=x MODEL=m FOLD=k retrain one fold of one model (and nothing else)"
 	@echo "make tune COMP=x MODEL=m TRIALS=n [WORKERS=k] [STORAGE=url] [STUDY=name]   Optuna study"
+	@echo "make predict COMP=x INPUT=<folder|.npy|.csv> [OUT=preds.csv] [RUN=<config hash>] [RESIZE=1] [PROBS=1]"
+	@echo "                                 a logged run's ensemble on new images"
+	@echo "make export COMP=x [RUN=<config hash>] [TARGET=<code competition>]   package a run for a Kaggle code competition"
 	@echo "make prune COMP=x [DRY_RUN=1]    remove outputs that no logged submission, plan or study needs"
 	@echo "make bench                       data-path and training throughput benchmark"
 	@echo "make serve [PORT=80]             run the local Kaggle-compatible host in the foreground"
@@ -78,6 +81,15 @@ report: install
 
 prune: install
 	$(PY) -m pipelines prune --comp $(COMP) $(if $(filter-out 0,$(DRY_RUN)),--dry-run)
+
+predict: install
+	@test -n "$(INPUT)" || { echo "error: set INPUT= to a folder of images, a .npy array or a CSV of paths"; exit 2; }
+	$(PY) -m pipelines predict --comp $(COMP) --input "$(INPUT)" $(if $(OUT),--out "$(OUT)") $(if $(RUN),--run $(RUN)) \
+		$(if $(filter-out 0,$(RESIZE)),--resize) $(if $(filter-out 0,$(PROBS)),--probs)
+
+export: install
+	$(PY) -m pipelines export --comp $(COMP) $(if $(RUN),--run $(RUN)) $(if $(TARGET),--competition $(TARGET)) \
+		$(if $(OWNER),--owner $(OWNER))
 
 bench: install
 	$(PY) -m pipelines.bench

@@ -235,3 +235,21 @@ def describe_request_error(exc: Exception, spec: CompetitionSpec) -> str:
 def _first_line(exc: Exception) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else "(no message)"
+
+
+def kaggle_username(spec: CompetitionSpec) -> str | None:
+    """The account the kaggle client acts as for `spec.host` (the owner of what it publishes), read from
+    the same config the client reads; None when there is none yet. Never reads or returns the key."""
+    import json
+
+    if spec.host == "local":
+        config = host_root() / "client" / "kaggle.json"
+    else:
+        if os.environ.get("KAGGLE_USERNAME"):
+            return os.environ["KAGGLE_USERNAME"]
+        config = Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle") / "kaggle.json"
+    try:
+        username = json.loads(config.read_text()).get("username")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return username if isinstance(username, str) and username else None

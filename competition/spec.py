@@ -126,6 +126,8 @@ class CompetitionSpec(_Strict):
     title: str
     kaggle_slug: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]*$")
     host: Literal["kaggle", "local"]
+    # The code-competition variant these models can enter through a kernel (`make export` attaches it).
+    code_competition: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9-]*$")
     synthetic: bool = False
     layout: Layout
     id_column: str = "id"

@@ -70,6 +70,21 @@ def command_prune(spec, args) -> None:
     prune(spec, dry_run=args.dry_run)
 
 
+def command_predict(spec, args) -> None:
+    from pathlib import Path
+
+    from pipelines.infer import run_predict
+
+    run_predict(spec, Path(args.input), Path(args.out) if args.out else None, args.run, resize=args.resize,
+                with_probs=args.probs)
+
+
+def command_export(spec, args) -> None:
+    from pipelines.export import export
+
+    export(spec, args.run, competition=args.competition, owner=args.owner)
+
+
 def command_report(spec, args) -> None:
     from pipelines.chain import report_only
 
@@ -84,6 +99,9 @@ STAGES = {
     "report": (command_report, "the HTML run report (tables, learning curves, confusion matrix, studies, submissions)"),
     "submit": (command_submit, "everything: download, prepare, train, TTA, ensemble, validate, upload, log"),
     "prune": (command_prune, "remove output folders that no logged submission, plan or study needs"),
+    "predict": (command_predict, "a logged run's ensemble on new images (a folder, a .npy array or a CSV of paths)"),
+    "export": (command_export, "package a logged run for a Kaggle code competition: weights, model code, script, "
+               "dataset and kernel metadata"),
 }
 
 
@@ -135,6 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
             stage.add_argument("--study", default=None, help="study name (default: <comp>-<model>)")
             stage.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
             stage.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
+        if name in ("predict", "export"):
+            stage.add_argument("--run", default=None, help="the config hash of a logged submission (its file name and "
+                               "log.csv show it; a prefix will do); default: the latest logged submission")
+        if name == "predict":
+            stage.add_argument("--input", required=True, help="a folder of images, a .npy array or a CSV with a path column")
+            stage.add_argument("--out", default=None, help="output CSV (default: .data/<comp>/predictions/<input>-<run>.csv)")
+            stage.add_argument("--resize", action="store_true", help="resize images of another size (bilinear)")
+            stage.add_argument("--probs", action="store_true", help="also write <out>.probs.csv, one column a class")
+        if name == "export":
+            stage.add_argument("--competition", default=None, help="the Kaggle competition the kernel enters "
+                               "(default: the spec's code_competition, else its kaggle_slug)")
+            stage.add_argument("--owner", default=None, help="the Kaggle user who publishes the dataset and kernel "
+                               "(default: the username of the kaggle client's credentials)")
         if name == "train":
             stage.add_argument("--fold", type=int, default=None, help="(re)train only this fold")
         if name == "submit":

@@ -21,6 +21,7 @@ from pipelines.artifacts import git_commit, is_complete, read_manifest
 from pipelines.checks import find_model_run
 from pipelines.context import Context
 from pipelines.ensemble import ensemble
+from pipelines.lineage import member_sources
 from pipelines.plan import Clock, Shortening, execution, save_plan
 from pipelines.plan_study import run_planned_study
 from pipelines.predict import FoldOutput
@@ -128,7 +129,8 @@ def tta_and_ensemble(ctx: Context, trained: dict) -> tuple[Path, dict]:
     per_model = {name: tta_run(ctx.spec, name, folds, ctx.data, ctx.profile.tta, ctx.runtime) for name, folds in trained.items()}
     ctx.stage_seconds["tta"] = time.monotonic() - started
     started = time.monotonic()
-    result = ensemble(ctx.spec, ctx.profile.ensemble, per_model, ctx.data.labels_host(), ctx.data.fold_of_row)
+    sources = {name: member_sources(ctx.spec, folds, ctx.profile.tta) for name, folds in trained.items()}
+    result = ensemble(ctx.spec, ctx.profile.ensemble, per_model, ctx.data.labels_host(), ctx.data.fold_of_row, sources)
     ctx.stage_seconds["ensemble"] = time.monotonic() - started
     return result
 
@@ -147,7 +149,8 @@ def submit_all(ctx: Context, dry_run: bool = False, resubmit: bool = False) -> d
     test_ids = ctx.prepared.load().test_ids
     started = time.monotonic()
     result = submit(ctx.spec, ctx.profile_name, test_ids, test_probs, cv, config_hash(ctx),
-                    read_manifest(folder)["digest"], git_commit(), dry_run=dry_run, resubmit=resubmit)
+                    read_manifest(folder)["digest"], git_commit(), dry_run=dry_run, resubmit=resubmit,
+                    ensemble=folder.name)
     ctx.stage_seconds["submit"] = time.monotonic() - started
     # A cached rerun keeps the first run's minutes in the plan of record.
     measured = ctx.plan is not None and (ctx.trained_any or not ctx.plan.actual)

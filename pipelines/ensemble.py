@@ -32,6 +32,7 @@ from competition.spec import CompetitionSpec
 from pipelines.artifacts import atomic_output, build_once, output_key, read_manifest
 from pipelines.calibrate import (cross_fit, expected_calibration_error, fit_class_weights, fit_temperature, groups_of,
                                  reliability, reweighted, with_temperature)
+from pipelines.lineage import LINEAGE_VERSION, combine
 from pipelines.metrics import accuracy, log_loss
 from pipelines.predict import FoldOutput, file_digest
 from pipelines.registry import Registry
@@ -117,15 +118,19 @@ def find_weights(method: str, oof: list[np.ndarray], labels: np.ndarray, metric:
 
 
 def ensemble(spec: CompetitionSpec, method: str, per_model: dict[str, list[FoldOutput]], train_labels: np.ndarray,
-             row_folds: np.ndarray) -> tuple[Path, dict]:
+             row_folds: np.ndarray, sources: dict[str, dict] | None = None) -> tuple[Path, dict]:
     """Combine; returns (output folder, report). Cached by the digests of every fold's predictions.
-    `row_folds`: each training row's fold (the groups of the cross-fitted CV)."""
+    `row_folds`: each training row's fold (the groups of the cross-fitted CV); `sources`: each model's
+    lineage.member_sources, written into the manifest's lineage."""
     inputs = {f"{name}/{f.folder.name}": f.digest for name, folds in per_model.items() for f in folds}
-    config = {"method": method, "metric": spec.metric.model_dump(), "cross_fit": 3, "seed": spec.folds.seed}
+    config = {"method": method, "metric": spec.metric.model_dump(), "cross_fit": 3, "seed": spec.folds.seed,
+              "lineage": LINEAGE_VERSION}
     final = competition_root(spec.name) / "ensemble" / output_key(config, inputs)
+    described = {"competition": spec.name, "classes": list(spec.classes), "image": spec.image.model_dump(),
+                 "submission": spec.metric.bind().submission}
     return build_once(final, f"the ensemble of {spec.name}",
                       lambda: _write_ensemble(config, spec.metric.bind(), per_model, train_labels, row_folds, final,
-                                              inputs),
+                                              inputs, {**described, "sources": sources or {}}),
                       lambda: (final, read_manifest(final)["report"]))
 
 
@@ -139,13 +144,13 @@ def _calibrated(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> tu
 
 
 def _write_ensemble(config: dict, metric: Metric, per_model: dict[str, list[FoldOutput]], train_labels: np.ndarray,
-                    row_folds: np.ndarray, final: Path, inputs: dict[str, str]) -> tuple[Path, dict]:
+                    row_folds: np.ndarray, final: Path, inputs: dict[str, str],
+                    described: dict | None = None) -> tuple[Path, dict]:
     models = [gather(name, folds) for name, folds in per_model.items()]
     index, oof, note = shared_rows(models)
     labels = train_labels[index]
     groups = groups_of(row_folds[index], config["seed"])
     method = config["method"]
-    tests = [m.test_probs for m in models]
     raw_weights = find_weights(method, oof, labels, metric)
     raw_blend = sum(w * p for w, p in zip(raw_weights, oof))
     calibrating = metric.submission == "probabilities"  # log loss, AUC: the probabilities themselves are scored
@@ -153,14 +158,11 @@ def _write_ensemble(config: dict, metric: Metric, per_model: dict[str, list[Fold
     if calibrating:  # each model's temperature; the weights are then fitted on its cross-fitted calibrated rows
         for i, m in enumerate(models):
             temperatures[m.name], oof[i] = _calibrated(oof[i], labels, groups)
-            tests[i] = with_temperature(tests[i], temperatures[m.name])
     weights = find_weights(method, oof, labels, metric)
     oof_blend = sum(w * p for w, p in zip(weights, oof))
-    test_blend = sum(w * p for w, p in zip(weights, tests))
     if calibrating:
         temperatures["ensemble"] = fit_temperature(oof_blend, labels)
-        oof_blend, test_blend = (with_temperature(oof_blend, temperatures["ensemble"]),
-                                 with_temperature(test_blend, temperatures["ensemble"]))
+        oof_blend = with_temperature(oof_blend, temperatures["ensemble"])
     # Macro-F1, balanced accuracy, kappa: a decision rule (per-class weights on the probabilities).
     deciding = metric.submission == "label" and metric.name != "accuracy"
     class_weights = fit_class_weights(oof_blend, labels, metric) if deciding else None
@@ -186,9 +188,18 @@ def _write_ensemble(config: dict, metric: Metric, per_model: dict[str, list[Fold
                 "cross_fitted_with": metric.score(cross_fitted, labels),
                 "cross_fitted_without": metric.score(without_rule, labels), "cross_fitted_gain": gain}
         if gain > 0:
-            oof_blend, test_blend = reweighted(oof_blend, class_weights), reweighted(test_blend, class_weights)
+            oof_blend = reweighted(oof_blend, class_weights)
         else:
             cross_fitted = without_rule
+    # Everything the test set's blend needs, in the form `make predict` and `make export` replay.
+    described = described or {}
+    sources = described.get("sources", {})
+    lineage = {**{k: v for k, v in described.items() if k != "sources"}, "method": method, "members": [
+        {"name": m.name, "weight": float(w), "temperature": temperatures.get(m.name), **sources.get(m.name, {})}
+        for m, w in zip(models, weights)],
+        "ensemble_temperature": temperatures.get("ensemble"),
+        "class_weights": [float(w) for w in class_weights] if rule is not None and rule["applied"] else None}
+    test_blend = combine(lineage, [m.test_probs for m in models])
 
     def scores(probs: np.ndarray) -> dict:
         return {"oof_score": metric.score(probs, labels), "oof_accuracy": accuracy(probs, labels),
@@ -214,7 +225,7 @@ def _write_ensemble(config: dict, metric: Metric, per_model: dict[str, list[Fold
             "ece_before": expected_calibration_error(raw_blend, labels),
             "ece_after": expected_calibration_error(cross_fitted, labels),
             "reliability_before": reliability(raw_blend, labels), "reliability_after": reliability(cross_fitted, labels)}
-    summary: dict = {"report": report}
+    summary: dict = {"report": report, "lineage": lineage}
     with atomic_output(final, "ensemble", config, inputs, extra=summary) as staging:
         np.save(staging / "oof_probs.npy", oof_blend.astype(np.float32))
         np.save(staging / "oof_index.npy", index)

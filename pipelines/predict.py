@@ -80,9 +80,12 @@ def best_weights(model: ImageClassifier, run: ModelRun, epoch: int, val_accuracy
             "std": model.std.flatten().tolist(), "epoch": epoch, "val_accuracy": val_accuracy}
 
 
-def rebuild_from_checkpoint(checkpoint: dict, spec: CompetitionSpec, runtime: Runtime) -> ImageClassifier:
+def rebuild_from_checkpoint(checkpoint: dict, spec: CompetitionSpec, runtime: Runtime,
+                            precision: str | None = None) -> ImageClassifier:
+    """The model a checkpoint holds, in the precision it trained in (or `precision`)."""
     run = ModelRun.model_validate(checkpoint["run"])
-    model = build_model(run.model_copy(update={"pretrained": False, "pretrained_file": None}), spec,
+    changes = {"pretrained": False, "pretrained_file": None, **({"precision": precision} if precision else {})}
+    model = build_model(run.model_copy(update=changes), spec,
                         checkpoint["mean"], checkpoint["std"], runtime)
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()
@@ -143,6 +146,7 @@ def predict_with_views(model: nn.Module, images: torch.Tensor, views: list[str],
     """Mean over views of each view's (mean) probabilities."""
     passes = [(name, transform) for name in views for transform in VIEWS[name]]
     probs: dict[str, list[np.ndarray]] = {name: [] for name in views}
-    for name, transform in tqdm(passes, desc=desc, unit="view", leave=False, disable=len(images) * len(passes) < 20_000):
+    quiet = len(images) * len(passes) < 20_000 or not desc
+    for name, transform in tqdm(passes, desc=desc, unit="view", leave=False, disable=quiet):
         probs[name].append(predict_probs(model, images, view=transform))
     return np.mean([np.mean(probs[name], axis=0) for name in views], axis=0).astype(np.float32)

@@ -100,8 +100,10 @@ def read_test_ids(path: Path, spec: CompetitionSpec) -> list[str]:
     return ids.tolist()
 
 
-def load_image(path: Path, spec: CompetitionSpec, where: str) -> np.ndarray:
-    """One image file as uint8 H×W×C in the spec's channel count; wrong size or unreadable is a DataError."""
+def load_image(path: Path, spec: CompetitionSpec, where: str, resize: bool = False,
+               size_fix: str = "fix the file or `image:` in the competition YAML") -> np.ndarray:
+    """One image file as uint8 H×W×C in the spec's channel count; unreadable is a DataError, and so is the
+    wrong size unless `resize` (bilinear, as `make predict RESIZE=1` asks); `size_fix` ends that error."""
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
@@ -116,10 +118,12 @@ def load_image(path: Path, spec: CompetitionSpec, where: str) -> np.ndarray:
             with Image.open(path) as img:
                 # The header says how big the image is; check it before decoding a single pixel, so a
                 # decompression bomb (a tiny file that decodes to gigabytes) is refused for free.
-                if (img.height, img.width) != expected:
+                if (img.height, img.width) != expected and not resize:
                     raise DataError(f"{path}: image is {img.height}x{img.width}, expected {expected[0]}x{expected[1]} "
-                                    f"({where}); fix the file or `image:` in the competition YAML")
+                                    f"({where}); {size_fix}")
                 img = img.convert("L" if spec.image.channels == 1 else "RGB")
+                if (img.height, img.width) != expected:
+                    img = img.resize((expected[1], expected[0]), Image.BILINEAR)
                 array = np.asarray(img, dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"{path}: refused as a decompression bomb ({where}): {exc}") from None
@@ -128,10 +132,11 @@ def load_image(path: Path, spec: CompetitionSpec, where: str) -> np.ndarray:
     return array.reshape(*expected, spec.image.channels)
 
 
-def load_images(paths: list[Path], spec: CompetitionSpec, where: list[str], desc: str) -> np.ndarray:
+def load_images(paths: list[Path], spec: CompetitionSpec, where: list[str], desc: str, **options) -> np.ndarray:
+    """`load_image` for each path (`options`: its resize and size_fix), into one N×H×W×C array."""
     out = np.empty((len(paths), spec.image.height, spec.image.width, spec.image.channels), dtype=np.uint8)
     for i, path in enumerate(tqdm(paths, desc=desc, unit="img", mininterval=1.0, disable=len(paths) < 2000)):
-        out[i] = load_image(path, spec, where[i])
+        out[i] = load_image(path, spec, where[i], **options)
     return out
 
 

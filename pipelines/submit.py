@@ -30,10 +30,14 @@ from competition.paths import submissions_root
 from competition.spec import CompetitionSpec
 from pipelines.download import raw_dir
 
-LOG_COLUMNS = ["time", "competition", "profile", "config_hash", "git_commit", "predictions_digest", "cv_score",
-               "metric", "public_score", "private_score", "status", "ref", "file"]
-# Logs written before metrics other than accuracy: read as cv_score with metric `accuracy`, rewritten
-# in today's columns at the next write.
+# `ensemble`: the ensemble's output folder under .data/<comp>/ensemble/ (its manifest holds the lineage
+# that `make predict` and `make export` replay).
+LOG_COLUMNS = ["time", "competition", "profile", "config_hash", "git_commit", "predictions_digest", "ensemble",
+               "cv_score", "metric", "public_score", "private_score", "status", "ref", "file"]
+# Logs of earlier versions, read with the missing columns empty and rewritten in today's columns at the
+# next write: before lineage (no `ensemble`), and before metrics other than accuracy (`cv_accuracy`,
+# read as cv_score with metric `accuracy`).
+METRIC_LOG_COLUMNS = [c for c in LOG_COLUMNS if c != "ensemble"]
 ACCURACY_LOG_COLUMNS = ["time", "competition", "profile", "config_hash", "git_commit", "predictions_digest",
                         "cv_accuracy", "public_score", "private_score", "status", "ref", "file"]
 # PENDING: recorded before the upload, completed by this or a later run. FAILED: the upload never reached
@@ -140,6 +144,8 @@ def _check_log_row(row: dict) -> str | None:
         return f"status '{row['status']}' is not one of {', '.join(LOG_STATUSES)}"
     if not re.fullmatch(r"[0-9a-f]{8,64}", row["predictions_digest"]):
         return f"predictions_digest '{row['predictions_digest']}' is not a hex digest"
+    if row["ensemble"] and not re.fullmatch(r"[0-9a-f]{8,64}", row["ensemble"]):
+        return f"ensemble '{row['ensemble']}' is not an ensemble folder's name"
     for column in ("cv_score", "public_score", "private_score"):
         if row[column] and _score(row[column]) is None:
             return f"{column} '{row[column]}' is not a number"
@@ -163,7 +169,7 @@ def read_log(spec: CompetitionSpec) -> list[dict]:
         raise DataError(f"{path}: not a readable CSV ({exc}); {fix}") from None
     if not rows:
         return []
-    if rows[0] not in (LOG_COLUMNS, ACCURACY_LOG_COLUMNS):
+    if rows[0] not in (LOG_COLUMNS, METRIC_LOG_COLUMNS, ACCURACY_LOG_COLUMNS):
         raise DataError(f"{path} row 1: the header must be {','.join(LOG_COLUMNS)}; {fix}")
     columns = rows[0]
     entries = []
@@ -173,7 +179,7 @@ def read_log(spec: CompetitionSpec) -> list[dict]:
         if len(fields) != len(columns):
             raise DataError(f"{path} row {number}: {len(fields)} fields, expected {len(columns)} "
                             f"(a truncated or hand-edited row?); {fix}")
-        entry = dict(zip(columns, fields))
+        entry = {**dict.fromkeys(LOG_COLUMNS, ""), **dict(zip(columns, fields))}
         if "cv_accuracy" in entry:
             entry["cv_score"], entry["metric"] = entry.pop("cv_accuracy"), "accuracy"
         problem = _check_log_row(entry)
@@ -190,10 +196,11 @@ def write_log(spec: CompetitionSpec, rows: list[dict]) -> None:
         writer.writerows({k: row.get(k, "") for k in LOG_COLUMNS} for row in rows)
 
 
-def _log_row(spec: CompetitionSpec, profile_name: str, config_hash: str, git_commit: str, digest: str,
+def _log_row(spec: CompetitionSpec, profile_name: str, config_hash: str, git_commit: str, digest: str, ensemble: str,
              cv_score: float, result: SubmissionResult, path: Path) -> dict:
     return {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "competition": spec.name,
             "profile": profile_name, "config_hash": config_hash, "git_commit": git_commit, "predictions_digest": digest,
+            "ensemble": ensemble,
             "cv_score": f"{cv_score:.5f}", "metric": str(spec.metric), "public_score": _score_text(result.public_score),
             "private_score": _score_text(result.private_score), "status": result.status, "ref": result.ref or "",
             "file": str(path)}
@@ -278,7 +285,7 @@ def create_submission(spec: CompetitionSpec, api, path: Path, message: str) -> t
 
 def submit(spec: CompetitionSpec, profile_name: str, test_ids: list[str], test_probs: np.ndarray, cv_score: float,
            config_hash: str, predictions_digest: str, git_commit: str, dry_run: bool = False,
-           resubmit: bool = False) -> SubmissionResult:
+           resubmit: bool = False, ensemble: str = "") -> SubmissionResult:
     """Write, check and (unless `dry_run`) upload the predictions, under the log's lock; one log row each run."""
     with locks.hold(log_path(spec), f"the submissions log of {spec.name}"):
         rows = read_log(spec)
@@ -287,7 +294,8 @@ def submit(spec: CompetitionSpec, profile_name: str, test_ids: list[str], test_p
             settle_pending(spec, api, rows)
 
         def new_row(result: SubmissionResult, path: Path) -> dict:
-            return _log_row(spec, profile_name, config_hash, git_commit, predictions_digest, cv_score, result, path)
+            return _log_row(spec, profile_name, config_hash, git_commit, predictions_digest, ensemble, cv_score, result,
+                            path)
 
         if not dry_run:
             earlier = _earlier_result(spec, rows, predictions_digest, resubmit, new_row)

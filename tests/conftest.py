@@ -153,3 +153,28 @@ def postgres_url():
         subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(base / "data"), "-m", "immediate", "stop"],
                        capture_output=True, timeout=60)
         shutil.rmtree(base, ignore_errors=True)
+
+
+KERNEL_VENV_PACKAGES = ("numpy", "pandas", "pillow", "safetensors")
+
+
+@pytest.fixture(scope="session")
+def kernel_python() -> str:
+    """A Python with only what an exported inference script declares (torch, numpy, pandas, pillow,
+    safetensors), as a Kaggle image offers, and no kpipe: built once and kept outside the clone
+    ($KPIPE_KERNEL_VENV, default ~/.cache/kpipe-kernel-venv), as CI keeps its venv. Its torch is an older
+    release than the pipeline's where the package index has one, so the script is tested on older torch."""
+    from competition import locks
+
+    folder = Path(os.environ.get("KPIPE_KERNEL_VENV") or Path.home() / ".cache" / "kpipe-kernel-venv")
+    python = folder / "bin" / "python"
+    with locks.hold(folder, "the kernel test venv"):
+        if not (folder / ".complete").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True, timeout=300)
+            pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+            older = subprocess.run([*pip, "torch<2.14", *KERNEL_VENV_PACKAGES], capture_output=True, text=True, timeout=1200)
+            if older.returncode != 0:
+                subprocess.run([*pip, "torch", *KERNEL_VENV_PACKAGES], check=True, timeout=1200)
+            (folder / ".complete").write_text("")
+    return str(python)

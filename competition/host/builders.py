@@ -60,7 +60,7 @@ def write_competition(dest: Path, meta: dict, test_ids: list[str], test_labels: 
 
 
 def _meta(slug: str, title: str, labels: list[str], description: str, synthetic: bool = False,
-          metric: str | dict = "accuracy") -> dict:
+          metric: str | dict = "accuracy", code_competition: bool = False) -> dict:
     return {
         "slug": slug,
         "title": title,
@@ -73,6 +73,7 @@ def _meta(slug: str, title: str, labels: list[str], description: str, synthetic:
         "max_daily_submissions": 20,
         "deadline": "2099-12-31T23:59:59",
         "synthetic": synthetic,
+        "code_competition": code_competition,
     }
 
 
@@ -110,6 +111,32 @@ def build_fashion_mnist(dest: Path, slug: str = "fashion-mnist") -> None:
     np.save(dest / "data" / "train_images.npy", train_images)
     np.save(dest / "data" / "test_images.npy", test_images)
     write_csv(dest / "data" / "train.csv", ["id", "label"], zip(train_ids, train_labels.tolist()))
+    if meta.get("code_competition"):
+        hide_test_set(dest)
+
+
+CODE_COMPETITION_VISIBLE_ROWS = 20
+
+
+def hide_test_set(dest: Path) -> None:
+    """A code competition, as on Kaggle: participants download the first rows of the test set only; the
+    whole test set (hidden/, laid over data/) is seen only by kernels, when they run on the host."""
+    import shutil
+
+    data, hidden, rows = dest / "data", dest / "hidden", CODE_COMPETITION_VISIBLE_ROWS
+    hidden.mkdir()
+    (data / "sample_submission.csv").rename(hidden / "sample_submission.csv")
+    lines = (hidden / "sample_submission.csv").read_text().splitlines(keepends=True)
+    (data / "sample_submission.csv").write_text("".join(lines[:rows + 1]))
+    if (data / "test_images.npy").is_file():  # one array
+        (data / "test_images.npy").rename(hidden / "test_images.npy")
+        np.save(data / "test_images.npy", np.load(hidden / "test_images.npy")[:rows])
+    else:  # one image file an id, in test/
+        (data / "test").rename(hidden / "test")
+        (data / "test").mkdir()
+        for line in lines[1:rows + 1]:
+            name = f"{line.split(',', 1)[0]}.png"
+            shutil.copyfile(hidden / "test" / name, data / "test" / name)
 
 
 LONG_TAIL_KEEP = [1.0, 0.6, 0.36, 0.22, 0.13, 0.08, 0.05, 0.03, 0.02, 0.015]  # of each class, by a seeded shuffle
@@ -138,7 +165,7 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG")
 
 
-def build_digits(dest: Path) -> None:
+def build_digits(dest: Path, slug: str = "digits") -> None:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -149,7 +176,7 @@ def build_digits(dest: Path) -> None:
     train_idx, test_idx = train_test_split(
         np.arange(len(images)), test_size=0.25, stratify=bunch.target, random_state=SPLIT_SEED
     )
-    meta = BUILTIN_META["digits"]
+    meta = BUILTIN_META[slug]
     test_idx = np.sort(test_idx)
     write_competition(dest, meta, list(ids[test_idx]), [str(bunch.target[i]) for i in test_idx])
     for folder, idx in (("train", np.sort(train_idx)), ("test", test_idx)):
@@ -157,6 +184,8 @@ def build_digits(dest: Path) -> None:
         for i in idx:
             _save_png(images[i], dest / "data" / folder / f"{ids[i]}.png")
     write_csv(dest / "data" / "train.csv", ["id", "label"], ((ids[i], bunch.target[i]) for i in np.sort(train_idx)))
+    if meta.get("code_competition"):
+        hide_test_set(dest)
 
 
 # --- thu-deep-learning: SYNTHETIC 64x64 RGB, 100 classes, class folders of JPEGs ---------------------
@@ -274,9 +303,19 @@ BUILTIN_META: dict[str, dict] = {
         "Real Fashion-MNIST with a long tail: the most common class keeps all its images, the rarest 1.5%, in "
         "training and test alike. Scored by macro-averaged F1, so each rare class counts as much as a common one.",
         metric="f1_macro"),
+    "fashion-mnist-code": _meta(
+        "fashion-mnist-code", "Fashion-MNIST, a code competition", [str(i) for i in range(10)],
+        "Fashion-MNIST's test set seen only by notebooks: the download holds the first 20 test images; a "
+        "kernel with this competition attached reads all 10,000 from /kaggle/input/fashion-mnist-code/ and "
+        "its submission.csv is scored. Same ids, labels and public/private split as fashion-mnist.",
+        code_competition=True),
     "digits": _meta(
         "digits", "Digits 8x8 (tiny)", [str(i) for i in range(10)],
         "scikit-learn's 1,797 handwritten 8x8 digits as PNG files; for fast end-to-end runs."),
+    "digits-code": _meta(
+        "digits-code", "Digits 8x8, a code competition", [str(i) for i in range(10)],
+        "The digits competition's test set seen only by notebooks (the download holds its first 20 images); "
+        "same ids, labels and public/private split as digits.", code_competition=True),
     "thu-deep-learning": _meta(
         "thu-deep-learning", "Tiny image challenge (SYNTHETIC stand-in)",
         [f"c{i:03d}" for i in range(len(SHAPES) * HUE_BANDS)],
@@ -289,6 +328,8 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "fashion-mnist": build_fashion_mnist,
     "fashion-mnist-logloss": lambda dest: build_fashion_mnist(dest, "fashion-mnist-logloss"),
     "fashion-mnist-imbalanced": lambda dest: build_fashion_mnist(dest, "fashion-mnist-imbalanced"),
+    "fashion-mnist-code": lambda dest: build_fashion_mnist(dest, "fashion-mnist-code"),
     "digits": build_digits,
+    "digits-code": lambda dest: build_digits(dest, "digits-code"),
     "thu-deep-learning": build_thu_deep_learning,
 }

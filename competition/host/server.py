@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import ipaddress
 import json
@@ -30,7 +31,8 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
 from competition import metrics
-from competition.host import builders
+from competition.host import builders, code_api
+from competition.host.code_store import CodeHost
 from competition.host.scoring import SubmissionRejected
 from competition.host.store import MAX_UPLOAD_BYTES, HostStore, InvalidName, LimitReached, NotFound, iso
 
@@ -92,6 +94,7 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = CONNECTION_TIMEOUT_S  # socket timeout for every read of this connection
     store: HostStore  # set on the subclass made by make_server
+    code: CodeHost  # datasets and kernels, beside the store
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -231,6 +234,8 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
             if user is None:
                 return self._send_error(401, "Missing or wrong credentials for the local Kaggle host")
             handler = getattr(self, f"rpc_{method}", None) if service == COMPETITIONS else None
+            if handler is None and (service, method) in code_api.RPCS:
+                handler = functools.partial(code_api.RPCS[(service, method)], self)
             if handler is None:
                 return self._send_error(404, f"The local host does not implement {service[:80]}/{method[:80]}")
             handler(request, user)
@@ -248,10 +253,20 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
 
     def _get(self):
         path = self._path()
+        parts = [unquote(p) for p in path.strip("/").split("/")]
+        if len(parts) >= 3 and parts[0] == "outputs":  # a kernel's output: the client sends no credentials
+            try:
+                return self._send_file(self.code.output_file(parts[1], "/".join(parts[2:])), "application/octet-stream")
+            except (NotFound, InvalidName) as exc:
+                return self._send_error(404, str(exc))
         if self._authenticated_user() is None:
             return self._send_error(401, "Missing or wrong credentials for the local Kaggle host")
-        parts = [unquote(p) for p in path.strip("/").split("/")]
         try:
+            if len(parts) == 6 and parts[:2] == ["files", "datasets"] and parts[5] == f"{parts[3]}.zip":
+                return self._send_file(self.code.dataset_zip(parts[2], parts[3], int(parts[4])), "application/zip")
+            if len(parts) == 6 and parts[:2] == ["files", "datasets"]:
+                return self._send_file(self.code.dataset_file(parts[2], parts[3], int(parts[4]), parts[5]),
+                                       "application/octet-stream")
             if len(parts) == 3 and parts[0] == "files" and parts[2] == f"{parts[1]}.zip":
                 return self._send_file(self.store.data_zip(parts[1]), "application/zip")
             if len(parts) >= 4 and parts[0] == "files" and parts[2] == "data":
@@ -259,7 +274,7 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
                 return self._send_file(path, mimetypes.guess_type(path.name)[0] or "application/octet-stream")
             if len(parts) == 3 and parts[0] == "files" and parts[2] == "leaderboard.zip":
                 return self._send(200, self._leaderboard_zip(parts[1]), "application/zip")
-        except (NotFound, InvalidName) as exc:
+        except (NotFound, InvalidName, ValueError) as exc:
             return self._send_error(404, str(exc))
         except builders.BuildError as exc:
             return self._send_error(500, str(exc))
@@ -450,7 +465,9 @@ class BoundedThreadingHTTPServer(ThreadingHTTPServer):
 def make_server(store: HostStore, port: int = 80, bind: str = "127.0.0.1") -> ThreadingHTTPServer:
     check_loopback(bind)
     store.credentials()  # create the account before the first request
-    handler = type("BoundKaggleHostHandler", (KaggleHostHandler,), {"store": store})
+    code = CodeHost(store)
+    code.recover()
+    handler = type("BoundKaggleHostHandler", (KaggleHostHandler,), {"store": store, "code": code})
     return BoundedThreadingHTTPServer((bind, port), handler)
 
 

@@ -213,6 +213,25 @@ class HostStore:
             atomic.write_bytes(self.root / "uploads" / token, body)
             db.execute("UPDATE uploads SET complete=1 WHERE token=?", (token,))
 
+    def start_blob_upload(self, name: str, content_length: int) -> str:
+        """An upload slot for one file of a dataset (no competition); the name is kept for display and
+        checked as a file name when the dataset is made."""
+        if not 0 <= content_length <= MAX_UPLOAD_BYTES:
+            raise SubmissionRejected(f"File '{name[:80]}' is {content_length} bytes; the limit is {MAX_UPLOAD_BYTES}")
+        token = secrets.token_urlsafe(24)
+        with self._db() as db:
+            db.execute("INSERT INTO uploads VALUES (?,?,?,?,?,0)", (token, "", name[:255], content_length, iso(utcnow())))
+        return token
+
+    def finished_upload(self, token) -> tuple[str, Path]:
+        """(file name, path) of a completed dataset-file upload; InvalidName for anything else."""
+        with self._db() as db:
+            row = db.execute("SELECT file_name, complete, competition FROM uploads WHERE token=?",
+                             (check_token(token),)).fetchone()
+        if row is None or not row[1] or row[2] != "":
+            raise InvalidName("No finished file upload for this token; upload the file first")
+        return row[0], self.root / "uploads" / token
+
     def upload_complete(self, token: str) -> bool:
         with self._db() as db:
             row = db.execute("SELECT complete FROM uploads WHERE token=?", (check_token(token),)).fetchone()
@@ -243,13 +262,24 @@ class HostStore:
             raise SubmissionRejected("No uploaded file for this token; upload the CSV first")
         if row[0] != slug:
             raise SubmissionRejected(f"This upload was started for competition '{row[0]}', not '{slug}'")
-        file_name = row[1]
+        if meta.get("code_competition"):
+            raise SubmissionRejected(
+                f"'{slug}' is a code competition: it only accepts the output of a notebook. Push a kernel with "
+                f"the competition attached, then `kaggle competitions submit {slug} -k <owner>/<kernel> -v <version> "
+                "-f submission.csv -m <message>`")
+        return self.record_submission(slug, team, row[1], (self.root / "uploads" / token).read_bytes(), description,
+                                      solution)
+
+    def record_submission(self, slug: str, team: str, file_name: str, data: bytes, description: str,
+                          solution: Solution) -> int:
+        """Score `data` and record it (an uploaded CSV or a kernel's output file); a malformed file is
+        recorded as ERROR (not counted against the daily limit) and re-raised."""
+        meta = self.meta(slug)
         with self._lock:
             if self.limits(slug, team)["numAllowedNow"] <= 0:
                 raise LimitReached(
                     f"Daily submission limit reached ({meta['max_daily_submissions']} per day for '{slug}'); "
                     "it resets at 00:00 UTC")
-            data = (self.root / "uploads" / token).read_bytes()
             score: Score | None = None
             error = ""
             try:

@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""Run a kpipe ensemble on a competition's test images and write submission.csv, with no kpipe installed.
+
+`make export` copies this file, unchanged, into the package it writes (as `inference.py`) and makes it
+the code file of a Kaggle script kernel. It needs only torch, numpy, pandas, pillow and safetensors
+(plus timm or torchvision when a member model comes from them), and works with older torch than the
+pipeline's: weights are plain safetensors state dicts and the model code ships as source
+(`kpipe_models.zip`, imported from the zip), so nothing pickled is ever loaded.
+
+Where it looks, as on Kaggle (each overridable):
+    --input-root   /kaggle/input (or $KAGGLE_INPUT_ROOT)
+    --package      the folder holding ensemble.json: beside this script, else the attached dataset
+                   (the <input root>/*/ that holds one)
+    --data         the competition's files: <input root>/<competition slug>, else any <input root>/*/ holding
+                   the sample submission
+    --out          submission.csv in the working directory (/kaggle/working on Kaggle)
+
+What it computes is what the pipeline's ensemble stage computed for the test set: each fold model
+(normalisation and resizing included) through its member's test-time views, the mean over folds, each
+member's temperature, the weighted sum, the blend's temperature and the decision rule's class weights.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+BATCH = 512
+
+
+# --- where things are --------------------------------------------------------------------------------
+
+
+def find_package(input_root: Path, given: str | None) -> Path:
+    candidates = [Path(given)] if given else [Path(__file__).resolve().parent, *sorted(input_root.glob("*"))]
+    for folder in candidates:
+        if (folder / "ensemble.json").is_file():
+            return folder
+    sys.exit(f"error: no ensemble.json in {', '.join(str(c) for c in candidates[:3])}; attach the exported dataset "
+             "or pass --package DIR")
+
+
+def find_data(input_root: Path, slug: str, sample_name: str, given: str | None) -> Path:
+    candidates = [Path(given)] if given else [input_root / slug, *sorted(input_root.glob("*"))]
+    for folder in candidates:
+        if (folder / sample_name).is_file():
+            return folder
+    sys.exit(f"error: no {sample_name} in {', '.join(str(c) for c in candidates[:3])}; attach the competition's data "
+             "or pass --data DIR")
+
+
+# --- test images, read as the pipeline read them --------------------------------------------------------
+
+
+def read_test(data: Path, config: dict) -> tuple[list[str], np.ndarray, list[str]]:
+    """(ids in the sample submission's order, uint8 N×C×H×W images, the sample submission's header)."""
+    import pandas as pd
+
+    layout, shape = config["layout"], config["image"]
+    sample = pd.read_csv(data / layout["sample_submission"], dtype=str, keep_default_na=False)
+    ids = sample[config["id_column"]].tolist()
+    if layout["kind"] == "npy":
+        images = np.load(data / layout["test_images"], allow_pickle=False)
+        if images.ndim == 3:
+            images = images[..., None]
+    else:
+        from PIL import Image
+
+        images = np.empty((len(ids), shape["height"], shape["width"], shape["channels"]), dtype=np.uint8)
+        for i, sample_id in enumerate(ids):
+            with Image.open(data / layout["test_dir"] / layout["filename"].format(id=sample_id)) as img:
+                pixels = np.asarray(img.convert("L" if shape["channels"] == 1 else "RGB"), dtype=np.uint8)
+            images[i] = pixels.reshape(shape["height"], shape["width"], shape["channels"])
+    expected = (len(ids), shape["height"], shape["width"], shape["channels"])
+    if images.shape != expected:
+        sys.exit(f"error: test images are {images.shape}, expected {expected} (one per sample submission row)")
+    return ids, np.ascontiguousarray(images.transpose(0, 3, 1, 2)), list(sample.columns)
+
+
+# --- the models -------------------------------------------------------------------------------------------
+
+
+class Classifier(nn.Module):
+    """The pipeline's ImageClassifier in fp32: 0..255 images, normalised, resized if asked, classified."""
+
+    def __init__(self, net: nn.Module, channels: int, input_size: int | None):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.zeros(1, channels, 1, 1))
+        self.register_buffer("std", torch.ones(1, channels, 1, 1))
+        self.input_size = input_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.float() - self.mean) / self.std
+        if self.input_size and x.shape[-1] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        return self.net(x)
+
+
+def build(config: dict, member: dict, fold: dict, package: Path, device: torch.device) -> Classifier:
+    from safetensors.torch import load_file
+
+    import models  # the pipeline's model code, from kpipe_models.zip
+
+    run, shape = member["run"], config["image"]
+    net = models.create(run["model"], num_classes=len(config["classes"]), in_chans=shape["channels"],
+                        img_size=run.get("input_size") or shape["height"], **run.get("model_args", {}))
+    model = Classifier(net, shape["channels"], run.get("input_size"))
+    model.load_state_dict(load_file(str(package / fold["weights"])))
+    return model.to(device).eval()
+
+
+def shift_by(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    shifted = torch.roll(images, shifts=(dy, dx), dims=(2, 3))
+    if dy > 0:
+        shifted[:, :, :dy] = 0
+    elif dy < 0:
+        shifted[:, :, dy:] = 0
+    if dx > 0:
+        shifted[:, :, :, :dx] = 0
+    elif dx < 0:
+        shifted[:, :, :, dx:] = 0
+    return shifted
+
+
+VIEWS = {
+    "identity": [lambda x: x],
+    "hflip": [lambda x: x.flip(3)],
+    "vflip": [lambda x: x.flip(2)],
+    "shift": [lambda x, d=d: shift_by(x, *d) for d in ((1, 0), (-1, 0), (0, 1), (0, -1))],
+}
+
+
+@torch.no_grad()
+def probabilities(model: nn.Module, images: torch.Tensor, transform) -> np.ndarray:
+    chunks = []
+    for start in range(0, len(images), BATCH):
+        chunks.append(model(transform(images[start:start + BATCH])).float().softmax(dim=1).cpu())
+    return torch.cat(chunks).numpy()
+
+
+def with_views(model: nn.Module, images: torch.Tensor, views: list[str]) -> np.ndarray:
+    return np.mean([np.mean([probabilities(model, images, t) for t in VIEWS[v]], axis=0) for v in views],
+                   axis=0).astype(np.float32)
+
+
+# --- the blend, as the ensemble stage made it -----------------------------------------------------------
+
+
+def with_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    logits = np.log(np.clip(probs, 1e-15, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    scaled = np.exp(logits)
+    return scaled / scaled.sum(axis=1, keepdims=True)
+
+
+def combine(config: dict, member_probs: list[np.ndarray]) -> np.ndarray:
+    blend = 0.0
+    for member, probs in zip(config["members"], member_probs):
+        if member["temperature"] is not None:
+            probs = with_temperature(probs, member["temperature"])
+        blend = blend + member["weight"] * probs
+    if config["ensemble_temperature"] is not None:
+        blend = with_temperature(blend, config["ensemble_temperature"])
+    if config["class_weights"] is not None:
+        scaled = blend * np.asarray(config["class_weights"])
+        blend = scaled / scaled.sum(axis=1, keepdims=True)
+    return np.asarray(blend)
+
+
+def cells(config: dict, columns: list[str], probs: np.ndarray) -> list[str]:
+    classes, kind = config["classes"], config["submission"]["kind"]
+    if kind == "label":
+        return [classes[int(probs.argmax())]]
+    if kind == "ranked_labels":
+        order = np.argsort(-probs[None, :], axis=1, kind="stable")[0, :config["submission"]["k"]]
+        return [" ".join(classes[i] for i in order)]
+    values = probs[1:] if len(columns) == 1 else probs
+    return [f"{float(p):.6g}" for p in values]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input-root", default=os.environ.get("KAGGLE_INPUT_ROOT", "/kaggle/input"))
+    parser.add_argument("--package", default=None, help="the folder holding ensemble.json")
+    parser.add_argument("--data", default=None, help="the competition's data folder")
+    parser.add_argument("--out", default="submission.csv")
+    parser.add_argument("--probs", default=None, help="also save the probabilities (N×classes) to this .npy file")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    started = time.time()
+    input_root = Path(args.input_root)
+    package = find_package(input_root, args.package)
+    config = json.loads((package / "ensemble.json").read_text())
+    sys.path.insert(0, str(package / "kpipe_models.zip"))
+    data = find_data(input_root, config["competition"], config["layout"]["sample_submission"], args.data)
+    ids, images, header = read_test(data, config)
+    device = torch.device(args.device)
+    batch = torch.from_numpy(images).to(device)
+    print(f"kpipe: {len(ids):,} test images from {data}; package {package}; torch {torch.__version__} on {device}",
+          flush=True)
+    member_probs = []
+    for member in config["members"]:
+        folds = []
+        for fold in member["folds"]:
+            folds.append(with_views(build(config, member, fold, package, device), batch, member["views"]))
+            print(f"kpipe: {member['name']} fold {fold['fold']} done ({time.time() - started:.0f} s)", flush=True)
+        member_probs.append(np.mean(folds, axis=0))
+    probs = combine(config, member_probs)
+    with open(args.out, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows([sample_id, *cells(config, header[1:], p)] for sample_id, p in zip(ids, probs))
+    if args.probs:
+        np.save(args.probs, probs.astype(np.float32))
+    print(f"kpipe: wrote {args.out} ({len(ids):,} rows) in {time.time() - started:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
