@@ -6,6 +6,8 @@ Rows:
 - pipeline: the real `train_fold` on the same fold, model and batch size, its images/s from history.csv
   (training steps only, validation excluded, as in the plain loop).
 - augmentation alone: the batched `light` policy and per-sample albumentations `strong`.
+- inference: test-set predictions a second, of the benchmark's fold model without and with the spec's TTA
+  views, and of the latest logged run's whole ensemble as `make predict` runs it.
 - precision probe: every candidate of the competition's pool in every precision this machine offers
   (measured afresh, not from the probe cache), with the speed-up over fp32.
 - planner accuracy: a real time-budget run of digits (BENCH_PLAN_BUDGET, default 60s, dry run), then
@@ -90,6 +92,39 @@ def precision_table(spec, data, runtime) -> list[dict]:
     return rows
 
 
+def inference_table(spec, fold_folder, data, runtime) -> list[dict]:
+    """Prediction throughput on the test images (final predictions a second): the benchmark's fold model
+    without TTA and through the views the spec plans with, then the latest logged run's whole ensemble
+    as `make predict` runs it (every fold model of every member, with its views), where there is one."""
+    from pipelines.infer import predict_ensemble
+    from pipelines.lineage import find_run
+    from pipelines.predict import load_fold_model, predict_with_views
+
+    images = data.test_images
+    views = spec.pool.tta if spec.pool else ["identity", "hflip"]
+    model = load_fold_model(fold_folder, spec, runtime)
+    predict_with_views(model, images[:256], ["identity"], desc="")  # warm-up: first calls allocate
+    rows = []
+    for what, chosen in (("fold model, no TTA", ["identity"]), (f"fold model, TTA {'+'.join(views)}", views)):
+        started = time.perf_counter()
+        predict_with_views(model, images, chosen, desc="")
+        rows.append({"path": what, "images_per_second": round(len(images) / (time.perf_counter() - started), 1)})
+    try:
+        logged = find_run(spec, None)
+    except UserError as exc:
+        rows.append({"path": "logged ensemble (make predict)", "images_per_second": None, "note": str(exc)})
+        return rows
+    nhwc = data.test_images.permute(0, 2, 3, 1).cpu().numpy()
+    started = time.perf_counter()
+    predict_ensemble(spec, logged, nhwc, runtime)
+    members = logged.lineage["members"]
+    rows.append({"path": f"logged ensemble {logged.config_hash} (make predict)",
+                 "images_per_second": round(len(nhwc) / (time.perf_counter() - started), 1),
+                 "note": f"{sum(len(m['folds']) for m in members)} fold models, views "
+                         + "; ".join(f"{m['name']}: {'+'.join(m['views'])}" for m in members)})
+    return rows
+
+
 def planner_accuracy(runtime, budget: str) -> list[dict]:
     """A fresh budget run of digits (its own temporary data folder, dry run: probe, plan, train, all of it),
     then actual / planned wall time of every plan of record of this machine."""
@@ -156,6 +191,7 @@ def main() -> None:
         rate = augmentation_only(spec, data, policy, train_rows.cpu(), batch)
         results.append({"path": f"augmentation only: {policy}", "images_per_second": round(rate, 1)})
 
+    inference_rows = inference_table(spec, output.folder, data, runtime)
     precision_rows = precision_table(spec, data, runtime)
     planner_rows = planner_accuracy(runtime, os.environ.get("BENCH_PLAN_BUDGET", "60s"))
 
@@ -167,6 +203,10 @@ def main() -> None:
         print(f"{r['path']:<30} {r['images_per_second']:>10,.0f} {ratio:>9}")
     verdict = "PASS" if pipeline >= 0.9 * plain else "FAIL"
     print(f"target: pipeline >= 0.9x plain loop: {verdict}")
+    print(f"\ninference on the {len(data.test_images):,} test images (final predictions a second)")
+    for r in inference_rows:
+        rate = f"{r['images_per_second']:>10,.0f}" if r["images_per_second"] is not None else f"{'-':>10}"
+        print(f"{r['path']:<52} {rate}  {r.get('note', '')}")
     print(f"\nprecision probe on {machine_description(runtime)}")
     print(f"{'candidate':<16} {'precision':<10} {'train img/s':>12} {'predict img/s':>14} {'train vs fp32':>14}")
     for r in precision_rows:
@@ -182,7 +222,7 @@ def main() -> None:
     print(json.dumps({"benchmark": "training_throughput", "competition": comp, "model": model_name, "batch_size": batch,
                       "device": str(runtime.device), "machine": machine_description(runtime),
                       "threads": torch.get_num_threads(), "results": results, "target_met": verdict == "PASS",
-                      "precision_probe": precision_rows, "planner": planner_rows}))
+                      "inference": inference_rows, "precision_probe": precision_rows, "planner": planner_rows}))
 
 
 if __name__ == "__main__":
