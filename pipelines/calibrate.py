@@ -22,6 +22,8 @@ from typing import Callable
 import numpy as np
 
 from competition.metrics import Metric, kaggle_log_loss
+# Temperature scaling as the exported script applies it (the script runs without kpipe, so it holds it).
+from pipelines.kernel_inference import with_temperature  # noqa: F401  (re-exported)
 
 CROSS_FIT_GROUPS = 5  # sub-splits when every OOF row comes from one fold
 LOG_T_BOUNDS = (np.log(0.05), np.log(20.0))
@@ -45,13 +47,6 @@ def cross_fit(groups: np.ndarray, fit: Callable[[np.ndarray], object], apply: Ca
         held_out = np.flatnonzero(groups == group)
         out[held_out] = apply(fit(np.flatnonzero(groups != group)), held_out)
     return out
-
-
-def with_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    logits = np.log(np.clip(probs, 1e-15, 1.0)) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    scaled = np.exp(logits)
-    return scaled / scaled.sum(axis=1, keepdims=True)
 
 
 def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:

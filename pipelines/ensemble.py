@@ -126,11 +126,11 @@ def ensemble(spec: CompetitionSpec, method: str, per_model: dict[str, list[FoldO
     config = {"method": method, "metric": spec.metric.model_dump(), "cross_fit": 3, "seed": spec.folds.seed,
               "lineage": LINEAGE_VERSION}
     final = competition_root(spec.name) / "ensemble" / output_key(config, inputs)
-    described = {"competition": spec.name, "classes": list(spec.classes), "image": spec.image.model_dump(),
-                 "submission": spec.metric.bind().submission}
+    head = {"competition": spec.name, "classes": list(spec.classes), "image": spec.image.model_dump(),
+            "submission": spec.metric.bind().submission}
     return build_once(final, f"the ensemble of {spec.name}",
                       lambda: _write_ensemble(config, spec.metric.bind(), per_model, train_labels, row_folds, final,
-                                              inputs, {**described, "sources": sources or {}}),
+                                              inputs, head, sources),
                       lambda: (final, read_manifest(final)["report"]))
 
 
@@ -144,8 +144,10 @@ def _calibrated(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> tu
 
 
 def _write_ensemble(config: dict, metric: Metric, per_model: dict[str, list[FoldOutput]], train_labels: np.ndarray,
-                    row_folds: np.ndarray, final: Path, inputs: dict[str, str],
-                    described: dict | None = None) -> tuple[Path, dict]:
+                    row_folds: np.ndarray, final: Path, inputs: dict[str, str], head: dict | None = None,
+                    sources: dict[str, dict] | None = None) -> tuple[Path, dict]:
+    """The ensemble's folder; its manifest's lineage is `head` (what the competition is) plus each member's
+    fitted weight and temperature and its `sources` entry."""
     models = [gather(name, folds) for name, folds in per_model.items()]
     index, oof, note = shared_rows(models)
     labels = train_labels[index]
@@ -192,10 +194,8 @@ def _write_ensemble(config: dict, metric: Metric, per_model: dict[str, list[Fold
         else:
             cross_fitted = without_rule
     # Everything the test set's blend needs, in the form `make predict` and `make export` replay.
-    described = described or {}
-    sources = described.get("sources", {})
-    lineage = {**{k: v for k, v in described.items() if k != "sources"}, "method": method, "members": [
-        {"name": m.name, "weight": float(w), "temperature": temperatures.get(m.name), **sources.get(m.name, {})}
+    lineage = {**(head or {}), "method": method, "members": [
+        {"name": m.name, "weight": float(w), "temperature": temperatures.get(m.name), **(sources or {}).get(m.name, {})}
         for m, w in zip(models, weights)],
         "ensemble_temperature": temperatures.get("ensemble"),
         "class_weights": [float(w) for w in class_weights] if rule is not None and rule["applied"] else None}

@@ -31,6 +31,7 @@ from competition.errors import UserError
 from competition.kaggle_adapter import kaggle_username
 from competition.paths import REPO_ROOT, competition_root, host_root
 from competition.spec import CompetitionSpec
+from pipelines import kernel_inference
 from pipelines.artifacts import atomic_output
 from pipelines.lineage import LoggedRun, checkpoint_path, find_run
 from pipelines.predict import load_checkpoint
@@ -94,6 +95,11 @@ def export(spec: CompetitionSpec, run: str | None = None, competition: str | Non
     if owner is None:
         raise UserError("no Kaggle username to publish under: set OWNER=<your Kaggle username> (or save the kaggle "
                         "client's credentials first; for the local host, `make serve` writes them)")
+    unknown = sorted({v for m in logged.lineage["members"] for v in m["views"]} - set(kernel_inference.VIEWS))
+    if unknown:
+        raise UserError(f"run {logged.config_hash} predicted through view '{unknown[0]}', which the exported script "
+                        f"does not have (it has {', '.join(kernel_inference.VIEWS)}); add it to "
+                        "pipelines/kernel_inference.py's VIEWS")
     final = competition_root(spec.name) / "export" / logged.config_hash
     with locks.hold(final, f"the export of {logged.config_hash}"):
         _write_export(spec, logged, target, owner, final)

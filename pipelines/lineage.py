@@ -10,7 +10,8 @@ name and in the log (`RUN=`), by default the latest logged submission.
 
     member_sources  the lineage of one model's folds, from its trained fold outputs (chain.py)
     combine         the ensemble's probabilities from each member's (fold-mean, TTA) probabilities: the
-                    ensemble stage applies it to the test set, `make predict` to new images
+                    exported script's own (kernel_inference.py), which the ensemble stage applies to the
+                    test set and `make predict` to new images, so all three compute the same numbers
     find_run        (ensemble folder, lineage, log row) for RUN=<config hash>
 """
 from __future__ import annotations
@@ -18,14 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from competition.errors import UserError
 from competition.paths import competition_root
 from competition.spec import CompetitionSpec
 from pipelines.artifacts import read_manifest
-from pipelines.calibrate import reweighted, with_temperature
+from pipelines.kernel_inference import combine  # noqa: F401  the one blend: the exported script's
 from pipelines.predict import FoldOutput, load_checkpoint
 
 LINEAGE_VERSION = 1
@@ -54,21 +54,6 @@ def member_sources(spec: CompetitionSpec, trained: list[FoldOutput], views: list
 def checkpoint_path(spec: CompetitionSpec, fold: dict) -> Path:
     path = Path(fold["checkpoint"])
     return path if path.is_absolute() else competition_root(spec.name) / path
-
-
-def combine(lineage: dict, member_probs: list[np.ndarray]) -> np.ndarray:
-    """The ensemble's class probabilities, from each member's own (in lineage order): each member's
-    temperature, the weighted sum, the blend's temperature, then the decision rule's class weights."""
-    blend = 0.0
-    for member, probs in zip(lineage["members"], member_probs):
-        if member["temperature"] is not None:
-            probs = with_temperature(probs, member["temperature"])
-        blend = blend + member["weight"] * probs
-    if lineage["ensemble_temperature"] is not None:
-        blend = with_temperature(blend, lineage["ensemble_temperature"])
-    if lineage["class_weights"] is not None:
-        blend = reweighted(blend, np.asarray(lineage["class_weights"]))
-    return np.asarray(blend)
 
 
 @dataclass(frozen=True)

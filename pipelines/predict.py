@@ -24,6 +24,7 @@ from competition.errors import UserError
 from competition.recipe import ModelRun
 from competition.spec import CompetitionSpec
 from pipelines.artifacts import read_manifest
+from pipelines import kernel_inference
 from pipelines.classifier import ImageClassifier, build_model
 from pipelines.device import Runtime
 from pipelines.registry import Registry
@@ -122,24 +123,10 @@ def register_view(name: str, *transforms: Transform) -> None:
     VIEWS[name] = list(transforms)
 
 
-def shift_by(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
-    """Translate a batch by (dx, dy) pixels, filling with zeros."""
-    shifted = torch.roll(images, shifts=(dy, dx), dims=(2, 3))
-    if dy > 0:
-        shifted[:, :, :dy] = 0
-    elif dy < 0:
-        shifted[:, :, dy:] = 0
-    if dx > 0:
-        shifted[:, :, :, :dx] = 0
-    elif dx < 0:
-        shifted[:, :, :, dx:] = 0
-    return shifted
-
-
-register_view("identity", lambda x: x)
-register_view("hflip", lambda x: x.flip(3))
-register_view("vflip", lambda x: x.flip(2))
-register_view("shift", *[lambda x, d=d: shift_by(x, *d) for d in ((1, 0), (-1, 0), (0, 1), (0, -1))])
+# The views are the exported script's own (pipelines/kernel_inference.py runs without kpipe), so a
+# package replays exactly the views the pipeline predicted with.
+for _name, _transforms in kernel_inference.VIEWS.items():
+    register_view(_name, *_transforms)
 
 
 def predict_with_views(model: nn.Module, images: torch.Tensor, views: list[str], desc: str = "tta") -> np.ndarray:

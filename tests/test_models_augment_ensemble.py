@@ -13,7 +13,8 @@ from models.weights import load_weights_file
 from pipelines.augment import albumentations_policy, flip_and_shift
 from pipelines.ensemble import find_weights
 from pipelines.metrics import accuracy, log_loss
-from pipelines.predict import VIEWS, shift_by
+from pipelines.kernel_inference import shift_by
+from pipelines.predict import VIEWS
 
 
 @pytest.mark.parametrize("name", ["fastcnn", "cnn3", "cnn5", "timm:resnet18"])

@@ -14,7 +14,7 @@ from PIL import Image
 
 from competition.spec import load_spec
 from pipelines.__main__ import main as pipelines_main
-from pipelines.lineage import combine, find_run
+from pipelines.lineage import find_run
 from tests.test_train_submit import TINY_RUN, write_digits_variant
 
 
@@ -72,16 +72,6 @@ def test_predict_reproduces_the_submission_and_refuses_what_it_cannot_read(train
     assert pipelines_main(["predict", "--comp", str(spec_path), "--input", str(tmp_path / "five.npy"),
                            "--run", "feedbeef"]) == 2
     assert f"no logged submission of digits has that config hash (logged: {logged.config_hash})" in capsys.readouterr().err
-
-
-def test_combine_in_the_exported_script_is_the_pipelines(tmp_path):
-    from pipelines import kernel_inference
-
-    rng = np.random.default_rng(0)
-    members = [rng.dirichlet(np.ones(4), 50).astype(np.float32) for _ in range(2)]
-    lineage = {"members": [{"weight": 0.7, "temperature": 1.3}, {"weight": 0.3, "temperature": 0.8}],
-               "ensemble_temperature": 0.9, "class_weights": [1.0, 2.0, 0.5, 1.0]}
-    assert np.array_equal(kernel_inference.combine(lineage, members), combine(lineage, members))
 
 
 def test_export_runs_offline_and_enters_the_code_competition_with_the_same_score(trained, pipeline_env, host, tmp_path,
