@@ -9,6 +9,7 @@ registry beside its code as soon as a command starts.
 from __future__ import annotations
 
 import re
+import typing
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -37,9 +38,19 @@ class ScheduleConfig(_Strict):
     factor: float = Field(default=0.3, gt=0, lt=1)  # plateau: decay factor
 
 
+class LossConfig(_Strict):
+    name: str = "cross_entropy"  # pipelines/losses.py: LOSSES
+    gamma: float = Field(default=2.0, ge=0, le=10)  # focal: how much easy examples are down-weighted
+
+
 class AugmentConfig(_Strict):
     policy: str = "light"  # pipelines/augment.py: POLICIES
     shift: int = Field(default=2, ge=0, le=16)  # light and up: random translation in pixels
+    ops: int | None = Field(default=None, ge=1, le=6)  # randaugment: N, ops per image (unset: 2)
+    magnitude: int | None = Field(default=None, ge=0, le=30)  # randaugment: M of 30 (unset: 9)
+
+
+UNSET_NOT_KEYED = ("loss", "augment.ops", "augment.magnitude")
 
 
 class ModelRun(_Strict):
@@ -53,6 +64,7 @@ class ModelRun(_Strict):
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    loss: LossConfig | None = None  # None: cross-entropy
     augment: AugmentConfig = AugmentConfig()
     mixup_alpha: float = Field(default=0.0, ge=0)  # timm Mixup; 0 = off
     cutmix_alpha: float = Field(default=0.0, ge=0)  # timm Mixup's CutMix; 0 = off
@@ -73,6 +85,19 @@ class ModelRun(_Strict):
     @property
     def name(self) -> str:
         return self.alias or self.model.replace(":", "-")
+
+    def key_dump(self, **options) -> dict:
+        """The run as its outputs are keyed: options added since outputs were first cached are left out
+        while unset, so what was trained before them keeps its key."""
+        dumped = self.model_dump(mode="json", **options)
+        for path in UNSET_NOT_KEYED:
+            *parents, leaf = path.split(".")
+            section = dumped
+            for key in parents:
+                section = section.get(key) or {}
+            if leaf in section and section[leaf] is None:
+                del section[leaf]
+        return dumped
 
 
 class Candidate(ModelRun):
@@ -225,6 +250,7 @@ class TuningConfig(_Strict):
                                                              "compile"):
                 raise ValueError(f"search_space.{path}: '{head}' is not a tunable field of a model run")
             nested = ModelRun.model_fields[head].annotation
+            nested = next((a for a in typing.get_args(nested) if a is not type(None)), nested)  # X | None -> X
             if rest and not (isinstance(nested, type) and issubclass(nested, BaseModel) and rest in nested.model_fields):
                 raise ValueError(f"search_space.{path}: '{rest}' is not a field of '{head}'")
         return self
@@ -238,6 +264,8 @@ def apply_params(run: ModelRun, params: dict) -> ModelRun:
         target = data
         *parents, leaf = path.split(".")
         for key in parents:
-            target = target.setdefault(key, {})
+            if target.get(key) is None:  # an unset optional section (`loss:`) starts from its defaults
+                target[key] = {}
+            target = target[key]
         target[leaf] = value
     return type(run).model_validate(data)

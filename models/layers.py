@@ -1,12 +1,31 @@
 """Building blocks shared by the model families."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch.nn as nn
 
+from models.errors import ModelError
 
-def conv_bn_relu(in_chans: int, out_chans: int, kernel: int = 3) -> list[nn.Module]:
+# The activations a hand-written net takes by name (`activation:` in model_args). In place where the
+# module allows it: the next layer owns the tensor.
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": lambda: nn.ReLU(inplace=True),
+    "leaky_relu": lambda: nn.LeakyReLU(0.01, inplace=True),
+    "elu": lambda: nn.ELU(inplace=True),
+}
+
+
+def activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ModelError(f"activation '{name}': not one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def conv_bn_relu(in_chans: int, out_chans: int, kernel: int = 3, act: str = "relu") -> list[nn.Module]:
+    """Conv (no bias: the BN shifts) -> BN -> the activation (ReLU unless `act` names another)."""
     return [nn.Conv2d(in_chans, out_chans, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(out_chans),
-            nn.ReLU(inplace=True)]
+            activation(act)]
 
 
 class FeaturesThenHead(nn.Module):

@@ -18,6 +18,7 @@ from models.weights import load_weights_file
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _PREFIXES: dict[str, Callable[..., nn.Module]] = {}
+_REVISIONS: dict[str, int] = {}
 
 # Library models the course reports use; any other timm/torchvision name works too.
 LIBRARY_EXAMPLES = ["timm:resnet18", "timm:efficientnet_b0", "timm:mobilenetv3_small_100", "timm:seresnet50",
@@ -25,10 +26,22 @@ LIBRARY_EXAMPLES = ["timm:resnet18", "timm:efficientnet_b0", "timm:mobilenetv3_s
                     "tv:resnet50", "tv:resnet101", "tv:vgg19", "tv:vit_b_32", "tv:swin_b"]
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register `fn(num_classes, in_chans, img_size, **kwargs) -> nn.Module` under its function name."""
-    _MODELS[fn.__name__] = fn
-    return fn
+def register_model(fn: Callable[..., nn.Module] | None = None, *, revision: int = 1):
+    """Register `fn(num_classes, in_chans, img_size, **kwargs) -> nn.Module` under its function name.
+
+    `@register_model(revision=2)` marks a net whose layers changed under the same name and arguments:
+    trained outputs and studies are keyed by it (`revision_key`), so old checkpoints are never reused."""
+    def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _MODELS[fn.__name__] = fn
+        _REVISIONS[fn.__name__] = revision
+        return fn
+    return register(fn) if fn is not None else register
+
+
+def revision_key(name: str) -> dict:
+    """What a cache key adds for a model's revision: nothing for the first, so keys of unchanged nets stay."""
+    revision = _REVISIONS.get(name, 1)
+    return {} if revision == 1 else {"net_revision": revision}
 
 
 def register_prefix(prefix: str, factory: Callable[..., nn.Module]) -> None:

@@ -12,6 +12,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn as nn
 
+from models.layers import activation as make_activation
 from models.registry import register_model
 
 
@@ -31,33 +32,37 @@ class SqueezeExcite(nn.Module):
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, in_c: int, out_c: int, stride: int = 1, se: bool = False):
+    def __init__(self, in_c: int, out_c: int, stride: int = 1, se: bool = False, activation: str = "relu"):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(in_c, out_c, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(out_c), nn.ReLU(inplace=True),
+            nn.Conv2d(in_c, out_c, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(out_c),
+            make_activation(activation),
             nn.Conv2d(out_c, out_c, 3, padding=1, bias=False), nn.BatchNorm2d(out_c),
             SqueezeExcite(out_c) if se else nn.Identity())
         self.shortcut = _shortcut(in_c, out_c, stride)
+        self.act = make_activation(activation)
 
     def forward(self, x):
-        return torch.relu(self.body(x) + self.shortcut(x))
+        return self.act(self.body(x) + self.shortcut(x))
 
 
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, in_c: int, width: int, stride: int = 1, se: bool = False):
+    def __init__(self, in_c: int, width: int, stride: int = 1, se: bool = False, activation: str = "relu"):
         super().__init__()
         out_c = width * self.expansion
         self.body = nn.Sequential(
-            nn.Conv2d(in_c, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(in_c, width, 1, bias=False), nn.BatchNorm2d(width), make_activation(activation),
+            nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(width),
+            make_activation(activation),
             nn.Conv2d(width, out_c, 1, bias=False), nn.BatchNorm2d(out_c),
             SqueezeExcite(out_c) if se else nn.Identity())
         self.shortcut = _shortcut(in_c, out_c, stride)
+        self.act = make_activation(activation)
 
     def forward(self, x):
-        return torch.relu(self.body(x) + self.shortcut(x))
+        return self.act(self.body(x) + self.shortcut(x))
 
 
 def _shortcut(in_c: int, out_c: int, stride: int) -> nn.Module:
@@ -72,10 +77,10 @@ class SmallResNet(nn.Module):
     -> global average pool -> linear. `se` puts SE in every block; `stage_se` also between stages."""
 
     def __init__(self, block, layers: list[int], num_classes: int, in_chans: int, img_size: int, width: int = 64,
-                 se: bool = False, stage_se: bool = False, stem_pool: bool = False):
+                 se: bool = False, stage_se: bool = False, stem_pool: bool = False, activation: str = "relu"):
         super().__init__()
         self.num_classes = num_classes
-        stem = [nn.Conv2d(in_chans, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        stem = [nn.Conv2d(in_chans, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), make_activation(activation)]
         if stem_pool:  # halve the map before the first stage, where most of the FLOPs are
             stem.append(nn.MaxPool2d(2))
             img_size //= 2
@@ -88,7 +93,7 @@ class SmallResNet(nn.Module):
             size = (size + stride - 1) // stride
             blocks = []
             for b in range(count):
-                blocks.append(block(channels, width * 2 ** index, stride if b == 0 else 1, se=se))
+                blocks.append(block(channels, width * 2 ** index, stride if b == 0 else 1, se=se, activation=activation))
                 channels = width * 2 ** index * block.expansion
             if stage_se:
                 blocks.append(SqueezeExcite(channels))
@@ -112,37 +117,57 @@ class SmallResNet(nn.Module):
 
 
 @register_model
-def resnet18(num_classes: int, in_chans: int, img_size: int, width: int = 64) -> nn.Module:
-    return SmallResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_chans, img_size, width)
+def resnet18(num_classes: int, in_chans: int, img_size: int, width: int = 64, activation: str = "relu") -> nn.Module:
+    return SmallResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_chans, img_size, width, activation=activation)
 
 
 @register_model
-def fastresnet(num_classes: int, in_chans: int, img_size: int, width: int = 32) -> nn.Module:
+def fastresnet(num_classes: int, in_chans: int, img_size: int, width: int = 32, activation: str = "relu") -> nn.Module:
     """A ResNet sized for 2 CPU cores: max-pool after the stem (inputs of 16 px and up), then one basic block
     per stage at widths w, 2w, 4w — about the FLOPs of `fastcnn`, with shortcuts."""
-    return SmallResNet(BasicBlock, [1, 1, 1], num_classes, in_chans, img_size, width, stem_pool=img_size >= 16)
+    return SmallResNet(BasicBlock, [1, 1, 1], num_classes, in_chans, img_size, width, stem_pool=img_size >= 16,
+                       activation=activation)
 
 
 @register_model
-def resnet34(num_classes: int, in_chans: int, img_size: int, width: int = 64) -> nn.Module:
-    return SmallResNet(BasicBlock, [3, 4, 6, 3], num_classes, in_chans, img_size, width)
+def resnet34(num_classes: int, in_chans: int, img_size: int, width: int = 64, activation: str = "relu") -> nn.Module:
+    return SmallResNet(BasicBlock, [3, 4, 6, 3], num_classes, in_chans, img_size, width, activation=activation)
 
 
 @register_model
-def resnet50(num_classes: int, in_chans: int, img_size: int, width: int = 64) -> nn.Module:
-    return SmallResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_chans, img_size, width)
+def resnet50(num_classes: int, in_chans: int, img_size: int, width: int = 64, activation: str = "relu") -> nn.Module:
+    return SmallResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_chans, img_size, width, activation=activation)
 
 
 @register_model
-def se_resnet(num_classes: int, in_chans: int, img_size: int, width: int = 32) -> nn.Module:
+def se_resnet(num_classes: int, in_chans: int, img_size: int, width: int = 32, activation: str = "relu") -> nn.Module:
     """A small SE-ResNet: ResNet-18 layout at half width, SE in every block."""
-    return SmallResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_chans, img_size, width, se=True)
+    return SmallResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_chans, img_size, width, se=True, activation=activation)
 
 
 @register_model
-def multi_se_resnet(num_classes: int, in_chans: int, img_size: int, width: int = 32) -> nn.Module:
+def se_resnet18(num_classes: int, in_chans: int, img_size: int, width: int = 64, activation: str = "relu") -> nn.Module:
+    """SE-ResNet-18 (Hu et al. 2018) for small inputs: ResNet-18's basic blocks, SE in every block."""
+    return SmallResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_chans, img_size, width, se=True, activation=activation)
+
+
+@register_model
+def se_resnet34(num_classes: int, in_chans: int, img_size: int, width: int = 64, activation: str = "relu") -> nn.Module:
+    """SE-ResNet-34, the 10-class course report's net: basic blocks [3, 4, 6, 3], SE in every block."""
+    return SmallResNet(BasicBlock, [3, 4, 6, 3], num_classes, in_chans, img_size, width, se=True, activation=activation)
+
+
+@register_model
+def se_resnet50(num_classes: int, in_chans: int, img_size: int, width: int = 64, activation: str = "relu") -> nn.Module:
+    """SE-ResNet-50: bottleneck blocks [3, 4, 6, 3], SE in every block."""
+    return SmallResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_chans, img_size, width, se=True, activation=activation)
+
+
+@register_model
+def multi_se_resnet(num_classes: int, in_chans: int, img_size: int, width: int = 32, activation: str = "relu") -> nn.Module:
     """se_resnet with one more SE block between consecutive stages."""
-    return SmallResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_chans, img_size, width, se=True, stage_se=True)
+    return SmallResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_chans, img_size, width, se=True, stage_se=True,
+                       activation=activation)
 
 
 class MultiOutput(NamedTuple):

@@ -4,3 +4,8 @@ Stages, in the order a run meets them: download, prepare, train, predict, tta, e
 (and tune, prune). Machinery they share: artifacts, device, device_data, classifier, augment, optim,
 metrics, readers, registry. Commands: __main__ (checks, then context, then chain).
 """
+import os as _os
+
+# albumentations asks PyPI for a newer version on import: a network call from every run (and a warning
+# offline). The pipeline pins what it uses; the question is never asked.
+_os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

@@ -1,12 +1,13 @@
 """Augmentation policies, by the names a recipe gives them (`augment.policy`): none, light, medium, strong,
-geometric (strong without colour changes).
+geometric (strong without colour changes), and the searched policies autoaugment, randaugment and
+trivialaugment (pipelines/auto_augment.py, registered from there).
 
 Each policy is one registered function returning its albumentations ops, built for the competition:
 flips only where the spec says they keep the class, colour jitter only on RGB. A policy may also have a
 batched tensor implementation with the same distribution (`light`: random flips with p=0.5 and integer
 shifts drawn uniformly from [-shift, shift] with zero fill): it runs on whole batches on the training
 device, ~50× faster than per-sample albumentations on 2 CPU cores. The others run albumentations per
-sample in a background thread, overlapping the model's work. Adding a policy touches this file only.
+sample in a background thread, overlapping the model's work. Adding a policy touches one file.
 """
 from __future__ import annotations
 
@@ -178,3 +179,6 @@ class BatchAugmenter:
             while not ready.empty():
                 ready.get_nowait()
             worker.join(timeout=5)
+
+
+from pipelines import auto_augment  # noqa: E402,F401  registers autoaugment, randaugment, trivialaugment

@@ -12,17 +12,19 @@ from pathlib import Path
 
 import models
 from competition.errors import SpecError, UserError
-from competition.recipe import ModelRun
+from competition.recipe import LossConfig, ModelRun
 from competition.spec import CompetitionSpec
 from pipelines.augment import POLICIES
 from pipelines.device import AUTO, PRECISIONS
 from pipelines.ensemble import METHODS
+from pipelines.losses import LOSSES
 from pipelines.optim import OPTIMIZERS, SCHEDULES
 from pipelines.predict import VIEWS
 from pipelines.registry import Registry
 
 # Dotted paths of a model run whose values name a registered implementation (also as tuning choices).
-NAMED_FIELDS: dict[str, Registry] = {"optimizer.name": OPTIMIZERS, "schedule.name": SCHEDULES, "augment.policy": POLICIES}
+NAMED_FIELDS: dict[str, Registry] = {"optimizer.name": OPTIMIZERS, "schedule.name": SCHEDULES, "augment.policy": POLICIES,
+                                     "loss.name": LOSSES}
 
 
 def spec_file(spec: CompetitionSpec) -> str:
@@ -35,7 +37,10 @@ def _refuse(spec: CompetitionSpec, key: str, problem: str) -> SpecError:
 
 def _field(run: ModelRun, path: str) -> str:
     head, _, leaf = path.partition(".")
-    return getattr(getattr(run, head), leaf)
+    section = getattr(run, head)
+    if section is None:  # an unset optional section: its defaults (`loss:` unset is cross-entropy)
+        section = {"loss": LossConfig()}[head]
+    return getattr(section, leaf)
 
 
 def colour_problem(spec: CompetitionSpec, policy: str) -> str | None:

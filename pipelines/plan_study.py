@@ -75,10 +75,10 @@ def own_values(candidate: Candidate, space: dict[str, ParamSpec]) -> dict:
 def study_name(spec: CompetitionSpec, candidate: Candidate) -> str:
     """Fixed by what a trial's score depends on: the recipe (not its length or precision), the objective
     (`tuning:` without the search space, which may grow; the metric and its direction), the data and the folds."""
-    recipe = candidate.model_dump(mode="json", exclude={"epochs", "precision", "compile", "family", "min_epochs"})
+    recipe = candidate.key_dump(exclude={"epochs", "precision", "compile", "family", "min_epochs"})
     objective = spec.tuning.model_dump(mode="json", exclude={"search_space"})
     key = stable_hash({"run": recipe, "tuning": objective, "metric": spec.metric.model_dump(), "data": spec.data_hash(),
-                       "folds": spec.folds.model_dump()})
+                       "folds": spec.folds.model_dump(), **models.revision_key(candidate.model)})
     return f"plan-{spec.name}-{candidate.name}-{key[:8]}"
 
 

@@ -7,6 +7,7 @@ and writes <data>/<comp>/train/<run>-<key>/fold<k>/:
     oof_probs.npy    class probabilities for the held-out rows (identity view), oof_index.npy their row numbers
     test_probs.npy   class probabilities for the test images (identity view)
     history.csv      per epoch: train loss, val loss, val accuracy, val score, learning rate, seconds, images/s
+    iterations.csv   per training step: its epoch and training loss
     manifest.json    config, hashes, versions, git commit, and a digest of the predictions
 
 While a fold trains, `.fold<k>.partial/last.pt` is rewritten after every epoch; a killed run resumes
@@ -28,20 +29,21 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm import tqdm
 
+import models
 from competition import atomic
 from competition.errors import UserError
 from competition.metrics import Metric
 from competition.paths import competition_root
-from competition.recipe import ModelRun
+from competition.recipe import LossConfig, ModelRun
 from competition.spec import CompetitionSpec
 from pipelines.artifacts import build_once, output_key, publish, read_manifest
 from pipelines.augment import BatchAugmenter
 from pipelines.classifier import ImageClassifier, build_model
 from pipelines.device import Runtime
 from pipelines.device_data import TrainingData
+from pipelines.losses import LOSSES
 from pipelines.metrics import accuracy, log_loss
 from pipelines.optim import make_optimizer, make_scheduler
 from pipelines.predict import (FoldOutput, best_weights, file_digest, load_checkpoint, load_fold_model, predict_probs,
@@ -52,8 +54,8 @@ from pipelines.prepare import Folds, Prepared
 
 
 def run_config(spec: CompetitionSpec, run: ModelRun) -> dict:
-    return {"run": run.model_dump(mode="json"), "classes": len(spec.classes), "image": spec.image.model_dump(),
-            "flips": spec.flips.model_dump(), "seed": spec.folds.seed}
+    return {"run": run.key_dump(), "classes": len(spec.classes), "image": spec.image.model_dump(),
+            "flips": spec.flips.model_dump(), "seed": spec.folds.seed, **models.revision_key(run.model)}
 
 
 def run_folder(spec: CompetitionSpec, run: ModelRun, prepared: Prepared, folds: Folds, root: Path | None = None) -> Path:
@@ -144,10 +146,12 @@ def make_learner(run: ModelRun, spec: CompetitionSpec, data: TrainingData, runti
         mixup = Mixup(mixup_alpha=run.mixup_alpha, cutmix_alpha=run.cutmix_alpha, label_smoothing=run.label_smoothing,
                       num_classes=len(spec.classes))
 
+    loss_config = run.loss or LossConfig()
+    chosen_loss = LOSSES[loss_config.name]
+
     def base_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if mixup is not None:  # soft targets, label smoothing already applied by Mixup
-            return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-        return F.cross_entropy(logits.float(), targets, label_smoothing=run.label_smoothing)
+        # With Mixup the targets are soft and already smoothed; else smoothed here.
+        return chosen_loss(logits.float(), targets, 0.0 if mixup is not None else run.label_smoothing, loss_config)
 
     # Models with several heads (multi_output_resnet) say how their heads' losses combine.
     heads_loss = getattr(model.net, "training_loss", None)
@@ -168,6 +172,7 @@ class Progress:
     best_epoch: int = 0
     best_val_probs: torch.Tensor | None = None  # a tensor, not a numpy array: last.pt loads with weights_only
     history: list[dict] = field(default_factory=list)
+    step_losses: list[float] = field(default_factory=list)  # the training loss of every step so far
     stale_epochs: int = 0
     end_epoch: int = 0  # the last epoch, when shortened (0: the run's own `epochs`)
     anneal_from: int = 0  # shortened after this epoch ...
@@ -203,10 +208,11 @@ def epoch_batches(train_rows: torch.Tensor, batch_size: int, steps: int, seed: i
 
 
 def train_one_epoch(learner: Learner, augmenter: BatchAugmenter, labels: torch.Tensor, batches: list[torch.Tensor],
-                    seed: int, runtime: Runtime, desc: str) -> float:
-    """One pass over `batches`; returns the mean training loss."""
+                    seed: int, runtime: Runtime, desc: str, step_losses: list[float] | None = None) -> float:
+    """One pass over `batches`; returns the mean training loss, and appends each step's to `step_losses`
+    (read once at the end of the epoch: no device sync per step)."""
     learner.model.train()
-    loss_sum = torch.zeros((), device=runtime.device)
+    losses = []
     progress = tqdm(augmenter.batches(batches, seed), total=len(batches), leave=False, mininterval=2, desc=desc, unit="batch",
                     disable=len(batches) < 50)  # a probe's few steps need no bar
     for idx, images in zip(batches, progress):
@@ -223,8 +229,11 @@ def train_one_epoch(learner: Learner, augmenter: BatchAugmenter, labels: torch.T
             learner.ema.update(learner.model)
         if learner.scheduler is not None and learner.scheduler_unit == "step":
             learner.scheduler.step()
-        loss_sum += loss.detach()
-    return float(loss_sum) / len(batches)
+        losses.append(loss.detach().float())
+    stacked = torch.stack(losses)
+    if step_losses is not None:
+        step_losses.extend(round(v, 5) for v in stacked.cpu().tolist())
+    return float(stacked.mean())
 
 
 def step_after_epoch(learner: Learner, signed_score: float) -> None:
@@ -350,7 +359,7 @@ def _train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepar
         batches = epoch_batches(train_rows, run.batch_size, steps, this_seed)
         started = time.perf_counter()
         train_loss = train_one_epoch(learner, augmenter, data.labels, batches, this_seed, runtime,
-                                     f"{what} epoch {epoch}/{progress.end_epoch or run.epochs}")
+                                     f"{what} epoch {epoch}/{progress.end_epoch or run.epochs}", progress.step_losses)
         seconds = time.perf_counter() - started
         val_probs = predict_probs(learner.evaluated, val_images)
         epoch_seconds = time.perf_counter() - started  # with the validation pass: what the guard plans with
@@ -386,6 +395,9 @@ def publish_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepa
     np.save(work / "oof_probs.npy", progress.best_val_probs.numpy())
     np.save(work / "oof_index.npy", val_rows.numpy())
     write_history(work / "history.csv", progress.history)
+    steps = len(progress.step_losses) // max(progress.epoch, 1)
+    write_history(work / "iterations.csv", [{"step": i + 1, "epoch": i // max(steps, 1) + 1, "train_loss": loss}
+                                            for i, loss in enumerate(progress.step_losses)] or [{"step": 0}])
     (work / "last.pt").unlink()
     publish(work, final, "train", run_config(spec, run), {"prepared": prepared.key, "folds": folds.key}, replace=replace,
             extra={"fold": fold, "best_epoch": progress.best_epoch, "epochs_run": progress.epoch,

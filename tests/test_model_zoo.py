@@ -26,6 +26,47 @@ def test_course_report_parameter_counts_at_100_classes_224px(name, expected):
     assert count_parameters(name, classes=100, channels=3, size=224) == expected
 
 
+@pytest.mark.parametrize("name, expected", [("cnn2", 219_044), ("cnn3", 168_036), ("cnn5", 1_116_388)])
+def test_cnn_n_are_the_cifar100_reports_nets(name, expected):
+    """The report's CNN_n at 32×32×3 and 100 classes: 5×5 conv (padding 2) -> BN -> ReLU -> max-pool blocks of
+    16, 32, 64, ... channels, then one Linear layer; the counts it tabulates."""
+    assert count_parameters(name, classes=100, channels=3, size=32) == expected
+    net = models.create(name, num_classes=100, in_chans=3, img_size=32)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16 * 2 ** i for i in range(int(name[-1]))]
+    assert all(c.kernel_size == (5, 5) and c.padding == (2, 2) for c in convs)
+    assert sum(isinstance(m, torch.nn.Linear) for m in net.modules()) == 1
+
+
+@pytest.mark.parametrize("name, expected", [("se_resnet18", 11_264_074), ("se_resnet34", 21_444_866),
+                                            ("se_resnet50", 26_051_834)])
+def test_se_resnets_at_three_depths(name, expected):
+    """Pinned (10 classes, 32×32×3): SE in every block of ResNet-18/34 (basic) and -50 (bottleneck) layouts."""
+    assert count_parameters(name, classes=10, channels=3, size=32) == expected
+
+
+@pytest.mark.parametrize("activation, kind", [("relu", torch.nn.ReLU), ("leaky_relu", torch.nn.LeakyReLU),
+                                              ("elu", torch.nn.ELU)])
+def test_the_hand_written_nets_take_an_activation(activation, kind):
+    for name in ("cnn3", "fastcnn", "deeper_cnn", "naive_cnn", "shallow_cnn", "lenet", "fastresnet", "se_resnet34"):
+        net = models.create(name, num_classes=10, in_chans=1, img_size=28, activation=activation)
+        used = {type(m) for path, m in net.named_modules()  # SE gates keep their own ReLU, as SE defines it
+                if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.ELU)) and ".gate." not in path}
+        assert used == {kind}, (name, used)
+        assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(models.ModelError, match="activation 'gelu': not one of relu, leaky_relu, elu"):
+        models.create("cnn3", num_classes=10, in_chans=1, img_size=28, activation="gelu")
+
+
+def test_the_earlier_cnn_n_stay_reachable_and_keyed_apart():
+    """style=plan builds the global-max-pool CNN_n shipped before; the report's nets have their own
+    revision in the training outputs' keys, so no checkpoint of the old net is ever loaded into the new."""
+    old = models.create("cnn3", num_classes=10, in_chans=1, img_size=8, style="plan", width=32)
+    assert [m.out_channels for m in old.modules() if isinstance(m, torch.nn.Conv2d)] == [32, 64, 128]
+    assert isinstance(old.head[0], torch.nn.AdaptiveMaxPool2d)
+    assert models.revision_key("cnn3") == {"net_revision": 2} and models.revision_key("fastcnn") == {}
+
+
 def test_lenet_is_the_classic_44426_parameter_net():
     assert count_parameters("lenet", classes=10, channels=1, size=28) == 44_426
 

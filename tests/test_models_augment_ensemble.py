@@ -120,3 +120,70 @@ def test_own_models_load_a_local_file_but_refuse_published_weights(tmp_path):
     assert torch.equal(loaded.net.features[0].weight, source.features[0].weight)
     with pytest.raises(models.ModelError, match="model 'cnn3' has no published pretrained weights; set `pretrained_file:`"):
         build_model(ModelRun(model="cnn3", pretrained=True), spec, mean=[0.0], std=[1.0], runtime=Runtime(torch.device("cpu")))
+
+
+def test_focal_loss_is_cross_entropy_at_gamma_zero_and_down_weights_easy_examples():
+    from competition.recipe import LossConfig
+    from pipelines.losses import LOSSES
+
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.2, 0.1, 0.0]])
+    targets = torch.tensor([0, 2])
+    plain = LOSSES["cross_entropy"](logits, targets, 0.1, LossConfig())
+    assert torch.allclose(LOSSES["focal"](logits, targets, 0.1, LossConfig(name="focal", gamma=0.0)), plain)
+    per_row = [LOSSES["focal"](logits[i:i + 1], targets[i:i + 1], 0.0, LossConfig(name="focal", gamma=2.0)) /
+               LOSSES["cross_entropy"](logits[i:i + 1], targets[i:i + 1], 0.0, LossConfig()) for i in range(2)]
+    assert per_row[0] < 0.01 < 0.3 < per_row[1]  # the easy row all but vanishes, the hard one keeps its weight
+    soft = torch.tensor([[0.9, 0.05, 0.05], [0.0, 0.5, 0.5]])
+    assert torch.allclose(LOSSES["focal"](logits, soft, 0.0, LossConfig(name="focal", gamma=0.0)),
+                          LOSSES["cross_entropy"](logits, soft, 0.0, LossConfig()))
+
+
+@pytest.mark.parametrize("policy", ["autoaugment", "randaugment", "trivialaugment"])
+def test_searched_policies_are_seeded_and_leave_colour_alone_where_it_defines_the_class(policy):
+    from competition.recipe import AugmentConfig
+    from pipelines.augment import albumentations_policy
+    from pipelines.auto_augment import COLOUR_OPS, op
+
+    rng = np.random.default_rng(0)
+    for comp in ("fashion-mnist", "tiny-image-challenge"):
+        spec = load_spec(comp)
+        h, w, c = spec.image.height, spec.image.width, spec.image.channels
+        ramp = np.linspace(40, 200, h * w).reshape(h, w, 1) + rng.normal(0, 20, (h, w, c))  # a picture, not flat noise
+        image = np.clip(ramp, 0, 255).astype(np.uint8)
+        config = AugmentConfig(policy=policy, shift=0)
+        transforms = [albumentations_policy(config, spec, seed=7) for _ in range(2)]
+        runs = [[transform(image=image)["image"] for _ in range(30)] for transform in transforms]
+        assert all(np.array_equal(a, b) for a, b in zip(*runs))  # the seed fixes every draw
+        # Most draws change the image, differently; fewer where colour defines the class (its ops are identities).
+        assert len({a.tobytes() for a in runs[0]}) > (4 if spec.colour_defines_class else 10)
+    tiny = load_spec("tiny-image-challenge")
+    assert tiny.colour_defines_class
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    for name in COLOUR_OPS:
+        assert type(op(name, 100.0 if name == "Solarize" else 0.5, tiny)).__name__ == "NoOp"
+        changed = op(name, 100.0 if name == "Solarize" else 4 if name == "Posterize" else 0.5, load_spec("fashion-mnist"))
+        assert type(changed).__name__ != "NoOp"
+    # Geometry stays: a rotation moves pixels on the colour-defined competition too.
+    import albumentations as A
+    rotated = A.Compose([op("Rotate", 20.0, tiny)], seed=0)(image=image)["image"]
+    assert not np.array_equal(rotated, image)
+
+
+def test_activation_maximisation_finds_inputs_the_unit_prefers_and_grad_cam_maps_each_image():
+    from competition.recipe import ModelRun
+    from pipelines.classifier import build_model
+    from pipelines.device import Runtime
+    from pipelines.insight import grad_cam, maximise, optimise
+
+    spec = load_spec("fashion-mnist")
+    torch.manual_seed(0)
+    model = build_model(ModelRun(model="cnn3", precision="fp32"), spec, [72.9], [90.0], Runtime(torch.device("cpu"))).eval()
+    for what, units in (("classes", 10), ("filters", 16)):
+        _, before, after = optimise(model, what, spec)
+        assert len(after) == units and (after > before + 0.1).all(), (what, before, after)  # every unit rose
+        pictures = maximise(model, what, spec)
+        assert pictures.shape == (units, 28, 28, 1) and pictures.dtype == np.uint8 and pictures.std() > 10
+    noise = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (4, 1, 28, 28))).to(torch.uint8)
+    maps = grad_cam(build_model(ModelRun(model="cnn3", precision="fp32"), spec, [72.9], [90.0],
+                                Runtime(torch.device("cpu"))).eval(), noise, np.array([0, 1, 2, 3]))
+    assert maps.shape == (4, 28, 28) and 0 <= maps.min() and maps.max() <= 1

@@ -209,6 +209,13 @@ def test_every_optimizer_schedule_and_regulariser_trains_above_chance(pipeline_e
         {**base, "alias": "strong-aug", "optimizer": {"name": "sgd", "lr": 0.05}, "augment": {"policy": "strong", "shift": 1},
          "schedule": {"name": "constant"}},
         {**base, "alias": "medium-aug", "optimizer": {"name": "sgd", "lr": 0.05}, "augment": {"policy": "medium", "shift": 1}},
+        {**base, "alias": "focal", "optimizer": {"name": "sgd", "lr": 0.05}, "loss": {"name": "focal", "gamma": 2.0}},
+        {**base, "alias": "autoaugment", "optimizer": {"name": "sgd", "lr": 0.05}, "augment": {"policy": "autoaugment"}},
+        {**base, "alias": "randaugment", "optimizer": {"name": "sgd", "lr": 0.05},
+         "augment": {"policy": "randaugment", "ops": 2, "magnitude": 5}},
+        {**base, "alias": "trivialaugment", "optimizer": {"name": "sgd", "lr": 0.05}, "augment": {"policy": "trivialaugment"}},
+        {**base, "alias": "focal-mixup", "optimizer": {"name": "sgd", "lr": 0.05}, "loss": {"name": "focal"},
+         "mixup_alpha": 0.2, "model_args": {"width": 16, "activation": "elu"}},
     ]
     spec_path = write_digits_variant(tmp_path, runs, folds=(0,))
     assert pipelines_main(["train", "--comp", str(spec_path)]) == 0
