@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import io
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +21,10 @@ from competition.paths import competition_root
 from pipelines.artifacts import git_commit, read_manifest
 from pipelines.context import Context
 from pipelines.plan import execution
+from pipelines.auto_augment import SEARCHED
+from pipelines.report_insight import (PREVIEW_IMAGES, augmentation_preview, cv_vs_leaderboard, high_loss_gallery,
+                                      insight_section, overlaid_curves, per_class_table)
+from pipelines.report_parts import figure_png as _figure_png, img as _img, table as _table
 from pipelines.submit import read_log
 
 PAGE_STYLE = """
@@ -31,28 +34,8 @@ table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:
 th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
 figure{margin:1em 0}figcaption{color:#555;font-size:.9em}img{max-width:100%;border:1px solid #eee}
 .note{color:#555;font-size:.9em}
+.synthetic{background:#fff3cd;border:1px solid #e0c36c;padding:6px 10px}
 """
-
-
-def _figure_png(figure) -> str:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png", dpi=90)
-    plt.close(figure)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def _img(png_b64: str, alt: str, caption: str) -> str:
-    return (f'<figure><img class="plot" alt="{html.escape(alt)}" src="data:image/png;base64,{png_b64}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-
-
-def _table(header: list[str], rows: list[list], table_id: str) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _history(folder: Path) -> list[dict]:
@@ -295,6 +278,19 @@ def plan_section(plan) -> list[str]:
             f"<ul>{''.join(notes)}</ul>"]
 
 
+def _insight(ctx: Context, trained: dict, summaries: list) -> list[str]:
+    """Grad-CAM and activation maximisation of the best model that has convolutions, on its first fold."""
+    from pipelines.insight import fold_insight, last_conv
+    from pipelines.predict import load_fold_model
+
+    for summary in sorted(summaries, key=lambda m: -m.accuracy_with_tta):
+        first = trained[summary.name][0]
+        if last_conv(load_fold_model(first.folder, ctx.spec, ctx.runtime).net) is not None:
+            folder = fold_insight(ctx.spec, summary.name, first, ctx.data, ctx.runtime)
+            return insight_section(ctx.spec, summary.name, folder, ctx.data.images_nhwc, ctx.data.labels_host())
+    return []
+
+
 def write_report(ctx: Context, trained: dict, ensemble_folder: Path, report: dict) -> Path:
     """Render the page for a finished run; returns its path."""
     spec = ctx.spec
@@ -306,13 +302,17 @@ def write_report(ctx: Context, trained: dict, ensemble_folder: Path, report: dic
                      f"per epoch, one line per fold.") for name, folds in trained.items()]
     oof_index = np.load(ensemble_folder / "oof_index.npy")
     oof_probs = np.load(ensemble_folder / "oof_probs.npy")
-    confusion_png, pairs = confusion(ctx.data.labels_host()[oof_index], oof_probs.argmax(1), spec.display_names)
+    labels = ctx.data.labels_host()
+    confusion_png, pairs = confusion(labels[oof_index], oof_probs.argmax(1), spec.display_names)
     study_images = _study_images(spec)
     log_rows = [[r["time"], r["profile"], r["config_hash"], r["git_commit"][:12], f'{r["metric"]} {r["cv_score"]}', r["public_score"],
                  r["private_score"], r["status"]] for r in read_log(spec)]
     ensemble = report["ensemble"]
     parts = [
         f"<h1>{html.escape(spec.title)}</h1>",
+        ('<p class="synthetic" id="synthetic-banner"><b>SYNTHETIC stand-in data:</b> every score on this page is on '
+         "procedurally drawn images standing in for a data set that cannot be reached offline, not on the real "
+         "competition's.</p>") if spec.synthetic else "",
         f'<p class="sub">competition <b>{html.escape(spec.name)}</b> (Kaggle slug {html.escape(spec.kaggle_slug)}), '
         f"profile <b>{html.escape(ctx.profile_name)}</b>, folds {spec.fold_indices(ctx.profile)} of {spec.folds.n_splits}, "
         f"TTA views {'+'.join(ctx.profile.tta)}, device {ctx.runtime.device}; git {git_commit()[:12]}; "
@@ -335,20 +335,29 @@ def write_report(ctx: Context, trained: dict, ensemble_folder: Path, report: dic
         *calibration_section(report),
         _img(comparison_bars(bar_rows), "model comparison", "Models side by side: OOF accuracy with TTA, size, and total "
              "training time over all trained folds."),
-        "<h2>Learning curves</h2>", *sections,
+        "<h2>Learning curves</h2>", overlaid_curves(trained, spec.metric.bind().label), *sections,
         "<h2>Where the ensemble errs</h2>",
         _img(confusion_png, "confusion matrix", "Rows: true class; columns: predicted class; counts of out-of-fold images."),
         "<p>Most confused pairs (out of fold):</p>",
         _table(["true class", "predicted as", "images (count)", "share of the true class (%)"], pairs, "confused-table"),
+        "<p>Per class (out of fold, the ensemble's decisions):</p>",
+        per_class_table(labels[oof_index], oof_probs.argmax(1), spec.display_names),
+        high_loss_gallery(ctx.data.images_nhwc, labels, oof_probs, oof_index, spec.display_names),
+        *_insight(ctx, trained, summaries),
+        "<h2>Augmentation</h2>",
+        augmentation_preview(spec, list(dict.fromkeys([run.augment.policy for run, _ in ctx.work()] + list(SEARCHED))),
+                             ctx.data.images_nhwc[oof_index[:PREVIEW_IMAGES]], spec.folds.seed),
     ]
     parts += duplicates_section(ctx)
     if ctx.plan is not None:
         parts += plan_section(ctx.plan)
     if study_images:
         parts += ["<h2>Hyperparameter studies</h2>", *study_images]
+    metric = spec.metric.bind()
     parts += ["<h2>Submissions</h2>",
               f'<p class="note">CV is the ensemble\'s out-of-fold score by the competition\'s metric ({spec.metric}); '
               "public and private are the leaderboard's scores on the two halves of the hidden test labels.</p>",
+              *cv_vs_leaderboard(read_log(spec), metric.label, metric.greater_is_better, spec.synthetic),
               _table(["time (UTC)", "profile", "config hash", "git commit", "CV (metric, score)", "public score", "private score",
                       "status"], log_rows, "submissions-table") if log_rows else "<p>No submissions yet.</p>"]
     # On load, count images that failed to decode; a test reads this back from the rendered DOM.

@@ -39,23 +39,29 @@ def test_report_renders_with_all_tables_and_images(pipeline_env, host, tmp_path,
     assert pipelines_main(["submit", "--comp", str(spec_path)]) == 0
     report = pipeline_env / "digits" / "report.html"
     page = report.read_text()
-    for table in ("models-table", "ensemble-table", "confused-table", "submissions-table"):
+    for table in ("models-table", "ensemble-table", "confused-table", "per-class-table", "submissions-table"):
         assert f'id="{table}"' in page, table
     for phrase in ("time per epoch (s)", "OOF accuracy, with TTA (%)", "TTA gain (points)", "ensemble weight",
-                   "public score", "Most confused pairs"):
-        assert phrase in page
+                   "public score", "Most confused pairs", 'alt="highest-loss out-of-fold images"',
+                   'alt="augmentation preview"', 'alt="learning curves of every model"', 'alt="CV against leaderboard"',
+                   'id="final-choice"', 'alt="Grad-CAM overlays"', 'alt="activation maximisation of filters"',
+                   'alt="activation maximisation of classes"'):
+        assert phrase in page, phrase
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    # comparison bars, two learning-curve figures, confusion matrix, the study's history and importances
-    assert len(images) == 6
+    # comparison bars, overlaid and two per-model learning curves, confusion matrix, the gallery of the
+    # worst OOF images, Grad-CAM, filters' and classes' activation maximisation, the augmentation preview,
+    # CV against the leaderboard, the study's two plots
+    assert len(images) == 13
     assert "Optuna study &#x27;digits-cnn3&#x27;: optimization history" in page
     for encoded in images:
         pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded))).convert("L"), dtype=np.float32)
         assert pixels.std() > 5, "an empty plot"
 
     chromium = _chromium()
-    dom = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
-                          report.as_uri()], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
+                          "--v=0", "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-1000:]
+    assert not [line for line in dom.stderr.splitlines() if "CONSOLE" in line], dom.stderr[-2000:]  # no console errors
     assert f'data-images-ok="{len(images)}/{len(images)}"' in dom.stdout, "an image did not load in the browser"
     screenshot = tmp_path / "report.png"
     shot = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile2'}",

@@ -1,0 +1,28 @@
+"""The pieces a report page is made of: a matplotlib figure as embedded PNG, a figure with its caption,
+a table. Every section module (report.py, report_insight.py) builds from these."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+
+def figure_png(figure) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def img(png_b64: str, alt: str, caption: str) -> str:
+    return (f'<figure><img class="plot" alt="{html.escape(alt)}" src="data:image/png;base64,{png_b64}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def table(header: list[str], rows: list[list], table_id: str) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
