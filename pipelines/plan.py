@@ -47,6 +47,7 @@ from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+import models
 from competition import atomic, locks
 from competition.errors import UserError
 from competition.paths import competition_root
@@ -166,7 +167,7 @@ class PlanRecord(_Strict):
 
     def hash_input(self) -> dict:
         """What the predictions depend on (not the timings): part of the submission's config hash."""
-        return {"runs": [{"run": p.run.model_dump(mode="json"), "folds": p.folds,
+        return {"runs": [{"run": p.run.key_dump(), **models.revision_key(p.run.model), "folds": p.folds,
                           "shortened": [s.model_dump() for s in p.shortened]} for p in self.runs],
                 "tta": self.tta, "ensemble": self.ensemble}
 
@@ -368,7 +369,13 @@ def view_passes(view: str) -> int:
 
 
 def request_key(spec: CompetitionSpec, budget: float, runtime: Runtime) -> str:
-    return stable_hash({"pool": spec.pool.model_dump(mode="json") if spec.pool else None, "budget": round(budget),
+    """The plan of record's name: what the plan depends on. Candidates as their outputs are keyed (unset
+    newer options left out, a changed net's revision in), so adding an option does not plan again."""
+    pool = None
+    if spec.pool:
+        pool = {**spec.pool.model_dump(mode="json"),
+                "candidates": [{**c.key_dump(), **models.revision_key(c.model)} for c in spec.pool.candidates]}
+    return stable_hash({"pool": pool, "budget": round(budget),
                         "data": spec.data_hash(), "folds": spec.folds.model_dump(), "flips": spec.flips.model_dump(),
                         "machine": machine_key(runtime), "version": PLAN_VERSION, "planner": PLANNER_REVISION})
 
