@@ -305,8 +305,11 @@ def write_report(ctx: Context, trained: dict, ensemble_folder: Path, report: dic
     labels = ctx.data.labels_host()
     confusion_png, pairs = confusion(labels[oof_index], oof_probs.argmax(1), spec.display_names)
     study_images = _study_images(spec)
-    log_rows = [[r["time"], r["profile"], r["config_hash"], r["git_commit"][:12], f'{r["metric"]} {r["cv_score"]}', r["public_score"],
-                 r["private_score"], r["status"]] for r in read_log(spec)]
+    synthetic = {"synthetic": " (synthetic data)"}
+    log_rows = [[r["time"], r["profile"], r["config_hash"], r["git_commit"][:12], f'{r["metric"]} {r["cv_score"]}',
+                 r["public_score"] + synthetic.get(r["data"], "") if r["public_score"] else "",
+                 r["private_score"] + synthetic.get(r["data"], "") if r["private_score"] else "", r["status"]]
+                for r in read_log(spec)]
     ensemble = report["ensemble"]
     parts = [
         f"<h1>{html.escape(spec.title)}</h1>",

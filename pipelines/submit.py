@@ -32,12 +32,14 @@ from pipelines.download import raw_dir
 
 # `ensemble`: the ensemble's output folder under .data/<comp>/ensemble/ (its manifest holds the lineage
 # that `make predict` and `make export` replay).
+# `data`: "synthetic" where the competition's data is a synthetic stand-in (its scores are not real ones).
 LOG_COLUMNS = ["time", "competition", "profile", "config_hash", "git_commit", "predictions_digest", "ensemble",
-               "cv_score", "metric", "public_score", "private_score", "status", "ref", "file"]
+               "cv_score", "metric", "public_score", "private_score", "status", "ref", "file", "data"]
 # Logs of earlier versions, read with the missing columns empty and rewritten in today's columns at the
-# next write: before lineage (no `ensemble`), and before metrics other than accuracy (`cv_accuracy`,
-# read as cv_score with metric `accuracy`).
-METRIC_LOG_COLUMNS = [c for c in LOG_COLUMNS if c != "ensemble"]
+# next write: before `data`, before lineage (no `ensemble`), and before metrics other than accuracy
+# (`cv_accuracy`, read as cv_score with metric `accuracy`).
+LINEAGE_LOG_COLUMNS = [c for c in LOG_COLUMNS if c != "data"]
+METRIC_LOG_COLUMNS = [c for c in LINEAGE_LOG_COLUMNS if c != "ensemble"]
 ACCURACY_LOG_COLUMNS = ["time", "competition", "profile", "config_hash", "git_commit", "predictions_digest",
                         "cv_accuracy", "public_score", "private_score", "status", "ref", "file"]
 # PENDING: recorded before the upload, completed by this or a later run. FAILED: the upload never reached
@@ -144,6 +146,8 @@ def _check_log_row(row: dict) -> str | None:
         return f"status '{row['status']}' is not one of {', '.join(LOG_STATUSES)}"
     if not re.fullmatch(r"[0-9a-f]{8,64}", row["predictions_digest"]):
         return f"predictions_digest '{row['predictions_digest']}' is not a hex digest"
+    if row["data"] not in ("", "real", "synthetic"):
+        return f"data '{row['data']}' is not real or synthetic"
     if row["ensemble"] and not re.fullmatch(r"[0-9a-f]{8,64}", row["ensemble"]):
         return f"ensemble '{row['ensemble']}' is not an ensemble folder's name"
     for column in ("cv_score", "public_score", "private_score"):
@@ -169,7 +173,7 @@ def read_log(spec: CompetitionSpec) -> list[dict]:
         raise DataError(f"{path}: not a readable CSV ({exc}); {fix}") from None
     if not rows:
         return []
-    if rows[0] not in (LOG_COLUMNS, METRIC_LOG_COLUMNS, ACCURACY_LOG_COLUMNS):
+    if rows[0] not in (LOG_COLUMNS, LINEAGE_LOG_COLUMNS, METRIC_LOG_COLUMNS, ACCURACY_LOG_COLUMNS):
         raise DataError(f"{path} row 1: the header must be {','.join(LOG_COLUMNS)}; {fix}")
     columns = rows[0]
     entries = []
@@ -203,7 +207,7 @@ def _log_row(spec: CompetitionSpec, profile_name: str, config_hash: str, git_com
             "ensemble": ensemble,
             "cv_score": f"{cv_score:.5f}", "metric": str(spec.metric), "public_score": _score_text(result.public_score),
             "private_score": _score_text(result.private_score), "status": result.status, "ref": result.ref or "",
-            "file": str(path)}
+            "file": str(path), "data": "synthetic" if spec.synthetic else "real"}
 
 
 def _update(row: dict, result: SubmissionResult) -> None:
