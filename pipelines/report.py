@@ -57,7 +57,7 @@ def learning_curves(name: str, folds: list) -> str:
         loss_axes.plot(epochs, [float(h["train_loss"]) for h in history], "--", label=f"{label} train")
         loss_axes.plot(epochs, [float(h["val_loss"]) for h in history], "-", label=f"{label} validation")
         acc_axes.plot(epochs, [100 * float(h["val_accuracy"]) for h in history], "-o", ms=3, label=label)
-    loss_axes.set(xlabel="epoch", ylabel="cross-entropy loss", title=f"{name}: loss per epoch")
+    loss_axes.set(xlabel="epoch", ylabel="loss (validation: cross-entropy)", title=f"{name}: loss per epoch")
     acc_axes.set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"{name}: validation accuracy per epoch")
     from matplotlib.ticker import MaxNLocator
 
