@@ -5,7 +5,8 @@ predictions' digest, so a retrained fold gets new maps), with manifest.json and:
     cam_rows.npy      the out-of-fold rows shown: up to IMAGES_PER_CLASS of each of the first MAX_CLASSES classes
     cam.npy           their Grad-CAM heat maps (0..1, image-sized) for their true class, by the maintained
                       `grad-cam` library (pytorch_grad_cam) on the last convolution of the network
-    filters.npy       activation maximisation of the first convolution's first FILTERS filters
+    filters.npy       activation maximisation of the first convolution's first FILTERS filters (the patch
+                      each one sees at the centre: its kernel and a pixel around it)
     classes.npy       activation maximisation of the first MAX_CLASSES class logits
 Activation maximisation starts from faint noise and follows the gradient of the filter's response at the
 image's centre (or the class's logit) with respect to the input, with a little L2 and total-variation penalty so that
@@ -33,7 +34,7 @@ L2_WEIGHT, TV_WEIGHT = 1e-3, 1e-2
 
 def fold_insight(spec: CompetitionSpec, run_name: str, trained: FoldOutput, data: TrainingData, runtime: Runtime):
     """The cached insight folder of one trained fold (built on first use)."""
-    config = {"insight": 2, "classes": MAX_CLASSES, "per_class": IMAGES_PER_CLASS, "filters": FILTERS, "steps": STEPS}
+    config = {"insight": 3, "classes": MAX_CLASSES, "per_class": IMAGES_PER_CLASS, "filters": FILTERS, "steps": STEPS}
     final = competition_root(spec.name) / "insight" / f"{run_name}-{output_key(config, {'train': trained.digest})}" \
         / trained.folder.name
     return build_once(final, f"the insight maps of {run_name} {trained.folder.name}",
@@ -64,7 +65,7 @@ def _build(spec, trained: FoldOutput, data: TrainingData, runtime: Runtime, fina
         np.save(staging / "cam_rows.npy", rows)
         np.save(staging / "cam.npy", grad_cam(model, data.images[torch.from_numpy(rows).to(runtime.device)],
                                               data.labels_host()[rows]).astype(np.float16))
-        np.save(staging / "filters.npy", maximise(model, "filters", spec))
+        np.save(staging / "filters.npy", receptive_field(maximise(model, "filters", spec), first_conv(model.net)))
         np.save(staging / "classes.npy", maximise(model, "classes", spec))
     return final
 
@@ -123,6 +124,17 @@ def optimise(model: nn.Module, what: str, spec: CompetitionSpec) -> tuple[torch.
         if hook is not None:
             hook.remove()
     return z.detach(), scores[0], scores[-1]
+
+
+def receptive_field(pictures: np.ndarray, layer: nn.Conv2d | None, margin: int = 1) -> np.ndarray:
+    """The centre patch a first-layer filter sees (its kernel, and `margin` pixels around it): outside it
+    the maximised picture is only the penalties' flat grey."""
+    if layer is None or not len(pictures):
+        return pictures
+    height, width = pictures.shape[1:3]
+    half_h, half_w = layer.kernel_size[0] // 2 + margin, layer.kernel_size[1] // 2 + margin
+    top, left = max(height // 2 - half_h, 0), max(width // 2 - half_w, 0)
+    return pictures[:, top:height // 2 + half_h + 1, left:width // 2 + half_w + 1]
 
 
 def maximise(model: nn.Module, what: str, spec: CompetitionSpec) -> np.ndarray:
