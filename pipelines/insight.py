@@ -10,7 +10,8 @@ predictions' digest, so a retrained fold gets new maps), with manifest.json and:
     classes.npy       activation maximisation of the first MAX_CLASSES class logits
 Activation maximisation starts from faint noise and follows the gradient of the filter's response at the
 image's centre (or the class's logit) with respect to the input, with a little L2 and total-variation penalty so that
-the picture stays readable rather than adversarial noise; images are uint8 in the competition's shape.
+the picture stays readable rather than adversarial noise; class pictures are also optimised under small
+random shifts and a light blur every tenth step. Images are uint8 in the competition's shape.
 """
 from __future__ import annotations
 
@@ -30,11 +31,12 @@ IMAGES_PER_CLASS = 2
 FILTERS = 16
 STEPS = 80
 L2_WEIGHT, TV_WEIGHT = 1e-3, 1e-2
+JITTER = 2  # pixels: class pictures are optimised under random shifts of up to this much
 
 
 def fold_insight(spec: CompetitionSpec, run_name: str, trained: FoldOutput, data: TrainingData, runtime: Runtime):
     """The cached insight folder of one trained fold (built on first use)."""
-    config = {"insight": 3, "classes": MAX_CLASSES, "per_class": IMAGES_PER_CLASS, "filters": FILTERS, "steps": STEPS}
+    config = {"insight": 4, "classes": MAX_CLASSES, "per_class": IMAGES_PER_CLASS, "filters": FILTERS, "steps": STEPS}
     final = competition_root(spec.name) / "insight" / f"{run_name}-{output_key(config, {'train': trained.digest})}" \
         / trained.folder.name
     return build_once(final, f"the insight maps of {run_name} {trained.folder.name}",
@@ -103,10 +105,19 @@ def optimise(model: nn.Module, what: str, spec: CompetitionSpec) -> tuple[torch.
     optimizer = torch.optim.Adam([z], lr=0.05)
     scores = []
     try:
-        for _ in range(STEPS + 1):
+        for step in range(STEPS + 1):
             if hook is not None:
                 captured.clear()
-            logits = model(mean + std * z)  # the classifier normalises again: z is what the net sees
+            seen = z
+            if hook is None and step < STEPS:
+                # Classes: a random shift of a pixel or two each step, and a light blur every tenth, so that
+                # what grows is a shape the class responds to anywhere, not one pixel pattern.
+                dy, dx = (int(v) for v in torch.randint(-JITTER, JITTER + 1, (2,)))
+                seen = torch.roll(z, shifts=(dy, dx), dims=(2, 3))
+                if step % 10 == 9:
+                    with torch.no_grad():
+                        z.mul_(0.5).add_(0.5 * torch.nn.functional.avg_pool2d(z, 3, 1, 1, count_include_pad=False))
+            logits = model(mean + std * seen)  # the classifier normalises again: `seen` is what the net sees
             # A filter's score is its response at the image's centre, so the picture shows the patch it
             # prefers (over the whole image, a constant picture wins); a class's is its logit.
             if hook is not None:
