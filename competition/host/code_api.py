@@ -56,13 +56,6 @@ def _own(user: str, owner: str, what: str) -> None:
         raise SubmissionRejected(f"You can only {what} under your own account ('{user}'), not '{owner[:80]}'")
 
 
-def _base_url(handler) -> str:
-    host = handler.headers.get("Host", "localhost")
-    if not all(c.isalnum() or c in ".-:[]" for c in host) or len(host) > 255:
-        host = "localhost"
-    return f"http://{host}"
-
-
 # --- files of a dataset ------------------------------------------------------------------------------
 
 
@@ -70,7 +63,7 @@ def _base_url(handler) -> str:
 def StartBlobUpload(handler, request: dict, user: str) -> None:
     name = check_file_name(_text(request, "name"))
     token = handler.store.start_blob_upload(name, int(request.get("contentLength") or 0))
-    handler._send_json({"token": token, "createUrl": f"{_base_url(handler)}/upload/{token}"})
+    handler._send_json({"token": token, "createUrl": f"{handler._base_url()}/upload/{token}"})
 
 
 # --- datasets ---------------------------------------------------------------------------------------
@@ -83,7 +76,7 @@ def _dataset_reply(handler, owner: str, slug: str, make: Callable[[], int]) -> N
     except (SubmissionRejected, InvalidName, NotFound) as exc:
         return handler._send_json({"status": "error", "error": str(exc), "url": "", "invalidTags": []})
     handler._send_json({"status": "ok", "error": "", "invalidTags": [],
-                        "url": f"{_base_url(handler)}/datasets/{owner}/{slug}"})
+                        "url": f"{handler._base_url()}/datasets/{owner}/{slug}"})
 
 
 @rpc(DATASETS)
@@ -167,7 +160,7 @@ def SaveKernel(handler, request: dict, user: str) -> None:
                                            timeout_s=float(timeout) if timeout else None)
     except (SubmissionRejected, InvalidName, NotFound) as exc:
         return handler._send_json({**reply, "error": str(exc)})
-    handler._send_json({**reply, "versionNumber": version, "url": f"{_base_url(handler)}/code/{owner}/{slug}"})
+    handler._send_json({**reply, "versionNumber": version, "url": f"{handler._base_url()}/code/{owner}/{slug}"})
 
 
 def _kernel_ref(request: dict) -> tuple[str, str, int | None]:
@@ -183,7 +176,7 @@ def GetKernelSessionStatus(handler, request: dict, user: str) -> None:
 @rpc(KERNELS)
 def ListKernelSessionOutput(handler, request: dict, user: str) -> None:
     kernel, files, log = handler.code.outputs(*_kernel_ref(request))
-    base = f"{_base_url(handler)}/outputs/{kernel['output_token']}"
+    base = f"{handler._base_url()}/outputs/{kernel['output_token']}"
     handler._send_json({"files": [{"fileName": name, "url": f"{base}/{quote(name)}"} for name in files],
                         "log": log, "nextPageToken": ""})
 

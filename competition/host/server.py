@@ -316,6 +316,14 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
             while chunk := fh.read(1 << 20):
                 self.wfile.write(chunk)
 
+    def _base_url(self) -> str:
+        """http://<the Host the client asked for>, for URLs the client fetches next; a Host header that is
+        not a plain host name (and port) becomes localhost, so a request cannot point the client elsewhere."""
+        host = self.headers.get("Host", "localhost")
+        if not all(c.isalnum() or c in ".-:[]" for c in host) or len(host) > 255:
+            host = "localhost"
+        return f"http://{host}"
+
     def _redirect(self, location: str) -> None:
         self.send_response(302)
         self.send_header("Location", location)
@@ -371,10 +379,7 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
         slug = _text_field(request, "competitionName")
         token = self.store.start_upload(slug, _text_field(request, "fileName", required=False) or "submission.csv",
                                         int(request.get("contentLength") or 0))
-        host = self.headers.get("Host", "localhost")
-        if not all(c.isalnum() or c in ".-:[]" for c in host) or len(host) > 255:
-            host = "localhost"
-        self._send_json({"token": token, "createUrl": f"http://{host}/upload/{token}"})
+        self._send_json({"token": token, "createUrl": f"{self._base_url()}/upload/{token}"})
 
     def rpc_CreateSubmission(self, request: dict, user: str) -> None:
         slug = _text_field(request, "competitionName")

@@ -198,9 +198,14 @@ class HostStore:
             raise SubmissionRejected(f"Submission is {content_length} bytes; the limit is {MAX_UPLOAD_BYTES}")
         # Kept for display only, never as a path: the last segment, printable, bounded.
         file_name = "".join(c for c in file_name.replace("\\", "/").rsplit("/", 1)[-1] if c.isprintable())[:255]
+        return self._new_upload(slug, file_name, content_length)
+
+    def _new_upload(self, competition: str, file_name: str, content_length: int) -> str:
+        """A fresh upload token, recorded with what it is for ("" for a dataset's file)."""
         token = secrets.token_urlsafe(24)
         with self._db() as db:
-            db.execute("INSERT INTO uploads VALUES (?,?,?,?,?,0)", (token, slug, file_name, content_length, iso(utcnow())))
+            db.execute("INSERT INTO uploads VALUES (?,?,?,?,?,0)",
+                       (token, competition, file_name, content_length, iso(utcnow())))
         return token
 
     def receive_upload(self, token: str, body: bytes) -> None:
@@ -218,10 +223,7 @@ class HostStore:
         checked as a file name when the dataset is made."""
         if not 0 <= content_length <= MAX_UPLOAD_BYTES:
             raise SubmissionRejected(f"File '{name[:80]}' is {content_length} bytes; the limit is {MAX_UPLOAD_BYTES}")
-        token = secrets.token_urlsafe(24)
-        with self._db() as db:
-            db.execute("INSERT INTO uploads VALUES (?,?,?,?,?,0)", (token, "", name[:255], content_length, iso(utcnow())))
-        return token
+        return self._new_upload("", name[:255], content_length)
 
     def finished_upload(self, token) -> tuple[str, Path]:
         """(file name, path) of a completed dataset-file upload; InvalidName for anything else."""
