@@ -129,7 +129,9 @@ def tta_and_ensemble(ctx: Context, trained: dict) -> tuple[Path, dict]:
     per_model = {name: tta_run(ctx.spec, name, folds, ctx.data, ctx.profile.tta, ctx.runtime) for name, folds in trained.items()}
     ctx.stage_seconds["tta"] = time.monotonic() - started
     started = time.monotonic()
-    sources = {name: member_sources(ctx.spec, folds, ctx.profile.tta) for name, folds in trained.items()}
+    def sources() -> dict:
+        return {name: member_sources(ctx.spec, folds, ctx.profile.tta) for name, folds in trained.items()}
+
     result = ensemble(ctx.spec, ctx.profile.ensemble, per_model, ctx.data.labels_host(), ctx.data.fold_of_row, sources)
     ctx.stage_seconds["ensemble"] = time.monotonic() - started
     return result

@@ -118,10 +118,11 @@ def find_weights(method: str, oof: list[np.ndarray], labels: np.ndarray, metric:
 
 
 def ensemble(spec: CompetitionSpec, method: str, per_model: dict[str, list[FoldOutput]], train_labels: np.ndarray,
-             row_folds: np.ndarray, sources: dict[str, dict] | None = None) -> tuple[Path, dict]:
+             row_folds: np.ndarray, sources: Callable[[], dict[str, dict]] | None = None) -> tuple[Path, dict]:
     """Combine; returns (output folder, report). Cached by the digests of every fold's predictions.
-    `row_folds`: each training row's fold (the groups of the cross-fitted CV); `sources`: each model's
-    lineage.member_sources, written into the manifest's lineage."""
+    `row_folds`: each training row's fold (the groups of the cross-fitted CV); `sources`: gives each model's
+    lineage.member_sources for the manifest's lineage, called only when the ensemble is built (it reads
+    every fold's checkpoint)."""
     inputs = {f"{name}/{f.folder.name}": f.digest for name, folds in per_model.items() for f in folds}
     config = {"method": method, "metric": spec.metric.model_dump(), "cross_fit": 3, "seed": spec.folds.seed,
               "lineage": LINEAGE_VERSION}
@@ -130,7 +131,7 @@ def ensemble(spec: CompetitionSpec, method: str, per_model: dict[str, list[FoldO
             "submission": spec.metric.bind().submission}
     return build_once(final, f"the ensemble of {spec.name}",
                       lambda: _write_ensemble(config, spec.metric.bind(), per_model, train_labels, row_folds, final,
-                                              inputs, head, sources),
+                                              inputs, head, sources() if sources else None),
                       lambda: (final, read_manifest(final)["report"]))
 
 
