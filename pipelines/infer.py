@@ -29,7 +29,7 @@ from competition.spec import CompetitionSpec
 from pipelines.device import Runtime, cpu_flags, pick_runtime
 from pipelines.lineage import LoggedRun, checkpoint_path, combine, find_run
 from pipelines.predict import load_checkpoint, predict_with_views, rebuild_from_checkpoint
-from pipelines.readers import IMAGE_SUFFIXES, load_images, read_table
+from pipelines.readers import IMAGE_SUFFIXES, load_images, open_npy, read_table
 
 RESIZE_HINT = "resize it, or run with RESIZE=1 to resize every image (bilinear)"
 
@@ -69,10 +69,7 @@ def read_input(spec: CompetitionSpec, source: Path, resize: bool = False) -> tup
 def _read_array(spec: CompetitionSpec, path: Path, resize: bool) -> np.ndarray:
     from PIL import Image
 
-    try:
-        array = np.load(path, allow_pickle=False, mmap_mode="r")
-    except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npy array ({str(exc)[:200]})") from None
+    array = open_npy(path)
     if array.dtype != np.uint8:
         raise DataError(f"{path}: dtype {array.dtype}; INPUT arrays hold uint8 images (0..255), as training's did")
     if array.ndim == 3:

@@ -24,7 +24,7 @@ from competition.spec import CompetitionSpec
 from pipelines.artifacts import atomic_output, build_once, output_key
 from pipelines.device import Runtime
 from pipelines.device_data import TrainingData
-from pipelines.predict import FoldOutput, load_checkpoint, rebuild_from_checkpoint
+from pipelines.predict import FoldOutput, load_fold_model
 
 MAX_CLASSES = 10
 IMAGES_PER_CLASS = 2
@@ -60,7 +60,7 @@ def cam_rows(labels: np.ndarray, oof_index: np.ndarray, classes: int) -> np.ndar
 
 def _build(spec, trained: FoldOutput, data: TrainingData, runtime: Runtime, final, config: dict):
     torch.manual_seed(spec.folds.seed)
-    model = rebuild_from_checkpoint(load_checkpoint(trained.folder / "best.pt", runtime.device), spec, runtime, "fp32")
+    model = load_fold_model(trained.folder, spec, runtime, precision="fp32")
     model.eval()
     rows = cam_rows(data.labels_host(), np.load(trained.folder / "oof_index.npy"), len(spec.classes))
     with atomic_output(final, "insight", config, {"train": trained.digest}) as staging:

@@ -92,8 +92,8 @@ def rebuild_from_checkpoint(checkpoint: dict, spec: CompetitionSpec, runtime: Ru
     return model.eval()
 
 
-def load_fold_model(folder: Path, spec: CompetitionSpec, runtime: Runtime) -> ImageClassifier:
-    return rebuild_from_checkpoint(load_checkpoint(folder / "best.pt", runtime.device), spec, runtime)
+def load_fold_model(folder: Path, spec: CompetitionSpec, runtime: Runtime, precision: str | None = None) -> ImageClassifier:
+    return rebuild_from_checkpoint(load_checkpoint(folder / "best.pt", runtime.device), spec, runtime, precision)
 
 
 # --- inference ----------------------------------------------------------------------------------------

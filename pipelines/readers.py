@@ -152,14 +152,18 @@ def as_nhwc(array: np.ndarray, spec: CompetitionSpec, path: Path) -> np.ndarray:
     return np.array(array, order="C")  # a copy: the input may be a memory map of a file
 
 
-def load_npy(path: Path, spec: CompetitionSpec, what: str) -> np.ndarray:
-    _require(path, what)
+def open_npy(path: Path) -> np.ndarray:
+    """The array memory-mapped, so that its header's dtype and shape can be checked before any data is
+    copied; an unreadable file is one DataError."""
     try:
-        # Memory-mapped first: the header's dtype and shape are checked before any data is copied.
-        array = np.load(path, allow_pickle=False, mmap_mode="r")
+        return np.load(path, allow_pickle=False, mmap_mode="r")
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npy array ({str(exc)[:200]})") from None
-    return as_nhwc(array, spec, path)
+
+
+def load_npy(path: Path, spec: CompetitionSpec, what: str) -> np.ndarray:
+    _require(path, what)
+    return as_nhwc(open_npy(path), spec, path)
 
 
 # --- one reader per layout ---------------------------------------------------------------------------
