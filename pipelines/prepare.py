@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from competition.errors import DataError
 from competition.paths import competition_root
@@ -137,6 +136,10 @@ class Folds:
 def assign_folds(labels: np.ndarray, n_splits: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
     """fold[i] = the fold in which row i is held out: StratifiedKFold with shuffling fixed by `seed`, or
     StratifiedGroupKFold when some rows share a group (then a group never spans two folds)."""
+    # Imported here: scikit-learn and the SciPy it loads take 2 s to import, and folds are made once and cached,
+    # while every command (and every tuning or cluster worker) imports this module.
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
     counts = np.bincount(labels)
     too_small = [c for c in np.flatnonzero(counts) if counts[c] < n_splits]
     if too_small:
