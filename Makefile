@@ -18,6 +18,15 @@ ifneq ($(STORAGE),)
 export KPIPE_OPTUNA_STORAGE := $(STORAGE)
 endif
 
+# Sharing the cores with other kpipe processes (pipelines/cores.py): CORES=share (default) takes a fair
+# share at once, CORES=wait waits until a core is free; THREADS=n caps this command's threads.
+ifneq ($(CORES),)
+export KPIPE_CORES := $(CORES)
+endif
+ifneq ($(THREADS),)
+export KPIPE_THREADS := $(THREADS)
+endif
+
 # A fixed profile (PROFILE=quick|full), a time budget (BUDGET=15m) or a replayed plan (PLAN=file).
 RECIPE = $(if $(PROFILE),--profile $(PROFILE)) $(if $(BUDGET),--budget=$(BUDGET)) $(if $(PLAN),--plan=$(PLAN))
 
@@ -34,7 +43,8 @@ help:
 	@echo "                                 a logged run's ensemble on new images"
 	@echo "make export COMP=x [RUN=<config hash>] [TARGET=<code competition>]   package a run for a Kaggle code competition"
 	@echo "make prune COMP=x [DRY_RUN=1]    remove outputs that no logged submission, plan or study needs"
-	@echo "make bench                       data-path and training throughput benchmark"
+	@echo "make bench                       data-path, training, inference and concurrency benchmark"
+	@echo "  any computing command: [CORES=share|wait] [THREADS=n]   beside other kpipe runs: fair share or queue"
 	@echo "make serve [PORT=80]             run the local Kaggle-compatible host in the foreground"
 	@echo "make stop-host                   stop a host started in the background"
 

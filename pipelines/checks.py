@@ -14,6 +14,7 @@ import models
 from competition.errors import SpecError, UserError
 from competition.recipe import LossConfig, ModelRun
 from competition.spec import CompetitionSpec
+from pipelines import cores
 from pipelines.augment import POLICIES
 from pipelines.device import AUTO, PRECISIONS
 from pipelines.ensemble import METHODS
@@ -110,8 +111,9 @@ def find_model_run(spec: CompetitionSpec, profile_name: str, name: str) -> Model
 
 
 def check_command(spec: CompetitionSpec, args: argparse.Namespace) -> None:
-    """The command line against the spec: profile, MODEL=, FOLD=, and what tune needs."""
+    """The command line against the spec: profile, MODEL=, FOLD=, CORES=, THREADS=, and what tune needs."""
     check_spec(spec)
+    cores.check_settings()
     if getattr(args, "plan", None):
         from pipelines.plan import read_plan
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from pipelines import cores
 
 @dataclass(frozen=True)
 class Precision:
@@ -57,7 +58,8 @@ class Runtime:
 
 
 def pick_runtime() -> Runtime:
-    """CUDA when there is a GPU, else the CPU using every core. KPIPE_DEVICE=cpu|cuda overrides the choice."""
+    """CUDA when there is a GPU, else the CPU with this process's share of its cores (pipelines/cores.py:
+    every core when no other kpipe process computes). KPIPE_DEVICE=cpu|cuda overrides the choice."""
     wanted = os.environ.get("KPIPE_DEVICE")
     use_cuda = torch.cuda.is_available() if wanted is None else wanted == "cuda"
     if use_cuda:
@@ -65,7 +67,7 @@ def pick_runtime() -> Runtime:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         return Runtime(torch.device("cuda"))
-    torch.set_num_threads(os.cpu_count() or 1)  # x1.93 from 1 to 2 threads on these machines
+    cores.join()  # x1.93 from 1 to 2 threads alone on these machines; 80x slower each when two processes take both
     return Runtime(torch.device("cpu"))
 
 
@@ -139,7 +141,7 @@ def machine_description(runtime: Runtime) -> str:
 
 def machine_key(runtime: Runtime) -> str:
     """Names what timings depend on: the processor and its features, the core count, torch."""
-    identity = [machine_description(runtime), torch.get_num_threads()]
+    identity = [machine_description(runtime), cores.machine_cores()]  # the machine's, not today's share
     if not runtime.is_cuda:
         identity.append(sorted(cpu_flags()))
     return hashlib.sha256(repr(identity).encode()).hexdigest()[:12]

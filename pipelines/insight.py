@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from competition.paths import competition_root
 from competition.spec import CompetitionSpec
+from pipelines import cores
 from pipelines.artifacts import atomic_output, build_once, output_key
 from pipelines.device import Runtime
 from pipelines.device_data import TrainingData
@@ -106,6 +107,7 @@ def optimise(model: nn.Module, what: str, spec: CompetitionSpec) -> tuple[torch.
     scores = []
     try:
         for step in range(STEPS + 1):
+            cores.follow()
             if hook is not None:
                 captured.clear()
             seen = z

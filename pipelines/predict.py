@@ -24,7 +24,7 @@ from competition.errors import UserError
 from competition.recipe import ModelRun
 from competition.spec import CompetitionSpec
 from pipelines.artifacts import read_manifest
-from pipelines import kernel_inference
+from pipelines import cores, kernel_inference
 from pipelines.classifier import ImageClassifier, build_model
 from pipelines.device import Runtime
 from pipelines.registry import Registry
@@ -105,6 +105,7 @@ def predict_probs(model: nn.Module, images: torch.Tensor, view: Transform | None
     model.eval()
     chunks = []
     for start in range(0, len(images), PREDICT_BATCH):
+        cores.follow()
         batch = images[start:start + PREDICT_BATCH]
         if view is not None:
             batch = view(batch)

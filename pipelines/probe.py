@@ -23,6 +23,7 @@ from competition import atomic, locks
 from competition.paths import data_root
 from competition.recipe import ModelRun
 from competition.spec import CompetitionSpec, stable_hash
+from pipelines import cores
 from pipelines.augment import BatchAugmenter
 from pipelines.device import Runtime, machine_description, machine_key, offered_precisions
 from pipelines.device_data import TrainingData
@@ -111,11 +112,16 @@ def probe_run(spec: CompetitionSpec, run: ModelRun, data: TrainingData, runtime:
     if all(p in cached for p in precisions):
         return {p: Speed(**cached[p]) for p in precisions}
     speeds = {}
+    shared = cores.sharing()
+    if shared:
+        print(f"probe: measuring on {cores.threads()} of {cores.machine_cores()} cores while other kpipe processes compute: "
+              "the speeds (and a plan made from them) are conservative, and are not kept for later runs", flush=True)
     for precision in precisions:
         speeds[precision] = measure(spec, run.model_copy(update={"precision": precision}), data, runtime)
         print(f"probe: {run.name} {precision}: train {speeds[precision].train_images_per_second:,.0f} img/s, "
               f"predict {speeds[precision].predict_images_per_second:,.0f} img/s", flush=True)
-    _update_cache(runtime, key, {"run": run.name, "speeds": {p: asdict(s) for p, s in speeds.items()}})
+    if not shared and not cores.sharing():  # a figure measured on a share of the cores would mislead a lone run
+        _update_cache(runtime, key, {"run": run.name, "speeds": {p: asdict(s) for p, s in speeds.items()}})
     return speeds
 
 
@@ -134,7 +140,8 @@ def probe_compiled(spec: CompetitionSpec, run: ModelRun, data: TrainingData, run
         return reason
     print(f"probe: {run.name} {run.precision} compiled: train {speed.train_images_per_second:,.0f} img/s after "
           f"{speed.warmup_seconds:.0f} s compiling", flush=True)
-    _update_cache(runtime, key, {"run": run.name, "speed": asdict(speed)})
+    if not cores.sharing():
+        _update_cache(runtime, key, {"run": run.name, "speed": asdict(speed)})
     return speed
 
 

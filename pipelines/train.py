@@ -38,6 +38,7 @@ from competition.metrics import Metric
 from competition.paths import competition_root
 from competition.recipe import LossConfig, ModelRun
 from competition.spec import CompetitionSpec
+from pipelines import cores
 from pipelines.artifacts import build_once, output_key, publish, read_manifest
 from pipelines.augment import BatchAugmenter
 from pipelines.classifier import ImageClassifier, build_model
@@ -216,6 +217,7 @@ def train_one_epoch(learner: Learner, augmenter: BatchAugmenter, labels: torch.T
     progress = tqdm(augmenter.batches(batches, seed), total=len(batches), leave=False, mininterval=2, desc=desc, unit="batch",
                     disable=len(batches) < 50)  # a probe's few steps need no bar
     for idx, images in zip(batches, progress):
+        cores.follow()  # another kpipe process started or ended: take up the new share of the cores
         targets = labels[idx.to(runtime.device)]
         inputs = images.float()
         if learner.mixup is not None:

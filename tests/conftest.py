@@ -72,6 +72,16 @@ def run_kaggle(cli_env, tmp_path):
     return run
 
 
+@pytest.fixture(autouse=True)
+def cores_given_back():
+    """A test that trained in this process leaves the core registry when it ends: pytest idles between
+    tests and while the commands a test starts compute, and an idle member would halve their threads."""
+    yield
+    from pipelines import cores
+
+    cores.leave()
+
+
 @pytest.fixture
 def pipeline_env(host, tmp_path, monkeypatch) -> Path:
     """Point the pipeline (in this process) at the test host and a private data folder; returns the data root."""

@@ -1,0 +1,292 @@
+"""The machine's cores, shared by the kpipe processes computing on it at once.
+
+Why: torch sizes its OpenMP pool to every core, and two such processes on two cores ran a small CNN's
+training steps 80x slower each (19,769 img/s alone, 241 each side by side: every idle OpenMP thread
+spin-waits for work while the other process holds the core it needs). With one thread each the pair
+ran at 0.76x of the lone process each, 1.5x together. So every process that computes registers here,
+takes its share of the cores, and re-reads the registry between training and inference steps (at most
+four times a second) to shrink or grow as others come and go.
+
+What the libraries offer is used for the pools: `torch.set_num_threads` (torch's OpenMP and MKL) and
+`threadpoolctl` (NumPy's and SciPy's BLAS). OpenMP's passive wait policy was measured and left at its
+default: it softens the collapse (12,000 img/s each) but costs a lone process 2.3x, the common case.
+
+The registry is <data>/.cores/ (`KPIPE_CORES_DIR` moves it, e.g. to share one budget between data
+folders): one JSON entry per process, `<host>-<pid>.json`, beside `<host>-<pid>.lock`, an OS lock the
+process holds while it lives. The kernel drops that lock when the process dies, so an entry whose lock
+can be taken is dead and is removed by whoever notices. Changes are made under `registry.lock`. Entries
+of other hosts (a data folder on a disk several machines share) do not count: each machine has its own
+cores.
+
+Policy (`CORES=` of make, `KPIPE_CORES`): `share` (default) takes a fair share at once, the processes
+already computing give up threads at their next step; `wait` waits, saying for whom, until the others
+leave a core free. `THREADS=n` (`KPIPE_THREADS`) caps this process's threads.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import math
+import os
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from filelock import FileLock, Timeout
+
+from competition import atomic
+from competition.errors import UserError
+from competition.paths import data_root
+
+POLICIES = ("share", "wait")
+CHECK_SECONDS = 0.25  # how often a computing process looks at the registry (a directory listing)
+WAIT_POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str  # <host>-<pid>: the file stem
+    pid: int
+    host: str
+    command: str
+    since: float  # when it joined (time.time()), for the order of shares and of waiters
+    state: str  # "running" or "waiting"
+    cap: int  # the most threads it wants
+
+
+def machine_cores() -> int:
+    """Cores this process may run on: its CPU affinity, bounded by a cgroup's CPU quota (containers)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def fair_shares(caps: list[int], cores: int) -> list[int]:
+    """Threads for each running process, in join order: one each, then the spare cores dealt round-robin,
+    earliest first, to those under their cap. More processes than cores: one thread each."""
+    shares = [1] * len(caps)
+    spare = cores - len(caps)
+    while spare > 0 and any(s < c for s, c in zip(shares, caps)):
+        for i, cap in enumerate(caps):
+            if spare > 0 and shares[i] < cap:
+                shares[i] += 1
+                spare -= 1
+    return shares
+
+
+def policy() -> str:
+    value = os.environ.get("KPIPE_CORES", "share")
+    if value not in POLICIES:
+        raise UserError(f"CORES={value}: unknown; use one of {', '.join(POLICIES)}")
+    return value
+
+
+def thread_cap(cores: int) -> int:
+    value = os.environ.get("KPIPE_THREADS")
+    if not value:
+        return cores
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"THREADS={value}: must be a whole number of threads, at least 1")
+    return min(int(value), cores)
+
+
+def check_settings() -> None:
+    """CORES= and THREADS= as the command starts, before any download or training."""
+    policy()
+    thread_cap(machine_cores())
+
+
+def registry_dir() -> Path:
+    return Path(os.environ.get("KPIPE_CORES_DIR") or data_root() / ".cores")
+
+
+def _is_alive(folder: Path, name: str) -> bool:
+    """Whether the process of entry `name` still holds its lock."""
+    probe = FileLock(folder / f"{name}.lock", is_singleton=False)
+    try:
+        probe.acquire(timeout=0)
+    except Timeout:
+        return True
+    probe.release()
+    return False
+
+
+def _read(path: Path) -> Entry | None:
+    try:
+        return Entry(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None  # being replaced right now, or not ours: skip it this time
+
+
+def live_entries(folder: Path, own: str | None = None) -> list[Entry]:
+    """This host's live entries, in join order; dead ones are removed on the way."""
+    host = socket.gethostname()
+    entries = []
+    for path in sorted(folder.glob(f"{host}-*.json")):
+        entry = _read(path)
+        if entry is None or entry.host != host:
+            continue
+        if entry.name != own and not _is_alive(folder, entry.name):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                (folder / f"{entry.name}.lock").unlink()
+            continue
+        entries.append(entry)
+    return sorted(entries, key=lambda e: (e.since, e.pid))
+
+
+def describe(entries: list[Entry]) -> str:
+    return "; ".join(f"pid {e.pid} ({e.command}) since {time.strftime('%H:%M:%S', time.localtime(e.since))}"
+                     for e in entries)
+
+
+def _apply(threads: int) -> None:
+    """Size torch's pool, and NumPy's/SciPy's BLAS, to `threads`. Call from the thread that computes:
+    OpenMP keeps the thread count per calling thread."""
+    torch.set_num_threads(threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads, user_api="blas")
+
+
+class Member:
+    """This process's place in the registry, from `join` to `leave` (or its exit)."""
+
+    def __init__(self, folder: Path, cap: int, cores: int):
+        self.folder, self.cap, self.cores = folder, cap, cores
+        self.name = f"{socket.gethostname()}-{os.getpid()}"
+        self.lock = FileLock(folder / f"{self.name}.lock", is_singleton=False)
+        self.threads = 0
+        self.since = time.time()
+        self.next_check = 0.0
+        self.listing: tuple[str, ...] = ()
+
+    def _write(self, state: str) -> None:
+        entry = Entry(self.name, os.getpid(), socket.gethostname(), " ".join(Path(a).name for a in sys.argv[:5])[:160],
+                      self.since, state, self.cap)
+        with FileLock(self.folder / "registry.lock", is_singleton=False):
+            atomic.write_json(self.folder / f"{self.name}.json", asdict(entry))
+
+    def enter(self, wanted_policy: str) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()
+        if wanted_policy == "wait":
+            self._write("waiting")
+            self._wait_turn()
+        self._write("running")
+        self.rebalance(announce=True)
+
+    def _wait_turn(self) -> None:
+        """Until the running processes leave a core free and no earlier waiter is ahead of this one."""
+        said = False
+        while True:
+            entries = live_entries(self.folder, own=self.name)
+            running = [e for e in entries if e.state == "running"]
+            waiters = [e for e in entries if e.state == "waiting"]
+            free = self.cores - sum(min(e.cap, self.cores) for e in running)
+            if free > 0 and waiters[0].name == self.name:  # first in line (its own entry is among the waiters)
+                return
+            if not said:
+                whom = describe(running) if running else describe(waiters[:1]) + " (waiting before this one)"
+                print(f"cores: waiting for a free core of this machine's {self.cores}: {whom}; "
+                      f"CORES=share runs now beside them at a fair share", file=sys.stderr, flush=True)
+                said = True
+            time.sleep(WAIT_POLL_SECONDS)
+
+    def rebalance(self, announce: bool = False) -> None:
+        entries = [e for e in live_entries(self.folder, own=self.name) if e.state == "running"]
+        self.listing = tuple(sorted(p.name for p in self.folder.glob("*.json")))
+        names = [e.name for e in entries]
+        if self.name not in names:  # removed by hand: join again
+            self._write("running")
+            return self.rebalance(announce)
+        threads = fair_shares([e.cap for e in entries], self.cores)[names.index(self.name)]
+        if threads != self.threads:
+            _apply(threads)
+            others = [e for e in entries if e.name != self.name]
+            if others and (announce or threads < self.threads):
+                print(f"cores: {threads} of this machine's {self.cores} cores here, sharing with {len(others)} other "
+                      f"kpipe process{'es' if len(others) > 1 else ''}: {describe(others)}", file=sys.stderr, flush=True)
+            self.threads = threads
+
+    def follow(self) -> None:
+        now = time.monotonic()
+        if now < self.next_check:
+            return
+        self.next_check = now + CHECK_SECONDS
+        listing = tuple(sorted(p.name for p in self.folder.glob("*.json")))
+        # A new or departed entry changes the listing; a dead one does not, so look at liveness too
+        # whenever someone else is registered.
+        if listing != self.listing or len(listing) > 1:
+            self.rebalance()
+
+    def leave(self) -> None:
+        with contextlib.suppress(OSError):
+            with FileLock(self.folder / "registry.lock", is_singleton=False):
+                (self.folder / f"{self.name}.json").unlink()
+        self.lock.release()
+        with contextlib.suppress(OSError):
+            (self.folder / f"{self.name}.lock").unlink()
+
+
+_member: Member | None = None
+
+
+def join() -> int:
+    """Register this process as computing and size its pools to its share; returns its threads.
+    Joining again (another data folder, say) moves the entry."""
+    global _member
+    folder = registry_dir()
+    if _member is not None and _member.folder == folder:
+        return _member.threads
+    leave()
+    cores = machine_cores()
+    member = Member(folder, thread_cap(cores), cores)
+    member.enter(policy())
+    _member = member
+    return member.threads
+
+
+def follow() -> None:
+    """Between steps of long work: take up a changed share (cheap; most calls return at once)."""
+    if _member is not None:
+        _member.follow()
+
+
+def leave() -> None:
+    """No more computing here (a process that only waits for workers, say): give the cores back."""
+    global _member
+    if _member is not None:
+        _member.leave()
+        _member = None
+
+
+def cap(most: int) -> None:
+    """Use at most `most` threads from now on (a process that starts workers of its own keeps their
+    share free for them while they start)."""
+    if _member is not None and most < _member.cap:
+        _member.cap = most
+        _member._write("running")
+        _member.rebalance()
+
+
+def threads() -> int:
+    """This process's current share (every core before it joins)."""
+    return _member.threads if _member is not None else machine_cores()
+
+
+def sharing() -> bool:
+    """Whether this process has fewer threads than the machine has cores because others compute."""
+    return _member is not None and _member.threads < min(_member.cap, _member.cores)
+
+
+atexit.register(leave)
