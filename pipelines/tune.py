@@ -26,6 +26,7 @@ from competition.errors import UserError
 from competition.paths import REPO_ROOT, competition_root
 from competition.recipe import ModelRun, ParamSpec, PrunerConfig, apply_params
 from competition.spec import CompetitionSpec
+from pipelines import cores
 from pipelines.checks import find_model_run
 from pipelines.context import Context, setup
 from pipelines.studies import default_study_name, open_storage, redact, storage_url
@@ -148,12 +149,23 @@ def run_study(spec: CompetitionSpec, profile_name: str, model: str | None, study
                                     load_if_exists=True)
         total = finished_trials(study) + trials
     if workers > 1:
+        # This process is one of the workers: it starts the others, then runs trials beside them. Its
+        # share of the cores is fixed now, so that the others' start (imports, data) does not meet a
+        # process that holds every core.
         argv = ["tune", "--comp", comp_argument, "--profile", profile_name, "--model", run.name, "--study", study_name,
                 "--total", str(total), "--workers", "1", "--no-report"]
-        status = spawn_workers(argv, workers, storage=url)  # the URL may hold a password: not on argv
+        cores.cap(max(1, cores.threads() // workers))
+        others = start_workers(argv, workers - 1, storage=url)  # the URL may hold a password: not on argv
+        try:
+            study = tune(spec, ctx, run, total, study_name, url)
+        except BaseException:
+            for process in others:
+                process.terminate()
+            raise
+        finally:
+            status = max(process.wait() for process in others)
         if status:
             raise UserError(f"tune: a worker exited with status {status}")
-        study = optuna.load_study(study_name=study_name, storage=open_storage(url))
     else:
         study = tune(spec, ctx, run, total, study_name, url)
     if report:  # spawned workers leave the report to the command that started them
@@ -161,11 +173,10 @@ def run_study(spec: CompetitionSpec, profile_name: str, model: str | None, study
     return study
 
 
-def spawn_workers(argv: list[str], count: int, storage: str) -> int:
-    """Start `count` worker processes running the same tune command; returns the worst exit status."""
+def start_workers(argv: list[str], count: int, storage: str) -> list[subprocess.Popen]:
+    """Start `count` worker processes running the same tune command."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "KPIPE_OPTUNA_STORAGE": storage}
-    processes = [subprocess.Popen([sys.executable, "-m", "pipelines", *argv], cwd=REPO_ROOT, env=env) for _ in range(count)]
-    return max(p.wait() for p in processes)
+    return [subprocess.Popen([sys.executable, "-m", "pipelines", *argv], cwd=REPO_ROOT, env=env) for _ in range(count)]
 
 
 def report_study(study: optuna.Study, out_dir: Path, url: str, top: int = 10) -> list[Path]:
