@@ -12,6 +12,9 @@ Rows:
   (measured afresh, not from the probe cache), with the speed-up over fp32.
 - planner accuracy: a real time-budget run of digits (BENCH_PLAN_BUDGET, default 60s, dry run), then
   actual / planned wall time of every plan of record on this machine.
+- concurrency (pipelines/bench_concurrency.py): one training process alone, two at once taking every core
+  each, two sharing the cores, and the same work in one process or two; for the benchmark's model and for
+  digits' small `cnn3` (small steps, where threads fighting over cores costs most).
 
 Environment: BENCH_COMP (default fashion-mnist), BENCH_MODEL (fastcnn), BENCH_BATCH (128), BENCH_EPOCHS (1).
 """
@@ -33,6 +36,7 @@ from competition.errors import UserError
 from competition.recipe import AugmentConfig, ModelRun
 from competition.spec import load_spec
 from pipelines.augment import BatchAugmenter
+from pipelines.bench_concurrency import concurrency_table, print_table as print_concurrency, print_tune, tune_workers
 from pipelines.device import pick_runtime
 from pipelines.download import download
 from pipelines.prepare import make_folds, prepare
@@ -194,6 +198,8 @@ def main() -> None:
     inference_rows = inference_table(spec, output.folder, data, runtime)
     precision_rows = precision_table(spec, data, runtime)
     planner_rows = planner_accuracy(runtime, os.environ.get("BENCH_PLAN_BUDGET", "60s"))
+    concurrency = [concurrency_table(comp, model_name, batch), concurrency_table("digits", "cnn3", 64)]
+    tune = tune_workers()
 
     print(f"\nbenchmark: {comp}, model {model_name}, batch {batch}, fold 0 ({len(train_rows):,} training images), "
           f"{runtime.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
@@ -219,10 +225,14 @@ def main() -> None:
     for r in planner_rows:
         print(f"{r['competition']:<22} {r['budget_minutes']:>10.2f} {r['planned_minutes']:>12.2f} {r['actual_minutes']:>11.2f} "
               f"{r['actual_over_planned']:>15.2f} {r['actual_over_budget']:>14.2f}")
+    for table in concurrency:
+        print_concurrency(table)
+    print_tune(tune)
     print(json.dumps({"benchmark": "training_throughput", "competition": comp, "model": model_name, "batch_size": batch,
                       "device": str(runtime.device), "machine": machine_description(runtime),
                       "threads": torch.get_num_threads(), "results": results, "target_met": verdict == "PASS",
-                      "inference": inference_rows, "precision_probe": precision_rows, "planner": planner_rows}))
+                      "inference": inference_rows, "precision_probe": precision_rows, "planner": planner_rows,
+                      "concurrency": concurrency, "tune_workers": tune}))
 
 
 if __name__ == "__main__":
