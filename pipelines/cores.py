@@ -207,6 +207,9 @@ class Member:
         self.listing = tuple(sorted(p.name for p in self.folder.glob("*.json")))
         names = [e.name for e in entries]
         if self.name not in names:  # removed by hand: join again
+            if not Path(self.lock.lock_file).exists():  # the lock went with it: others would think this process dead
+                self.lock.release()
+                self.lock.acquire()
             self._write("running")
             return self.rebalance(announce)
         threads = fair_shares([e.cap for e in entries], self.cores)[names.index(self.name)]
@@ -223,11 +226,15 @@ class Member:
         if now < self.next_check:
             return
         self.next_check = now + CHECK_SECONDS
-        listing = tuple(sorted(p.name for p in self.folder.glob("*.json")))
-        # A new or departed entry changes the listing; a dead one does not, so look at liveness too
-        # whenever someone else is registered.
-        if listing != self.listing or len(listing) > 1:
-            self.rebalance()
+        try:
+            listing = tuple(sorted(p.name for p in self.folder.glob("*.json")))
+            # A new or departed entry changes the listing; a dead one does not, so look at liveness too
+            # whenever someone else is registered.
+            if listing != self.listing or len(listing) > 1:
+                self.folder.mkdir(parents=True, exist_ok=True)  # the data folder removed under a run: register again
+                self.rebalance()
+        except OSError:
+            pass  # a registry that cannot be read this time (removed, full disk) keeps the current share
 
     def leave(self) -> None:
         with contextlib.suppress(OSError):
