@@ -18,6 +18,9 @@ ifneq ($(STORAGE),)
 export KPIPE_OPTUNA_STORAGE := $(STORAGE)
 endif
 
+# Training on Dask workers: WORKERS=n (a LocalCluster here) or SCHEDULER=tcp://host:8786 (a running cluster).
+CLUSTER = $(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
+
 # Sharing the cores with other kpipe processes (pipelines/cores.py): CORES=share (default) takes a fair
 # share at once, CORES=wait waits until a core is free; THREADS=n caps this command's threads.
 ifneq ($(CORES),)
@@ -35,6 +38,7 @@ RECIPE = $(if $(PROFILE),--profile $(PROFILE)) $(if $(BUDGET),--budget=$(BUDGET)
 help:
 	@echo "make submit COMP=fashion-mnist   download -> prepare -> plan -> train -> TTA -> ensemble -> submit"
 	@echo "  [BUDGET=15m | PLAN=plan.json | PROFILE=quick]   time budget (default: the spec's), replay, fixed recipe"
+	@echo "  [WORKERS=n | SCHEDULER=tcp://host:8786]          train the (model, fold) runs on Dask workers"
 	@echo "make test                        run the test suite"
 	@echo "make prepare COMP=digits         download + cached arrays + stratified folds"
 	@echo "make train COMP=x MODEL=m FOLD=k retrain one fold of one model (and nothing else)"
@@ -77,10 +81,10 @@ prepare: install
 	$(PY) -m pipelines prepare --comp $(COMP)
 
 train: install
-	$(PY) -m pipelines train --comp $(COMP) $(RECIPE) $(if $(MODEL),--model $(MODEL)) $(if $(FOLD),--fold $(FOLD))
+	$(PY) -m pipelines train --comp $(COMP) $(RECIPE) $(CLUSTER) $(if $(MODEL),--model $(MODEL)) $(if $(FOLD),--fold $(FOLD))
 
 submit: install
-	$(PY) -m pipelines submit --comp $(COMP) $(RECIPE) $(if $(filter-out 0,$(DRY_RUN)),--dry-run)
+	$(PY) -m pipelines submit --comp $(COMP) $(RECIPE) $(CLUSTER) $(if $(filter-out 0,$(DRY_RUN)),--dry-run)
 
 tune: install
 	$(PY) -m pipelines tune --comp $(COMP) $(if $(PROFILE),--profile $(PROFILE)) $(if $(MODEL),--model $(MODEL)) \

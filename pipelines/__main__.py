@@ -40,9 +40,10 @@ def context_for(spec, args, need_record: bool = False):
     """A fixed profile's context (PROFILE=), or a time-budget plan's (BUDGET=, PLAN=, or the spec's pool)."""
     from pipelines.context import setup, setup_budget
 
-    if args.profile is not None:
-        return setup(spec, args.profile)
-    return setup_budget(spec, args.budget, args.plan, need_record=need_record)
+    ctx = setup(spec, args.profile) if args.profile is not None else \
+        setup_budget(spec, args.budget, args.plan, need_record=need_record)
+    ctx.workers, ctx.scheduler, ctx.comp_argument = getattr(args, "workers", 1), getattr(args, "scheduler", None), args.comp
+    return ctx
 
 
 def command_train(spec, args) -> None:
@@ -144,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
             stage.add_argument("--budget", default=None, help="wall-clock budget for the whole command: 90s, 15m, 2h "
                                "(default: the spec's budget for this device)")
             stage.add_argument("--plan", default=None, help="replay this plan.json's decisions exactly")
+        if name in ("train", "submit", "tune"):
+            stage.add_argument("--workers", type=int, default=1,
+                               help="worker processes on this machine (train, submit: a Dask LocalCluster)")
+        if name in ("train", "submit"):
+            stage.add_argument("--scheduler", default=None, help="a running Dask scheduler (tcp://host:8786) whose "
+                               "workers share this data folder")
         if name in ("train", "tune"):
             stage.add_argument("--model", default=None, help="only this model run (its alias or model name)")
         if name == "tune":
@@ -151,7 +158,6 @@ def build_parser() -> argparse.ArgumentParser:
             stage.add_argument("--total", type=int, default=None, help="run until the study holds this many finished trials")
             stage.add_argument("--storage", default=None, help="SQLAlchemy URL (default: SQLite under .data/<comp>/tuning)")
             stage.add_argument("--study", default=None, help="study name (default: <comp>-<model>)")
-            stage.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
             stage.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
         if name in ("predict", "export"):
             stage.add_argument("--run", default=None, help="the config hash of a logged submission (its file name and "

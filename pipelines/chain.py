@@ -9,6 +9,7 @@ what depends on it. A time-budget run trains through `pipelines.runner` with the
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from pipelines.plan_study import run_planned_study
 from pipelines.predict import FoldOutput
 from pipelines.prune import report_disk_usage
 from pipelines.report import model_summaries, write_report
-from pipelines.runner import DeadlineGuard, Unit, run_plan
+from pipelines.runner import DeadlineGuard, Unit, run_plan, run_plan_parallel
 from pipelines.submit import submit
 from pipelines.train import fold_folder, train_fold, train_folds
 from pipelines.tta import tta_run
@@ -40,6 +41,19 @@ def config_hash(ctx: Context) -> str:
     recipe = ctx.plan.hash_input() if ctx.plan is not None else ctx.profile.model_dump(mode="json")
     return stable_hash({"data": ctx.spec.data_hash(), "folds": ctx.spec.folds.model_dump(),
                         "flips": ctx.spec.flips.model_dump(), "profile": recipe})
+
+
+def after_unit(ctx: Context, unit: Unit, output: FoldOutput, seconds: float | None, replayed: bool) -> None:
+    """What the command keeps of a trained unit, wherever it trained: a shortening for the plan to replay,
+    its time, and a line."""
+    manifest = read_manifest(output.folder)
+    if manifest.get("shortened") and not replayed and not any(s.fold == unit.fold for s in unit.planned.shortened):
+        unit.planned.shortened.append(Shortening(fold=unit.fold, **manifest["shortened"]))
+    if seconds is not None:
+        ctx.stage_seconds[f"train {unit.what}"] = seconds
+        ctx.trained_any = True
+    print(f"train: {unit.what}: val accuracy {manifest['val_accuracy']:.4f} (best epoch {manifest['best_epoch']}) "
+          f"-> {output.folder}")
 
 
 class SequentialExecutor:
@@ -56,21 +70,54 @@ class SequentialExecutor:
         output = train_fold(ctx.spec, planned.run, ctx.data, ctx.prepared, ctx.folds, unit.fold, ctx.runtime,
                             epochs_allowed=None if replayed else epochs_allowed,
                             shortening=(replayed.from_epoch, replayed.epochs) if replayed else None)
-        manifest = read_manifest(output.folder)
-        if manifest.get("shortened") and not replayed:
-            planned.shortened.append(Shortening(fold=unit.fold, **manifest["shortened"]))
-        seconds = time.monotonic() - started
-        ctx.stage_seconds[f"train {unit.what}"] = seconds
-        ctx.trained_any = ctx.trained_any or not reused
-        print(f"train: {unit.what}: val accuracy {manifest['val_accuracy']:.4f} (best epoch {manifest['best_epoch']}) "
-              f"-> {output.folder}")
-        return output, None if reused else seconds
+        seconds = None if reused else time.monotonic() - started
+        after_unit(ctx, unit, output, seconds, replayed is not None)
+        return output, seconds
+
+
+class ClusterExecutor:
+    """runner.ParallelExecutor: units on Dask workers, each unit recorded here as it comes back."""
+
+    def __init__(self, ctx: Context, cluster):
+        from pipelines.cluster import DaskExecutor
+
+        self.ctx, self.dask = ctx, DaskExecutor(cluster, ctx.comp_argument)
+        self.slots = self.dask.slots
+        self.units: dict[object, Unit] = {}
+
+    def submit(self, unit: Unit, limit):
+        handle = self.dask.submit(unit, limit)
+        self.units[handle] = unit
+        return handle
+
+    def next_done(self, handles):
+        handle, output, seconds = self.dask.next_done(handles)
+        unit = self.units.pop(handle)
+        after_unit(self.ctx, unit, output, seconds, any(s.fold == unit.fold for s in unit.planned.shortened))
+        return handle, output, seconds
+
+
+@contextlib.contextmanager
+def cluster_for(ctx: Context):
+    """The Dask cluster of WORKERS=/SCHEDULER=; this process gives its cores to the workers meanwhile."""
+    from pipelines import cores
+    from pipelines.cluster import open_cluster
+
+    cores.leave()
+    cluster = open_cluster(ctx.workers, ctx.scheduler)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+        cores.join()
 
 
 def train_models(ctx: Context, only: str | None = None, fold: int | None = None, force: bool = False) -> dict:
     """Train (or reuse) every run and fold; `fold` given = retrain exactly that fold."""
     if ctx.plan is not None and only is None and fold is None and not force:
         return train_planned(ctx)
+    if ctx.on_cluster and (trained := train_on_cluster(ctx, only, fold, force)):
+        return trained
     trained = {}
     for run, run_folds in ctx.work():
         if only and only not in (run.name, run.model):
@@ -88,6 +135,27 @@ def train_models(ctx: Context, only: str | None = None, fold: int | None = None,
     return trained
 
 
+def train_on_cluster(ctx: Context, only: str | None, fold: int | None, force: bool) -> dict:
+    """`train_models` with every selected (run, fold) handed to the Dask workers at once."""
+    from pipelines.cluster import DaskExecutor
+
+    work = [(run, [fold] if fold is not None else run_folds) for run, run_folds in ctx.work()
+            if not only or only in (run.name, run.model)]
+    if not work:
+        return {}  # MODEL= names no run: the sequential path says so
+    forced = tuple((run.name, f) for run, folds in work for f in folds) if (force or fold is not None) else ()
+    with cluster_for(ctx) as cluster:
+        dask = DaskExecutor(cluster, ctx.comp_argument, forced)
+        # Fold-major, as the sequential path and the runner go: every run's first fold before any second.
+        order = sorted(((run, f) for run, folds in work for f in folds), key=lambda rf: rf[1])
+        handles = {dask.submit_fold(run, f, priority=-position): (run.name, f) for position, (run, f) in enumerate(order)}
+        done = {}
+        while len(done) < len(handles):
+            handle, output, _ = dask.next_done([h for h in handles if handles[h] not in done])
+            done[handles[handle]] = output
+    return {run.name: [done[run.name, f] for f in folds] for run, folds in work}
+
+
 def train_planned(ctx: Context) -> dict:
     """The plan's study (if any, and not done yet), then its units through the runner; the deadline guard
     watches unless the plan is a replay."""
@@ -98,7 +166,12 @@ def train_planned(ctx: Context) -> dict:
     if not ctx.replay:  # each unit's TTA time is counted with the unit (PlannedRun.tta_seconds_per_fold)
         guard = DeadlineGuard(Clock(), train_deadline=ctx.started + plan.budget_seconds - plan.reserve_seconds,
                               slack=GUARD_SLACK * plan.budget_seconds)
-    trained = run_plan(plan, SequentialExecutor(ctx), guard, on_change=lambda p: save_plan(p, ctx.plan_path))
+    if ctx.on_cluster:
+        with cluster_for(ctx) as cluster:
+            trained = run_plan_parallel(plan, ClusterExecutor(ctx, cluster), guard,
+                                        on_change=lambda p: save_plan(p, ctx.plan_path))
+    else:
+        trained = run_plan(plan, SequentialExecutor(ctx), guard, on_change=lambda p: save_plan(p, ctx.plan_path))
     if guard is not None:
         plan.notes.extend(n for n in guard.notes if n not in plan.notes)
         for note in guard.notes:

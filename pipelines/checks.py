@@ -137,8 +137,11 @@ def check_command(spec: CompetitionSpec, args: argparse.Namespace) -> None:
             raise UserError("say how many trials: --trials N (add N to the study) or --total N (run until it holds N)")
         if (args.trials is not None and args.trials < 1) or (args.total is not None and args.total < 1):
             raise UserError("TRIALS= must be at least 1")
-        if args.workers < 1:
-            raise UserError(f"WORKERS={args.workers}: must be at least 1")
+    if getattr(args, "workers", 1) < 1:
+        raise UserError(f"WORKERS={args.workers}: must be at least 1")
+    scheduler = getattr(args, "scheduler", None)
+    if scheduler is not None and not scheduler.startswith(("tcp://", "tls://", "inproc://", "ucx://")):
+        raise UserError(f"SCHEDULER={scheduler}: not a Dask scheduler address; write it as tcp://host:8786")
 
 
 def resolve_mode(spec: CompetitionSpec, args: argparse.Namespace) -> None:

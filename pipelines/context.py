@@ -37,6 +37,13 @@ class Context:
     started: float = field(default_factory=time.monotonic)  # when the command started
     stage_seconds: dict[str, float] = field(default_factory=dict)  # measured, for the end-of-run table
     trained_any: bool = False  # whether this command trained a unit (rather than reusing them all)
+    workers: int = 1  # WORKERS=: Dask worker processes that train the (run, fold) units (1: this process)
+    scheduler: str | None = None  # SCHEDULER=: a running Dask cluster's address instead
+    comp_argument: str = ""  # the command line's COMP= (a name or a spec path), for the workers to load
+
+    @property
+    def on_cluster(self) -> bool:
+        return self.workers > 1 or self.scheduler is not None
 
     def work(self) -> list[tuple[ModelRun, list[int]]]:
         """(run, the folds it trains on) for every run."""

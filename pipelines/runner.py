@@ -1,11 +1,14 @@
-"""runner: trains a plan's (run, fold) units one after another, with a deadline guard on the clock.
+"""runner: trains a plan's (run, fold) units, one after another or several at once on Dask workers
+(pipelines/cluster.py), with a deadline guard on the clock.
 
 Units go fold-major (fold 0 of every run, then fold 1 of every run, ...): when time runs short, what is
 left undone is the later folds, never a whole model family. Execution sits behind one small interface,
-`Executor.train(unit, limit)`, so that a later stage can hand units to several workers.
+`Executor.train(unit, limit)` in this process; `ParallelExecutor` submits units and waits for the next
+one to finish, keeping every worker busy.
 
 The deadline guard compares actual with planned time:
-- before a unit starts, it re-estimates the work left with the speed measured so far; when behind, it
+- before a unit starts, it re-estimates the work left with the speed measured so far (spread over the
+  workers when there are several); when behind, it
   shortens the runs that have not started (each still gets its whole learning-rate schedule, just
   shorter, never below its `min_epochs`), then drops units from the end (the latest folds first); the
   first unit always runs, so there is always a submission;
@@ -20,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from pipelines.plan import Clock, PlannedRun, PlanRecord
+from pipelines.plan import Clock, PlannedRun, PlanRecord, WallClock
 from pipelines.predict import FoldOutput
 
 
@@ -38,6 +41,23 @@ def units_of(plan: PlanRecord) -> list[Unit]:
     """Fold-major order: every run's first fold before any run's second."""
     depth = max(len(p.folds) for p in plan.runs)
     return [Unit(p, p.folds[i]) for i in range(depth) for p in plan.runs if i < len(p.folds)]
+
+
+@dataclass(frozen=True)
+class EpochLimit:
+    """The total epochs a running unit may have, asked after every epoch: as many as still fit before the
+    training deadline (plus slack, less the unit's TTA), at least one more so that the shortened schedule
+    can bring the learning rate down. Picklable, so that a worker process can ask it too."""
+
+    deadline: float  # in `clock`'s time
+    slack: float
+    tta_seconds: float
+    epochs: int  # the run's planned epochs: never more
+    clock: Clock
+
+    def __call__(self, epochs_done: int, seconds_per_epoch: float) -> int:
+        left = self.deadline + self.slack - self.clock.now() - self.tta_seconds
+        return min(self.epochs, epochs_done + max(1, math.floor(left / max(seconds_per_epoch, 1e-6))))
 
 
 class Executor(Protocol):
@@ -72,10 +92,11 @@ class DeadlineGuard:
         fixed = planned.seconds_per_fold - planned.run.epochs * planned.seconds_per_epoch
         return (epochs * planned.seconds_per_epoch + fixed) * self.speed_ratio + planned.tta_seconds_per_fold
 
-    def fit_remaining(self, plan: PlanRecord, remaining: list[Unit], started_runs: set[str]) -> list[Unit]:
-        """Shorten not-yet-started runs, then drop units from the end, until the rest fits; returns the
-        units to run. Changes are written into `plan`."""
-        left = self.train_deadline - self.clock.now()
+    def fit_remaining(self, plan: PlanRecord, remaining: list[Unit], started_runs: set[str], slots: int = 1) -> list[Unit]:
+        """Shorten not-yet-started runs, then drop units from the end, until the rest fits in the time left
+        on `slots` workers; returns the units to run. Changes are written into `plan`. (The units' measured
+        speed already holds what sharing the cores costs each worker.)"""
+        left = (self.train_deadline - self.clock.now()) * slots
         need = sum(self.unit_seconds(u.planned) for u in remaining)
         if need <= left:
             return remaining
@@ -96,7 +117,7 @@ class DeadlineGuard:
                     planned.seconds_per_fold = round(planned.seconds_per_fold - saved, 1)
                     planned.run = planned.run.model_copy(update={"epochs": epochs})
         kept = list(remaining)
-        while len(kept) > 1 and sum(self.unit_seconds(u.planned) for u in kept) > left + self.slack:
+        while len(kept) > 1 and sum(self.unit_seconds(u.planned) for u in kept) > left + self.slack * slots:
             dropped = kept.pop()
             dropped.planned.folds.remove(dropped.fold)
             dropped.planned.dropped_folds.append(dropped.fold)
@@ -107,13 +128,17 @@ class DeadlineGuard:
                 plan.dropped_runs.append(planned.run.name)
         return kept
 
+    def epoch_limit(self, unit: Unit, clock: Clock | None = None) -> EpochLimit:
+        """The running unit's epoch limit (later units yield first: `fit_remaining` drops them when their
+        time is gone); `clock` = the one a worker process reads, the deadline moved onto it."""
+        deadline = self.train_deadline
+        if clock is not None:
+            deadline += clock.now() - self.clock.now()
+        return EpochLimit(deadline, self.slack, unit.planned.tta_seconds_per_fold, unit.planned.run.epochs,
+                          clock or self.clock)
+
     def epochs_allowed(self, unit: Unit, epochs_done: int, seconds_per_epoch: float) -> int:
-        """The total epochs the running unit may have, given the epochs done and their measured time
-        (at least one more: the shortened schedule needs an epoch to bring the learning rate down).
-        Later units yield first: `fit_remaining` drops them when their time is gone."""
-        left = self.train_deadline + self.slack - self.clock.now() - unit.planned.tta_seconds_per_fold
-        fits = epochs_done + max(1, math.floor(left / max(seconds_per_epoch, 1e-6)))
-        return min(unit.planned.run.epochs, fits)
+        return self.epoch_limit(unit)(epochs_done, seconds_per_epoch)
 
 
 def run_plan(plan: PlanRecord, executor: Executor, guard: DeadlineGuard | None,
@@ -141,3 +166,46 @@ def run_plan(plan: PlanRecord, executor: Executor, guard: DeadlineGuard | None,
         index += 1
     return trained
 
+
+
+class ParallelExecutor(Protocol):
+    slots: int  # units it runs at once
+
+    def submit(self, unit: Unit, limit: EpochLimit | None) -> object:
+        """Start training (or reusing) `unit`; returns a handle for `next_done`."""
+
+    def next_done(self, handles: list[object]) -> tuple[object, FoldOutput, float | None]:
+        """Wait for one of `handles` to finish: (its handle, its output, seconds it trained or None)."""
+
+
+def run_plan_parallel(plan: PlanRecord, executor: ParallelExecutor, guard: DeadlineGuard | None,
+                      on_change: Callable[[PlanRecord], None] = lambda plan: None) -> dict[str, list[FoldOutput]]:
+    """`run_plan` on several workers: units are handed out in the same fold-major order as workers free
+    up, the guard deciding before each; each run's outputs come back in its folds' order, whatever
+    order the units finish in, so the ensemble is the sequential run's."""
+    units = units_of(plan)
+    done: dict[tuple[str, int], FoldOutput] = {}
+    started: set[str] = set()
+    in_flight: dict[object, Unit] = {}
+    index = 0
+    while index < len(units) or in_flight:
+        while index < len(units) and len(in_flight) < executor.slots:
+            if guard is not None:
+                units = units[:index] + guard.fit_remaining(plan, units[index:], started, executor.slots)
+                on_change(plan)
+                if index >= len(units):
+                    break
+            unit = units[index]
+            started.add(unit.planned.run.name)
+            limit = guard.epoch_limit(unit, WallClock()) if guard is not None else None
+            in_flight[executor.submit(unit, limit)] = unit
+            index += 1
+        if not in_flight:
+            break
+        handle, output, seconds = executor.next_done(list(in_flight))
+        unit = in_flight.pop(handle)
+        if guard is not None and seconds is not None:
+            guard.observe_unit(unit.planned, seconds)
+        done[unit.planned.run.name, unit.fold] = output
+    return {p.run.name: [done[p.run.name, f] for f in p.folds if (p.run.name, f) in done] for p in plan.runs
+            if any(name == p.run.name for name, _ in done)}

@@ -18,7 +18,7 @@ from pipelines.artifacts import read_manifest
 from pipelines.plan import (CandidateCost, Decision, PlannedRun, PlanRecord, StudyOffer, choose, consider_compile,
                             order_by_family)
 from pipelines.plan_study import fit_search_space, own_values
-from pipelines.runner import DeadlineGuard, Unit, run_plan, units_of
+from pipelines.runner import DeadlineGuard, Unit, run_plan, run_plan_parallel, units_of
 
 
 def cost(name: str, family: str, epoch_s: float, epochs: int = 10, min_epochs: int = 3, fixed: float = 5.0,
@@ -173,6 +173,47 @@ def test_a_running_unit_is_shortened_when_the_deadline_nears():
     assert guard.epochs_allowed(unit, 3, 15.0) == 5  # 40 s left at 15 s an epoch: 2 more
     clock.t = 99.0
     assert guard.epochs_allowed(unit, 4, 15.0) == 5  # always one more, to bring the learning rate down
+
+
+class FakeWorkers:
+    """runner.ParallelExecutor on the fake clock: `slots` units at once, each taking its planned time."""
+
+    def __init__(self, clock: FakeClock, slots: int):
+        self.clock, self.slots, self.ends, self.finished = clock, slots, {}, []
+
+    def submit(self, unit: Unit, limit):
+        handle = (unit.what, self.clock.t)
+        self.ends[handle] = (self.clock.t + unit.planned.seconds_per_fold, unit)
+        return handle
+
+    def next_done(self, handles):
+        handle = min(handles, key=lambda h: self.ends[h][0])
+        end, unit = self.ends.pop(handle)
+        self.clock.t = max(self.clock.t, end)
+        self.finished.append(unit.what)
+        return handle, unit.what, unit.planned.seconds_per_fold
+
+
+def test_parallel_units_come_back_in_fold_order_whatever_finishes_first():
+    clock = FakeClock()
+    plan = plan_of(planned("long", 20, [0, 1]), planned("short", 4, [0, 1]))
+    workers = FakeWorkers(clock, slots=2)
+    trained = run_plan_parallel(plan, workers, guard=None)
+    assert workers.finished[0] == "short fold 0"  # submitted second, done first
+    assert trained == {"long": ["long fold 0", "long fold 1"], "short": ["short fold 0", "short fold 1"]}
+    assert clock.t == 205 + 45  # two slots: long fold 0 beside short folds 0, 1 and then long fold 1
+
+
+def test_the_guard_counts_every_worker_before_dropping_units():
+    plan = plan_of(planned("a", 10, [0, 1]), planned("b", 10, [0, 1]))  # 4 units of 105 s
+    clock = FakeClock()
+    run_plan(plan, FakeExecutor(clock, speed=1.0), DeadlineGuard(clock, train_deadline=250, slack=5))
+    assert [p.run.epochs for p in plan.runs] != [10, 10]  # one process: 420 s do not fit in 250, runs are cut
+    plan = plan_of(planned("a", 10, [0, 1]), planned("b", 10, [0, 1]))
+    clock = FakeClock()
+    trained = run_plan_parallel(plan, FakeWorkers(clock, slots=2), DeadlineGuard(clock, train_deadline=250, slack=5))
+    assert sum(len(v) for v in trained.values()) == 4 and clock.t == 210  # two workers: all of it, on time
+    assert [p.run.epochs for p in plan.runs] == [10, 10] and not plan.runs[0].dropped_folds + plan.runs[1].dropped_folds
 
 
 # --- spec and command line ----------------------------------------------------------------------------------

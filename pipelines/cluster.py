@@ -1,0 +1,149 @@
+"""(run, fold) units trained on Dask workers: `WORKERS=n` starts a `distributed.LocalCluster` of n
+worker processes on this machine; `SCHEDULER=tcp://host:8786` uses a cluster that is already running,
+whose workers see the same data folder (a shared disk) and the same project checkout.
+
+Each worker process runs one unit at a time (one thread, and a `unit` resource of 1 that every task
+asks for), so a worker is one device's worth of training. It loads the competition's prepared arrays
+once, then trains the units it is given with `train_fold`, exactly as the sequential path does: the
+output folders, locks and resume from the last epoch are the same, so a unit whose worker dies is
+retried by Dask on another worker and resumes where the checkpoint left it. Threads per worker come
+from the core registry (pipelines/cores.py): the workers of one machine share its cores.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from competition.errors import UserError
+from competition.paths import data_root
+from competition.recipe import ModelRun
+from pipelines import cores
+from pipelines.artifacts import is_complete
+from pipelines.predict import FoldOutput
+from pipelines.runner import EpochLimit, Unit
+
+UNIT_RESOURCE = "unit"
+
+# In a worker process: (competition, data folder) -> (spec, prepared, folds, runtime, data), loaded once.
+_loaded: dict[tuple[str, str], tuple] = {}
+
+
+def _worker_data(comp: str, root: str):
+    key = (comp, root)
+    if key not in _loaded:
+        from competition.spec import load_spec
+        from pipelines.context import load_data
+
+        if Path(root).is_dir():  # the client's data folder, where this machine sees it at the same path
+            os.environ["KPIPE_DATA"] = root
+        spec = load_spec(comp)
+        _loaded[key] = (spec, *load_data(spec))
+    return _loaded[key]
+
+
+def train_unit(comp: str, root: str, run: ModelRun, fold: int, limit: EpochLimit | None,
+               shortening: tuple[int, int] | None, force: bool) -> dict:
+    """A Dask task: train (or reuse) one fold of one run; returns where its output is and what it took."""
+    from pipelines.train import fold_folder, train_fold
+
+    spec, prepared, folds, runtime, data = _worker_data(comp, root)
+    reused = not force and is_complete(fold_folder(spec, run, prepared, folds, fold))
+    started = time.monotonic()
+    output = train_fold(spec, run, data, prepared, folds, fold, runtime, force=force, epochs_allowed=limit,
+                        shortening=shortening)
+    return {"folder": str(output.folder), "seconds": None if reused else time.monotonic() - started,
+            "worker": f"{socket.gethostname()}:{os.getpid()}", "threads": cores.threads()}
+
+
+@dataclass
+class Cluster:
+    """A Dask client and, for WORKERS=, the LocalCluster it owns."""
+
+    client: object
+    local: object | None
+    slots: int
+
+    def close(self) -> None:
+        self.client.close()
+        if self.local is not None:
+            self.local.close()
+
+
+def open_cluster(workers: int, scheduler: str | None) -> Cluster:
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            if scheduler.startswith("tcp://"):  # a refused connection says so at once; Dask would retry for 15 s
+                host, _, port = scheduler.removeprefix("tcp://").rpartition(":")
+                socket.create_connection((host.strip("[]"), int(port)), timeout=15).close()
+            client = Client(scheduler, timeout="15s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise UserError(f"SCHEDULER={scheduler}: no Dask scheduler answers there ({type(exc).__name__}); start one "
+                            "with `dask scheduler` and workers with `dask worker <address> --nthreads 1 "
+                            f"--resources {UNIT_RESOURCE}=1`") from None
+        slots = sum(int(w.get("resources", {}).get(UNIT_RESOURCE, 0)) for w in client.scheduler_info()["workers"].values())
+        if slots == 0:
+            client.close()
+            raise UserError(f"SCHEDULER={scheduler}: no worker offers the `{UNIT_RESOURCE}` resource; start workers with "
+                            f"`dask worker {scheduler} --nthreads 1 --resources {UNIT_RESOURCE}=1`")
+        return Cluster(client, None, slots)
+    # Worker processes, not threads: each has its own torch thread pool and GIL. Logs at warning level:
+    # the cluster's start-up chatter is not the user's business.
+    local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, resources={UNIT_RESOURCE: 1},
+                         dashboard_address=":0" if _has_bokeh() else None, silence_logs=logging.WARNING)
+    client = Client(local)
+    where = f"; dashboard {client.dashboard_link}" if _has_bokeh() else ""
+    print(f"cluster: {workers} Dask worker processes on this machine{where}", flush=True)
+    return Cluster(client, local, workers)
+
+
+def _has_bokeh() -> bool:
+    try:
+        import bokeh  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class DaskExecutor:
+    """runner.ParallelExecutor on a Dask cluster."""
+
+    def __init__(self, cluster: Cluster, comp_argument: str, forced: tuple[tuple[str, int], ...] = ()):
+        self.cluster, self.comp, self.forced = cluster, comp_argument, forced
+        self.slots = cluster.slots
+        self.root = str(data_root().absolute())
+
+    def submit(self, unit: Unit, limit: EpochLimit | None):
+        replayed = next((s for s in unit.planned.shortened if s.fold == unit.fold), None)
+        return self.submit_fold(unit.planned.run, unit.fold, None if replayed else limit,
+                                (replayed.from_epoch, replayed.epochs) if replayed else None)
+
+    def submit_fold(self, run: ModelRun, fold: int, limit: EpochLimit | None = None,
+                    shortening: tuple[int, int] | None = None, priority: int = 0):
+        """`priority`: higher runs first, for units submitted together (Dask's own order is not ours)."""
+        force = (run.name, fold) in self.forced
+        return self.cluster.client.submit(
+            train_unit, self.comp, self.root, run, fold, limit, shortening, force, resources={UNIT_RESOURCE: 1},
+            pure=False, priority=priority, key=f"train-{run.name}-fold{fold}-{time.time_ns()}")
+
+    def next_done(self, handles: list) -> tuple[object, FoldOutput, float | None]:
+        from distributed import wait
+
+        finished = next(iter(wait(handles, return_when="FIRST_COMPLETED").done))
+        try:
+            result = finished.result()
+        except Exception as exc:  # the task's own error, raised again here: name it in one line
+            if isinstance(exc, UserError):
+                raise
+            raise UserError(f"cluster: training {finished.key} failed on a worker: {type(exc).__name__}: "
+                            f"{(str(exc).strip().splitlines() or [''])[0][:200]}") from exc
+        print(f"train: {finished.key.rsplit('-', 1)[0].removeprefix('train-')} on {result['worker']} "
+              f"({result['threads']} thread{'s' if result['threads'] > 1 else ''}) -> {result['folder']}",
+              file=sys.stdout, flush=True)
+        return finished, FoldOutput(Path(result["folder"])), result["seconds"]

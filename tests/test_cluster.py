@@ -1,0 +1,113 @@
+"""(model, fold) runs on Dask workers (pipelines/cluster.py): a two-worker LocalCluster gives the
+sequential run's checkpoints and submission byte for byte (thread count pinned to one, as each worker
+has), and a scheduler with a worker on 127.0.0.1 stands in for a cluster of machines sharing the disk."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from competition.paths import REPO_ROOT
+from competition.spec import SPEC_DIR
+from pipelines.__main__ import main as pipelines_main
+
+MODELS = [{"model": "cnn3", "model_args": {"width": 16}, "epochs": 3, "batch_size": 64},
+          {"model": "lenet", "epochs": 2, "batch_size": 64}]
+
+
+def write_variant(folder: Path) -> Path:
+    spec = yaml.safe_load((SPEC_DIR / "digits.yaml").read_text())
+    spec["profiles"] = {"quick": {"folds": [0, 1], "tta": ["identity"], "models": MODELS, "ensemble": "mean"}}
+    spec.pop("pool")
+    path = folder / "digits-cluster.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def checkpoints(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "digits" / "train").glob("*/fold*/best.pt"))}
+
+
+def test_two_local_workers_give_the_sequential_submission(pipeline_env, tmp_path, monkeypatch, capsys):
+    spec = write_variant(tmp_path)
+    monkeypatch.setenv("KPIPE_THREADS", "1")  # a worker's share of two cores: float sums then match
+    monkeypatch.setenv("KPIPE_SUBMISSIONS", str(tmp_path / "sequential-submissions"))
+    assert pipelines_main(["submit", "--comp", str(spec), "--profile", "quick", "--dry-run"]) == 0
+    sequential = checkpoints(pipeline_env)
+    assert len(sequential) == 4
+
+    parallel_root = tmp_path / "parallel-data"
+    monkeypatch.setenv("KPIPE_DATA", str(parallel_root))
+    monkeypatch.setenv("KPIPE_SUBMISSIONS", str(tmp_path / "parallel-submissions"))
+    capsys.readouterr()
+    assert pipelines_main(["submit", "--comp", str(spec), "--profile", "quick", "--dry-run", "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "cluster: 2 Dask worker processes on this machine; dashboard http" in out
+    workers = {line.split(" on ")[1].split(" ")[0] for line in out.splitlines() if line.startswith("train: ") and " on " in line}
+    assert len(workers) == 2 and f"{socket.gethostname()}:{os.getpid()}" not in workers  # trained there, not here
+    assert checkpoints(parallel_root) == sequential
+    [first] = (tmp_path / "sequential-submissions" / "digits").glob("2*.csv")
+    [second] = (tmp_path / "parallel-submissions" / "digits").glob("2*.csv")
+    assert first.read_bytes() == second.read_bytes()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def scheduler_with_one_worker(tmp_path):
+    """`dask scheduler` and one `dask worker` on 127.0.0.1, as on machines sharing a disk."""
+    dask = shutil.which("dask", path=str(Path(sys.executable).parent))
+    address = f"tcp://127.0.0.1:{free_port()}"
+    logs = open(tmp_path / "dask.log", "w")
+    scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
+                                  "--no-dashboard"], stdout=logs, stderr=logs)
+    worker = subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--resources", "unit=1", "--no-dashboard",
+                               "--name", "remote-1"], stdout=logs, stderr=logs, cwd=REPO_ROOT,
+                              env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    from distributed import Client
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with Client(address, timeout="2s") as client:
+                if client.scheduler_info()["workers"]:
+                    break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, (tmp_path / "dask.log").read_text()[-2000:]
+        time.sleep(0.5)
+    yield address
+    for process in (worker, scheduler):
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_a_running_cluster_trains_the_units(pipeline_env, tmp_path, scheduler_with_one_worker, capsys):
+    spec = write_variant(tmp_path)
+    assert pipelines_main(["prepare", "--comp", str(spec)]) == 0
+    assert pipelines_main(["train", "--comp", str(spec), "--profile", "quick", "--scheduler", scheduler_with_one_worker]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("train: ") and " on " in line]
+    assert len(lines) == 4 and all(f":{os.getpid()} " not in line for line in lines)
+    assert len(checkpoints(pipeline_env)) == 4  # written by the worker into this data folder
+
+
+@pytest.mark.parametrize("address, says", [("127.0.0.1:8786", "not a Dask scheduler address; write it as tcp://host:8786"),
+                                           ("tcp://127.0.0.1:{port}", "no Dask scheduler answers there")])
+def test_a_bad_scheduler_is_one_line(pipeline_env, tmp_path, capsys, address, says):
+    spec = write_variant(tmp_path)
+    assert pipelines_main(["prepare", "--comp", str(spec)]) == 0
+    capsys.readouterr()
+    code = pipelines_main(["train", "--comp", str(spec), "--profile", "quick", "--scheduler", address.format(port=free_port())])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and says in err[0], err
