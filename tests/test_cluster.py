@@ -3,7 +3,9 @@ sequential run's checkpoints and submission byte for byte (thread count pinned t
 has), and a scheduler with a worker on 127.0.0.1 stands in for a cluster of machines sharing the disk."""
 from __future__ import annotations
 
+import json
 import os
+import signal
 import shutil
 import socket
 import subprocess
@@ -111,3 +113,31 @@ def test_a_bad_scheduler_is_one_line(pipeline_env, tmp_path, capsys, address, sa
     code = pipelines_main(["train", "--comp", str(spec), "--profile", "quick", "--scheduler", address.format(port=free_port())])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and says in err[0], err
+
+
+def test_a_unit_whose_worker_is_killed_resumes_on_another_from_its_last_epoch(pipeline_env, tmp_path):
+    spec = yaml.safe_load((SPEC_DIR / "digits.yaml").read_text())
+    spec["profiles"] = {"quick": {"folds": [0], "tta": ["identity"], "ensemble": "mean",
+                                  "models": [{"model": "cnn3", "model_args": {"width": 16}, "epochs": 20, "batch_size": 32}]}}
+    spec.pop("pool")
+    path = tmp_path / "digits-long.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert pipelines_main(["prepare", "--comp", str(path)]) == 0
+    log = tmp_path / "train.log"
+    command = subprocess.Popen([sys.executable, "-m", "pipelines", "train", "--comp", str(path), "--profile", "quick",
+                                "--workers", "2"], cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+                               stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not list(pipeline_env.glob("digits/train/*/.fold0.partial/last.pt")):
+        assert time.monotonic() < deadline and command.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.1)
+    time.sleep(1.0)  # a few epochs in
+    [owner] = pipeline_env.glob(".locks/fold0-*.lock.owner")  # the process writing the fold: a Dask worker
+    worker_pid = json.loads(owner.read_text())["pid"]
+    assert worker_pid != command.pid
+    os.kill(worker_pid, signal.SIGKILL)
+    assert command.wait(timeout=300) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    resumed = [line for line in text.splitlines() if "cnn3 fold 0: resuming after epoch" in line]
+    assert resumed and int(resumed[0].split("after epoch ")[1].split()[0]) >= 1, text[-3000:]
+    assert list(pipeline_env.glob("digits/train/*/fold0/best.pt"))
