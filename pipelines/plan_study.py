@@ -11,7 +11,6 @@ fitted again to the time then left (a wider model trains slower; an overrun cost
 """
 from __future__ import annotations
 
-import os
 import shutil
 import time
 
@@ -110,7 +109,7 @@ def _study(ctx: Context, clock: Clock) -> None:
     import optuna
 
     from pipelines.studies import redact, storage_url
-    from pipelines.tune import Objective, finished_trials, open_study
+    from pipelines.tune import Objective, finished_trials, open_study, worker_folder
 
     plan, spec, planned = ctx.plan, ctx.spec, ctx.plan.study
     started = time.monotonic()
@@ -124,7 +123,7 @@ def _study(ctx: Context, clock: Clock) -> None:
     if not any(t.user_attrs.get(OWN_RECIPE) for t in study.trials):
         study.enqueue_trial(own_values(candidate, space), user_attrs={OWN_RECIPE: True})
     base = candidate.as_run(spec.tuning.epochs or candidate.epochs, precision)
-    study_dir = competition_root(spec.name) / "tuning" / planned.study / f"worker-{os.getpid()}"
+    study_dir = worker_folder(competition_root(spec.name) / "tuning" / planned.study)
     objective = Objective(spec, base, ctx, study_dir, space)
     deadline = clock.now() + planned.seconds - planned.seconds_spent
     print(f"study: '{planned.study}' in {redact(url)} on {candidate.name}: {finished_trials(study)} finished trials; "

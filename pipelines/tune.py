@@ -70,6 +70,8 @@ class Objective:
         if tuning.epochs:
             run = run.model_copy(update={"epochs": tuning.epochs})
         trial_dir = self.study_dir / f"trial-{trial.number}"
+        trial.set_user_attr("folder", str(trial_dir))
+        adopt_dead_trial(trial, trial_dir)
         scores = []
         try:
             for position, fold in enumerate(tuning.folds):
@@ -93,6 +95,44 @@ class Objective:
         return float(np.mean(scores))
 
 
+def worker_folder(study_root: Path) -> Path:
+    """This process's trial folders: named by machine and process, so that a retry on this machine can
+    tell a dead worker's folder from a live one's (workers of other machines may share the disk)."""
+    return study_root / f"worker-{os.uname().nodename}-{os.getpid()}"
+
+
+def adopt_dead_trial(trial: optuna.Trial, trial_dir: Path) -> None:
+    """A retry of a trial whose worker died (Optuna's RetryHeartbeatStaleTrialCallback gives it the same
+    parameters) takes over the dead trial's folder, so that each fold resumes from its last epoch
+    checkpoint instead of starting over."""
+    trials = trial.study.get_trials(deepcopy=False)
+    frozen = next(t for t in trials if t.number == trial.number)
+    history = optuna.storages.RetryFailedTrialCallback.retry_history(frozen)  # earlier attempts, the latest last
+    if not history:
+        return
+    failed = history[-1]
+    dead = next((t for t in trials if t.number == failed), None)
+    folder = Path(dead.user_attrs.get("folder", "")) if dead is not None else None
+    if folder is None or not folder.is_dir() or not folder.name.startswith("trial-"):
+        return  # its worker was on another machine, or nothing was saved yet: start over
+    trial_dir.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(folder, trial_dir)
+    trial.set_user_attr("resumed_from_trial", failed)
+    print(f"tune: trial {trial.number} resumes trial {failed}, whose worker died, from its last epoch checkpoints")
+
+
+def remove_dead_workers_folders(study: optuna.Study, study_root: Path) -> None:
+    """Folders of this machine's workers that died with trials in them, but for those a waiting retry
+    will take over."""
+    waiting = {t.system_attrs.get("failed_trial") for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))}
+    wanted = {Path(t.user_attrs["folder"]).parent for t in study.get_trials(deepcopy=False)
+              if t.number in waiting and "folder" in t.user_attrs}
+    for folder in study_root.glob(f"worker-{os.uname().nodename}-*"):
+        pid = folder.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and folder not in wanted:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def open_study(spec: CompetitionSpec, name: str, url: str, seed: int | None = None) -> optuna.Study:
     """The study `name` in `url`, created when new: in the metric's direction, with the spec's pruner and TPE."""
     return optuna.create_study(study_name=name, storage=open_storage(url), direction=direction(spec),
@@ -114,7 +154,7 @@ def tune(spec: CompetitionSpec, ctx: Context, run: ModelRun, total: int, study_n
     study_name = study_name or default_study_name(spec, run)
     url = storage_url(spec, storage)
     study = open_study(spec, study_name, url)
-    study_dir = competition_root(spec.name) / "tuning" / study_name / f"worker-{os.getpid()}"
+    study_dir = worker_folder(competition_root(spec.name) / "tuning" / study_name)
     print(f"tune: study '{study_name}' in {redact(url)}: {finished_trials(study)} finished trials, running until {total}")
     objective = Objective(spec, run, ctx, study_dir)
     # Count before each trial (not after, as MaxTrialsCallback does): workers sharing the study stop at
@@ -133,6 +173,7 @@ def tune(spec: CompetitionSpec, ctx: Context, run: ModelRun, total: int, study_n
         if failures_in_a_row >= 3:
             raise UserError(f"tune: 3 trials in a row failed (last: {last.system_attrs.get('fail_reason', 'see the log above')})")
     shutil.rmtree(study_dir, ignore_errors=True)
+    remove_dead_workers_folders(study, study_dir.parent)
     return study
 
 

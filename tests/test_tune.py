@@ -119,6 +119,34 @@ def test_killed_worker_does_not_block_the_study(pipeline_env, tmp_path, monkeypa
     assert retried and retried[0].state == optuna.trial.TrialState.COMPLETE
 
 
+def test_a_killed_trial_resumes_from_its_last_epoch_and_dead_folders_go(pipeline_env, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KPIPE_OPTUNA_HEARTBEAT_S", "1")
+    monkeypatch.setenv("KPIPE_OPTUNA_GRACE_S", "2")
+    spec_path = write_tuning_variant(tmp_path, epochs=30, pruner={"name": "none"})
+    assert pipelines_main(["prepare", "--comp", str(spec_path)]) == 0
+    worker = subprocess.Popen([sys.executable, "-m", "pipelines", "tune", "--comp", str(spec_path), "--model", "cnn3",
+                               "--total", "1"], cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    study_root = pipeline_env / "digits" / "tuning" / "digits-cnn3"
+    deadline = time.monotonic() + 120
+    while not list(study_root.glob("worker-*/trial-0/*/.fold0.partial/last.pt")):  # a few epochs in, checkpointed
+        assert time.monotonic() < deadline and worker.poll() is None, "the worker never checkpointed an epoch"
+        time.sleep(0.1)
+    time.sleep(1.5)  # a heartbeat lands: Optuna only fails stale trials that have one
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    time.sleep(3)  # past the grace period
+    dead_folder = next(study_root.glob("worker-*"))
+
+    capsys.readouterr()
+    assert pipelines_main(["tune", "--comp", str(spec_path), "--model", "cnn3", "--total", "1"]) == 0
+    out = capsys.readouterr().out
+    retried = next(t for t in study_for(pipeline_env).get_trials() if t.system_attrs.get("failed_trial") == 0)
+    assert retried.state == optuna.trial.TrialState.COMPLETE and retried.user_attrs["resumed_from_trial"] == 0
+    assert "tune: trial 1 resumes trial 0" in out and "cnn3 fold 0: resuming after epoch" in out, out[-2000:]
+    assert not dead_folder.exists() and not list(study_root.glob("worker-*"))  # nothing of either worker is left
+
+
 def test_best_params_flow_into_the_trained_model(pipeline_env, tmp_path):
     spec_path = write_tuning_variant(tmp_path, epochs=2, pruner={"name": "none"})
     assert pipelines_main(["prepare", "--comp", str(spec_path)]) == 0
