@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from competition.host.server import make_server
+from competition.host.server import make_server, serve_in_thread
+from competition.host.store import HostStore
 from competition.paths import REPO_ROOT
 from tests.conftest import write_course_competition
 
@@ -170,3 +171,57 @@ def test_cli_on_port_80_without_proxy(host, cli_env, tmp_path):
                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "digits" in result.stdout and "fashion-mnist" in result.stdout
+
+
+def test_a_submission_to_a_competition_never_built_is_scored_not_hung(host, cli_env, tmp_path):
+    """The submission builds the competition while the host holds its lock: the lock is re-entrant, so
+    the request completes instead of waiting on itself (and every later request behind it)."""
+    rows = _sample_rows(host)  # the built-in builders are seeded: a fresh host's digits has the same ids
+    fresh = HostStore(tmp_path / "fresh-host")
+    fresh.credentials()
+    server, _ = serve_in_thread(fresh, port=0)
+    try:
+        env = {**cli_env, "KAGGLE_CONFIG_DIR": str(fresh.root / "client"),
+               "HTTP_PROXY": f"http://127.0.0.1:{server.server_address[1]}"}
+        assert not (fresh.root / "competitions" / "digits").exists()
+        result = subprocess.run([str(Path(sys.executable).with_name("kaggle")), "competitions", "submit", "-c", "digits",
+                                 "-f", _write(tmp_path / "first.csv", rows), "-m", "first"],
+                                env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and "Successfully submitted" in result.stdout, result.stdout + result.stderr
+        assert fresh.submissions("digits")[0]["status"] == "COMPLETE"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_host_lock_is_reentrant(tmp_path):
+    fresh = HostStore(tmp_path / "fresh-host")
+    with fresh.locked():  # as a path that holds the lock and then needs a competition built
+        assert (fresh.competition_dir("digits") / "competition.json").is_file()
+
+
+def test_a_request_behind_a_stuck_one_gets_a_503_not_a_hang(host, run_kaggle, monkeypatch):
+    import threading
+
+    from competition.host import store as store_module
+
+    monkeypatch.setattr(store_module, "LOCK_TIMEOUT_S", 0.5)
+    stuck, release = threading.Event(), threading.Event()
+
+    def hold():
+        with host.store.locked():
+            stuck.set()
+            release.wait(30)
+
+    host.store.data_zip("digits")
+    (host.store.root / "downloads" / "digits" / "digits.zip").unlink()  # the download below must take the lock
+    holder = threading.Thread(target=hold)
+    holder.start()
+    stuck.wait(10)
+    try:
+        result = run_kaggle("competitions", "download", "-c", "digits", "-p", "dl")
+        assert result.returncode != 0 and "busy with another request" in result.stdout + result.stderr, result
+    finally:
+        release.set()
+        holder.join()
+    assert run_kaggle("competitions", "download", "-c", "digits", "-p", "dl").returncode == 0  # and then it works

@@ -104,7 +104,7 @@ class CodeHost:
                 raise SubmissionRejected("Each entry of 'files' must be an object with a 'token'")
             name, path = self.store.finished_upload(entry.get("token"))
             uploads.append((check_file_name(name), path))
-        with self.store._lock:
+        with self.store.locked():
             versions = self._dataset_versions(owner, slug)
             if new and versions:
                 raise SubmissionRejected(f'The requested slug "{slug}" is already in use by {owner}/{slug}; use '
@@ -135,7 +135,7 @@ class CodeHost:
         """The files of one dataset version in one zip (built once; a version never changes)."""
         folder = self.dataset(owner, slug, version)["folder"]
         path = self.root / "downloads" / "datasets" / owner / slug / str(version) / f"{slug}.zip"
-        with self.store._lock:
+        with self.store.locked():
             if not path.is_file():
                 with atomic.atomic_file(path, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
                     for file in sorted(folder.iterdir()):
@@ -169,7 +169,7 @@ class CodeHost:
                 self.store.meta(competition)
             except (NotFound, InvalidName):
                 raise SubmissionRejected(f"competition_sources: '{str(competition)[:80]}' is not hosted here") from None
-        with self.store._lock:
+        with self.store.locked():
             with self.store._db() as db:
                 latest = db.execute("SELECT MAX(version) FROM kernels WHERE owner=? AND slug=?", (owner, slug)).fetchone()[0]
                 version = (latest or 0) + 1

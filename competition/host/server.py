@@ -34,7 +34,7 @@ from competition import metrics
 from competition.host import builders, code_api
 from competition.host.code_store import CodeHost
 from competition.host.scoring import SubmissionRejected
-from competition.host.store import MAX_UPLOAD_BYTES, HostStore, InvalidName, LimitReached, NotFound, iso
+from competition.host.store import MAX_UPLOAD_BYTES, HostBusy, HostStore, InvalidName, LimitReached, NotFound, iso
 
 log = logging.getLogger("competition.host")
 
@@ -243,6 +243,8 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
             self._send_error(400, str(exc))
         except LimitReached as exc:
             self._send_error(429, str(exc))
+        except HostBusy as exc:
+            self._send_error(503, str(exc))
         except NotFound as exc:
             self._send_error(404, str(exc))
         except builders.BuildError as exc:

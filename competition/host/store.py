@@ -10,8 +10,10 @@ Layout under the host root:
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
 import re
 import secrets
 import shutil
@@ -85,13 +87,34 @@ def iso(dt: datetime) -> str:
     return dt.isoformat(timespec="milliseconds") + "Z"
 
 
+class HostBusy(Exception):
+    """The store's lock was held past the time limit: another request (a build, a zip) is still working."""
+
+
+LOCK_TIMEOUT_S = float(os.environ.get("KPIPE_HOST_LOCK_TIMEOUT_S", "120"))
+
+
 class HostStore:
     def __init__(self, root: Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()  # one writer at a time: builds, zips, submissions
+        # One writer at a time: builds, zips, submissions. Re-entrant, so that a path which needs a
+        # competition built while it holds the lock (a submission to a competition nobody downloaded yet)
+        # takes it again instead of waiting on itself forever.
+        self._lock = threading.RLock()
         with self._db() as db:
             db.executescript(_SCHEMA)
+
+    @contextlib.contextmanager
+    def locked(self):
+        """The store's lock, waited for at most LOCK_TIMEOUT_S: a request never hangs behind a stuck one."""
+        if not self._lock.acquire(timeout=LOCK_TIMEOUT_S):
+            raise HostBusy(f"The local host is busy with another request (building a competition or a download) "
+                           f"for over {LOCK_TIMEOUT_S:.0f} s; try again, or see its server.log")
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def _db(self) -> sqlite3.Connection:
         return sqlite3.connect(self.root / "host.db", timeout=30)
@@ -130,7 +153,7 @@ class HostStore:
         if (folder / "competition.json").is_file():
             return folder
         self.meta(slug)  # raises NotFound for unknown slugs
-        with self._lock:
+        with self.locked():
             if not (folder / "competition.json").is_file():
                 _build_folder(folder, builders.BUILDERS[slug])
         return folder
@@ -154,7 +177,7 @@ class HostStore:
             shutil.copytree(source, staging, dirs_exist_ok=True)
             atomic.write_json(staging / "competition.json", meta)
 
-        with self._lock:
+        with self.locked():
             _build_folder(self.root / "competitions" / meta["slug"], copy_with_defaults)
         return meta["slug"]
 
@@ -175,7 +198,7 @@ class HostStore:
         data_dir = self.competition_dir(slug) / "data"
         zip_path = self.root / "downloads" / slug / f"{slug}.zip"
         newest = max(p.stat().st_mtime for p in files)
-        with self._lock:
+        with self.locked():
             if not zip_path.is_file() or zip_path.stat().st_mtime < newest:
                 with atomic.atomic_file(zip_path, "wb") as fh, \
                         zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
@@ -277,7 +300,7 @@ class HostStore:
         """Score `data` and record it (an uploaded CSV or a kernel's output file); a malformed file is
         recorded as ERROR (not counted against the daily limit) and re-raised."""
         meta = self.meta(slug)
-        with self._lock:
+        with self.locked():
             if self.limits(slug, team)["numAllowedNow"] <= 0:
                 raise LimitReached(
                     f"Daily submission limit reached ({meta['max_daily_submissions']} per day for '{slug}'); "
