@@ -43,11 +43,11 @@ def config_hash(ctx: Context) -> str:
                         "flips": ctx.spec.flips.model_dump(), "profile": recipe})
 
 
-def after_unit(ctx: Context, unit: Unit, output: FoldOutput, seconds: float | None, replayed: bool) -> None:
-    """What the command keeps of a trained unit, wherever it trained: a shortening for the plan to replay,
-    its time, and a line."""
+def after_unit(ctx: Context, unit: Unit, output: FoldOutput, seconds: float | None) -> None:
+    """What the command keeps of a trained unit, wherever it trained: a new shortening for the plan to
+    replay, its time, and a line."""
     manifest = read_manifest(output.folder)
-    if manifest.get("shortened") and not replayed and not any(s.fold == unit.fold for s in unit.planned.shortened):
+    if manifest.get("shortened") and unit.planned.replayed_shortening(unit.fold) is None:
         unit.planned.shortened.append(Shortening(fold=unit.fold, **manifest["shortened"]))
     if seconds is not None:
         ctx.stage_seconds[f"train {unit.what}"] = seconds
@@ -64,14 +64,13 @@ class SequentialExecutor:
 
     def train(self, unit: Unit, epochs_allowed) -> tuple[FoldOutput, float | None]:
         ctx, planned = self.ctx, unit.planned
-        replayed = next((s for s in planned.shortened if s.fold == unit.fold), None)
+        replayed = planned.replayed_shortening(unit.fold)
         reused = is_complete(fold_folder(ctx.spec, planned.run, ctx.prepared, ctx.folds, unit.fold))
         started = time.monotonic()
         output = train_fold(ctx.spec, planned.run, ctx.data, ctx.prepared, ctx.folds, unit.fold, ctx.runtime,
-                            epochs_allowed=None if replayed else epochs_allowed,
-                            shortening=(replayed.from_epoch, replayed.epochs) if replayed else None)
+                            epochs_allowed=None if replayed else epochs_allowed, shortening=replayed)
         seconds = None if reused else time.monotonic() - started
-        after_unit(ctx, unit, output, seconds, replayed is not None)
+        after_unit(ctx, unit, output, seconds)
         return output, seconds
 
 
@@ -93,7 +92,7 @@ class ClusterExecutor:
     def next_done(self, handles):
         handle, output, seconds = self.dask.next_done(handles)
         unit = self.units.pop(handle)
-        after_unit(self.ctx, unit, output, seconds, any(s.fold == unit.fold for s in unit.planned.shortened))
+        after_unit(self.ctx, unit, output, seconds)
         return handle, output, seconds
 
 

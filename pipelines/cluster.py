@@ -120,9 +120,8 @@ class DaskExecutor:
         self.root = str(data_root().absolute())
 
     def submit(self, unit: Unit, limit: EpochLimit | None):
-        replayed = next((s for s in unit.planned.shortened if s.fold == unit.fold), None)
-        return self.submit_fold(unit.planned.run, unit.fold, None if replayed else limit,
-                                (replayed.from_epoch, replayed.epochs) if replayed else None)
+        replayed = unit.planned.replayed_shortening(unit.fold)
+        return self.submit_fold(unit.planned.run, unit.fold, None if replayed else limit, replayed)
 
     def submit_fold(self, run: ModelRun, fold: int, limit: EpochLimit | None = None,
                     shortening: tuple[int, int] | None = None, priority: int = 0):

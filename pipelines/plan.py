@@ -100,6 +100,12 @@ class PlannedRun(_Strict):
     shortened: list[Shortening] = Field(default_factory=list)
     dropped_folds: list[int] = Field(default_factory=list)  # planned, then dropped by the guard
 
+    def replayed_shortening(self, fold: int) -> tuple[int, int] | None:
+        """(after epoch, to epochs) where the plan records that the guard shortened this fold: a replay
+        shortens it the same way (and the guard does not watch it again)."""
+        cut = next((s for s in self.shortened if s.fold == fold), None)
+        return (cut.from_epoch, cut.epochs) if cut else None
+
     @property
     def estimated_seconds(self) -> float:
         return len(self.folds) * (self.seconds_per_fold + self.tta_seconds_per_fold)

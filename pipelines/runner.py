@@ -137,9 +137,6 @@ class DeadlineGuard:
         return EpochLimit(deadline, self.slack, unit.planned.tta_seconds_per_fold, unit.planned.run.epochs,
                           clock or self.clock)
 
-    def epochs_allowed(self, unit: Unit, epochs_done: int, seconds_per_epoch: float) -> int:
-        return self.epoch_limit(unit)(epochs_done, seconds_per_epoch)
-
 
 def run_plan(plan: PlanRecord, executor: Executor, guard: DeadlineGuard | None,
              on_change: Callable[[PlanRecord], None] = lambda plan: None) -> dict[str, list[FoldOutput]]:
@@ -156,10 +153,7 @@ def run_plan(plan: PlanRecord, executor: Executor, guard: DeadlineGuard | None,
                 break
         unit = units[index]
         started.add(unit.planned.run.name)
-        limit = None
-        if guard is not None:
-            limit = lambda done, seconds, unit=unit: guard.epochs_allowed(unit, done, seconds)
-        output, seconds = executor.train(unit, limit)
+        output, seconds = executor.train(unit, guard.epoch_limit(unit) if guard is not None else None)
         if guard is not None and seconds is not None:
             guard.observe_unit(unit.planned, seconds)
         trained.setdefault(unit.planned.run.name, []).append(output)

@@ -168,11 +168,11 @@ def test_a_running_unit_is_shortened_when_the_deadline_nears():
     guard = DeadlineGuard(clock, train_deadline=100, slack=0)
     unit = units_of(plan)[0]
     clock.t = 20.0
-    assert guard.epochs_allowed(unit, 2, 10.0) == 10  # 2 done, 8 x 10 s fit in the 80 s left
+    assert guard.epoch_limit(unit)(2, 10.0) == 10  # 2 done, 8 x 10 s fit in the 80 s left
     clock.t = 60.0
-    assert guard.epochs_allowed(unit, 3, 15.0) == 5  # 40 s left at 15 s an epoch: 2 more
+    assert guard.epoch_limit(unit)(3, 15.0) == 5  # 40 s left at 15 s an epoch: 2 more
     clock.t = 99.0
-    assert guard.epochs_allowed(unit, 4, 15.0) == 5  # always one more, to bring the learning rate down
+    assert guard.epoch_limit(unit)(4, 15.0) == 5  # always one more, to bring the learning rate down
 
 
 class FakeWorkers:
