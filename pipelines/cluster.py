@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,19 +95,10 @@ def open_cluster(workers: int, scheduler: str | None) -> Cluster:
     # Worker processes, not threads: each has its own torch thread pool and GIL. Logs at warning level:
     # the cluster's start-up chatter is not the user's business.
     local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, resources={UNIT_RESOURCE: 1},
-                         dashboard_address=":0" if _has_bokeh() else None, silence_logs=logging.WARNING)
+                         dashboard_address=":0", silence_logs=logging.WARNING)
     client = Client(local)
-    where = f"; dashboard {client.dashboard_link}" if _has_bokeh() else ""
-    print(f"cluster: {workers} Dask worker processes on this machine{where}", flush=True)
+    print(f"cluster: {workers} Dask worker processes on this machine; dashboard {client.dashboard_link}", flush=True)
     return Cluster(client, local, workers)
-
-
-def _has_bokeh() -> bool:
-    try:
-        import bokeh  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 class DaskExecutor:
@@ -143,6 +133,5 @@ class DaskExecutor:
             raise UserError(f"cluster: training {finished.key} failed on a worker: {type(exc).__name__}: "
                             f"{(str(exc).strip().splitlines() or [''])[0][:200]}") from exc
         print(f"train: {finished.key.rsplit('-', 1)[0].removeprefix('train-')} on {result['worker']} "
-              f"({result['threads']} thread{'s' if result['threads'] > 1 else ''}) -> {result['folder']}",
-              file=sys.stdout, flush=True)
+              f"({result['threads']} thread{'s' if result['threads'] > 1 else ''}) -> {result['folder']}", flush=True)
         return finished, FoldOutput(Path(result["folder"])), result["seconds"]
