@@ -202,9 +202,14 @@ class Member:
                 said = True
             time.sleep(WAIT_POLL_SECONDS)
 
-    def rebalance(self, announce: bool = False) -> None:
+    def listing_now(self) -> tuple[str, ...]:
+        return tuple(sorted(p.name for p in self.folder.glob("*.json")))
+
+    def rebalance(self, announce: bool = False, listing: tuple[str, ...] | None = None) -> None:
+        """Take up this process's share of the running entries; `listing`: the registry's files, when the
+        caller has just listed them."""
         entries = [e for e in live_entries(self.folder, own=self.name) if e.state == "running"]
-        self.listing = tuple(sorted(p.name for p in self.folder.glob("*.json")))
+        self.listing = listing if listing is not None else self.listing_now()
         names = [e.name for e in entries]
         if self.name not in names:  # removed by hand: join again
             if not Path(self.lock.lock_file).exists():  # the lock went with it: others would think this process dead
@@ -227,12 +232,12 @@ class Member:
             return
         self.next_check = now + CHECK_SECONDS
         try:
-            listing = tuple(sorted(p.name for p in self.folder.glob("*.json")))
+            listing = self.listing_now()
             # A new or departed entry changes the listing; a dead one does not, so look at liveness too
             # whenever someone else is registered.
             if listing != self.listing or len(listing) > 1:
                 self.folder.mkdir(parents=True, exist_ok=True)  # the data folder removed under a run: register again
-                self.rebalance()
+                self.rebalance(listing=listing)
         except OSError:
             pass  # a registry that cannot be read this time (removed, full disk) keeps the current share
 
