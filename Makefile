@@ -18,8 +18,9 @@ ifneq ($(STORAGE),)
 export KPIPE_OPTUNA_STORAGE := $(STORAGE)
 endif
 
-# Training on Dask workers: WORKERS=n (a LocalCluster here) or SCHEDULER=tcp://host:8786 (a running cluster).
-CLUSTER = $(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
+# Training on Dask workers: WORKERS=n (a LocalCluster here) or SCHEDULER=tcp://host:8786 (a running cluster);
+# or each run data-parallel over GPUS=n devices (DDP through torchrun).
+CLUSTER = $(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(GPUS),--gpus $(GPUS))
 
 # Sharing the cores with other kpipe processes (pipelines/cores.py): CORES=share (default) takes a fair
 # share at once, CORES=wait waits until a core is free; THREADS=n caps this command's threads.
@@ -28,6 +29,10 @@ export KPIPE_CORES := $(CORES)
 endif
 ifneq ($(THREADS),)
 export KPIPE_THREADS := $(THREADS)
+endif
+# DETERMINISTIC=1: repeatable kernels (cuDNN autotuner off, deterministic algorithms), named where slower.
+ifneq ($(DETERMINISTIC),)
+export KPIPE_DETERMINISTIC := $(DETERMINISTIC)
 endif
 
 # A fixed profile (PROFILE=quick|full), a time budget (BUDGET=15m) or a replayed plan (PLAN=file).
@@ -39,6 +44,7 @@ help:
 	@echo "make submit COMP=fashion-mnist   download -> prepare -> plan -> train -> TTA -> ensemble -> submit"
 	@echo "  [BUDGET=15m | PLAN=plan.json | PROFILE=quick]   time budget (default: the spec's), replay, fixed recipe"
 	@echo "  [WORKERS=n | SCHEDULER=tcp://host:8786]          train the (model, fold) runs on Dask workers"
+	@echo "  [GPUS=n] [DETERMINISTIC=1]                       each run data-parallel on n devices; reproducible kernels"
 	@echo "make test                        run the test suite"
 	@echo "make prepare COMP=digits         download + cached arrays + stratified folds"
 	@echo "make train COMP=x MODEL=m FOLD=k retrain one fold of one model (and nothing else)"

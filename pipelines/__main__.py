@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import shutil
 import signal
 import sys
@@ -53,8 +54,12 @@ def command_train(spec, args) -> None:
 
 
 def command_submit(spec, args) -> None:
-    from pipelines.chain import submit_all
+    from pipelines import ddp
+    from pipelines.chain import submit_all, train_models
 
+    if not ddp.is_main():  # under DDP the other ranks train beside rank 0; it alone goes on to submit
+        train_models(context_for(spec, args))
+        return
     submit_all(context_for(spec, args), dry_run=args.dry_run, resubmit=args.resubmit)
 
 
@@ -149,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
             stage.add_argument("--workers", type=int, default=1,
                                help="worker processes on this machine (train, submit: a Dask LocalCluster)")
         if name in ("train", "submit"):
+            stage.add_argument("--gpus", type=int, default=1, help="train each run data-parallel on this many devices "
+                               "(DDP through torchrun: NCCL on GPUs, gloo between CPU processes)")
             stage.add_argument("--scheduler", default=None, help="a running Dask scheduler (tcp://host:8786) whose "
                                "workers share this data folder")
         if name in ("train", "tune"):
@@ -182,7 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines import ddp
+
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    if not ddp.is_main():
+        sys.stdout = open(os.devnull, "w")  # rank 0 speaks for the run; errors still reach stderr
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)
     spec = None
@@ -193,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         resolve_mode(spec, args)  # PROFILE= or BUDGET=/PLAN=, with the defaults filled in
 
         check_command(spec, args)  # names, profile, MODEL=, FOLD=, tuning: before any download or training
+        if getattr(args, "gpus", 1) > 1 and not ddp.launched():
+            return ddp.launch(args.gpus, argv)
         STAGES[args.stage][0](spec, args)
     except (UserError, ModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -207,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {message}", file=sys.stderr)
         return 2
+    finally:
+        ddp.stop()
     return 0
 
 

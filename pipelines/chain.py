@@ -19,6 +19,7 @@ import numpy as np
 from competition.errors import UserError
 from competition.spec import stable_hash
 from pipelines.artifacts import git_commit, is_complete, read_manifest
+from pipelines import ddp
 from pipelines.checks import find_model_run
 from pipelines.context import Context
 from pipelines.ensemble import ensemble
@@ -165,19 +166,22 @@ def train_planned(ctx: Context) -> dict:
     if not ctx.replay:  # each unit's TTA time is counted with the unit (PlannedRun.tta_seconds_per_fold)
         guard = DeadlineGuard(Clock(), train_deadline=ctx.started + plan.budget_seconds - plan.reserve_seconds,
                               slack=GUARD_SLACK * plan.budget_seconds)
+    def keep(plan) -> None:
+        if ddp.is_main():  # under DDP rank 0 keeps the plan of record
+            save_plan(plan, ctx.plan_path)
+
     if ctx.on_cluster:
         with cluster_for(ctx) as cluster:
-            trained = run_plan_parallel(plan, ClusterExecutor(ctx, cluster), guard,
-                                        on_change=lambda p: save_plan(p, ctx.plan_path))
+            trained = run_plan_parallel(plan, ClusterExecutor(ctx, cluster), guard, on_change=keep)
     else:
-        trained = run_plan(plan, SequentialExecutor(ctx), guard, on_change=lambda p: save_plan(p, ctx.plan_path))
+        trained = run_plan(plan, SequentialExecutor(ctx), guard, on_change=keep)
     if guard is not None:
         plan.notes.extend(n for n in guard.notes if n not in plan.notes)
         for note in guard.notes:
             print(f"deadline guard: {note}")
     ctx.profile = plan.profile()  # the guard may have dropped runs or folds
     ctx.stage_seconds["train"] = time.monotonic() - started
-    save_plan(plan, ctx.plan_path)
+    keep(plan)
     return trained
 
 

@@ -140,8 +140,29 @@ def check_command(spec: CompetitionSpec, args: argparse.Namespace) -> None:
     if getattr(args, "workers", 1) < 1:
         raise UserError(f"WORKERS={args.workers}: must be at least 1")
     scheduler = getattr(args, "scheduler", None)
+    check_gpus(args, scheduler)
     if scheduler is not None and not scheduler.startswith(("tcp://", "tls://", "inproc://", "ucx://")):
         raise UserError(f"SCHEDULER={scheduler}: not a Dask scheduler address; write it as tcp://host:8786")
+
+
+def check_gpus(args: argparse.Namespace, scheduler: str | None) -> None:
+    """GPUS=n: a fixed profile or a replayed plan, on this machine's devices, without Dask workers."""
+    gpus = getattr(args, "gpus", 1)
+    if gpus < 1:
+        raise UserError(f"GPUS={gpus}: must be at least 1")
+    if gpus == 1:
+        return
+    if getattr(args, "budget", None) and not getattr(args, "plan", None):
+        raise UserError(f"GPUS={gpus} trains a fixed recipe: add PROFILE=quick|full, or PLAN= to replay a plan "
+                        "(the time-budget planner times one device)")
+    if getattr(args, "workers", 1) > 1 or scheduler is not None:
+        raise UserError(f"GPUS={gpus} spreads one run over several devices; WORKERS=/SCHEDULER= spread runs over "
+                        "workers: use one or the other")
+    from pipelines import ddp
+    from pipelines.device import default_profile
+
+    if not ddp.launched() and (problem := ddp.check_devices(gpus, default_profile() == "full")):
+        raise UserError(f"GPUS={gpus}: {problem}")
 
 
 def resolve_mode(spec: CompetitionSpec, args: argparse.Namespace) -> None:

@@ -60,15 +60,21 @@ class Runtime:
 def pick_runtime() -> Runtime:
     """CUDA when there is a GPU, else the CPU with this process's share of its cores (pipelines/cores.py:
     every core when no other kpipe process computes). KPIPE_DEVICE=cpu|cuda overrides the choice."""
+    from pipelines import ddp, determinism
+
     wanted = os.environ.get("KPIPE_DEVICE")
     use_cuda = torch.cuda.is_available() if wanted is None else wanted == "cuda"
+    if determinism.requested():  # DETERMINISTIC=1: repeatable kernels, at some cost in speed
+        determinism.enable(use_cuda)
     if use_cuda:
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = not determinism.requested()
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        return Runtime(torch.device("cuda"))
-    cores.join()  # x1.93 from 1 to 2 threads alone on these machines; 80x slower each when two processes take both
-    return Runtime(torch.device("cpu"))
+    else:
+        cores.join()  # x1.93 from 1 to 2 threads alone on these machines; 80x slower each when two processes take both
+    # One rank of a DDP run (GPUS=, torchrun): its own GPU, or gloo between CPU processes.
+    device = ddp.start(use_cuda) if ddp.launched() else torch.device("cuda" if use_cuda else "cpu")
+    return Runtime(device)
 
 
 def default_profile() -> str:

@@ -38,7 +38,7 @@ from competition.metrics import Metric
 from competition.paths import competition_root
 from competition.recipe import LossConfig, ModelRun
 from competition.spec import CompetitionSpec
-from pipelines import cores
+from pipelines import cores, ddp
 from pipelines.artifacts import build_once, output_key, publish, read_manifest
 from pipelines.augment import BatchAugmenter
 from pipelines.classifier import ImageClassifier, build_model
@@ -131,7 +131,7 @@ def anneal(learner: Learner, steps: int) -> None:
 def make_learner(run: ModelRun, spec: CompetitionSpec, data: TrainingData, runtime: Runtime, steps_per_epoch: int,
                  init_seed: int) -> Learner:
     torch.manual_seed(init_seed)  # the same initial weights for the same seed and fold
-    model = build_model(run, spec, data.mean, data.std, runtime)
+    model = ddp.synchronised(build_model(run, spec, data.mean, data.std, runtime), runtime.device)  # SyncBatchNorm under DDP
     optimizer = make_optimizer(run, model)
     scheduler, scheduler_unit = make_scheduler(run, optimizer, steps_per_epoch)
     scaler = torch.amp.GradScaler(enabled=model.precision.amp_dtype == torch.float16)
@@ -157,8 +157,10 @@ def make_learner(run: ModelRun, spec: CompetitionSpec, data: TrainingData, runti
     # Models with several heads (multi_output_resnet) say how their heads' losses combine.
     heads_loss = getattr(model.net, "training_loss", None)
     loss = (lambda output, targets: heads_loss(output, targets, base_loss)) if heads_loss else base_loss
-    # The compiled module shares the model's parameters: checkpoints, EMA and evaluation use the model.
-    forward = torch.compile(model) if run.compile else model
+    # The DDP wrapper and the compiled module share the model's parameters: checkpoints, EMA and
+    # evaluation use the model itself.
+    forward = ddp.wrapped(model, runtime.device)
+    forward = torch.compile(forward) if run.compile else forward
     return Learner(model, optimizer, scheduler, scheduler_unit, scaler, ema, mixup, loss, forward)
 
 
@@ -211,17 +213,19 @@ def epoch_batches(train_rows: torch.Tensor, batch_size: int, steps: int, seed: i
 def train_one_epoch(learner: Learner, augmenter: BatchAugmenter, labels: torch.Tensor, batches: list[torch.Tensor],
                     seed: int, runtime: Runtime, desc: str, step_losses: list[float] | None = None) -> float:
     """One pass over `batches`; returns the mean training loss, and appends each step's to `step_losses`
-    (read once at the end of the epoch: no device sync per step)."""
+    (read once at the end of the epoch: no device sync per step). Under DDP every rank draws, augments
+    and mixes the same global batch and computes on its slice of it (pipelines/ddp.py)."""
     learner.model.train()
     losses = []
     progress = tqdm(augmenter.batches(batches, seed), total=len(batches), leave=False, mininterval=2, desc=desc, unit="batch",
-                    disable=len(batches) < 50)  # a probe's few steps need no bar
+                    disable=len(batches) < 50 or not ddp.is_main())  # a probe's few steps need no bar
     for idx, images in zip(batches, progress):
         cores.follow()  # another kpipe process started or ended: take up the new share of the cores
         targets = labels[idx.to(runtime.device)]
         inputs = images.float()
         if learner.mixup is not None:
             inputs, targets = learner.mixup(inputs, targets)
+        inputs, targets = ddp.share(inputs), ddp.share(targets)
         loss = learner.loss(learner.forward(inputs), targets)  # the model runs in its precision (classifier.py)
         learner.optimizer.zero_grad(set_to_none=True)
         learner.scaler.scale(loss).backward()
@@ -232,7 +236,7 @@ def train_one_epoch(learner: Learner, augmenter: BatchAugmenter, labels: torch.T
         if learner.scheduler is not None and learner.scheduler_unit == "step":
             learner.scheduler.step()
         losses.append(loss.detach().float())
-    stacked = torch.stack(losses)
+    stacked = ddp.mean(torch.stack(losses))  # the global batch's losses
     if step_losses is not None:
         step_losses.extend(round(v, 5) for v in stacked.cpu().tolist())
     return float(stacked.mean())
@@ -307,11 +311,16 @@ def train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepare
     epochs) replays such a shortening from a plan."""
     final = fold_folder(spec, run, prepared, folds, fold, out_root)
     # One process per fold at a time: a second `make submit`, or a `make train FOLD=k` beside it, waits
-    # and then reuses (or, when forced, replaces) what the first one published.
-    return build_once(final, f"{run.name} fold {fold}",
-                      lambda: _train_fold(spec, run, data, prepared, folds, fold, runtime, final, force, out_root is None,
-                                          subsample, on_epoch, epochs_allowed, shortening),
-                      lambda: FoldOutput(final), force)
+    # and then reuses (or, when forced, replaces) what the first one published. Under DDP rank 0 holds
+    # the lock and the other ranks train beside it.
+    def build() -> FoldOutput | None:
+        return _train_fold(spec, run, data, prepared, folds, fold, runtime, final, force, out_root is None,
+                           subsample, on_epoch, epochs_allowed, shortening)
+
+    def reuse() -> FoldOutput:
+        return FoldOutput(final)
+
+    return ddp.build_once(build, reuse, lambda build: build_once(final, f"{run.name} fold {fold}", build, reuse, force))
 
 
 def shorten(learner: Learner, progress: Progress, end_epoch: int, steps_per_epoch: int, what: str) -> None:
@@ -326,7 +335,7 @@ def shorten(learner: Learner, progress: Progress, end_epoch: int, steps_per_epoc
 def _train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepared: Prepared, folds: Folds, fold: int,
                 runtime: Runtime, final: Path, replace: bool, log_tensorboard: bool, subsample: float,
                 on_epoch: Callable[[int, float], None] | None, epochs_allowed: EpochsAllowed | None,
-                shortening: tuple[int, int] | None) -> FoldOutput:
+                shortening: tuple[int, int] | None) -> FoldOutput | None:
     # An interrupted attempt is resumed even when forced: epochs are seeded by (seed, fold, epoch), so
     # resuming ends exactly where starting over would. `replace` only swaps out the finished output.
     work = final.with_name(f".{final.name}.partial")
@@ -337,6 +346,9 @@ def _train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepar
     if steps == 0:
         raise UserError(f"{run.name}: batch_size {run.batch_size} is larger than fold {fold}'s {len(train_rows)} "
                         "training rows; lower it in the profile")
+    if run.batch_size % ddp.world_size():
+        raise UserError(f"{run.name}: batch_size {run.batch_size} does not split evenly over {ddp.world_size()} "
+                        "devices (GPUS=); make it a multiple of the device count")
     learner = make_learner(run, spec, data, runtime, steps, init_seed=epoch_seed(seed, fold, -1))
     augmenter = BatchAugmenter(run.augment, spec, data.images, data.images_nhwc)
     progress = resume(work / "last.pt", learner, runtime)
@@ -345,7 +357,7 @@ def _train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepar
     val_images, val_labels = data.images[val_rows.to(runtime.device)], data.labels_host()[val_rows.numpy()]
     # TensorBoard events for real runs only (tuning trials are deleted when they end).
     log = EpochLog(what, run.epochs, competition_root(spec.name) / "tensorboard" / final.parent.name / final.name
-                   if log_tensorboard else None, metric)
+                   if log_tensorboard and ddp.is_main() else None, metric)
     if shortening is not None and not progress.end_epoch and progress.epoch == shortening[0]:
         shorten(learner, progress, shortening[1], steps, what)
     log.epochs = progress.end_epoch or run.epochs
@@ -356,21 +368,21 @@ def _train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepar
             print(f"train: {what}: early stop, no better val {metric.label} for {run.early_stopping} epochs")
             break
         this_seed = epoch_seed(seed, fold, epoch)
-        torch.manual_seed(this_seed)  # dropout, drop-path
+        torch.manual_seed(this_seed + ddp.rank())  # dropout, drop-path (under DDP each rank its own masks)
         np.random.seed(this_seed)  # timm's Mixup draws from numpy's global generator
         batches = epoch_batches(train_rows, run.batch_size, steps, this_seed)
         started = time.perf_counter()
         train_loss = train_one_epoch(learner, augmenter, data.labels, batches, this_seed, runtime,
                                      f"{what} epoch {epoch}/{progress.end_epoch or run.epochs}", progress.step_losses)
         seconds = time.perf_counter() - started
-        val_probs = predict_probs(learner.evaluated, val_images)
+        val_probs = ddp.gathered(lambda images: predict_probs(learner.evaluated, images), val_images)
         epoch_seconds = time.perf_counter() - started  # with the validation pass: what the guard plans with
         val_accuracy, val_loss = accuracy(val_probs, val_labels), log_loss(val_probs, val_labels)
         val_score = metric.score(val_probs, val_labels)
         lr = learner.optimizer.param_groups[0]["lr"]
         step_after_epoch(learner, metric.signed(val_score))
         improved = progress.record(epoch, val_score, val_accuracy, val_loss, val_probs, metric)
-        if improved:
+        if improved and ddp.is_main():
             save_checkpoint(best_weights(learner.evaluated, run, epoch, val_accuracy), work / "best.pt")
         log.epoch(progress, train_loss, val_loss, val_accuracy, val_score, lr, seconds, steps * run.batch_size, improved)
         if not progress.end_epoch and epoch < run.epochs:
@@ -381,10 +393,13 @@ def _train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepar
                 if (end := epochs_allowed(epoch, sum(recent_seconds) / len(recent_seconds))) < run.epochs:
                     shorten(learner, progress, max(end, epoch + 1), steps, what)
             log.epochs = progress.end_epoch or run.epochs
-        save_checkpoint({**learner.state(), "state": asdict(progress)}, work / "last.pt")
+        if ddp.is_main():
+            save_checkpoint({**learner.state(), "state": asdict(progress)}, work / "last.pt")
         if on_epoch is not None:
             on_epoch(epoch, val_score)
     log.close()
+    if not ddp.is_main():
+        return None  # rank 0 publishes
     return publish_fold(spec, run, data, prepared, folds, fold, runtime, work, final, progress, val_rows, replace)
 
 
@@ -403,6 +418,7 @@ def publish_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepa
     (work / "last.pt").unlink()
     publish(work, final, "train", run_config(spec, run), {"prepared": prepared.key, "folds": folds.key}, replace=replace,
             extra={"fold": fold, "best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
+                   "ranks": ddp.world_size(), "deterministic": torch.are_deterministic_algorithms_enabled(),
                    "shortened": {"from_epoch": progress.anneal_from, "epochs": progress.end_epoch} if progress.end_epoch else None,
                    "val_accuracy": progress.best_accuracy, "val_loss": progress.best_loss,
                    "metric": str(spec.metric), "val_score": progress.best_score,
