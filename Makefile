@@ -48,7 +48,8 @@ help:
 	@echo "make test                        run the test suite"
 	@echo "make prepare COMP=digits         download + cached arrays + stratified folds"
 	@echo "make train COMP=x MODEL=m FOLD=k retrain one fold of one model (and nothing else)"
-	@echo "make tune COMP=x MODEL=m TRIALS=n [WORKERS=k] [STORAGE=url] [STUDY=name]   Optuna study"
+	@echo "make tune COMP=x MODEL=m TRIALS=n [WORKERS=k | SCHEDULER=tcp://host:8786 STORAGE=postgresql://...]"
+	@echo "  [STUDY=name]                   Optuna study; trials on Dask workers beside this process"
 	@echo "make predict COMP=x INPUT=<folder|.npy|.csv> [OUT=preds.csv] [RUN=<config hash>] [RESIZE=1] [PROBS=1]"
 	@echo "                                 a logged run's ensemble on new images"
 	@echo "make export COMP=x [RUN=<config hash>] [TARGET=<code competition>]   package a run for a Kaggle code competition"
@@ -94,7 +95,8 @@ submit: install
 
 tune: install
 	$(PY) -m pipelines tune --comp $(COMP) $(if $(PROFILE),--profile $(PROFILE)) $(if $(MODEL),--model $(MODEL)) \
-		--trials $(or $(TRIALS),20) $(if $(STUDY),--study $(STUDY)) $(if $(WORKERS),--workers $(WORKERS))
+		--trials $(or $(TRIALS),20) $(if $(STUDY),--study $(STUDY)) $(if $(WORKERS),--workers $(WORKERS)) \
+		$(if $(SCHEDULER),--scheduler $(SCHEDULER))
 
 report: install
 	$(PY) -m pipelines report --comp $(COMP) $(RECIPE)

@@ -224,7 +224,9 @@ class ParamSpec(_Strict):
 class PrunerConfig(_Strict):
     name: Literal["median", "hyperband", "none"] = "median"
     n_startup_trials: int = Field(default=2, ge=0)  # median: trials before pruning starts
-    n_warmup_steps: int = Field(default=1, ge=0)  # median: epochs before a trial can be pruned
+    # median: steps before a trial can be pruned; steps are epochs, counted on across the tuning folds, so
+    # n_warmup_steps = epochs judges a trial only once its first fold is done
+    n_warmup_steps: int = Field(default=1, ge=0)
     reduction_factor: int = Field(default=3, ge=2)  # hyperband
 
 

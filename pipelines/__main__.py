@@ -67,7 +67,7 @@ def command_tune(spec, args) -> None:
     from pipelines.tune import run_study
 
     run_study(spec, args.profile, args.model, study_name=args.study, storage=args.storage, trials=args.trials,
-              total=args.total, workers=args.workers, comp_argument=args.comp, report=not args.no_report)
+              total=args.total, workers=args.workers, comp_argument=args.comp, scheduler=args.scheduler)
 
 
 def command_prune(spec, args) -> None:
@@ -152,12 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
             stage.add_argument("--plan", default=None, help="replay this plan.json's decisions exactly")
         if name in ("train", "submit", "tune"):
             stage.add_argument("--workers", type=int, default=1,
-                               help="worker processes on this machine (train, submit: a Dask LocalCluster)")
+                               help="Dask worker processes on this machine (train, submit: n workers; tune: "
+                               "this process and n-1 workers)")
+        if name in ("train", "submit", "tune"):
+            stage.add_argument("--scheduler", default=None, help="a running Dask scheduler (tcp://host:8786) whose "
+                               "workers share this data folder")
         if name in ("train", "submit"):
             stage.add_argument("--gpus", type=int, default=1, help="train each run data-parallel on this many devices "
                                "(DDP through torchrun: NCCL on GPUs, gloo between CPU processes)")
-            stage.add_argument("--scheduler", default=None, help="a running Dask scheduler (tcp://host:8786) whose "
-                               "workers share this data folder")
         if name in ("train", "tune"):
             stage.add_argument("--model", default=None, help="only this model run (its alias or model name)")
         if name == "tune":
@@ -165,7 +167,6 @@ def build_parser() -> argparse.ArgumentParser:
             stage.add_argument("--total", type=int, default=None, help="run until the study holds this many finished trials")
             stage.add_argument("--storage", default=None, help="SQLAlchemy URL (default: SQLite under .data/<comp>/tuning)")
             stage.add_argument("--study", default=None, help="study name (default: <comp>-<model>)")
-            stage.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
         if name in ("predict", "export"):
             stage.add_argument("--run", default=None, help="the config hash of a logged submission (its file name and "
                                "log.csv show it; a prefix will do); default: the latest logged submission")

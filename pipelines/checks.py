@@ -137,6 +137,13 @@ def check_command(spec: CompetitionSpec, args: argparse.Namespace) -> None:
             raise UserError("say how many trials: --trials N (add N to the study) or --total N (run until it holds N)")
         if (args.trials is not None and args.trials < 1) or (args.total is not None and args.total < 1):
             raise UserError("TRIALS= must be at least 1")
+        if args.scheduler is not None:
+            from pipelines.studies import storage_url
+
+            if storage_url(spec, args.storage).startswith("sqlite"):
+                raise UserError(f"SCHEDULER={args.scheduler}: the workers of several machines need a study database "
+                                "they all reach, and SQLite is a file on this one (its locks do not hold over a shared "
+                                "disk); give STORAGE=postgresql://user@host/db")
     if getattr(args, "workers", 1) < 1:
         raise UserError(f"WORKERS={args.workers}: must be at least 1")
     scheduler = getattr(args, "scheduler", None)

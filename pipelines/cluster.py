@@ -1,4 +1,4 @@
-"""(run, fold) units trained on Dask workers: `WORKERS=n` starts a `distributed.LocalCluster` of n
+"""(run, fold) units trained, and Optuna trials run, on Dask workers: `WORKERS=n` starts a `distributed.LocalCluster` of n
 worker processes on this machine; `SCHEDULER=tcp://host:8786` uses a cluster that is already running,
 whose workers see the same data folder (a shared disk) and the same project checkout.
 
@@ -74,6 +74,7 @@ class Cluster:
 
 
 def open_cluster(workers: int, scheduler: str | None) -> Cluster:
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -93,7 +94,9 @@ def open_cluster(workers: int, scheduler: str | None) -> Cluster:
                             f"`dask worker {scheduler} --nthreads 1 --resources {UNIT_RESOURCE}=1`")
         return Cluster(client, None, slots)
     # Worker processes, not threads: each has its own torch thread pool and GIL. Logs at warning level:
-    # the cluster's start-up chatter is not the user's business.
+    # the cluster's start-up chatter is not the user's business. Dask's sampling profiler (every 10 ms
+    # it walks the worker's stacks, holding the GIL) slowed training steps by a third on these CPUs.
+    dask.config.set({"distributed.worker.profile.enabled": False})
     local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, resources={UNIT_RESOURCE: 1},
                          dashboard_address=":0", silence_logs=logging.WARNING)
     client = Client(local)
@@ -135,3 +138,47 @@ class DaskExecutor:
         print(f"train: {finished.key.rsplit('-', 1)[0].removeprefix('train-')} on {result['worker']} "
               f"({result['threads']} thread{'s' if result['threads'] > 1 else ''}) -> {result['folder']}", flush=True)
         return finished, FoldOutput(Path(result["folder"])), result["seconds"]
+
+
+# --- tuning: one long task a worker, running trials until the study holds its total ----------------------
+
+
+def tune_task(comp: str, root: str, profile_name: str, run: ModelRun, study_name: str, total: int, url: str) -> dict:
+    """A Dask task: this worker's share of a study's trials (pipelines.tune.tune), with its data loaded once."""
+    from pipelines.context import Context
+    from pipelines.tune import tune
+
+    spec, prepared, folds, runtime, data = _worker_data(comp, root)
+    ctx = Context(spec, profile_name, spec.profile(profile_name), prepared, folds, runtime, data)
+    tune(spec, ctx, run, total, study_name, url)
+    return {"worker": f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def start_tuning(workers: int, scheduler: str | None, comp: str, profile_name: str, run: ModelRun, study_name: str,
+                 total: int, url: str) -> tuple[Cluster, list]:
+    """The cluster, and one tuning task for each of its worker slots. The storage URL travels as an
+    argument (it may hold a password): Dask shows task names, never arguments."""
+    cluster = open_cluster(workers, scheduler)
+    root = str(data_root().absolute())
+    return cluster, [cluster.client.submit(tune_task, comp, root, profile_name, run, study_name, total, url,
+                                           resources={UNIT_RESOURCE: 1}, pure=False,
+                                           key=f"tune-{study_name}-{slot}-{time.time_ns()}")
+                     for slot in range(cluster.slots)]
+
+
+def stop_tuning(cluster: Cluster, tasks: list, wait: bool) -> None:
+    """Wait for the tuning tasks to end (`wait`) or cancel them, then close the cluster; a task's error
+    as one line."""
+    try:
+        if not wait:
+            cluster.client.cancel(tasks)
+        for task in tasks if wait else []:
+            try:
+                task.result()
+            except UserError:
+                raise
+            except Exception as exc:
+                raise UserError(f"tune: a Dask worker's trials failed: {type(exc).__name__}: "
+                                f"{(str(exc).strip().splitlines() or [''])[0][:200]}") from exc
+    finally:
+        cluster.close()

@@ -5,15 +5,18 @@ subsample of the rows, reports the validation score (the competition's metric) e
 the mean over folds; the study maximises or minimises as the metric says.
 Storage: by default an SQLite file under <data>/<comp>/tuning/ (no server); any SQLAlchemy URL
 (e.g. postgresql://...) for workers on several machines. Trials send heartbeats; a worker that dies
-mid-trial has its trial marked failed by the next worker and retried (RetryHeartbeatStaleTrialCallback).
+mid-trial has its trial marked failed by the next worker and retried (RetryHeartbeatStaleTrialCallback),
+resuming from the dead trial's last epoch checkpoints.
+
+WORKERS=n and SCHEDULER= run the trials on Dask workers (pipelines/cluster.py), as `make train` runs its
+units: each worker gets one long task that loads the data once and runs trials until the study holds
+its total, and this process runs trials beside them.
 """
 from __future__ import annotations
 
 import gc
 import os
 import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -23,7 +26,7 @@ import torch
 
 from competition import atomic
 from competition.errors import UserError
-from competition.paths import REPO_ROOT, competition_root
+from competition.paths import competition_root
 from competition.recipe import ModelRun, ParamSpec, PrunerConfig, apply_params
 from competition.spec import CompetitionSpec
 from pipelines import cores
@@ -79,6 +82,8 @@ class Objective:
                     step = position * run.epochs + epoch
                     trial.report(val_score, step)
                     if trial.should_prune():
+                        # In the study as well as in the state: where the pruner stopped it.
+                        trial.set_user_attr("pruned_at", {"fold": fold, "epoch": epoch, "step": step})
                         raise optuna.TrialPruned(f"pruned at epoch {epoch} of fold {fold} "
                                                  f"(val {self.spec.metric} {val_score:.4f})")
 
@@ -178,10 +183,11 @@ def tune(spec: CompetitionSpec, ctx: Context, run: ModelRun, total: int, study_n
 
 
 def run_study(spec: CompetitionSpec, profile_name: str, model: str | None, study_name: str | None, storage: str | None,
-              trials: int | None, total: int | None, workers: int, comp_argument: str, report: bool = True) -> optuna.Study:
-    """`make tune`: add `trials` (or run until `total`) to the study of one model run, with `workers` processes."""
-    ctx = setup(spec, profile_name, resolve_tuned=False)
-    run = find_model_run(spec, profile_name, model) if model else ctx.profile.models[0]
+              trials: int | None, total: int | None, workers: int, comp_argument: str, scheduler: str | None = None,
+              report: bool = True) -> optuna.Study:
+    """`make tune`: add `trials` (or run until `total`) to the study of one model run, in this process and
+    on `workers` - 1 Dask workers here, or beside a running Dask cluster's (`scheduler`)."""
+    run = find_model_run(spec, profile_name, model) if model else spec.profile(profile_name).models[0]
     run = run.model_copy(update={"params": None})
     study_name = study_name or default_study_name(spec, run)
     url = storage_url(spec, storage)
@@ -189,35 +195,38 @@ def run_study(spec: CompetitionSpec, profile_name: str, model: str | None, study
         study = optuna.create_study(study_name=study_name, storage=open_storage(url), direction=direction(spec),
                                     load_if_exists=True)
         total = finished_trials(study) + trials
-    if workers > 1:
-        # This process is one of the workers: it starts the others, then runs trials beside them. Its
-        # share of the cores is fixed now, so that the others' start (imports, data) does not meet a
-        # process that holds every core.
-        argv = ["tune", "--comp", comp_argument, "--profile", profile_name, "--model", run.name, "--study", study_name,
-                "--total", str(total), "--workers", "1", "--no-report"]
-        cores.cap(max(1, cores.threads() // workers))
-        others = start_workers(argv, workers - 1, storage=url)  # the URL may hold a password: not on argv
-        try:
-            study = tune(spec, ctx, run, total, study_name, url)
-        except BaseException:
-            for process in others:
-                process.terminate()
-            raise
-        finally:
-            status = max(process.wait() for process in others)
-        if status:
-            raise UserError(f"tune: a worker exited with status {status}")
+    if workers > 1 or scheduler is not None:
+        study = tune_on_cluster(spec, profile_name, run, total, study_name, url, workers, scheduler, comp_argument)
     else:
-        study = tune(spec, ctx, run, total, study_name, url)
-    if report:  # spawned workers leave the report to the command that started them
+        study = tune(spec, setup(spec, profile_name, resolve_tuned=False), run, total, study_name, url)
+    if report:
         report_study(study, competition_root(spec.name) / "tuning" / study_name, url)
     return study
 
 
-def start_workers(argv: list[str], count: int, storage: str) -> list[subprocess.Popen]:
-    """Start `count` worker processes running the same tune command."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "KPIPE_OPTUNA_STORAGE": storage}
-    return [subprocess.Popen([sys.executable, "-m", "pipelines", *argv], cwd=REPO_ROOT, env=env) for _ in range(count)]
+def tune_on_cluster(spec: CompetitionSpec, profile_name: str, run: ModelRun, total: int, study_name: str, url: str,
+                    workers: int, scheduler: str | None, comp_argument: str) -> optuna.Study:
+    """Trials on Dask workers (WORKERS-1 of them here, or a running cluster's) and in this process, which
+    loads its data and starts its own trials while the cluster starts (2 s, then each worker's imports
+    and data: on a short study the second worker's late start is what it costs)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipelines.cluster import start_tuning, stop_tuning
+
+    if scheduler is None:
+        # This process's share of the cores is fixed now, so that the workers' start (imports, data)
+        # does not meet a process that holds every core.
+        cores.cap(max(1, cores.threads() // workers))
+    with ThreadPoolExecutor(1, thread_name_prefix="dask-start") as starter:
+        starting = starter.submit(start_tuning, workers - 1, scheduler, comp_argument, profile_name, run, study_name,
+                                  total, url)
+        finished = False
+        try:
+            study = tune(spec, setup(spec, profile_name, resolve_tuned=False), run, total, study_name, url)
+            finished = True
+        finally:
+            stop_tuning(*starting.result(), wait=finished)  # the cluster's own error, if it could not start
+    return study
 
 
 def report_study(study: optuna.Study, out_dir: Path, url: str, top: int = 10) -> list[Path]:
@@ -236,6 +245,12 @@ def report_study(study: optuna.Study, out_dir: Path, url: str, top: int = 10) ->
         widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
         for row in [header] + rows:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+    for t in trials:
+        if t.state == optuna.trial.TrialState.PRUNED and "pruned_at" in t.user_attrs:
+            at = t.user_attrs["pruned_at"]
+            value = t.intermediate_values.get(at["step"])
+            print(f"trial {t.number} pruned at fold {at['fold']} epoch {at['epoch']}"
+                  + (f" (val score {value:.4f})" if value is not None else ""))
     saved = save_plots(study, out_dir)
     print(f"tune: browse the study live with: optuna-dashboard '{redact(url)}' (with your password)")
     return saved

@@ -13,12 +13,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from competition.host.server import serve_in_thread
+from competition.paths import REPO_ROOT
 from competition.host.store import HostStore
 
 DEAD_PROXY = "http://127.0.0.1:9"  # HTTPS goes nowhere: a test can never talk to the real Kaggle
@@ -121,6 +123,35 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def scheduler_with_one_worker(tmp_path):
+    """`dask scheduler` and one `dask worker` on 127.0.0.1, as on machines sharing a disk."""
+    dask = shutil.which("dask", path=str(Path(sys.executable).parent))
+    address = f"tcp://127.0.0.1:{free_port()}"
+    logs = open(tmp_path / "dask.log", "w")
+    scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
+                                  "--no-dashboard"], stdout=logs, stderr=logs)
+    worker = subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--resources", "unit=1", "--no-dashboard",
+                               "--name", "remote-1"], stdout=logs, stderr=logs, cwd=REPO_ROOT,
+                              env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    from distributed import Client
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with Client(address, timeout="2s") as client:
+                if client.scheduler_info()["workers"]:
+                    break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, (tmp_path / "dask.log").read_text()[-2000:]
+        time.sleep(0.5)
+    yield address
+    for process in (worker, scheduler):
+        process.terminate()
+        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

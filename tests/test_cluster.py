@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import yaml
 from competition.paths import REPO_ROOT
 from competition.spec import SPEC_DIR
 from pipelines.__main__ import main as pipelines_main
+from tests.conftest import free_port
 
 MODELS = [{"model": "cnn3", "model_args": {"width": 16}, "epochs": 3, "batch_size": 64},
           {"model": "lenet", "epochs": 2, "batch_size": 64}]
@@ -58,41 +58,6 @@ def test_two_local_workers_give_the_sequential_submission(pipeline_env, tmp_path
     [first] = (tmp_path / "sequential-submissions" / "digits").glob("2*.csv")
     [second] = (tmp_path / "parallel-submissions" / "digits").glob("2*.csv")
     assert first.read_bytes() == second.read_bytes()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def scheduler_with_one_worker(tmp_path):
-    """`dask scheduler` and one `dask worker` on 127.0.0.1, as on machines sharing a disk."""
-    dask = shutil.which("dask", path=str(Path(sys.executable).parent))
-    address = f"tcp://127.0.0.1:{free_port()}"
-    logs = open(tmp_path / "dask.log", "w")
-    scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
-                                  "--no-dashboard"], stdout=logs, stderr=logs)
-    worker = subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--resources", "unit=1", "--no-dashboard",
-                               "--name", "remote-1"], stdout=logs, stderr=logs, cwd=REPO_ROOT,
-                              env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
-    from distributed import Client
-
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with Client(address, timeout="2s") as client:
-                if client.scheduler_info()["workers"]:
-                    break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, (tmp_path / "dask.log").read_text()[-2000:]
-        time.sleep(0.5)
-    yield address
-    for process in (worker, scheduler):
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_a_running_cluster_trains_the_units(pipeline_env, tmp_path, scheduler_with_one_worker, capsys):

@@ -25,12 +25,12 @@ from pipelines.studies import open_storage
 RUN = {"model": "cnn3", "model_args": {"width": 16}, "epochs": 3, "batch_size": 64, "augment": {"policy": "light", "shift": 1}}
 
 
-def write_tuning_variant(folder, epochs=3, params=None, pruner=None):
+def write_tuning_variant(folder, epochs=3, params=None, pruner=None, folds=(0,)):
     spec = yaml.safe_load((SPEC_DIR / "digits.yaml").read_text())
     run = {**RUN, **({"params": params} if params else {})}
     spec["profiles"] = {"quick": {"folds": [0], "tta": ["identity"], "models": [run]}}
     spec.pop("pool")
-    spec["tuning"] = {"folds": [0], "epochs": epochs, "subsample": 0.5,
+    spec["tuning"] = {"folds": list(folds), "epochs": epochs, "subsample": 0.5,
                       "pruner": pruner or {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
                       "search_space": {"optimizer.lr": {"type": "float", "low": 0.00001, "high": 0.2, "log": True},
                                        "label_smoothing": {"type": "float", "low": 0.0, "high": 0.2}}}
@@ -70,6 +70,26 @@ def test_study_prunes_a_bad_trial_resumes_and_draws_plots(pipeline_env, tmp_path
 
     assert pipelines_main(["tune", "--comp", str(spec_path), "--model", "cnn3", "--trials", "2"]) == 0
     assert len(finished(study_for(pipeline_env))) == 6
+
+
+def test_a_two_fold_study_prunes_a_bad_trial_after_its_first_fold(pipeline_env, tmp_path, capsys):
+    # n_warmup_steps = the epochs of a fold: the pruner first judges a trial when its first fold is done.
+    spec_path = write_tuning_variant(tmp_path, epochs=3, folds=(0, 1),
+                                     pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 3})
+    assert pipelines_main(["prepare", "--comp", str(spec_path)]) == 0
+    study = optuna.create_study(study_name="digits-cnn3", direction="maximize",
+                                storage=open_storage(f"sqlite:///{pipeline_env / 'digits' / 'tuning' / 'optuna.db'}"))
+    for lr in (0.05, 0.00001):
+        study.enqueue_trial({"optimizer.lr": lr, "label_smoothing": 0.1})
+    capsys.readouterr()
+    assert pipelines_main(["tune", "--comp", str(spec_path), "--model", "cnn3", "--trials", "2"]) == 0
+    good, bad = sorted(study_for(pipeline_env).get_trials(), key=lambda t: t.number)
+    assert good.state == optuna.trial.TrialState.COMPLETE
+    assert sorted(good.intermediate_values) == [1, 2, 3, 4, 5, 6]  # fold 0's epochs, then fold 1's
+    assert bad.state == optuna.trial.TrialState.PRUNED
+    assert sorted(bad.intermediate_values) == [1, 2, 3]  # its first fold, and no more
+    assert bad.user_attrs["pruned_at"] == {"fold": 0, "epoch": 3, "step": 3}
+    assert "trial 1 pruned at fold 0 epoch 3" in capsys.readouterr().out
 
 
 def test_two_workers_share_one_sqlite_study(pipeline_env, tmp_path):
@@ -188,3 +208,27 @@ def test_two_workers_on_postgresql(pipeline_env, tmp_path, postgres_url):
     trials = finished(study_for(pipeline_env, study_name, postgres_url))
     assert 6 <= len(trials) <= 7
     assert len({t.user_attrs["worker"] for t in trials}) == 2
+
+
+def test_a_study_across_machines_refuses_sqlite_in_one_line(pipeline_env, tmp_path, capsys):
+    spec_path = write_tuning_variant(tmp_path)
+    code = pipelines_main(["tune", "--comp", str(spec_path), "--model", "cnn3", "--trials", "2",
+                           "--scheduler", "tcp://127.0.0.1:8786"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "SQLite is a file on this one" in err[0] and "STORAGE=postgresql://" in err[0]
+    assert not (pipeline_env / "digits").exists()  # refused before any download
+
+
+def test_trials_run_on_a_running_cluster_beside_this_process(pipeline_env, tmp_path, postgres_url,
+                                                             scheduler_with_one_worker, capsys):
+    spec_path = write_tuning_variant(tmp_path, epochs=12, pruner={"name": "none"})  # long enough for both
+    assert pipelines_main(["prepare", "--comp", str(spec_path)]) == 0
+    study_name = f"ci-{uuid.uuid4().hex[:8]}"
+    capsys.readouterr()
+    assert pipelines_main(["tune", "--comp", str(spec_path), "--model", "cnn3", "--trials", "4", "--storage", postgres_url,
+                           "--study", study_name, "--scheduler", scheduler_with_one_worker]) == 0
+    trials = finished(study_for(pipeline_env, study_name, postgres_url))
+    assert 4 <= len(trials) <= 5
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert len(workers) == 2 and f"{os.uname().nodename}:{os.getpid()}" in workers  # here, and the Dask worker
+    assert postgres_url.split("@")[0].split(":")[-1] not in capsys.readouterr().out  # never the password
