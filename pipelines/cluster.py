@@ -40,9 +40,20 @@ def _worker_data(comp: str, root: str):
 
         if Path(root).is_dir():  # the client's data folder, where this machine sees it at the same path
             os.environ["KPIPE_DATA"] = root
+        pin_device()
         spec = load_spec(comp)
         _loaded[key] = (spec, *load_data(spec))
     return _loaded[key]
+
+
+def pin_device() -> None:
+    """One GPU a worker: a LocalCluster's workers are named 0..n-1, and worker k trains on GPU k (modulo
+    the count). A worker started by hand keeps what CUDA_VISIBLE_DEVICES or KPIPE_CUDA_DEVICE gives it."""
+    from distributed import get_worker
+
+    name = get_worker().name
+    if isinstance(name, int) and "KPIPE_CUDA_DEVICE" not in os.environ:
+        os.environ["KPIPE_CUDA_DEVICE"] = str(name)
 
 
 def train_unit(comp: str, root: str, run: ModelRun, fold: int, limit: EpochLimit | None,

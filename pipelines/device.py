@@ -73,7 +73,13 @@ def pick_runtime() -> Runtime:
     else:
         cores.join()  # x1.93 from 1 to 2 threads alone on these machines; 80x slower each when two processes take both
     # One rank of a DDP run (GPUS=, torchrun): its own GPU, or gloo between CPU processes.
-    device = ddp.start(use_cuda) if ddp.launched() else torch.device("cuda" if use_cuda else "cpu")
+    if ddp.launched():
+        return Runtime(ddp.start(use_cuda))
+    if not use_cuda:
+        return Runtime(torch.device("cpu"))
+    # A Dask worker's own GPU (pipelines/cluster.py pins worker k to GPU k), else the first.
+    device = torch.device("cuda", int(os.environ.get("KPIPE_CUDA_DEVICE", "0")) % torch.cuda.device_count())
+    torch.cuda.set_device(device)
     return Runtime(device)
 
 

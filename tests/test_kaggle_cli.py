@@ -135,7 +135,16 @@ def test_daily_limit_and_hosting_your_own_competition(run_kaggle, host, tmp_path
         assert run_kaggle("competitions", "submit", "-c", "limit-course", "-f", good, "-m", "ok").returncode == 0
     third = run_kaggle("competitions", "submit", "-c", "limit-course", "-f", good, "-m", "one too many")
     assert third.returncode == 1
-    assert "Daily submission limit reached (2 per day" in third.stderr
+    assert "Your team has used its daily Submission allowance (2) today, please try again tomorrow UTC" in third.stderr
+    assert "rate limited" not in third.stderr + third.stdout
+
+
+def test_a_call_the_host_does_not_serve_says_so(run_kaggle):
+    # `competitions data-sets`-style calls the host has no answer for: a 501 naming it, not a spelling hint.
+    result = run_kaggle("models", "list")
+    assert result.returncode != 0 or "not implemented by the local host" in result.stdout + result.stderr
+    assert "not implemented by the local host" in result.stdout + result.stderr, result.stdout + result.stderr
+    assert "check the spelling" not in (result.stdout + result.stderr).lower()
 
 
 def test_host_refuses_non_loopback_bind(host):

@@ -237,12 +237,14 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
             if handler is None and (service, method) in code_api.RPCS:
                 handler = functools.partial(code_api.RPCS[(service, method)], self)
             if handler is None:
-                return self._send_error(404, f"The local host does not implement {service[:80]}/{method[:80]}")
+                # 501, not 404: the client would turn a 404 into "check the spelling of <competition>"
+                return self._send_error(501, f"{service[:80]}/{method[:80]} is not implemented by the local host "
+                                             "(kpipe's stand-in for kaggle.com; the README lists what it serves)")
             handler(request, user)
         except SubmissionRejected as exc:
             self._send_error(400, str(exc))
         except LimitReached as exc:
-            self._send_error(429, str(exc))
+            self._send_error(400, str(exc))  # kaggle.com's status; a 429 reads "you have been rate limited"
         except HostBusy as exc:
             self._send_error(503, str(exc))
         except NotFound as exc:

@@ -302,9 +302,12 @@ class HostStore:
         meta = self.meta(slug)
         with self.locked():
             if self.limits(slug, team)["numAllowedNow"] <= 0:
+                now = utcnow()
+                hours = (24 * 3600 - (now.hour * 3600 + now.minute * 60 + now.second)) / 3600
+                # kaggle.com's own wording (a 400, as there), so that scripts written for it match here too
                 raise LimitReached(
-                    f"Daily submission limit reached ({meta['max_daily_submissions']} per day for '{slug}'); "
-                    "it resets at 00:00 UTC")
+                    f"Submission not allowed:  Your team has used its daily Submission allowance "
+                    f"({meta['max_daily_submissions']}) today, please try again tomorrow UTC ({hours:.1f} hours from now).")
             score: Score | None = None
             error = ""
             try:
