@@ -38,7 +38,7 @@ endif
 # A fixed profile (PROFILE=quick|full), a time budget (BUDGET=15m) or a replayed plan (PLAN=file).
 RECIPE = $(if $(PROFILE),--profile $(PROFILE)) $(if $(BUDGET),--budget=$(BUDGET)) $(if $(PLAN),--plan=$(PLAN))
 
-.PHONY: help install system-run system-test test serve stop-host download prepare train tune report submit predict export bench prune clean
+.PHONY: help install system-run system-test test serve stop-host download prepare train tune report submit scores predict export bench prune clean
 
 help:
 	@echo "make submit COMP=fashion-mnist   download -> prepare -> plan -> train -> TTA -> ensemble -> submit"
@@ -53,6 +53,7 @@ help:
 	@echo "make predict COMP=x INPUT=<folder|.npy|.csv> [OUT=preds.csv] [RUN=<config hash>] [RESIZE=1] [PROBS=1]"
 	@echo "                                 a logged run's ensemble on new images"
 	@echo "make export COMP=x [RUN=<config hash>] [TARGET=<code competition>]   package a run for a Kaggle code competition"
+	@echo "make scores COMP=x              fill the log's pending and (after the deadline) private scores"
 	@echo "make prune COMP=x [DRY_RUN=1]    remove outputs that no logged submission, plan or study needs"
 	@echo "make bench                       data-path, training, inference and concurrency benchmark"
 	@echo "  any computing command: [CORES=share|wait] [THREADS=n]   beside other kpipe runs: fair share or queue"
@@ -97,6 +98,9 @@ tune: install
 	$(PY) -m pipelines tune --comp $(COMP) $(if $(PROFILE),--profile $(PROFILE)) $(if $(MODEL),--model $(MODEL)) \
 		--trials $(or $(TRIALS),20) $(if $(STUDY),--study $(STUDY)) $(if $(WORKERS),--workers $(WORKERS)) \
 		$(if $(SCHEDULER),--scheduler $(SCHEDULER))
+
+scores: install
+	$(PY) -m pipelines scores --comp $(COMP)
 
 report: install
 	$(PY) -m pipelines report --comp $(COMP) $(RECIPE)

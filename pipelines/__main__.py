@@ -70,6 +70,12 @@ def command_tune(spec, args) -> None:
               total=args.total, workers=args.workers, comp_argument=args.comp, scheduler=args.scheduler)
 
 
+def command_scores(spec, args) -> None:
+    from pipelines.submit import update_scores
+
+    update_scores(spec)
+
+
 def command_prune(spec, args) -> None:
     from pipelines.prune import prune
 
@@ -104,6 +110,8 @@ STAGES = {
     "tune": (command_tune, "an Optuna study over one model's hyperparameters (search space from the YAML)"),
     "report": (command_report, "the HTML run report (tables, learning curves, confusion matrix, studies, submissions)"),
     "submit": (command_submit, "everything: download, prepare, train, TTA, ensemble, validate, upload, log"),
+    "scores": (command_scores, "complete the submissions log from the host: pending scores, and private scores "
+               "once the competition has closed"),
     "prune": (command_prune, "remove output folders that no logged submission, plan or study needs"),
     "predict": (command_predict, "a logged run's ensemble on new images (a folder, a .npy array or a CSV of paths)"),
     "export": (command_export, "package a logged run for a Kaggle code competition: weights, model code, script, "

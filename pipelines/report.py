@@ -359,10 +359,12 @@ def write_report(ctx: Context, trained: dict, ensemble_folder: Path, report: dic
     metric = spec.metric.bind()
     parts += ["<h2>Submissions</h2>",
               f'<p class="note">CV is the ensemble\'s out-of-fold score by the competition\'s metric ({spec.metric}); '
-              "public and private are the leaderboard's scores on the two halves of the hidden test labels.</p>",
+              "public and private are the leaderboard's scores on the two halves of the hidden test labels. The "
+              "host shows private scores only after the competition's deadline (`make scores` fills them in then), "
+              "so every private score here was seen after the deadline, never while choosing a submission.</p>",
               *cv_vs_leaderboard(read_log(spec), metric.label, metric.greater_is_better, spec.synthetic),
-              _table(["time (UTC)", "profile", "config hash", "git commit", "CV (metric, score)", "public score", "private score",
-                      "status"], log_rows, "submissions-table") if log_rows else "<p>No submissions yet.</p>"]
+              _table(["time (UTC)", "profile", "config hash", "git commit", "CV (metric, score)", "public score",
+                      "private score (after the deadline)", "status"], log_rows, "submissions-table") if log_rows else "<p>No submissions yet.</p>"]
     # On load, count images that failed to decode; a test reads this back from the rendered DOM.
     check = ("<script>window.addEventListener('load',function(){var imgs=[].slice.call(document.images);"
              "var ok=imgs.filter(function(i){return i.complete&&i.naturalWidth>0}).length;"

@@ -220,7 +220,7 @@ def cv_vs_leaderboard(rows: list[dict], metric_label: str, greater_is_better: bo
     axes.scatter(cv, public, color="#4c78a8", label="public score")
     private = [(float(r["cv_score"]), float(r["private_score"])) for r in points if r["private_score"]]
     if private:
-        axes.scatter(*zip(*private), marker="x", color="#e45756", label="private score")
+        axes.scatter(*zip(*private), marker="x", color="#e45756", label="private score (seen after the deadline)")
     for r in chosen:
         axes.scatter([float(r["cv_score"])], [float(r["public_score"] or np.nan)], s=180, facecolors="none",
                      edgecolors="black", linewidths=1.5)

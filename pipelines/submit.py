@@ -254,6 +254,33 @@ def wait_for_score(spec: CompetitionSpec, api, ref: int | None, digest: str,
         delay = min(delay * 1.5, 15)
 
 
+def awaiting_private(rows: list[dict]) -> list[dict]:
+    """Scored rows whose private score the host did not show yet (it shows them after the deadline)."""
+    return [r for r in rows if r["status"] in ("COMPLETE", "already-scored") and r["ref"] and not r["private_score"]]
+
+
+def fill_private_scores(spec: CompetitionSpec, api, rows: list[dict]) -> int:
+    """Copy into the log (in place, and written) the private scores the host shows now; how many."""
+    waiting = awaiting_private(rows)
+    if not waiting:
+        return 0
+    shown = {}
+    for page in range(1, 51):  # the client returns no page token: read pages until a short one
+        listed = call(spec, f"listing the submissions of '{spec.kaggle_slug}'",
+                      lambda page=page: api.competition_submissions(spec.kaggle_slug, page_number=page, page_size=100)) or []
+        shown.update({s.ref: s for s in listed})
+        if len(listed) < 100:
+            break
+    filled = 0
+    for row in waiting:
+        private = _score(getattr(shown.get(int(row["ref"])), "private_score", None))
+        if private is not None:
+            row["private_score"], filled = _score_text(private), filled + 1
+    if filled:
+        write_log(spec, rows)
+    return filled
+
+
 def settle_pending(spec: CompetitionSpec, api, rows: list[dict]) -> None:
     """Complete the PENDING rows an earlier, interrupted run left, from what the host knows (in place)."""
     for row in rows:
@@ -269,6 +296,32 @@ def settle_pending(spec: CompetitionSpec, api, rows: list[dict]) -> None:
                   f"{result.status}, public {_score_text(result.public_score) or '-'}")
             _update(row, result)
         write_log(spec, rows)
+
+
+def update_scores(spec: CompetitionSpec) -> list[dict]:
+    """`make scores`: complete the log's PENDING rows and fill in the private scores the host shows now
+    (after the deadline), then print the scored rows."""
+    with locks.hold(log_path(spec), f"the submissions log of {spec.name}"):
+        rows = read_log(spec)
+        uploaded = [r for r in rows if r["ref"] or r["status"] == "PENDING"]
+        if uploaded:
+            api = kaggle_api(spec)
+            settle_pending(spec, api, rows)
+            filled = fill_private_scores(spec, api, rows)
+            print(f"scores: {filled} private score{'s' * (filled != 1)} filled in from {host_description(spec)}")
+    if not uploaded:
+        print(f"scores: no uploaded submission in {log_path(spec)}")
+        return rows
+    header = ("time (UTC)", "profile", f"CV {spec.metric}", "public", "private", "status", "ref")
+    table = [header] + [(r["time"], r["profile"], r["cv_score"], r["public_score"] or "-",
+                         r["private_score"] or ("hidden until the deadline" if r["status"] == "COMPLETE" else "-"),
+                         r["status"], r["ref"]) for r in uploaded]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
+    if spec.synthetic:
+        print("scores: SYNTHETIC stand-in data: these scores are not real ones")
+    return rows
 
 
 def create_submission(spec: CompetitionSpec, api, path: Path, message: str) -> tuple[int | None, KaggleError | None]:
@@ -293,9 +346,13 @@ def submit(spec: CompetitionSpec, profile_name: str, test_ids: list[str], test_p
     """Write, check and (unless `dry_run`) upload the predictions, under the log's lock; one log row each run."""
     with locks.hold(log_path(spec), f"the submissions log of {spec.name}"):
         rows = read_log(spec)
-        api = kaggle_api(spec) if not dry_run and any(r["status"] == "PENDING" for r in rows) else None
+        waiting = any(r["status"] == "PENDING" for r in rows) or awaiting_private(rows)
+        api = kaggle_api(spec) if not dry_run and waiting else None
         if api is not None:
             settle_pending(spec, api, rows)
+            if filled := fill_private_scores(spec, api, rows):
+                print(f"submit: {filled} private score{'s' * (filled > 1)} now shown by {host_description(spec)} "
+                      f"(the competition has closed) filled into {log_path(spec)}")
 
         def new_row(result: SubmissionResult, path: Path) -> dict:
             return _log_row(spec, profile_name, config_hash, git_commit, predictions_digest, ensemble, cv_score, result,

@@ -33,6 +33,9 @@ def test_python_api_lists_downloads_submits_and_reads_leaderboard(pipeline_env, 
     assert latest.description == "all a"
     # truth alternates a/b; public = first 3 ids (a,b,a) -> 2/3, private = (b,a,b) -> 1/3
     assert float(latest.public_score) == pytest.approx(2 / 3, abs=1e-4)
+    assert not latest.private_score  # hidden until the deadline, as on kaggle.com
+    host.store.close("api-course")
+    latest = api.competition_submissions("api-course")[0]
     assert float(latest.private_score) == pytest.approx(1 / 3, abs=1e-4)
     board = api.competition_leaderboard_view("api-course")
     assert board[0].team_name == "localuser" and float(board[0].score) == pytest.approx(2 / 3, abs=1e-4)
@@ -86,3 +89,44 @@ def test_real_kaggle_without_credentials_says_how_to_fix(pipeline_env, tmp_path,
     spec = load_spec("digits").model_copy(update={"host": "kaggle"})
     with pytest.raises(KaggleError, match="no Kaggle credentials: save your API token as .*kaggle.json"):
         kaggle_api(spec)
+
+
+def test_make_scores_fills_private_scores_once_the_competition_closes(pipeline_env, host, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from competition.host.__main__ import main as host_main
+    from competition.spec import SPEC_DIR
+    from pipelines.__main__ import main as pipelines_main
+    from pipelines.submit import LOG_COLUMNS, log_path, read_log, write_log
+
+    monkeypatch.setenv("KPIPE_SUBMISSIONS", str(tmp_path / "submissions"))
+    truth = write_course_competition(tmp_path / "course", "scores-course")
+    host.store.add_competition(tmp_path / "course")
+    variant = yaml.safe_load((SPEC_DIR / "digits.yaml").read_text())
+    variant["kaggle_slug"] = "scores-course"
+    spec_path = tmp_path / "digits-scores.yaml"
+    spec_path.write_text(yaml.safe_dump(variant))
+    spec = load_spec(str(spec_path))
+    api = kaggle_api(spec)
+    answer = tmp_path / "answer.csv"
+    answer.write_text("id,label\n" + "".join(f"{i},a\n" for i in truth))
+    api.competition_submit(str(answer), "all a", "scores-course", quiet=True)
+    [mine] = api.competition_submissions("scores-course")
+    row = dict.fromkeys(LOG_COLUMNS, "")
+    row.update(time="2026-11-27T10:00:00+00:00", competition="digits", profile="quick", config_hash="abc",
+               git_commit="0" * 40, predictions_digest="0123456789abcdef", cv_score="0.90000", metric="accuracy",
+               public_score=mine.public_score, status="COMPLETE", ref=str(mine.ref), file=str(answer), data="real")
+    log_path(spec).parent.mkdir(parents=True)
+    write_log(spec, [row])
+
+    assert pipelines_main(["scores", "--comp", str(spec_path)]) == 0
+    out = capsys.readouterr().out
+    assert "0 private scores filled in" in out and "hidden until the deadline" in out
+    assert read_log(spec)[0]["private_score"] == ""
+
+    assert host_main(["--root", str(host.root), "close", "scores-course"]) == 0
+    assert "scores-course: closed" in capsys.readouterr().out
+    assert pipelines_main(["scores", "--comp", str(spec_path)]) == 0
+    assert "1 private score filled in" in capsys.readouterr().out
+    assert float(read_log(spec)[0]["private_score"]) == pytest.approx(1 / 3, abs=1e-4)  # (b,a,b) against all a
+    assert host_main(["--root", str(host.root), "close", "no-such-comp"]) == 2  # one line, no traceback

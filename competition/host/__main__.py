@@ -1,4 +1,4 @@
-"""`python -m competition.host serve|add|build|where` — run and manage the local Kaggle-compatible host."""
+"""`python -m competition.host serve|add|build|close|where|stop` — run and manage the local Kaggle-compatible host."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ from pathlib import Path
 from competition import atomic
 from competition.host import builders
 from competition.host.server import make_server
-from competition.host.store import HostStore, InvalidName, check_slug
+from competition.host.store import HostStore, InvalidName, NotFound, check_slug
 from competition.paths import host_root
 
 
@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("folder", type=Path)
     build = sub.add_parser("build", help="build built-in competitions now instead of on first use")
     build.add_argument("slugs", nargs="*", default=sorted(builders.BUILDERS))
+    close = sub.add_parser("close", help="end a competition now: its private scores become visible, as after "
+                                         "kaggle.com's deadline")
+    close.add_argument("slug")
     sub.add_parser("where", help="print where the host keeps its state and client credentials")
     sub.add_parser("stop", help="stop the host serving from this state folder")
     args = parser.parse_args(argv)
@@ -71,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
                 if check_slug(slug) not in builders.BUILDERS:
                     raise ValueError(f"'{slug}' is not a built-in competition ({', '.join(sorted(builders.BUILDERS))})")
                 print(f"{slug}: {store.competition_dir(slug)}", flush=True)
+        elif args.command == "close":
+            deadline = store.close(check_slug(args.slug))
+            print(f"{args.slug}: closed (deadline {deadline}); private scores are now visible")
         elif args.command == "stop":
             pid = running_host_pid(store.root / "server.pid")
             if pid is None:
@@ -89,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}; port {getattr(args, 'port', '')} below 1024 needs root or CAP_NET_BIND_SERVICE "
               "(or use --port 8080 and see README 'Local host on another port')", file=sys.stderr)
         return 2
-    except (ValueError, InvalidName, OSError, builders.BuildError) as exc:
+    except (ValueError, InvalidName, OSError, builders.BuildError, NotFound) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

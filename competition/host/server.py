@@ -71,13 +71,18 @@ def _score_text(value) -> str | None:
     return None if value is None else f"{value:.5f}"
 
 
-def _submission_json(sub: dict) -> dict:
-    return {
+def _submission_json(sub: dict, closed: bool) -> dict:
+    """One submission as the client reads it; the private score only once the competition has `closed`
+    (kaggle.com hides it until the deadline: seeing it would let one tune to the private split)."""
+    answer = {
         "ref": sub["ref"], "fileName": sub["file_name"], "date": sub["date"], "description": sub["description"],
         "status": sub["status"], "publicScore": _score_text(sub["public_score"]),
-        "privateScore": _score_text(sub["private_score"]), "errorDescription": sub["error_description"],
+        "errorDescription": sub["error_description"],
         "totalBytes": sub["total_bytes"], "submittedBy": sub["team"], "teamName": sub["team"],
     }
+    if closed:
+        answer["privateScore"] = _score_text(sub["private_score"])
+    return answer
 
 
 def _text_field(request: dict, key: str, required: bool = True) -> str:
@@ -396,10 +401,12 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
         found = self.store.submissions(team=user, ref=int(request["ref"]))
         if not found:
             raise NotFound(f"No submission {request['ref']}")
-        self._send_json(_submission_json(found[0]))
+        self._send_json(_submission_json(found[0], self.store.closed(found[0]["competition"])))
 
     def rpc_ListSubmissions(self, request: dict, user: str) -> None:
-        subs = [_submission_json(s) for s in self.store.submissions(_text_field(request, "competitionName"), team=user)]
+        slug = _text_field(request, "competitionName")
+        closed = self.store.closed(slug)
+        subs = [_submission_json(s, closed) for s in self.store.submissions(slug, team=user)]
         page, next_token = _page(subs, request)
         self._send_json({"submissions": page, "nextPageToken": next_token})
 

@@ -87,6 +87,12 @@ def iso(dt: datetime) -> str:
     return dt.isoformat(timespec="milliseconds") + "Z"
 
 
+def parse_deadline(text: str) -> datetime:
+    """competition.json's `deadline` (ISO 8601, UTC; a trailing Z or not) as a naive UTC datetime."""
+    value = datetime.fromisoformat(str(text).removesuffix("Z"))
+    return value.astimezone(timezone.utc).replace(tzinfo=None) if value.tzinfo else value
+
+
 class HostBusy(Exception):
     """The store's lock was held past the time limit: another request (a build, a zip) is still working."""
 
@@ -157,6 +163,20 @@ class HostStore:
             if not (folder / "competition.json").is_file():
                 _build_folder(folder, builders.BUILDERS[slug])
         return folder
+
+    def closed(self, slug: str) -> bool:
+        """Whether the competition's deadline has passed: only then do private scores show, as on kaggle.com."""
+        return utcnow() >= parse_deadline(self.meta(slug)["deadline"])
+
+    def close(self, slug: str) -> str:
+        """End the competition now (its deadline becomes this moment); returns the new deadline."""
+        path = self.competition_dir(slug) / "competition.json"
+        with self.locked():
+            meta = json.loads(path.read_text())
+            if not self.closed(slug):
+                meta["deadline"] = iso(utcnow())
+                atomic.write_json(path, meta)
+        return meta["deadline"]
 
     def add_competition(self, source: Path) -> str:
         """Host a course competition of one's own: `source` holds competition.json, data/ and solution.csv."""
@@ -399,4 +419,8 @@ def read_competition_json(path: Path) -> dict:
         metrics.parse(meta.get("metric", "accuracy"))
     except ValueError as exc:
         raise ValueError(f"{path}: key 'metric': {exc}") from None
+    try:
+        parse_deadline(meta.get("deadline", "2099-12-31T23:59:59"))
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: key 'deadline' must be an ISO 8601 UTC time, e.g. 2026-12-31T23:59:59") from None
     return meta
