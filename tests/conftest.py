@@ -44,11 +44,23 @@ class Host:
 
 @pytest.fixture(scope="session")
 def host(tmp_path_factory) -> Host:
+    # Scored submissions show at once here; tests of the PENDING state set a delay of their own
+    # (scoring_delay), as `make submit` meets the host's default.
+    os.environ["KPIPE_HOST_SCORING_DELAY_S"] = "0"
     store = HostStore(tmp_path_factory.mktemp("host"))
     server, _ = serve_in_thread(store, port=0)
     yield Host(store, server.server_address[1])
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def scoring_delay(monkeypatch):
+    """Set how long the test host keeps a new submission PENDING, for one test."""
+    def set_delay(seconds: float) -> None:
+        monkeypatch.setenv("KPIPE_HOST_SCORING_DELAY_S", str(seconds))
+
+    return set_delay
 
 
 @pytest.fixture

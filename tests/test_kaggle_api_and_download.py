@@ -4,7 +4,6 @@ from __future__ import annotations
 import zipfile
 
 import pytest
-import requests
 
 from competition.errors import DataError, KaggleError
 from competition.kaggle_adapter import kaggle_api
@@ -49,8 +48,11 @@ def test_python_api_surfaces_refusal_message(pipeline_env, host, tmp_path):
     api = kaggle_api(load_spec("digits"))
     bad = tmp_path / "bad.csv"
     bad.write_text("id,label\nt0,a\n")
-    with pytest.raises(requests.HTTPError, match="missing 5 of 6 test ids"):
-        api.competition_submit(str(bad), "partial", "refuse-course", quiet=True)
+    # Accepted, then it fails to score (as on kaggle.com), with the reason, and does not count.
+    ref = api.competition_submit(str(bad), "partial", "refuse-course", quiet=True).ref
+    failed = api.get_submission(ref)
+    assert failed.status.name == "ERROR" and "missing 5 of 6 test ids" in failed.error_description
+    assert api.competition_get_submission_limits("refuse-course").num_today == 0
 
 
 def test_download_stage_unzips_and_then_skips(pipeline_env, capsys):
@@ -130,3 +132,65 @@ def test_make_scores_fills_private_scores_once_the_competition_closes(pipeline_e
     assert "1 private score filled in" in capsys.readouterr().out
     assert float(read_log(spec)[0]["private_score"]) == pytest.approx(1 / 3, abs=1e-4)  # (b,a,b) against all a
     assert host_main(["--root", str(host.root), "close", "no-such-comp"]) == 2  # one line, no traceback
+
+
+def course_spec(tmp_path, host, slug: str):
+    """A course competition on the test host, and a spec whose kaggle_slug names it; (spec, truth)."""
+    import yaml
+
+    from competition.spec import SPEC_DIR
+
+    truth = write_course_competition(tmp_path / slug, slug, max_daily=20)
+    host.store.add_competition(tmp_path / slug)
+    variant = yaml.safe_load((SPEC_DIR / "digits.yaml").read_text())
+    variant["kaggle_slug"] = slug
+    path = tmp_path / f"{slug}.yaml"
+    path.write_text(yaml.safe_dump(variant))
+    return load_spec(str(path)), truth
+
+
+def test_the_wait_loop_meets_pending_then_complete_an_error_and_a_timeout(pipeline_env, host, tmp_path, scoring_delay):
+    import time
+
+    from pipelines.submit import wait_for_score
+
+    spec, truth = course_spec(tmp_path, host, "wait-course")
+    api = kaggle_api(spec)
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    good.write_text("id,label\n" + "".join(f"{i},{label}\n" for i, label in truth.items()))
+    bad.write_text("id,label\nt0,a\n")
+
+    scoring_delay(2)
+    ref = api.competition_submit(str(good), "good", "wait-course", quiet=True).ref
+    pending = api.get_submission(ref)
+    assert pending.status.name == "PENDING" and not pending.public_score  # no score while pending
+    started = time.monotonic()
+    result = wait_for_score(spec, api, ref, "0" * 16)
+    assert result.status == "COMPLETE" and result.public_score == 1.0 and time.monotonic() - started >= 1.0
+    assert result.private_score is None  # hidden until the deadline
+
+    ref = api.competition_submit(str(bad), "bad", "wait-course", quiet=True).ref
+    result = wait_for_score(spec, api, ref, "0" * 16)
+    assert result.status == "ERROR" and "missing 5 of 6 test ids" in result.error
+
+    scoring_delay(60)
+    ref = api.competition_submit(str(good), "slow", "wait-course", quiet=True).ref
+    result = wait_for_score(spec, api, ref, "0" * 16, timeout_s=1.5)
+    assert result.status == "PENDING" and result.ref == ref  # the log keeps it PENDING for a later run
+
+
+def test_a_zipped_csv_is_scored_like_the_csv_and_a_bad_zip_fails_to_score(pipeline_env, host, tmp_path):
+    spec, truth = course_spec(tmp_path, host, "zip-course")
+    api = kaggle_api(spec)
+    text = "id,label\n" + "".join(f"{i},a\n" for i in truth)
+    (tmp_path / "plain.csv").write_text(text)
+    with zipfile.ZipFile(tmp_path / "zipped.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("submission.csv", text)
+    with zipfile.ZipFile(tmp_path / "two.zip", "w") as archive:
+        archive.writestr("a.csv", text)
+        archive.writestr("b.csv", text)
+    plain = api.get_submission(api.competition_submit(str(tmp_path / "plain.csv"), "csv", "zip-course", quiet=True).ref)
+    zipped = api.get_submission(api.competition_submit(str(tmp_path / "zipped.zip"), "zip", "zip-course", quiet=True).ref)
+    assert zipped.status.name == "COMPLETE" and zipped.public_score == plain.public_score
+    two = api.get_submission(api.competition_submit(str(tmp_path / "two.zip"), "two", "zip-course", quiet=True).ref)
+    assert two.status.name == "ERROR" and "must hold exactly one .csv file" in two.error_description

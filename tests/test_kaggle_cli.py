@@ -86,9 +86,11 @@ def test_cli_refuses_malformed_submission_with_a_clear_message(run_kaggle, host,
         rows[5][0] = rows[6][0]
     elif mutation == "unknown_label":
         rows[3][1] = "cat"
-    result = run_kaggle("competitions", "submit", "-c", "digits", "-f", _write(tmp_path / "bad.csv", rows), "-m", "bad")
+    # As on kaggle.com the upload is accepted and then fails to score: `--wait` shows why.
+    result = run_kaggle("competitions", "submit", "-c", "digits", "-f", _write(tmp_path / "bad.csv", rows), "-m", "bad",
+                        "--wait")
     assert result.returncode == 1
-    assert message in result.stderr
+    assert "failed to score" in result.stdout + result.stderr and message in result.stdout + result.stderr
 
 
 def test_a_log_loss_competition_takes_probabilities_scores_them_and_ranks_lower_first(run_kaggle, host, tmp_path):
@@ -115,9 +117,10 @@ def test_a_log_loss_competition_takes_probabilities_scores_them_and_ranks_lower_
     assert leader["public_score"] == sharp_sub["public_score"]
 
     bad = _write(tmp_path / "bad.csv", [["id", "p_a", "p_b", "p_c"]] + [[i, "0.5", "0.5", "0.5"] for i in truth])
-    result = run_kaggle("competitions", "submit", "-c", "logloss-course", "-f", bad, "-m", "sums to 1.5")
+    result = run_kaggle("competitions", "submit", "-c", "logloss-course", "-f", bad, "-m", "sums to 1.5", "--wait")
     assert result.returncode == 1
-    assert "Submission row 2 (id 't0'): the probabilities sum to 1.5000; each row must sum to 1" in result.stderr
+    assert ("Submission row 2 (id 't0'): the probabilities sum to 1.5000; each row must sum to 1"
+            in result.stdout + result.stderr)
 
 
 def test_cli_wrong_key_is_refused(run_kaggle, cli_env):

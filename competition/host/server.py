@@ -76,7 +76,7 @@ def _submission_json(sub: dict, closed: bool) -> dict:
     (kaggle.com hides it until the deadline: seeing it would let one tune to the private split)."""
     answer = {
         "ref": sub["ref"], "fileName": sub["file_name"], "date": sub["date"], "description": sub["description"],
-        "status": sub["status"], "publicScore": _score_text(sub["public_score"]),
+        "status": sub["status"], "publicScore": _score_text(sub["public_score"]) if sub["status"] == "COMPLETE" else None,
         "errorDescription": sub["error_description"],
         "totalBytes": sub["total_bytes"], "submittedBy": sub["team"], "teamName": sub["team"],
     }

@@ -20,7 +20,7 @@ import shutil
 import sqlite3
 import threading
 import zipfile
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS submissions (
     file_name TEXT NOT NULL, total_bytes INTEGER NOT NULL, date TEXT NOT NULL, description TEXT NOT NULL,
     status TEXT NOT NULL, public_score REAL, private_score REAL, error_description TEXT NOT NULL DEFAULT '');
 """
+# Added later: a submission is PENDING until `scored_at`, then takes `final_status` (COMPLETE or ERROR).
+_LATER_COLUMNS = {"final_status": "TEXT", "scored_at": "TEXT"}
 
 
 SLUG_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
@@ -93,6 +95,43 @@ def parse_deadline(text: str) -> datetime:
     return value.astimezone(timezone.utc).replace(tzinfo=None) if value.tzinfo else value
 
 
+def scoring_delay_s() -> float:
+    """Seconds an accepted submission stays PENDING ($KPIPE_HOST_SCORING_DELAY_S, default 2): small, but
+    long enough that a client's wait-and-poll path runs, as it must for kaggle.com."""
+    try:
+        return max(0.0, float(os.environ.get("KPIPE_HOST_SCORING_DELAY_S", "2")))
+    except ValueError:
+        return 2.0
+
+
+MAX_UNZIPPED_BYTES = 4 * MAX_UPLOAD_BYTES
+
+
+def unpacked(data: bytes, file_name: str) -> bytes:
+    """The CSV inside a zipped submission (kaggle.com accepts a .zip holding one CSV), else `data`.
+    Bounded: one member, at most MAX_UNZIPPED_BYTES when expanded, read no further than that."""
+    if not data.startswith(b"PK\x03\x04"):
+        return data
+    import io
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = [m for m in archive.infolist() if not m.is_dir()]
+            if len(members) != 1 or not members[0].filename.lower().endswith(".csv"):
+                raise SubmissionRejected(f"{file_name}: a zipped submission must hold exactly one .csv file "
+                                         f"(it holds {', '.join(m.filename for m in members)[:200] or 'nothing'})")
+            if members[0].file_size > MAX_UNZIPPED_BYTES:
+                raise SubmissionRejected(f"{file_name}: its CSV expands to {members[0].file_size:,} bytes, over the "
+                                         f"{MAX_UNZIPPED_BYTES:,} this host accepts")
+            with archive.open(members[0]) as member:
+                content = member.read(MAX_UNZIPPED_BYTES + 1)
+    except (zipfile.BadZipFile, NotImplementedError, EOFError, ValueError) as exc:
+        raise SubmissionRejected(f"{file_name}: not a readable zip file ({exc})") from None
+    if len(content) > MAX_UNZIPPED_BYTES:
+        raise SubmissionRejected(f"{file_name}: its CSV expands past the {MAX_UNZIPPED_BYTES:,} bytes this host accepts")
+    return content
+
+
 class HostBusy(Exception):
     """The store's lock was held past the time limit: another request (a build, a zip) is still working."""
 
@@ -110,6 +149,10 @@ class HostStore:
         self._lock = threading.RLock()
         with self._db() as db:
             db.executescript(_SCHEMA)
+            present = {row[1] for row in db.execute("PRAGMA table_info(submissions)")}
+            for column, kind in _LATER_COLUMNS.items():  # a host.db from before asynchronous scoring
+                if column not in present:
+                    db.execute(f"ALTER TABLE submissions ADD COLUMN {column} {kind}")
 
     @contextlib.contextmanager
     def locked(self):
@@ -284,6 +327,7 @@ class HostStore:
 
     def limits(self, slug: str, team: str) -> dict:
         meta = self.meta(slug)
+        self._publish_scored()  # a submission that failed to score stops counting once it shows ERROR
         today = utcnow().date().isoformat()
         with self._db() as db:
             num_today = db.execute(
@@ -295,7 +339,7 @@ class HostStore:
         return {"numToday": num_today, "numTotal": num_total, "numAllowedNow": allowed, "limitedByTotal": False}
 
     def create_submission(self, slug: str, team: str, token: str, description: str) -> int:
-        """Score the uploaded file; a malformed one is recorded as ERROR (not counted) and re-raised."""
+        """Record the uploaded file for scoring (see record_submission); its ref."""
         meta = self.meta(slug)
         # Loaded before taking the lock: loading may build the competition, which takes the same lock.
         solution = self.solution(slug)
@@ -317,8 +361,9 @@ class HostStore:
 
     def record_submission(self, slug: str, team: str, file_name: str, data: bytes, description: str,
                           solution: Solution) -> int:
-        """Score `data` and record it (an uploaded CSV or a kernel's output file); a malformed file is
-        recorded as ERROR (not counted against the daily limit) and re-raised."""
+        """Score `data` (a CSV, zipped or not, or a kernel's output file) and record it; its ref. It shows as
+        PENDING for the scoring delay, then COMPLETE, or ERROR with the reason for a malformed file (which
+        then no longer counts against the daily limit)."""
         meta = self.meta(slug)
         with self.locked():
             if self.limits(slug, team)["numAllowedNow"] <= 0:
@@ -331,21 +376,32 @@ class HostStore:
             score: Score | None = None
             error = ""
             try:
-                score = score_submission(data, solution)
+                score = score_submission(unpacked(data, file_name), solution)
             except SubmissionRejected as exc:
                 error = str(exc)
+            # Scored now, shown as kaggle.com shows it: PENDING for the scoring delay, then COMPLETE or
+            # ERROR (a malformed file is accepted and fails to score; it does not count against the limit).
+            now, delay = utcnow(), scoring_delay_s()
+            final = "ERROR" if error else "COMPLETE"
             with self._db() as db:
                 cursor = db.execute(
                     "INSERT INTO submissions (competition, team, file_name, total_bytes, date, description, status,"
-                    " public_score, private_score, error_description) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (slug, team, file_name, len(data), iso(utcnow()), description, "ERROR" if error else "COMPLETE",
-                     score.public if score else None, score.private if score else None, error))
+                    " public_score, private_score, error_description, final_status, scored_at)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (slug, team, file_name, len(data), iso(now), description, final if delay <= 0 else "PENDING",
+                     score.public if score else None, score.private if score else None, error, final,
+                     iso(now + timedelta(seconds=delay))))
                 ref = cursor.lastrowid
-        if error:
-            raise SubmissionRejected(error)
         return ref
 
+    def _publish_scored(self) -> None:
+        """PENDING submissions whose scoring delay has passed take their final status."""
+        with self._db() as db:
+            db.execute("UPDATE submissions SET status=final_status WHERE status='PENDING' AND final_status IS NOT NULL"
+                       " AND scored_at <= ?", (iso(utcnow()),))
+
     def submissions(self, slug: str | None = None, team: str | None = None, ref: int | None = None) -> list[dict]:
+        self._publish_scored()
         query, args = "SELECT * FROM submissions WHERE 1=1", []
         for column, value in (("competition", slug), ("team", team), ("ref", ref)):
             if value is not None:
