@@ -17,7 +17,9 @@ def test_python_api_lists_downloads_submits_and_reads_leaderboard(pipeline_env, 
     host.store.add_competition(tmp_path / "course")
     api = kaggle_api(load_spec("digits"))
 
-    slugs = {c.ref for c in api.competitions_list().competitions}
+    refs = [c.ref for c in api.competitions_list().competitions]
+    assert all(ref.startswith("http://") and "/competitions/" in ref for ref in refs)  # URLs, as kaggle.com's
+    slugs = {ref.rsplit("/", 1)[1] for ref in refs}
     assert {"digits", "fashion-mnist", "thu-deep-learning", "api-course"} <= slugs
     names = {f.name for f in api.competition_list_files("api-course").files}
     assert names == {"sample_submission.csv"}

@@ -35,6 +35,35 @@ def test_cli_lists_competitions(run_kaggle):
         assert slug in result.stdout
 
 
+def _listed(run_kaggle, *options) -> list[str]:
+    result = run_kaggle("competitions", "list", "--csv", *options)
+    assert result.returncode == 0, result.stderr
+    return [row["ref"].rsplit("/", 1)[1] for row in csv.DictReader(io.StringIO(result.stdout))]
+
+
+def test_cli_list_filters_and_sorts_as_kaggle_does(run_kaggle, host, tmp_path):
+    import json
+
+    for slug, deadline, category in (("early-course", "2030-01-01T00:00:00", "Playground"),
+                                     ("late-course", "2090-01-01T00:00:00", "Community")):
+        truth = write_course_competition(tmp_path / slug, slug)
+        meta = json.loads((tmp_path / slug / "competition.json").read_text())
+        meta.update(deadline=deadline, category=category)
+        (tmp_path / slug / "competition.json").write_text(json.dumps(meta))
+        host.store.add_competition(tmp_path / slug)
+    listed = _listed(run_kaggle, "--sort-by", "earliestDeadline")
+    assert listed.index("early-course") < listed.index("late-course")
+    latest = _listed(run_kaggle, "--sort-by", "latestDeadline")
+    assert latest.index("late-course") < latest.index("early-course")
+    assert _listed(run_kaggle, "--category", "playground") == ["early-course"]
+    assert "early-course" not in _listed(run_kaggle, "--group", "entered")
+    answer = _write(tmp_path / "answer.csv", [["id", "label"]] + [[i, label] for i, label in truth.items()])
+    assert run_kaggle("competitions", "submit", "-c", "late-course", "-f", answer, "-m", "x").returncode == 0
+    assert "late-course" in _listed(run_kaggle, "--group", "entered")
+    assert {"early-course", "late-course"} <= set(_listed(run_kaggle, "--group", "hosted"))
+    assert "digits" not in _listed(run_kaggle, "--group", "hosted")  # built in, not added by this account
+
+
 def test_cli_lists_and_downloads_files(run_kaggle, tmp_path):
     files = run_kaggle("competitions", "files", "-c", "digits")
     assert files.returncode == 0, files.stderr

@@ -94,6 +94,44 @@ def _text_field(request: dict, key: str, required: bool = True) -> str:
     return value
 
 
+# `kaggle competitions list --category`: the request's enum name -> competition.json's `category`.
+CATEGORIES = {"HOST_SEGMENT_FEATURED": "Featured", "HOST_SEGMENT_RESEARCH": "Research",
+              "HOST_SEGMENT_RECRUITMENT": "Recruitment", "HOST_SEGMENT_GETTING_STARTED": "Getting Started",
+              "HOST_SEGMENT_MASTERS": "Masters", "HOST_SEGMENT_PLAYGROUND": "Playground",
+              "HOST_SEGMENT_COMMUNITY": "Community", "HOST_SEGMENT_ANALYTICS": "Analytics"}
+
+
+def _in_group(group: str, meta: dict, teams: set, user: str, store: HostStore) -> bool:
+    """`--group`: general (the default tab: still running), entered, community, hosted (added by this
+    account), unlaunched (none here); the client sends EVERYTHING when no group is given."""
+    if group in ("", "COMPETITION_LIST_TAB_GENERAL"):
+        return not store.closed(meta["slug"])
+    if group == "COMPETITION_LIST_TAB_ENTERED":
+        return user in teams
+    if group == "COMPETITION_LIST_TAB_COMMUNITY":
+        return meta["category"] == "Community"
+    if group == "COMPETITION_LIST_TAB_HOSTED":
+        return meta.get("hosted_by") == user
+    return group == "COMPETITION_LIST_TAB_EVERYTHING"
+
+
+def _in_category(category: str, meta: dict) -> bool:
+    return category in ("", "HOST_SEGMENT_UNSPECIFIED") or CATEGORIES.get(category) == meta["category"]
+
+
+def _sorted_competitions(sort_by: str, rows: list[tuple[dict, set]]) -> list[tuple[dict, set]]:
+    """`--sort-by`: deadlines, team counts, creation; best, relevance, grouped and prize (all Knowledge here)
+    keep the host's order (by slug)."""
+    keys = {"COMPETITION_SORT_BY_EARLIEST_DEADLINE": (lambda r: r[0]["deadline"], False),
+            "COMPETITION_SORT_BY_LATEST_DEADLINE": (lambda r: r[0]["deadline"], True),
+            "COMPETITION_SORT_BY_NUMBER_OF_TEAMS": (lambda r: len(r[1]), True),
+            "COMPETITION_SORT_BY_RECENTLY_CREATED": (lambda r: r[0].get("created", ""), True)}
+    if sort_by not in keys:
+        return rows
+    key, reverse = keys[sort_by]
+    return sorted(rows, key=key, reverse=reverse)
+
+
 class KaggleHostHandler(BaseHTTPRequestHandler):
     server_version = "kpipe-local-kaggle/1"
     protocol_version = "HTTP/1.1"
@@ -348,16 +386,26 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
         self._send_json({"active": active, "username": creds["username"] if active else ""})
 
     def rpc_ListCompetitions(self, request: dict, user: str) -> None:
+        """`kaggle competitions list [--group G] [--category C] [--sort-by S] [-s text]`, as kaggle.com answers
+        it: each `ref` is the competition's URL (the CLI shows refs; commands take the slug at its end)."""
         search = str(request.get("search") or "").lower()
-        metas = [self.store.meta(s) for s in self.store.slugs()]
-        metas = [m for m in metas if search in m["slug"].lower() or search in m["title"].lower()]
-        page, next_token = _page(metas, request)
+        rows = []
+        for slug in self.store.slugs():
+            meta = self.store.meta(slug)
+            if search and search not in slug.lower() and search not in meta["title"].lower():
+                continue
+            teams = {s["team"] for s in self.store.submissions(slug)}
+            rows.append((meta, teams))
+        rows = [(m, t) for m, t in rows if _in_group(str(request.get("group") or ""), m, t, user, self.store)
+                and _in_category(str(request.get("category") or ""), m)]
+        rows = _sorted_competitions(str(request.get("sortBy") or ""), rows)
+        page, next_token = _page(rows, request)
         competitions = []
-        for number, meta in enumerate(page, start=1):
-            teams = {s["team"] for s in self.store.submissions(meta["slug"])}
+        for number, (meta, teams) in enumerate(page, start=1):
+            url = f"{self._base_url()}/competitions/{meta['slug']}"
             competitions.append({
-                "id": number, "ref": meta["slug"], "title": meta["title"],
-                "url": f"http://localhost/competitions/{meta['slug']}", "description": meta.get("description", ""),
+                "id": number, "ref": url, "title": meta["title"], "url": url,
+                "description": meta.get("description", ""),
                 "deadline": meta["deadline"] + ".000Z" if "." not in meta["deadline"] else meta["deadline"],
                 "category": meta["category"], "reward": "Knowledge", "teamCount": len(teams),
                 "userHasEntered": user in teams, "maxDailySubmissions": meta["max_daily_submissions"],

@@ -234,7 +234,8 @@ class HostStore:
         Solution.load(source / "solution.csv", meta["id_column"], meta["label_column"], [str(x) for x in meta["labels"]],
                       meta.get("metric", "accuracy"), sample_header(data / "sample_submission.csv"))
         meta = {"category": "Community", "metric": "accuracy", "max_daily_submissions": 20,
-                "deadline": "2099-12-31T23:59:59", "description": "", "synthetic": False, **meta}
+                "deadline": "2099-12-31T23:59:59", "description": "", "synthetic": False, **meta,
+                "hosted_by": self.credentials()["username"], "created": iso(utcnow())}
 
         def copy_with_defaults(staging: Path) -> None:
             shutil.copytree(source, staging, dirs_exist_ok=True)
