@@ -62,7 +62,7 @@ def rpc(host, method: str, payload, auth: str | None = "valid") -> tuple[int, di
 
 def host_still_serves(host) -> None:
     status, body = rpc(host, "ListCompetitions", {})
-    assert status == 200 and any(c["ref"] == "digits" for c in body["competitions"]), (status, body)
+    assert status == 200 and any(c["ref"].endswith("/competitions/digits") for c in body["competitions"]), (status, body)
 
 
 # --- bodies ---------------------------------------------------------------------------------------

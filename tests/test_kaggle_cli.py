@@ -142,8 +142,11 @@ def test_a_log_loss_competition_takes_probabilities_scores_them_and_ranks_lower_
     expected = metric("log_loss").score(sharp[public], labels[public])
     assert sharp_sub["public_score"] == pytest.approx(expected, abs=1e-6)
     assert vague_sub["public_score"] > sharp_sub["public_score"]
-    [leader] = host.store.leaderboard("logloss-course")  # one team: its best is the lower log loss
-    assert leader["public_score"] == sharp_sub["public_score"]
+    board = host.store.leaderboard("logloss-course")  # our team's best is the lower log loss ...
+    [ours] = [entry for entry in board if entry["team"] == "localuser"]
+    assert ours["public_score"] == sharp_sub["public_score"]
+    # ... and it ranks above the sample submission's (equal probabilities), lower first
+    assert [entry["team"] for entry in board] == ["localuser", "Sample Submission Benchmark"]
 
     bad = _write(tmp_path / "bad.csv", [["id", "p_a", "p_b", "p_c"]] + [[i, "0.5", "0.5", "0.5"] for i in truth])
     result = run_kaggle("competitions", "submit", "-c", "logloss-course", "-f", bad, "-m", "sums to 1.5", "--wait")
@@ -266,3 +269,14 @@ def test_a_request_behind_a_stuck_one_gets_a_503_not_a_hang(host, run_kaggle, mo
         release.set()
         holder.join()
     assert run_kaggle("competitions", "download", "-c", "digits", "-p", "dl").returncode == 0  # and then it works
+
+
+def test_leaderboards_start_with_benchmarks_so_a_rank_means_something(run_kaggle, host):
+    board = run_kaggle("competitions", "leaderboard", "-c", "digits", "-s", "--csv")
+    assert board.returncode == 0, board.stderr
+    scores = {row["teamName"]: float(row["score"]) for row in csv.DictReader(io.StringIO(board.stdout))}
+    # A nearest-centroid model on the raw pixels, fitted on the training images when digits was built,
+    # and the sample submission (one label everywhere).
+    assert 0.8 < scores["Nearest Centroid Benchmark"] < 1.0, scores
+    assert scores["Sample Submission Benchmark"] < 0.2, scores
+    assert not (host.store.competition_dir("digits") / "data" / "baselines").exists()  # never downloadable

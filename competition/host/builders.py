@@ -59,6 +59,30 @@ def write_competition(dest: Path, meta: dict, test_ids: list[str], test_labels: 
     write_csv(dest / "data" / "sample_submission.csv", header, ((i, *cells) for i in test_ids))
 
 
+def class_centroids(images: np.ndarray, label_index: np.ndarray, classes: int) -> np.ndarray:
+    """The mean image of each class, flattened (float32, 0..1)."""
+    flat = images.reshape(len(images), -1).astype(np.float32) / 255
+    return np.stack([flat[label_index == c].mean(axis=0) for c in range(classes)])
+
+
+def write_baseline(dest: Path, meta: dict, test_ids: list[str], centroids: np.ndarray, test_images: np.ndarray) -> None:
+    """A simple model's test predictions, hidden beside the solution (baselines/nearest-centroid.csv): the
+    nearest class centroid on raw pixels, as probabilities from the standardised distances, written in the
+    competition's submission format. The host enters it on the leaderboard as a benchmark."""
+    from competition.formats import SubmissionFormat
+
+    flat = test_images.reshape(len(test_images), -1).astype(np.float32) / 255
+    distances = (flat ** 2).sum(1)[:, None] - 2 * flat @ centroids.T + (centroids ** 2).sum(1)[None, :]
+    logits = -(distances - distances.mean(1, keepdims=True)) / (distances.std(1, keepdims=True) + 1e-6)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    header = (dest / "data" / "sample_submission.csv").read_text().splitlines()[0].split(",")
+    fmt = SubmissionFormat.of(metrics.metric(*metrics.parse(meta["metric"])), "id", "label", meta["labels"], header)
+    (dest / "baselines").mkdir(exist_ok=True)
+    write_csv(dest / "baselines" / "nearest-centroid.csv", fmt.header,
+              ([sample_id, *fmt.cells(row)] for sample_id, row in zip(test_ids, probs)))
+
+
 def _meta(slug: str, title: str, labels: list[str], description: str, synthetic: bool = False,
           metric: str | dict = "accuracy", code_competition: bool = False) -> dict:
     return {
@@ -108,6 +132,7 @@ def build_fashion_mnist(dest: Path, slug: str = "fashion-mnist") -> None:
     train_ids = [str(i) for i in range(len(train_images))]
     test_ids = [str(len(train_images) + i) for i in range(len(test_images))]
     write_competition(dest, meta, test_ids, [str(v) for v in test_labels])
+    write_baseline(dest, meta, test_ids, class_centroids(train_images, train_labels, len(meta["labels"])), test_images)
     np.save(dest / "data" / "train_images.npy", train_images)
     np.save(dest / "data" / "test_images.npy", test_images)
     write_csv(dest / "data" / "train.csv", ["id", "label"], zip(train_ids, train_labels.tolist()))
@@ -179,6 +204,9 @@ def build_digits(dest: Path, slug: str = "digits") -> None:
     meta = BUILTIN_META[slug]
     test_idx = np.sort(test_idx)
     write_competition(dest, meta, list(ids[test_idx]), [str(bunch.target[i]) for i in test_idx])
+    train_sorted = np.sort(train_idx)
+    write_baseline(dest, meta, list(ids[test_idx]), class_centroids(images[train_sorted], bunch.target[train_sorted], 10),
+                   images[test_idx])
     for folder, idx in (("train", np.sort(train_idx)), ("test", test_idx)):
         (dest / "data" / folder).mkdir(parents=True, exist_ok=True)
         for i in idx:
@@ -270,11 +298,13 @@ def build_thu_deep_learning(dest: Path, train_per_class: int = 100, test_per_cla
     labels = meta["labels"]
     test_ids, test_labels, test_images = [], [], []
     serial = 0
+    centroids = np.zeros((len(labels), 64 * 64 * 3), dtype=np.float32)  # for the benchmark
     for class_index, label in enumerate(labels):
         (dest / "data" / "train" / label).mkdir(parents=True, exist_ok=True)
         for _ in range(train_per_class):
-            Image.fromarray(draw_synthetic_image(class_index, rng)).save(
-                dest / "data" / "train" / label / f"t{serial:06d}.jpg", quality=90)
+            image = draw_synthetic_image(class_index, rng)
+            Image.fromarray(image).save(dest / "data" / "train" / label / f"t{serial:06d}.jpg", quality=90)
+            centroids[class_index] += image.reshape(-1).astype(np.float32) / 255 / train_per_class
             serial += 1
         for _ in range(test_per_class):
             test_images.append(draw_synthetic_image(class_index, rng))
@@ -287,6 +317,7 @@ def build_thu_deep_learning(dest: Path, train_per_class: int = 100, test_per_cla
         test_ids.append(sample_id)
         Image.fromarray(test_images[source]).save(dest / "data" / "test" / f"{sample_id}.jpg", quality=90)
     write_competition(dest, meta, test_ids, [test_labels[s] for s in order])
+    write_baseline(dest, meta, test_ids, centroids, np.stack([test_images[s] for s in order]))
 
 
 BUILTIN_META: dict[str, dict] = {

@@ -34,7 +34,8 @@ from competition import metrics
 from competition.host import builders, code_api
 from competition.host.code_store import CodeHost
 from competition.host.scoring import SubmissionRejected
-from competition.host.store import MAX_UPLOAD_BYTES, HostBusy, HostStore, InvalidName, LimitReached, NotFound, iso
+from competition.host.store import (MAX_UPLOAD_BYTES, HostBusy, HostStore, InvalidName, LimitReached, NotFound, iso,
+                                    is_benchmark)
 
 log = logging.getLogger("competition.host")
 
@@ -394,7 +395,7 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
             meta = self.store.meta(slug)
             if search and search not in slug.lower() and search not in meta["title"].lower():
                 continue
-            teams = {s["team"] for s in self.store.submissions(slug)}
+            teams = {s["team"] for s in self.store.submissions(slug) if not is_benchmark(s["team"])}
             rows.append((meta, teams))
         rows = [(m, t) for m, t in rows if _in_group(str(request.get("group") or ""), m, t, user, self.store)
                 and _in_category(str(request.get("category") or ""), m)]
@@ -408,10 +409,16 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
                 "description": meta.get("description", ""),
                 "deadline": meta["deadline"] + ".000Z" if "." not in meta["deadline"] else meta["deadline"],
                 "category": meta["category"], "reward": "Knowledge", "teamCount": len(teams),
-                "userHasEntered": user in teams, "maxDailySubmissions": meta["max_daily_submissions"],
+                "userHasEntered": user in teams, "userRank": self._rank(meta["slug"], user) if user in teams else None,
+                "maxDailySubmissions": meta["max_daily_submissions"],
                 "evaluationMetric": metric_label(meta.get("metric", "accuracy")), "tags": [],
             })
         self._send_json({"competitions": competitions, "nextPageToken": next_token})
+
+    def _rank(self, slug: str, team: str) -> int | None:
+        """The team's place on the public leaderboard (benchmarks hold places too, as on kaggle.com)."""
+        board = [entry["team"] for entry in self.store.leaderboard(slug)]
+        return board.index(team) + 1 if team in board else None
 
     def rpc_ListDataFiles(self, request: dict, user: str) -> None:
         slug = _text_field(request, "competitionName")

@@ -132,6 +132,14 @@ def unpacked(data: bytes, file_name: str) -> bytes:
     return content
 
 
+BENCHMARK_SUFFIX = " Benchmark"  # a benchmark's team name ends so; account names have no spaces
+BENCHMARK_SAMPLE = "Sample Submission Benchmark"
+
+
+def is_benchmark(team: str) -> bool:
+    return team.endswith(BENCHMARK_SUFFIX)
+
+
 class HostBusy(Exception):
     """The store's lock was held past the time limit: another request (a build, a zip) is still working."""
 
@@ -412,8 +420,36 @@ class HostStore:
             db.row_factory = sqlite3.Row
             return [dict(r) for r in db.execute(query + " ORDER BY ref DESC", args)]
 
+    def enter_benchmarks(self, slug: str) -> None:
+        """The competition's benchmark entries, once: the sample submission and each simple model's
+        predictions in baselines/ (builders.write_baseline; a course host may add its own CSVs there), each
+        a team of its own, so that a leaderboard rank means something from the first submission on."""
+        folder = self.competition_dir(slug)
+        sample = folder / "hidden" / "sample_submission.csv"  # a code competition's full one
+        entries = {BENCHMARK_SAMPLE: sample if sample.is_file() else folder / "data" / "sample_submission.csv"}
+        entries.update({f"{path.stem.replace('-', ' ').title()}{BENCHMARK_SUFFIX}": path
+                        for path in sorted((folder / "baselines").glob("*.csv"))})
+        with self.locked(), self._db() as db:
+            entered = {row[0] for row in db.execute("SELECT DISTINCT team FROM submissions WHERE competition=?", (slug,))}
+            for team, path in entries.items():
+                if team in entered:
+                    continue
+                try:
+                    score = score_submission(path.read_bytes(), self.solution(slug))
+                except (SubmissionRejected, OSError):
+                    continue  # a baseline that does not fit the competition is left out, not fatal
+                # Dated when the competition was built: a benchmark was there before anyone submitted.
+                built = iso(datetime.fromtimestamp((folder / "solution.csv").stat().st_mtime, timezone.utc).replace(tzinfo=None))
+                db.execute("INSERT INTO submissions (competition, team, file_name, total_bytes, date, description, status,"
+                           " public_score, private_score, error_description, final_status, scored_at)"
+                           " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                           (slug, team, path.name, path.stat().st_size, built, "benchmark", "COMPLETE", score.public,
+                            score.private, "", "COMPLETE", built))
+
     def leaderboard(self, slug: str) -> list[dict]:
-        """Each team's best public score, best first by the metric's direction (ties: earlier submission first)."""
+        """Each team's best public score, best first by the metric's direction (ties: earlier submission
+        first), benchmarks included."""
+        self.enter_benchmarks(slug)
         metric = self.solution(slug).metric
         best: dict[str, dict] = {}
         for sub in reversed(self.submissions(slug)):
