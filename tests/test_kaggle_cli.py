@@ -280,3 +280,41 @@ def test_leaderboards_start_with_benchmarks_so_a_rank_means_something(run_kaggle
     assert 0.8 < scores["Nearest Centroid Benchmark"] < 1.0, scores
     assert scores["Sample Submission Benchmark"] < 0.2, scores
     assert not (host.store.competition_dir("digits") / "data" / "baselines").exists()  # never downloadable
+
+
+def test_several_accounts_and_a_team_share_submissions_limits_and_a_leaderboard_row(run_kaggle, cli_env, host, tmp_path):
+    from competition.host.__main__ import main as host_main
+
+    truth = write_course_competition(tmp_path / "teams", "teams-course", max_daily=2)
+    host.store.add_competition(tmp_path / "teams")
+    for argv in (["add-user", "alice", "--team", "Team A"], ["add-user", "bob", "--team", "Team A"], ["add-user", "carol"]):
+        assert host_main(["--root", str(host.root), *argv]) == 0
+    assert host_main(["--root", str(host.root), "add-user", "alice"]) == 2  # exists already: one line
+
+    def as_user(name):
+        folder = host.root / "users" / name
+        assert (folder / "kaggle.json").stat().st_mode & 0o077 == 0  # the key is readable by its owner only
+        return {**cli_env, "KAGGLE_CONFIG_DIR": str(folder)}
+
+    right = _write(tmp_path / "right.csv", [["id", "label"]] + [[i, label] for i, label in truth.items()])
+    wrong = _write(tmp_path / "wrong.csv", [["id", "label"]] + [[i, "b" if label == "a" else "a"] for i, label in truth.items()])
+    assert run_kaggle("competitions", "submit", "-c", "teams-course", "-f", right, "-m", "alice's",
+                      env=as_user("alice")).returncode == 0
+    # Bob is on Alice's team: he sees her submission, and they share the daily limit.
+    bobs_view = run_kaggle("competitions", "submissions", "-c", "teams-course", env=as_user("bob"))
+    assert "alice's" in bobs_view.stdout, bobs_view.stdout + bobs_view.stderr
+    assert run_kaggle("competitions", "submit", "-c", "teams-course", "-f", right, "-m", "bob's",
+                      env=as_user("bob")).returncode == 0
+    third = run_kaggle("competitions", "submit", "-c", "teams-course", "-f", right, "-m", "one too many", env=as_user("bob"))
+    assert third.returncode == 1 and "daily Submission allowance (2)" in third.stderr
+    assert run_kaggle("competitions", "submit", "-c", "teams-course", "-f", wrong, "-m", "carol's",
+                      env=as_user("carol")).returncode == 0
+    # The host's own account sees none of theirs.
+    assert "alice's" not in run_kaggle("competitions", "submissions", "-c", "teams-course").stdout
+
+    board = run_kaggle("competitions", "leaderboard", "-c", "teams-course", "-s", "--csv")
+    teams = [row["teamName"] for row in csv.DictReader(io.StringIO(board.stdout))]
+    assert teams[0] == "Team A" and teams.count("Team A") == 1 and teams[-1] == "carol", teams
+    listed = run_kaggle("competitions", "list", "--csv", "-s", "teams-course", env=as_user("carol"))
+    [row] = list(csv.DictReader(io.StringIO(listed.stdout)))
+    assert row["userHasEntered"] == "True" and row["userRank"] == str(len(teams)) and row["teamCount"] == "2"

@@ -1,4 +1,4 @@
-"""`python -m competition.host serve|add|build|close|where|stop` — run and manage the local Kaggle-compatible host."""
+"""`python -m competition.host serve|add|add-user|build|close|where|stop` — run and manage the local Kaggle-compatible host."""
 from __future__ import annotations
 
 import argparse
@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("folder", type=Path)
     build = sub.add_parser("build", help="build built-in competitions now instead of on first use")
     build.add_argument("slugs", nargs="*", default=sorted(builders.BUILDERS))
+    add_user = sub.add_parser("add-user", help="another account (a classmate, a teammate) with its own kaggle.json")
+    add_user.add_argument("username")
+    add_user.add_argument("--team", default=None, help="the team it submits for (default: its own); teammates share "
+                                                       "submissions, the daily limit and a leaderboard row")
     close = sub.add_parser("close", help="end a competition now: its private scores become visible, as after "
                                          "kaggle.com's deadline")
     close.add_argument("slug")
@@ -74,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
                 if check_slug(slug) not in builders.BUILDERS:
                     raise ValueError(f"'{slug}' is not a built-in competition ({', '.join(sorted(builders.BUILDERS))})")
                 print(f"{slug}: {store.competition_dir(slug)}", flush=True)
+        elif args.command == "add-user":
+            path = store.add_user(args.username, args.team)
+            print(f"user '{args.username}' (team '{store.team_of(args.username)}'): credentials in {path}; use them with "
+                  f"KAGGLE_CONFIG_DIR={path.parent}")
         elif args.command == "close":
             deadline = store.close(check_slug(args.slug))
             print(f"{args.slug}: closed (deadline {deadline}); private scores are now visible")

@@ -187,7 +187,7 @@ def ListKernelSessionOutput(handler, request: dict, user: str) -> None:
 @rpc(COMPETITIONS)
 def CreateCodeSubmission(handler, request: dict, user: str) -> None:
     competition = _text(request, "competitionName")
-    ref = handler.code.submit_output(competition, user, _text(request, "kernelOwner"), _text(request, "kernelSlug"),
+    ref = handler.code.submit_output(competition, handler.store.team_of(user), _text(request, "kernelOwner"), _text(request, "kernelSlug"),
                                      _version(request.get("kernelVersion")), _text(request, "fileName"),
                                      str(request.get("submissionDescription") or "")[:1000])
     title = handler.store.meta(competition)["title"]

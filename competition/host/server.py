@@ -102,13 +102,13 @@ CATEGORIES = {"HOST_SEGMENT_FEATURED": "Featured", "HOST_SEGMENT_RESEARCH": "Res
               "HOST_SEGMENT_COMMUNITY": "Community", "HOST_SEGMENT_ANALYTICS": "Analytics"}
 
 
-def _in_group(group: str, meta: dict, teams: set, user: str, store: HostStore) -> bool:
+def _in_group(group: str, meta: dict, teams: set, user: str, team: str, store: HostStore) -> bool:
     """`--group`: general (the default tab: still running), entered, community, hosted (added by this
     account), unlaunched (none here); the client sends EVERYTHING when no group is given."""
     if group in ("", "COMPETITION_LIST_TAB_GENERAL"):
         return not store.closed(meta["slug"])
     if group == "COMPETITION_LIST_TAB_ENTERED":
-        return user in teams
+        return team in teams
     if group == "COMPETITION_LIST_TAB_COMMUNITY":
         return meta["category"] == "Community"
     if group == "COMPETITION_LIST_TAB_HOSTED":
@@ -204,21 +204,25 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
         return body
 
     def _authenticated_user(self) -> str | None:
-        """The account name for valid credentials; None for missing, wrong or malformed ones (never raises)."""
-        creds = self.store.credentials()
+        """The account name for valid credentials; None for missing, wrong or malformed ones (never raises).
+        Every account is compared in full, so the time taken does not tell which names exist."""
         header = self.headers.get("Authorization", "")
+        found = None
         try:
             if header.startswith("Basic "):
                 user, _, key = base64.b64decode(header[6:], validate=True).decode("utf-8").partition(":")
-                if hmac.compare_digest(user.encode(), creds["username"].encode()) and \
-                        hmac.compare_digest(key.encode(), creds["key"].encode()):
-                    return creds["username"]
+                for account in self.store.accounts():
+                    if hmac.compare_digest(user.encode(), account["username"].encode()) & \
+                            hmac.compare_digest(key.encode(), account["key"].encode()):
+                        found = account["username"]
             elif header.startswith("Bearer "):
-                if hmac.compare_digest(header[7:].encode("utf-8", "surrogateescape"), creds["token"].encode()):
-                    return creds["username"]
+                token = header[7:].encode("utf-8", "surrogateescape")
+                for account in self.store.accounts():
+                    if hmac.compare_digest(token, account["token"].encode()):
+                        found = account["username"]
         except (ValueError, binascii.Error, UnicodeError):
             return None
-        return None
+        return found
 
     def _guard_loopback(self) -> bool:
         if not ipaddress.ip_address(self.client_address[0]).is_loopback:
@@ -381,15 +385,16 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
     # --- RPCs ----------------------------------------------------------------------------------
 
     def _introspect(self, request: dict) -> None:
-        creds = self.store.credentials()
-        active = hmac.compare_digest(str(request.get("token", "")).encode("utf-8", "surrogateescape"),
-                                     creds["token"].encode())
-        self._send_json({"active": active, "username": creds["username"] if active else ""})
+        token, username = str(request.get("token", "")).encode("utf-8", "surrogateescape"), ""
+        for account in self.store.accounts():
+            if hmac.compare_digest(token, account["token"].encode()):
+                username = account["username"]
+        self._send_json({"active": bool(username), "username": username})
 
     def rpc_ListCompetitions(self, request: dict, user: str) -> None:
         """`kaggle competitions list [--group G] [--category C] [--sort-by S] [-s text]`, as kaggle.com answers
         it: each `ref` is the competition's URL (the CLI shows refs; commands take the slug at its end)."""
-        search = str(request.get("search") or "").lower()
+        search, team = str(request.get("search") or "").lower(), self.store.team_of(user)
         rows = []
         for slug in self.store.slugs():
             meta = self.store.meta(slug)
@@ -397,7 +402,7 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
                 continue
             teams = {s["team"] for s in self.store.submissions(slug) if not is_benchmark(s["team"])}
             rows.append((meta, teams))
-        rows = [(m, t) for m, t in rows if _in_group(str(request.get("group") or ""), m, t, user, self.store)
+        rows = [(m, t) for m, t in rows if _in_group(str(request.get("group") or ""), m, t, user, team, self.store)
                 and _in_category(str(request.get("category") or ""), m)]
         rows = _sorted_competitions(str(request.get("sortBy") or ""), rows)
         page, next_token = _page(rows, request)
@@ -409,7 +414,7 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
                 "description": meta.get("description", ""),
                 "deadline": meta["deadline"] + ".000Z" if "." not in meta["deadline"] else meta["deadline"],
                 "category": meta["category"], "reward": "Knowledge", "teamCount": len(teams),
-                "userHasEntered": user in teams, "userRank": self._rank(meta["slug"], user) if user in teams else None,
+                "userHasEntered": team in teams, "userRank": self._rank(meta["slug"], team) if team in teams else None,
                 "maxDailySubmissions": meta["max_daily_submissions"],
                 "evaluationMetric": metric_label(meta.get("metric", "accuracy")), "tags": [],
             })
@@ -447,13 +452,13 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
 
     def rpc_CreateSubmission(self, request: dict, user: str) -> None:
         slug = _text_field(request, "competitionName")
-        ref = self.store.create_submission(slug, user, _text_field(request, "blobFileTokens"),
+        ref = self.store.create_submission(slug, self.store.team_of(user), _text_field(request, "blobFileTokens"),
                                            _text_field(request, "submissionDescription", required=False)[:1000])
         title = self.store.meta(slug)["title"]
         self._send_json({"message": f"Successfully submitted to {title}", "ref": ref})
 
     def rpc_GetSubmission(self, request: dict, user: str) -> None:
-        found = self.store.submissions(team=user, ref=int(request["ref"]))
+        found = self.store.submissions(team=self.store.team_of(user), ref=int(request["ref"]))
         if not found:
             raise NotFound(f"No submission {request['ref']}")
         self._send_json(_submission_json(found[0], self.store.closed(found[0]["competition"])))
@@ -461,7 +466,7 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
     def rpc_ListSubmissions(self, request: dict, user: str) -> None:
         slug = _text_field(request, "competitionName")
         closed = self.store.closed(slug)
-        subs = [_submission_json(s, closed) for s in self.store.submissions(slug, team=user)]
+        subs = [_submission_json(s, closed) for s in self.store.submissions(slug, team=self.store.team_of(user))]
         page, next_token = _page(subs, request)
         self._send_json({"submissions": page, "nextPageToken": next_token})
 
@@ -493,7 +498,7 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
                    {"Last-Modified": formatdate(usegmt=True)})
 
     def rpc_GetSubmissionLimits(self, request: dict, user: str) -> None:
-        self._send_json(self.store.limits(_text_field(request, "competitionName"), user))
+        self._send_json(self.store.limits(_text_field(request, "competitionName"), self.store.team_of(user)))
 
 
 def check_loopback(bind: str) -> None:

@@ -45,6 +45,7 @@ _LATER_COLUMNS = {"final_status": "TEXT", "scored_at": "TEXT"}
 
 SLUG_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,64}")
+USERNAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{2,39}")
 
 
 class NotFound(Exception):
@@ -189,6 +190,37 @@ class HostStore:
                               perm=0o600)
             atomic.write_json(path, creds, perm=0o600)
         return json.loads(path.read_text())
+
+    def accounts(self) -> list[dict]:
+        """Every account: the host's own (credentials.json), then those made with `add-user` (users.json),
+        each {username, key, token, team}; a team of one is named after its account."""
+        own = self.credentials()
+        added = json.loads((self.root / "users.json").read_text()) if (self.root / "users.json").is_file() else []
+        return [{**own, "team": own.get("team") or own["username"]}, *added]
+
+    def add_user(self, username: str, team: str | None = None) -> Path:
+        """A further account (a classmate, a teammate), with a kaggle.json of its own; returns that file."""
+        if not USERNAME_PATTERN.fullmatch(username):
+            raise InvalidName(f"'{username[:80]}' is not a valid user name: 3 to 40 letters, digits, '-' or '_'")
+        team = (team or username).strip()
+        if not team or len(team) > 50 or not team.isprintable() or team.endswith(BENCHMARK_SUFFIX):
+            raise InvalidName(f"'{team[:80]}' is not a valid team name: 1 to 50 printable characters, "
+                              f"not ending in '{BENCHMARK_SUFFIX}'")
+        with self.locked():
+            accounts = self.accounts()
+            if any(a["username"] == username for a in accounts):
+                raise InvalidName(f"user '{username}' exists already")
+            account = {"username": username, "key": secrets.token_hex(16), "token": "KGAT_" + secrets.token_hex(16),
+                       "team": team}
+            folder = self.root / "users" / username
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            atomic.write_json(folder / "kaggle.json", {"username": username, "key": account["key"]}, perm=0o600)
+            atomic.write_json(self.root / "users.json", accounts[1:] + [account], perm=0o600)
+        return folder / "kaggle.json"
+
+    def team_of(self, username: str) -> str:
+        """The team an account submits for (its own name unless it joined one)."""
+        return next((a["team"] for a in self.accounts() if a["username"] == username), username)
 
     # --- competitions --------------------------------------------------------------------------
 
