@@ -175,11 +175,12 @@ def test_daily_limit_and_hosting_your_own_competition(run_kaggle, host, tmp_path
 
 
 def test_a_call_the_host_does_not_serve_says_so(run_kaggle):
-    # `competitions data-sets`-style calls the host has no answer for: a 501 naming it, not a spelling hint.
+    # A call the host has no answer for: a 405 naming it, not a spelling or try-again-later hint.
     result = run_kaggle("models", "list")
     assert result.returncode != 0 or "not implemented by the local host" in result.stdout + result.stderr
     assert "not implemented by the local host" in result.stdout + result.stderr, result.stdout + result.stderr
     assert "check the spelling" not in (result.stdout + result.stderr).lower()
+    assert "try again later" not in (result.stdout + result.stderr).lower()
 
 
 def test_host_refuses_non_loopback_bind(host):
@@ -318,3 +319,20 @@ def test_several_accounts_and_a_team_share_submissions_limits_and_a_leaderboard_
     listed = run_kaggle("competitions", "list", "--csv", "-s", "teams-course", env=as_user("carol"))
     [row] = list(csv.DictReader(io.StringIO(listed.stdout)))
     assert row["userHasEntered"] == "True" and row["userRank"] == str(len(teams)) and row["teamCount"] == "2"
+
+
+def test_a_submission_downloads_as_it_was_sent_and_only_to_its_team(run_kaggle, cli_env, host, tmp_path):
+    from competition.host.__main__ import main as host_main
+
+    rows = _sample_rows(host)
+    sent = _write(tmp_path / "mine.csv", rows)
+    submitted = run_kaggle("competitions", "submit", "-c", "digits", "-f", sent, "-m", "to download")
+    ref = next(line.split()[-1] for line in submitted.stdout.splitlines() if line.startswith("Submission ref:"))
+    got = run_kaggle("competitions", "submission-download", ref, "-p", str(tmp_path / "back"))
+    assert got.returncode == 0, got.stdout + got.stderr
+    assert (tmp_path / "back" / "mine.csv").read_bytes() == Path(sent).read_bytes()
+    assert host_main(["--root", str(host.root), "add-user", "mallory"]) == 0
+    stranger = {**cli_env, "KAGGLE_CONFIG_DIR": str(host.root / "users" / "mallory")}
+    refused = run_kaggle("competitions", "submission-download", ref, "-p", str(tmp_path / "theirs"), env=stranger)
+    assert refused.returncode == 1 and "No submission" in refused.stdout + refused.stderr
+    assert not (tmp_path / "theirs" / "mine.csv").exists()

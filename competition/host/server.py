@@ -285,8 +285,9 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
             if handler is None and (service, method) in code_api.RPCS:
                 handler = functools.partial(code_api.RPCS[(service, method)], self)
             if handler is None:
-                # 501, not 404: the client would turn a 404 into "check the spelling of <competition>"
-                return self._send_error(501, f"{service[:80]}/{method[:80]} is not implemented by the local host "
+                # 405: the client adds no hint of its own to it. To a 404 it adds "check the spelling of the
+                # reference", to a 501 "a problem on Kaggle's side, try again later": both wrong here.
+                return self._send_error(405, f"{service[:80]}/{method[:80]} is not implemented by the local host "
                                              "(kpipe's stand-in for kaggle.com; the README lists what it serves)")
             handler(request, user)
         except SubmissionRejected as exc:
@@ -324,6 +325,9 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
             if len(parts) >= 4 and parts[0] == "files" and parts[2] == "data":
                 path = self.store.data_file(parts[1], "/".join(parts[3:]))
                 return self._send_file(path, mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+            if len(parts) == 3 and parts[0] == "submitted":
+                _, stored = self.store.submitted_file(int(parts[1]), self.store.team_of(self._authenticated_user()))
+                return self._send_file(stored, "application/octet-stream")
             if len(parts) == 3 and parts[0] == "files" and parts[2] == "leaderboard.zip":
                 return self._send(200, self._leaderboard_zip(parts[1]), "application/zip")
         except (NotFound, InvalidName, ValueError) as exc:
@@ -462,6 +466,11 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
         if not found:
             raise NotFound(f"No submission {request['ref']}")
         self._send_json(_submission_json(found[0], self.store.closed(found[0]["competition"])))
+
+    def rpc_DownloadSubmission(self, request: dict, user: str) -> None:
+        ref = int(request.get("submissionId") or 0)
+        name, _ = self.store.submitted_file(ref, self.store.team_of(user))
+        self._redirect(f"/submitted/{ref}/{quote(name)}")
 
     def rpc_ListSubmissions(self, request: dict, user: str) -> None:
         slug = _text_field(request, "competitionName")

@@ -6,6 +6,7 @@ Layout under the host root:
     competitions/<slug>/             competition.json, data/, solution.csv (see builders.py)
     downloads/<slug>/<slug>.zip      the data/ folder zipped, rebuilt when data/ changes
     uploads/<token>                  raw submission bytes, as PUT by the client
+    submitted/<ref>                  each submission's file as scored (submission-download)
     host.db                          SQLite: uploads and submissions
 """
 from __future__ import annotations
@@ -433,7 +434,17 @@ class HostStore:
                      score.public if score else None, score.private if score else None, error, final,
                      iso(now + timedelta(seconds=delay))))
                 ref = cursor.lastrowid
+            # Kept as submitted, for `kaggle competitions submission-download <ref>`.
+            atomic.write_bytes(self.root / "submitted" / str(ref), data)
         return ref
+
+    def submitted_file(self, ref: int, team: str) -> tuple[str, Path]:
+        """(file name, stored bytes) of the team's submission `ref`; NotFound for another team's or none."""
+        found = self.submissions(team=team, ref=int(ref))
+        path = self.root / "submitted" / str(int(ref))
+        if not found or not path.is_file():
+            raise NotFound(f"No submission {ref} of your team's is stored on the local host")
+        return PurePosixPath(found[0]["file_name"]).name or "submission.csv", path
 
     def _publish_scored(self) -> None:
         """PENDING submissions whose scoring delay has passed take their final status."""
