@@ -183,8 +183,8 @@ def tune(spec: CompetitionSpec, ctx: Context, run: ModelRun, total: int, study_n
 
 
 def run_study(spec: CompetitionSpec, profile_name: str, model: str | None, study_name: str | None, storage: str | None,
-              trials: int | None, total: int | None, workers: int, comp_argument: str, scheduler: str | None = None,
-              report: bool = True) -> optuna.Study:
+              trials: int | None, total: int | None, workers: int, comp_argument: str,
+              scheduler: str | None = None) -> optuna.Study:
     """`make tune`: add `trials` (or run until `total`) to the study of one model run, in this process and
     on `workers` - 1 Dask workers here, or beside a running Dask cluster's (`scheduler`)."""
     run = find_model_run(spec, profile_name, model) if model else spec.profile(profile_name).models[0]
@@ -199,8 +199,7 @@ def run_study(spec: CompetitionSpec, profile_name: str, model: str | None, study
         study = tune_on_cluster(spec, profile_name, run, total, study_name, url, workers, scheduler, comp_argument)
     else:
         study = tune(spec, setup(spec, profile_name, resolve_tuned=False), run, total, study_name, url)
-    if report:
-        report_study(study, competition_root(spec.name) / "tuning" / study_name, url)
+    report_study(study, competition_root(spec.name) / "tuning" / study_name, url)
     return study
 
 
