@@ -310,6 +310,8 @@ def test_several_accounts_and_a_team_share_submissions_limits_and_a_leaderboard_
     assert third.returncode == 1 and "daily Submission allowance (2)" in third.stderr
     assert run_kaggle("competitions", "submit", "-c", "teams-course", "-f", wrong, "-m", "carol's",
                       env=as_user("carol")).returncode == 0
+    mine = {s["description"]: s["submitter"] for s in host.store.submissions("teams-course")}
+    assert (mine["alice's"], mine["bob's"], mine["carol's"]) == ("alice", "bob", "carol")  # submittedBy
     # The host's own account sees none of theirs.
     assert "alice's" not in run_kaggle("competitions", "submissions", "-c", "teams-course").stdout
 
@@ -336,3 +338,28 @@ def test_a_submission_downloads_as_it_was_sent_and_only_to_its_team(run_kaggle, 
     refused = run_kaggle("competitions", "submission-download", ref, "-p", str(tmp_path / "theirs"), env=stranger)
     assert refused.returncode == 1 and "No submission" in refused.stdout + refused.stderr
     assert not (tmp_path / "theirs" / "mine.csv").exists()
+
+
+def test_after_the_deadline_the_leaderboard_is_the_private_one_from_the_two_best_public_submissions(
+        run_kaggle, host, tmp_path):
+    from competition.host.__main__ import main as host_main
+
+    truth = write_course_competition(tmp_path / "private", "private-course", max_daily=5)  # t0..t2 public
+    host.store.add_competition(tmp_path / "private")
+    ids, flip = list(truth), {"a": "b", "b": "a"}
+
+    def answer(name, right):  # right: the ids answered correctly
+        return _write(tmp_path / f"{name}.csv", [["id", "label"]] + [[i, truth[i] if i in right else flip[truth[i]]] for i in ids])
+
+    for name, right in (("public-only", ids[:3]), ("private-only", ids[3:]), ("both", ids[:2] + ids[3:5])):
+        assert run_kaggle("competitions", "submit", "-c", "private-course", "-f", answer(name, right), "-m", name).returncode == 0
+
+    def board():
+        result = run_kaggle("competitions", "leaderboard", "-c", "private-course", "-s", "--csv")
+        return {row["teamName"]: row["score"] for row in csv.DictReader(io.StringIO(result.stdout))}
+
+    assert board()["localuser"] == "1.00000"  # before the deadline: the best public score
+    assert host_main(["--root", str(host.root), "close", "private-course"]) == 0
+    # public-only (1.0 public) and both (2/3) are the two best by public score; of those, both has the
+    # better private score. private-only (private 1.0, public 0) was never among them.
+    assert board()["localuser"] == "0.66667"

@@ -264,4 +264,4 @@ class CodeHost:
             raise SubmissionRejected(f"{where} did not write '{file_name}' (its output: {', '.join(files) or 'nothing'})")
         data = (self.kernel_folder(owner, slug, kernel["version"]) / "output" / file_name).read_bytes()
         return self.store.record_submission(competition, team, f"{slug} v{kernel['version']}/{file_name}", data,
-                                            description, solution)
+                                            description, solution, submitter=owner)

@@ -79,7 +79,7 @@ def _submission_json(sub: dict, closed: bool) -> dict:
         "ref": sub["ref"], "fileName": sub["file_name"], "date": sub["date"], "description": sub["description"],
         "status": sub["status"], "publicScore": _score_text(sub["public_score"]) if sub["status"] == "COMPLETE" else None,
         "errorDescription": sub["error_description"],
-        "totalBytes": sub["total_bytes"], "submittedBy": sub["team"], "teamName": sub["team"],
+        "totalBytes": sub["total_bytes"], "submittedBy": sub.get("submitter") or sub["team"], "teamName": sub["team"],
     }
     if closed:
         answer["privateScore"] = _score_text(sub["private_score"])
@@ -426,7 +426,7 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
 
     def _rank(self, slug: str, team: str) -> int | None:
         """The team's place on the public leaderboard (benchmarks hold places too, as on kaggle.com)."""
-        board = [entry["team"] for entry in self.store.leaderboard(slug)]
+        board = [entry["team"] for entry in self.store.leaderboard(slug, private=self.store.closed(slug))]
         return board.index(team) + 1 if team in board else None
 
     def rpc_ListDataFiles(self, request: dict, user: str) -> None:
@@ -457,7 +457,8 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
     def rpc_CreateSubmission(self, request: dict, user: str) -> None:
         slug = _text_field(request, "competitionName")
         ref = self.store.create_submission(slug, self.store.team_of(user), _text_field(request, "blobFileTokens"),
-                                           _text_field(request, "submissionDescription", required=False)[:1000])
+                                           _text_field(request, "submissionDescription", required=False)[:1000],
+                                           submitter=user)
         title = self.store.meta(slug)["title"]
         self._send_json({"message": f"Successfully submitted to {title}", "ref": ref})
 
@@ -479,14 +480,16 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
         page, next_token = _page(subs, request)
         self._send_json({"submissions": page, "nextPageToken": next_token})
 
-    def _leaderboard_rows(self, slug: str) -> list[dict]:
-        return [{"teamId": number, "teamName": sub["team"], "submissionDate": sub["date"], "score": _score_text(sub["public_score"])}
-                for number, sub in enumerate(self.store.leaderboard(slug), start=1)]
+    def _leaderboard_rows(self, slug: str, private: bool = False) -> list[dict]:
+        return [{"teamId": number, "teamName": entry["team"], "submissionDate": entry["date"], "score": _score_text(entry["score"])}
+                for number, entry in enumerate(self.store.leaderboard(slug, private), start=1)]
 
     def rpc_GetLeaderboard(self, request: dict, user: str) -> None:
+        """The private leaderboard once the competition has closed, unless `overridePublic` (as kaggle.com)."""
         slug = _text_field(request, "competitionName")
         self.store.meta(slug)
-        page, next_token = _page(self._leaderboard_rows(slug), request)
+        private = self.store.closed(slug) and not request.get("overridePublic")
+        page, next_token = _page(self._leaderboard_rows(slug, private), request)
         self._send_json({"submissions": page, "nextPageToken": next_token})
 
     def _leaderboard_zip(self, slug: str) -> bytes:

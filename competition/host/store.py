@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS submissions (
     status TEXT NOT NULL, public_score REAL, private_score REAL, error_description TEXT NOT NULL DEFAULT '');
 """
 # Added later: a submission is PENDING until `scored_at`, then takes `final_status` (COMPLETE or ERROR).
-_LATER_COLUMNS = {"final_status": "TEXT", "scored_at": "TEXT"}
+# `submitter`: the account that uploaded (a teammate), where the team is not enough.
+_LATER_COLUMNS = {"final_status": "TEXT", "scored_at": "TEXT", "submitter": "TEXT"}
 
 
 SLUG_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
@@ -380,7 +381,7 @@ class HostStore:
         allowed = max(int(meta["max_daily_submissions"]) - num_today, 0)
         return {"numToday": num_today, "numTotal": num_total, "numAllowedNow": allowed, "limitedByTotal": False}
 
-    def create_submission(self, slug: str, team: str, token: str, description: str) -> int:
+    def create_submission(self, slug: str, team: str, token: str, description: str, submitter: str | None = None) -> int:
         """Record the uploaded file for scoring (see record_submission); its ref."""
         meta = self.meta(slug)
         # Loaded before taking the lock: loading may build the competition, which takes the same lock.
@@ -399,10 +400,10 @@ class HostStore:
                 f"the competition attached, then `kaggle competitions submit {slug} -k <owner>/<kernel> -v <version> "
                 "-f submission.csv -m <message>`")
         return self.record_submission(slug, team, row[1], (self.root / "uploads" / token).read_bytes(), description,
-                                      solution)
+                                      solution, submitter)
 
     def record_submission(self, slug: str, team: str, file_name: str, data: bytes, description: str,
-                          solution: Solution) -> int:
+                          solution: Solution, submitter: str | None = None) -> int:
         """Score `data` (a CSV, zipped or not, or a kernel's output file) and record it; its ref. It shows as
         PENDING for the scoring delay, then COMPLETE, or ERROR with the reason for a malformed file (which
         then no longer counts against the daily limit)."""
@@ -428,11 +429,11 @@ class HostStore:
             with self._db() as db:
                 cursor = db.execute(
                     "INSERT INTO submissions (competition, team, file_name, total_bytes, date, description, status,"
-                    " public_score, private_score, error_description, final_status, scored_at)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " public_score, private_score, error_description, final_status, scored_at, submitter)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (slug, team, file_name, len(data), iso(now), description, final if delay <= 0 else "PENDING",
                      score.public if score else None, score.private if score else None, error, final,
-                     iso(now + timedelta(seconds=delay))))
+                     iso(now + timedelta(seconds=delay)), submitter or team))
                 ref = cursor.lastrowid
             # Kept as submitted, for `kaggle competitions submission-download <ref>`.
             atomic.write_bytes(self.root / "submitted" / str(ref), data)
@@ -489,18 +490,24 @@ class HostStore:
                            (slug, team, path.name, path.stat().st_size, built, "benchmark", "COMPLETE", score.public,
                             score.private, "", "COMPLETE", built))
 
-    def leaderboard(self, slug: str) -> list[dict]:
-        """Each team's best public score, best first by the metric's direction (ties: earlier submission
-        first), benchmarks included."""
+    def leaderboard(self, slug: str, private: bool = False) -> list[dict]:
+        """Each team's entry, best first by the metric's direction (ties: earlier submission first),
+        benchmarks included. Public: the team's best public score. Private (after the deadline): as
+        kaggle.com selects when a team chose none, its two best submissions by public score, and of
+        those the better private score; the entry's `score` is the one ranked."""
         self.enter_benchmarks(slug)
         metric = self.solution(slug).metric
-        best: dict[str, dict] = {}
-        for sub in reversed(self.submissions(slug)):
-            if sub["status"] != "COMPLETE":
-                continue
-            if sub["team"] not in best or metric.better(sub["public_score"], best[sub["team"]]["public_score"]):
-                best[sub["team"]] = sub
-        return sorted(best.values(), key=lambda s: (-metric.signed(s["public_score"]), s["date"]))
+        by_team: dict[str, list[dict]] = {}
+        for sub in reversed(self.submissions(slug)):  # oldest first: a tie keeps the earlier one
+            if sub["status"] == "COMPLETE":
+                by_team.setdefault(sub["team"], []).append(sub)
+        entries = []
+        for subs in by_team.values():
+            chosen = sorted(subs, key=lambda s: (-metric.signed(s["public_score"]), s["date"]))
+            if private:
+                chosen = sorted(chosen[:2], key=lambda s: (-metric.signed(s["private_score"]), s["date"]))
+            entries.append({**chosen[0], "score": chosen[0]["private_score" if private else "public_score"]})
+        return sorted(entries, key=lambda s: (-metric.signed(s["score"]), s["date"]))
 
 
 def _build_folder(dest: Path, fill: Callable[[Path], None]) -> None:
