@@ -22,6 +22,7 @@ from competition import metrics
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 PUBLIC_FRACTION = 0.5
+DEFAULT_DEADLINE = "2099-12-31T23:59:59"  # far ahead: private scores stay hidden until `close`
 SPLIT_SEED = 20240601  # fixed: the public/private split must never change between host restarts
 
 
@@ -95,7 +96,7 @@ def _meta(slug: str, title: str, labels: list[str], description: str, synthetic:
         "label_column": "label",
         "labels": labels,
         "max_daily_submissions": 20,
-        "deadline": "2099-12-31T23:59:59",
+        "deadline": DEFAULT_DEADLINE,
         "synthetic": synthetic,
         "code_competition": code_competition,
     }
@@ -205,8 +206,8 @@ def build_digits(dest: Path, slug: str = "digits") -> None:
     test_idx = np.sort(test_idx)
     write_competition(dest, meta, list(ids[test_idx]), [str(bunch.target[i]) for i in test_idx])
     train_sorted = np.sort(train_idx)
-    write_baseline(dest, meta, list(ids[test_idx]), class_centroids(images[train_sorted], bunch.target[train_sorted], 10),
-                   images[test_idx])
+    centroids = class_centroids(images[train_sorted], bunch.target[train_sorted], len(meta["labels"]))
+    write_baseline(dest, meta, list(ids[test_idx]), centroids, images[test_idx])
     for folder, idx in (("train", np.sort(train_idx)), ("test", test_idx)):
         (dest / "data" / folder).mkdir(parents=True, exist_ok=True)
         for i in idx:

@@ -187,8 +187,9 @@ def ListKernelSessionOutput(handler, request: dict, user: str) -> None:
 @rpc(COMPETITIONS)
 def CreateCodeSubmission(handler, request: dict, user: str) -> None:
     competition = _text(request, "competitionName")
-    ref = handler.code.submit_output(competition, handler.store.team_of(user), _text(request, "kernelOwner"), _text(request, "kernelSlug"),
-                                     _version(request.get("kernelVersion")), _text(request, "fileName"),
+    ref = handler.code.submit_output(competition, handler.store.team_of(user), _text(request, "kernelOwner"),
+                                     _text(request, "kernelSlug"), _version(request.get("kernelVersion")),
+                                     _text(request, "fileName"),
                                      str(request.get("submissionDescription") or "")[:1000])
     title = handler.store.meta(competition)["title"]
     handler._send_json({"message": f"Successfully submitted to {title}", "ref": ref})

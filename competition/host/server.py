@@ -77,8 +77,8 @@ def _submission_json(sub: dict, closed: bool) -> dict:
     (kaggle.com hides it until the deadline: seeing it would let one tune to the private split)."""
     answer = {
         "ref": sub["ref"], "fileName": sub["file_name"], "date": sub["date"], "description": sub["description"],
-        "status": sub["status"], "publicScore": _score_text(sub["public_score"]) if sub["status"] == "COMPLETE" else None,
-        "errorDescription": sub["error_description"],
+        "status": sub["status"], "errorDescription": sub["error_description"],
+        "publicScore": _score_text(sub["public_score"]) if sub["status"] == "COMPLETE" else None,  # none while pending
         "totalBytes": sub["total_bytes"], "submittedBy": sub.get("submitter") or sub["team"], "teamName": sub["team"],
     }
     if closed:
@@ -312,7 +312,8 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
                 return self._send_file(self.code.output_file(parts[1], "/".join(parts[2:])), "application/octet-stream")
             except (NotFound, InvalidName) as exc:
                 return self._send_error(404, str(exc))
-        if self._authenticated_user() is None:
+        user = self._authenticated_user()
+        if user is None:
             return self._send_error(401, "Missing or wrong credentials for the local Kaggle host")
         try:
             if len(parts) == 6 and parts[:2] == ["files", "datasets"] and parts[5] == f"{parts[3]}.zip":
@@ -326,7 +327,7 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
                 path = self.store.data_file(parts[1], "/".join(parts[3:]))
                 return self._send_file(path, mimetypes.guess_type(path.name)[0] or "application/octet-stream")
             if len(parts) == 3 and parts[0] == "submitted":
-                _, stored = self.store.submitted_file(int(parts[1]), self.store.team_of(self._authenticated_user()))
+                _, stored = self.store.submitted_file(int(parts[1]), self.store.team_of(user))
                 return self._send_file(stored, "application/octet-stream")
             if len(parts) == 3 and parts[0] == "files" and parts[2] == "leaderboard.zip":
                 return self._send(200, self._leaderboard_zip(parts[1]), "application/zip")
@@ -425,7 +426,8 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
         self._send_json({"competitions": competitions, "nextPageToken": next_token})
 
     def _rank(self, slug: str, team: str) -> int | None:
-        """The team's place on the public leaderboard (benchmarks hold places too, as on kaggle.com)."""
+        """The team's place on the leaderboard the client sees: public, private after the deadline
+        (benchmarks hold places too, as on kaggle.com)."""
         board = [entry["team"] for entry in self.store.leaderboard(slug, private=self.store.closed(slug))]
         return board.index(team) + 1 if team in board else None
 
@@ -481,7 +483,8 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
         self._send_json({"submissions": page, "nextPageToken": next_token})
 
     def _leaderboard_rows(self, slug: str, private: bool = False) -> list[dict]:
-        return [{"teamId": number, "teamName": entry["team"], "submissionDate": entry["date"], "score": _score_text(entry["score"])}
+        return [{"teamId": number, "teamName": entry["team"], "submissionDate": entry["date"],
+                 "score": _score_text(entry["score"])}
                 for number, entry in enumerate(self.store.leaderboard(slug, private), start=1)]
 
     def rpc_GetLeaderboard(self, request: dict, user: str) -> None:

@@ -276,7 +276,7 @@ class HostStore:
         Solution.load(source / "solution.csv", meta["id_column"], meta["label_column"], [str(x) for x in meta["labels"]],
                       meta.get("metric", "accuracy"), sample_header(data / "sample_submission.csv"))
         meta = {"category": "Community", "metric": "accuracy", "max_daily_submissions": 20,
-                "deadline": "2099-12-31T23:59:59", "description": "", "synthetic": False, **meta,
+                "deadline": builders.DEFAULT_DEADLINE, "description": "", "synthetic": False, **meta,
                 "hosted_by": self.credentials()["username"], "created": iso(utcnow())}
 
         def copy_with_defaults(staging: Path) -> None:
@@ -427,14 +427,13 @@ class HostStore:
             now, delay = utcnow(), scoring_delay_s()
             final = "ERROR" if error else "COMPLETE"
             with self._db() as db:
-                cursor = db.execute(
-                    "INSERT INTO submissions (competition, team, file_name, total_bytes, date, description, status,"
-                    " public_score, private_score, error_description, final_status, scored_at, submitter)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (slug, team, file_name, len(data), iso(now), description, final if delay <= 0 else "PENDING",
-                     score.public if score else None, score.private if score else None, error, final,
-                     iso(now + timedelta(seconds=delay)), submitter or team))
-                ref = cursor.lastrowid
+                ref = _insert_submission(db, competition=slug, team=team, file_name=file_name, total_bytes=len(data),
+                                         date=iso(now), description=description,
+                                         status=final if delay <= 0 else "PENDING",
+                                         public_score=score.public if score else None,
+                                         private_score=score.private if score else None, error_description=error,
+                                         final_status=final, scored_at=iso(now + timedelta(seconds=delay)),
+                                         submitter=submitter or team)
             # Kept as submitted, for `kaggle competitions submission-download <ref>`.
             atomic.write_bytes(self.root / "submitted" / str(ref), data)
         return ref
@@ -467,28 +466,36 @@ class HostStore:
     def enter_benchmarks(self, slug: str) -> None:
         """The competition's benchmark entries, once: the sample submission and each simple model's
         predictions in baselines/ (builders.write_baseline; a course host may add its own CSVs there), each
-        a team of its own, so that a leaderboard rank means something from the first submission on."""
+        a team of its own, so that a leaderboard rank means something from the first submission on. Every
+        leaderboard read asks; only a missing entry takes the store's lock (a build may hold it)."""
         folder = self.competition_dir(slug)
         sample = folder / "hidden" / "sample_submission.csv"  # a code competition's full one
         entries = {BENCHMARK_SAMPLE: sample if sample.is_file() else folder / "data" / "sample_submission.csv"}
         entries.update({f"{path.stem.replace('-', ' ').title()}{BENCHMARK_SUFFIX}": path
                         for path in sorted((folder / "baselines").glob("*.csv"))})
-        with self.locked(), self._db() as db:
-            entered = {row[0] for row in db.execute("SELECT DISTINCT team FROM submissions WHERE competition=?", (slug,))}
-            for team, path in entries.items():
-                if team in entered:
-                    continue
+
+        def missing() -> dict[str, Path]:
+            with self._db() as db:
+                entered = {row[0] for row in db.execute("SELECT DISTINCT team FROM submissions WHERE competition=?",
+                                                        (slug,))}
+            return {team: path for team, path in entries.items() if team not in entered}
+
+        if not missing():
+            return
+        solution = self.solution(slug)
+        # Dated when the competition was built: a benchmark was there before anyone submitted.
+        built = iso(datetime.fromtimestamp((folder / "solution.csv").stat().st_mtime, timezone.utc).replace(tzinfo=None))
+        with self.locked():
+            for team, path in missing().items():
                 try:
-                    score = score_submission(path.read_bytes(), self.solution(slug))
+                    score = score_submission(path.read_bytes(), solution)
                 except (SubmissionRejected, OSError):
                     continue  # a baseline that does not fit the competition is left out, not fatal
-                # Dated when the competition was built: a benchmark was there before anyone submitted.
-                built = iso(datetime.fromtimestamp((folder / "solution.csv").stat().st_mtime, timezone.utc).replace(tzinfo=None))
-                db.execute("INSERT INTO submissions (competition, team, file_name, total_bytes, date, description, status,"
-                           " public_score, private_score, error_description, final_status, scored_at)"
-                           " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                           (slug, team, path.name, path.stat().st_size, built, "benchmark", "COMPLETE", score.public,
-                            score.private, "", "COMPLETE", built))
+                with self._db() as db:
+                    _insert_submission(db, competition=slug, team=team, file_name=path.name,
+                                       total_bytes=path.stat().st_size, date=built, description="benchmark",
+                                       status="COMPLETE", public_score=score.public, private_score=score.private,
+                                       error_description="", final_status="COMPLETE", scored_at=built)
 
     def leaderboard(self, slug: str, private: bool = False) -> list[dict]:
         """Each team's entry, best first by the metric's direction (ties: earlier submission first),
@@ -508,6 +515,13 @@ class HostStore:
                 chosen = sorted(chosen[:2], key=lambda s: (-metric.signed(s["private_score"]), s["date"]))
             entries.append({**chosen[0], "score": chosen[0]["private_score" if private else "public_score"]})
         return sorted(entries, key=lambda s: (-metric.signed(s["score"]), s["date"]))
+
+
+def _insert_submission(db: sqlite3.Connection, **row) -> int:
+    """Insert one submissions row (columns named by the keywords); its ref."""
+    cursor = db.execute(f"INSERT INTO submissions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                        tuple(row.values()))
+    return cursor.lastrowid
 
 
 def _build_folder(dest: Path, fill: Callable[[Path], None]) -> None:
@@ -563,7 +577,7 @@ def read_competition_json(path: Path) -> dict:
     except ValueError as exc:
         raise ValueError(f"{path}: key 'metric': {exc}") from None
     try:
-        parse_deadline(meta.get("deadline", "2099-12-31T23:59:59"))
+        parse_deadline(meta.get("deadline", builders.DEFAULT_DEADLINE))
     except (TypeError, ValueError):
         raise ValueError(f"{path}: key 'deadline' must be an ISO 8601 UTC time, e.g. 2026-12-31T23:59:59") from None
     return meta
