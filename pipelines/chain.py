@@ -18,8 +18,8 @@ import numpy as np
 
 from competition.errors import UserError
 from competition.spec import stable_hash
-from pipelines.artifacts import git_commit, is_complete, read_manifest
 from pipelines import ddp
+from pipelines.artifacts import git_commit, is_complete, read_manifest
 from pipelines.checks import find_model_run
 from pipelines.context import Context
 from pipelines.ensemble import ensemble

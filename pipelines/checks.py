@@ -166,9 +166,9 @@ def check_gpus(args: argparse.Namespace, scheduler: str | None) -> None:
         raise UserError(f"GPUS={gpus} spreads one run over several devices; WORKERS=/SCHEDULER= spread runs over "
                         "workers: use one or the other")
     from pipelines import ddp
-    from pipelines.device import default_profile
+    from pipelines.device import wants_cuda
 
-    if not ddp.launched() and (problem := ddp.check_devices(gpus, default_profile() == "full")):
+    if not ddp.launched() and (problem := ddp.check_devices(gpus, wants_cuda())):
         raise UserError(f"GPUS={gpus}: {problem}")
 
 

@@ -1,5 +1,5 @@
-"""(run, fold) units trained, and Optuna trials run, on Dask workers: `WORKERS=n` starts a `distributed.LocalCluster` of n
-worker processes on this machine; `SCHEDULER=tcp://host:8786` uses a cluster that is already running,
+"""(run, fold) units trained, and Optuna trials run, on Dask workers: `WORKERS=n` starts a
+`distributed.LocalCluster` of n worker processes on this machine; `SCHEDULER=tcp://host:8786` uses a cluster that is already running,
 whose workers see the same data folder (a shared disk) and the same project checkout.
 
 Each worker process runs one unit at a time (one thread, and a `unit` resource of 1 that every task
@@ -139,13 +139,7 @@ class DaskExecutor:
         from distributed import wait
 
         finished = next(iter(wait(handles, return_when="FIRST_COMPLETED").done))
-        try:
-            result = finished.result()
-        except Exception as exc:  # the task's own error, raised again here: name it in one line
-            if isinstance(exc, UserError):
-                raise
-            raise UserError(f"cluster: training {finished.key} failed on a worker: {type(exc).__name__}: "
-                            f"{(str(exc).strip().splitlines() or [''])[0][:200]}") from exc
+        result = task_result(finished, f"cluster: training {finished.key} failed on a worker")
         print(f"train: {finished.key.rsplit('-', 1)[0].removeprefix('train-')} on {result['worker']} "
               f"({result['threads']} thread{'s' if result['threads'] > 1 else ''}) -> {result['folder']}", flush=True)
         return finished, FoldOutput(Path(result["folder"])), result["seconds"]
@@ -178,18 +172,22 @@ def start_tuning(workers: int, scheduler: str | None, comp: str, profile_name: s
 
 
 def stop_tuning(cluster: Cluster, tasks: list, wait: bool) -> None:
-    """Wait for the tuning tasks to end (`wait`) or cancel them, then close the cluster; a task's error
-    as one line."""
+    """Wait for the tuning tasks to end (`wait`) or cancel them, then close the cluster."""
     try:
         if not wait:
             cluster.client.cancel(tasks)
-        for task in tasks if wait else []:
-            try:
-                task.result()
-            except UserError:
-                raise
-            except Exception as exc:
-                raise UserError(f"tune: a Dask worker's trials failed: {type(exc).__name__}: "
-                                f"{(str(exc).strip().splitlines() or [''])[0][:200]}") from exc
+            return
+        for task in tasks:
+            task_result(task, "tune: a Dask worker's trials failed")
     finally:
         cluster.close()
+
+
+def task_result(task, what: str):
+    """A finished task's result; its error, raised again here, as one line after `what`."""
+    try:
+        return task.result()
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"{what}: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}") from exc

@@ -57,13 +57,18 @@ class Runtime:
         return self.precision().amp_dtype
 
 
+def wants_cuda() -> bool:
+    """Whether this command computes on CUDA: when there is a GPU, unless KPIPE_DEVICE=cpu|cuda says."""
+    wanted = os.environ.get("KPIPE_DEVICE")
+    return torch.cuda.is_available() if wanted is None else wanted == "cuda"
+
+
 def pick_runtime() -> Runtime:
     """CUDA when there is a GPU, else the CPU with this process's share of its cores (pipelines/cores.py:
     every core when no other kpipe process computes). KPIPE_DEVICE=cpu|cuda overrides the choice."""
     from pipelines import ddp, determinism
 
-    wanted = os.environ.get("KPIPE_DEVICE")
-    use_cuda = torch.cuda.is_available() if wanted is None else wanted == "cuda"
+    use_cuda = wants_cuda()
     if determinism.requested():  # DETERMINISTIC=1: repeatable kernels, at some cost in speed
         determinism.enable(use_cuda)
     if use_cuda:

@@ -131,7 +131,8 @@ def anneal(learner: Learner, steps: int) -> None:
 def make_learner(run: ModelRun, spec: CompetitionSpec, data: TrainingData, runtime: Runtime, steps_per_epoch: int,
                  init_seed: int) -> Learner:
     torch.manual_seed(init_seed)  # the same initial weights for the same seed and fold
-    model = ddp.synchronised(build_model(run, spec, data.mean, data.std, runtime), runtime.device)  # SyncBatchNorm under DDP
+    # Under DDP, BatchNorm synchronised over the global batch.
+    model = ddp.synchronised(build_model(run, spec, data.mean, data.std, runtime), runtime.device)
     optimizer = make_optimizer(run, model)
     scheduler, scheduler_unit = make_scheduler(run, optimizer, steps_per_epoch)
     scaler = torch.amp.GradScaler(enabled=model.precision.amp_dtype == torch.float16)
