@@ -222,11 +222,25 @@ def _status_name(submission) -> str:
     return getattr(submission.status, "name", str(submission.status))
 
 
+HOST_PAGE = 100  # submissions a listing call asks for
+HOST_PAGES = 50  # at most this many pages are read
+
+
+def host_submissions(spec: CompetitionSpec, api):
+    """This account's submissions on the host, newest first, a page at a time as the caller reads on
+    (the client returns no page token: a short page is the last)."""
+    for page in range(1, HOST_PAGES + 1):
+        listed = call(spec, f"listing the submissions of '{spec.kaggle_slug}'",
+                      lambda page=page: api.competition_submissions(spec.kaggle_slug, page_number=page,
+                                                                    page_size=HOST_PAGE)) or []
+        yield from listed
+        if len(listed) < HOST_PAGE:
+            return
+
+
 def find_on_host(spec: CompetitionSpec, api, ref: int | None, digest: str):
     """The host's record of a submission, by ref or by the digest in its description; None if absent."""
-    submissions = call(spec, f"listing the submissions of '{spec.kaggle_slug}'",
-                       lambda: api.competition_submissions(spec.kaggle_slug)) or []
-    for submission in submissions:  # newest first
+    for submission in host_submissions(spec, api):  # newest first
         if ref is not None and submission.ref == ref:
             return submission
         match = DIGEST_PATTERN.search(submission.description or "")
@@ -264,13 +278,7 @@ def fill_private_scores(spec: CompetitionSpec, api, rows: list[dict]) -> int:
     waiting = awaiting_private(rows)
     if not waiting:
         return 0
-    shown = {}
-    for page in range(1, 51):  # the client returns no page token: read pages until a short one
-        listed = call(spec, f"listing the submissions of '{spec.kaggle_slug}'",
-                      lambda page=page: api.competition_submissions(spec.kaggle_slug, page_number=page, page_size=100)) or []
-        shown.update({s.ref: s for s in listed})
-        if len(listed) < 100:
-            break
+    shown = {submission.ref: submission for submission in host_submissions(spec, api)}
     filled = 0
     for row in waiting:
         private = _score(getattr(shown.get(int(row["ref"])), "private_score", None))
