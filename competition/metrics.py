@@ -94,7 +94,6 @@ KINDS: dict[str, MetricKind] = {
     "top_k_accuracy": MetricKind(True, "ranked_labels", _top_k, ("k",)),
     "map_at_k": MetricKind(True, "ranked_labels", _map_at_k, ("k",)),
 }
-DEFAULT_K = 3  # Kaggle's usual MAP@3 / top-3
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,10 @@ def parse(value) -> tuple[str, int | None]:
         raise ValueError(f"metric '{name}' {takes}, not {', '.join(unknown)}")
     if "k" not in kind.arguments:
         return name, None
-    k = args.get("k", DEFAULT_K)
+    if "k" not in args:  # MAP@3 and MAP@5 are both common: assuming one would score the wrong competition
+        raise ValueError(f"metric '{name}' needs k, how many labels a row may list; write it as "
+                         f"{{name: {name}, k: 3}}")
+    k = args["k"]
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"metric '{name}': k must be a whole number of at least 1, not {k!r}")
     return name, k

@@ -99,6 +99,13 @@ class FoldsConfig(_Strict):
     # Near-duplicate images (pipelines/duplicates.py) stay in one fold (`group`), or are only reported.
     duplicates: Literal["group", "ignore"] = "group"
 
+    def missing_fold(self, folds) -> int | None:
+        """The first of `folds` that does not exist (folds count from 0), or None when all do."""
+        return next((fold for fold in folds if not 0 <= fold < self.n_splits), None)
+
+    def numbering(self) -> str:
+        return f"folds are numbered 0..{self.n_splits - 1} (folds.n_splits is {self.n_splits})"
+
 
 class MetricChoice(_Strict):
     """The competition's metric (competition/metrics.py), written `accuracy` or `{name: map_at_k, k: 3}`."""
@@ -165,16 +172,20 @@ class CompetitionSpec(_Strict):
             raise ValueError("folds.group_column: this layout has no train.csv to hold a group column; remove it")
         if self.metric.k is not None and self.metric.k > len(self.classes):
             raise ValueError(f"metric: k is {self.metric.k}, but there are only {len(self.classes)} classes")
-        if self.tuning is not None and max(self.tuning.folds) >= self.folds.n_splits:
-            raise ValueError(f"tuning.folds: fold {max(self.tuning.folds)} does not exist (folds.n_splits is {self.folds.n_splits})")
+        if self.tuning is not None:
+            self._check_folds("tuning.folds", self.tuning.folds)
         for profile_name, profile in self.profiles.items():
-            if profile.folds != "all" and max(profile.folds) >= self.folds.n_splits:
-                raise ValueError(f"profiles.{profile_name}.folds: fold {max(profile.folds)} does not exist "
-                                 f"(folds.n_splits is {self.folds.n_splits}; folds count from 0)")
+            if profile.folds != "all":
+                self._check_folds(f"profiles.{profile_name}.folds", profile.folds)
             self._check_views(f"profiles.{profile_name}.tta", profile.tta)
         if self.pool is not None:
             self._check_views("pool.tta", self.pool.tta)
         return self
+
+    def _check_folds(self, key: str, folds: list[int]) -> None:
+        missing = self.folds.missing_fold(folds)
+        if missing is not None:
+            raise ValueError(f"{key}: fold {missing} does not exist; {self.folds.numbering()}")
 
     def _check_views(self, key: str, views: list[str]) -> None:
         for view, allowed in (("hflip", self.flips.hflip), ("vflip", self.flips.vflip)):
@@ -297,6 +308,8 @@ def describe_validation_error(exc: ValidationError) -> str:
     first = errors[0]
     if first["type"] == "missing":
         return f"missing required key '{key_of(first)}'"
+    if first["type"] == "value_error" and not first["loc"]:  # a check of the whole spec names its own key
+        return str(first["ctx"]["error"])
     got = first.get("input")
     got_text = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
     more = f" [+{len(errors) - 1} more]" if len(errors) > 1 else ""

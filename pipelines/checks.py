@@ -127,9 +127,8 @@ def check_command(spec: CompetitionSpec, args: argparse.Namespace) -> None:
         if getattr(args, "model", None):
             find_model_run(spec, args.profile, args.model)
     fold = getattr(args, "fold", None)
-    if fold is not None and not 0 <= fold < spec.folds.n_splits:
-        raise UserError(f"FOLD={fold}: folds are numbered 0..{spec.folds.n_splits - 1} "
-                        f"(folds.n_splits is {spec.folds.n_splits} in {spec_file(spec)})")
+    if fold is not None and spec.folds.missing_fold([fold]) is not None:
+        raise UserError(f"FOLD={fold}: {spec.folds.numbering()} in {spec_file(spec)}")
     if args.stage == "tune":
         if spec.tuning is None:
             raise SpecError(f"{spec_file(spec)}: no `tuning:` section (search_space, folds, pruner); add one to tune")

@@ -411,11 +411,11 @@ def read_plan(path: Path, spec: CompetitionSpec) -> PlanRecord:
     if plan.competition != spec.name:
         raise UserError(f"PLAN={path}: plans competition '{plan.competition}', not '{spec.name}'; "
                         f"use COMP={plan.competition} or a plan of {spec.name}")
-    for planned in plan.runs:
-        too_far = [f for f in planned.folds if f >= spec.folds.n_splits]
-        if too_far:
-            raise UserError(f"PLAN={path}: run '{planned.run.name}' names fold {too_far[0]}, but "
-                            f"{spec.name} has {spec.folds.n_splits} folds")
+    for number, planned in enumerate(plan.runs):
+        missing = spec.folds.missing_fold(planned.folds)
+        if missing is not None:
+            raise UserError(f"PLAN={path}: field 'runs.{number}.folds': fold {missing} does not exist; "
+                            f"{spec.folds.numbering()} in competition/{spec.name}.yaml")
     return plan
 
 

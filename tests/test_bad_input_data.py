@@ -383,6 +383,10 @@ EARLY_CASES = {
     "unknown-MODEL": (dict(), ["train", "--model", "vgg11"], "profile 'quick' has no model 'vgg11' (has: cnn3)"),
     "unknown-profile": (dict(), ["train", "--profile", "fast"], "no profile 'fast' under `profiles:`"),
     "fold": (dict(), ["train", "--fold", "9"], "FOLD=9: folds are numbered 0..4"),
+    "profile-fold": (dict(profile_changes={"folds": [0, -1]}), ["train"],
+                     "profiles.quick.folds: fold -1 does not exist; folds are numbered 0..4 (folds.n_splits is 5)"),
+    "tuning-fold": (dict(tuning={"folds": [-1], "search_space": {"optimizer.lr": {"type": "float", "low": 0.01, "high": 0.1}}}),
+                    ["tune", "--trials", "1"], "tuning.folds: fold -1 does not exist; folds are numbered 0..4"),
 }
 
 

@@ -87,7 +87,7 @@ def _spec_with(tmp_path, value):
 @pytest.mark.parametrize("value, name, k", [
     ("f1_macro", "f1_macro", None),
     ({"name": "map_at_k", "k": 5}, "map_at_k", 5),
-    ({"name": "top_k_accuracy"}, "top_k_accuracy", 3),
+    ({"name": "top_k_accuracy", "k": 3}, "top_k_accuracy", 3),
 ])
 def test_spec_metric_as_name_or_mapping(tmp_path, value, name, k):
     chosen = load_spec(_spec_with(tmp_path, value)).metric
@@ -98,6 +98,8 @@ def test_spec_metric_as_name_or_mapping(tmp_path, value, name, k):
     ("rmse", "unknown metric 'rmse'; known: accuracy"),
     ({"name": "accuracy", "k": 2}, "metric 'accuracy' takes no arguments, not k"),
     ({"name": "map_at_k", "k": 0}, "k must be a whole number of at least 1"),
+    ("map_at_k", "metric 'map_at_k' needs k, how many labels a row may list; write it as {name: map_at_k, k: 3}"),
+    ({"name": "top_k_accuracy"}, "write it as {name: top_k_accuracy, k: 3}"),
     ({"name": "map_at_k", "k": 11}, "k is 11, but there are only 10 classes"),
     ([1, 2], "give a metric name"),
 ])

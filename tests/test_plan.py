@@ -537,6 +537,17 @@ def test_plan_naming_an_unknown_model_is_refused_before_work(tmp_path, capsys):
     assert err.startswith(f"error: PLAN={path}: key 'runs.0.run.model': ") and "no_such_net" in err, err
 
 
+@pytest.mark.parametrize("fold", [-1, 5])
+def test_plan_naming_a_fold_that_does_not_exist_is_refused_before_work(pipeline_env, tmp_path, capsys, fold):
+    path = tmp_path / "plan.json"
+    path.write_text(plan_of(planned("a", 3, [0, fold])).model_dump_json())
+    assert pipelines_main(["submit", "--comp", "digits", f"--plan={path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: PLAN={path}: field 'runs.0.folds': fold {fold} does not exist; folds are numbered 0..4 "
+                   "(folds.n_splits is 5) in competition/digits.yaml"), err
+    assert not (pipeline_env / "digits").exists(), "work started before the check"
+
+
 def test_two_budget_runs_at_once_make_one_plan_and_train_once(pipeline_env, host, tmp_path):
     import os
     import subprocess
