@@ -122,6 +122,16 @@ def test_cli_refuses_malformed_submission_with_a_clear_message(run_kaggle, host,
     assert "failed to score" in result.stdout + result.stderr and message in result.stdout + result.stderr
 
 
+def test_an_empty_submission_file_is_refused_with_a_reason_the_client_prints(run_kaggle, host, tmp_path):
+    before = len(host.store.submissions("digits"))
+    (tmp_path / "empty.csv").write_bytes(b"")
+    result = run_kaggle("competitions", "submit", "-c", "digits", "-f", "empty.csv", "-m", "empty")
+    assert result.returncode == 1
+    assert "Submission file 'empty.csv' is empty (0 bytes): there is nothing to score" in result.stdout + result.stderr
+    assert "Could not submit to competition" not in result.stdout + result.stderr
+    assert len(host.store.submissions("digits")) == before
+
+
 def test_a_log_loss_competition_takes_probabilities_scores_them_and_ranks_lower_first(run_kaggle, host, tmp_path):
     import numpy as np
 

@@ -323,10 +323,13 @@ class HostStore:
 
     def start_upload(self, slug: str, file_name: str, content_length: int) -> str:
         self.meta(slug)
-        if not 0 <= content_length <= MAX_UPLOAD_BYTES:
-            raise SubmissionRejected(f"Submission is {content_length} bytes; the limit is {MAX_UPLOAD_BYTES}")
         # Kept for display only, never as a path: the last segment, printable, bounded.
         file_name = "".join(c for c in file_name.replace("\\", "/").rsplit("/", 1)[-1] if c.isprintable())[:255]
+        if content_length == 0:  # refused here, where the client prints why; an empty upload fails with no word
+            raise SubmissionRejected(f"Submission file '{file_name}' is empty (0 bytes): there is nothing to score; "
+                                     "submit the CSV your predictions were written to")
+        if not 0 < content_length <= MAX_UPLOAD_BYTES:
+            raise SubmissionRejected(f"Submission is {content_length} bytes; the limit is {MAX_UPLOAD_BYTES}")
         return self._new_upload(slug, file_name, content_length)
 
     def _new_upload(self, competition: str, file_name: str, content_length: int) -> str:
