@@ -12,6 +12,20 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kpipe-installed
 
+# Numbers are checked here, before anything is installed or started: `WORKERS=abc` is one line naming the
+# variable, not a usage block from deep inside Python minutes later. (Ranges the spec decides, such as
+# which folds exist, are checked by the command itself.)
+digits_removed = $(strip $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4,,$(subst 5,,$(subst 6,,$(subst 7,,\
+	$(subst 8,,$(subst 9,,$(1))))))))))))
+not_whole = $(or $(call digits_removed,$(1)),$(filter-out 1,$(words $(1))))
+check_whole = $(if $(strip $($(1))),$(if $(call not_whole,$($(1))),$(error $(1)=$($(1)): must be a whole number ($(2)))))
+$(call check_whole,WORKERS,Dask workers on this machine; e.g. WORKERS=2)
+$(call check_whole,TRIALS,trials to add to the study; e.g. TRIALS=20)
+$(call check_whole,THREADS,threads this command may use; e.g. THREADS=2)
+$(call check_whole,GPUS,devices each run is spread over; e.g. GPUS=2)
+$(call check_whole,FOLD,folds count from 0; e.g. FOLD=0)
+$(call check_whole,PORT,a TCP port; e.g. PORT=8080)
+
 # A storage URL may hold a password: it reaches the tuner through the environment, never a recipe line,
 # so make's echo of the command cannot show it.
 ifneq ($(STORAGE),)

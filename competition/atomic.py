@@ -3,7 +3,9 @@
 Every writer fills a temporary sibling with a name unique to its process and call, flushes it to disk and
 renames it into place. A reader therefore sees the previous complete version or the new complete
 version, never half of one; a writer that dies (SIGKILL, full disk) leaves only a staging name behind,
-which the next writer of the same output removes (`remove_staging_leftovers`).
+which the next writer of the same output removes (`remove_staging_leftovers`). A write the disk refuses
+(full, a quota, a file-size limit: disk.py) is raised as an OSError naming the output, whatever the
+writer (numpy, torch) said.
 
 Folders follow one rule when two processes publish the same output: the first one stays, the second is
 discarded. Replacing a finished folder on purpose (`replace=True`, e.g. a fold trained again) swaps the
@@ -19,6 +21,8 @@ import os
 import secrets
 import shutil
 from pathlib import Path
+
+from competition import disk
 
 STAGING_MARK = ".kpipe-staging-"
 
@@ -72,8 +76,11 @@ def atomic_file(path: Path, mode: str = "w", perm: int = 0o644, **open_kwargs):
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        refused = disk.as_refusal(exc, path)  # before the staging file goes: it may be what filled the disk
         tmp.unlink(missing_ok=True)
+        if refused is not None and refused is not exc:
+            raise refused from exc
         raise
     _fsync_dir(path.parent)
 
@@ -102,8 +109,11 @@ def staged_folder(final: Path):
     staging.mkdir()
     try:
         yield staging
-    except BaseException:
+    except BaseException as exc:
+        refused = disk.as_refusal(exc, final)
         shutil.rmtree(staging, ignore_errors=True)
+        if refused is not None and refused is not exc:
+            raise refused from exc
         raise
 
 

@@ -7,19 +7,18 @@ full disk. SIGTERM is handled like Ctrl-C, so that whatever was being written is
 from __future__ import annotations
 
 import argparse
-import errno
 import os
-import shutil
 import signal
 import sys
 import threading
 
+from competition import disk
+from competition.cli import OneLineParser, whole_number
 from competition.errors import UserError
+from competition.redaction import redact
 from models.errors import ModelError
 from competition.paths import competition_root
 from competition.spec import available, load_spec
-
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def command_download(spec, args) -> None:
@@ -124,25 +123,19 @@ def _terminated(signum, frame):
 
 
 def disk_full_message(exc: BaseException, comp: str) -> str | None:
-    """One line for a write that failed because the disk (or a quota) is full; None for other errors."""
-    filename = getattr(exc, "filename", None)
-    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
-        where = filename or competition_root(comp)
-    elif isinstance(exc, RuntimeError) and "write failed" in str(exc):  # torch.save's own writer
-        where = competition_root(comp)
-        if shutil.disk_usage(where if where.exists() else where.parent).free > 64 << 20:
-            return None
-    else:
+    """One line for a write the disk refused (full, a quota, a file-size limit); None for other errors."""
+    root = competition_root(comp)
+    code = disk.refusal(exc, root)
+    if code is None:
         return None
-    return (f"disk full while writing {where}: nothing partial was kept; free space (`make prune COMP={comp}` "
-            "removes outputs no submission needs) and run the same command again")
+    return disk.describe(code, getattr(exc, "filename", None) or root, f"make prune COMP={comp}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from pipelines.chain import default_dry_run
 
-    parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m pipelines", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", required=True)
     for name, (_, help_text) in STAGES.items():
         stage = sub.add_parser(name, help=help_text)
@@ -159,20 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
                                "(default: the spec's budget for this device)")
             stage.add_argument("--plan", default=None, help="replay this plan.json's decisions exactly")
         if name in ("train", "submit", "tune"):
-            stage.add_argument("--workers", type=int, default=1,
+            stage.add_argument("--workers", type=whole_number("WORKERS"), default=1,
                                help="Dask worker processes on this machine (train, submit: n workers; tune: "
                                "this process and n-1 workers)")
         if name in ("train", "submit", "tune"):
             stage.add_argument("--scheduler", default=None, help="a running Dask scheduler (tcp://host:8786) whose "
                                "workers share this data folder")
         if name in ("train", "submit"):
-            stage.add_argument("--gpus", type=int, default=1, help="train each run data-parallel on this many devices "
+            stage.add_argument("--gpus", type=whole_number("GPUS"), default=1, help="train each run data-parallel on this many devices "
                                "(DDP through torchrun: NCCL on GPUs, gloo between CPU processes)")
         if name in ("train", "tune"):
             stage.add_argument("--model", default=None, help="only this model run (its alias or model name)")
         if name == "tune":
-            stage.add_argument("--trials", type=int, default=None, help="add this many trials to the study")
-            stage.add_argument("--total", type=int, default=None, help="run until the study holds this many finished trials")
+            stage.add_argument("--trials", type=whole_number("TRIALS", example=20), default=None, help="add this many trials to the study")
+            stage.add_argument("--total", type=whole_number("--total", example=20), default=None, help="run until the study holds this many finished trials")
             stage.add_argument("--storage", default=None, help="SQLAlchemy URL (default: SQLite under .data/<comp>/tuning)")
             stage.add_argument("--study", default=None, help="study name (default: <comp>-<model>)")
         if name in ("predict", "export"):
@@ -189,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
             stage.add_argument("--owner", default=None, help="the Kaggle user who publishes the dataset and kernel "
                                "(default: the username of the kaggle client's credentials)")
         if name == "train":
-            stage.add_argument("--fold", type=int, default=None, help="(re)train only this fold")
+            stage.add_argument("--fold", type=whole_number("FOLD", minimum=None, example=0), default=None, help="(re)train only this fold")
         if name == "submit":
             stage.add_argument("--dry-run", action="store_true", default=default_dry_run(),
                                help="validate the CSV but do not upload (also DRY_RUN=1)")
@@ -201,11 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines import ddp
 
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or the one line of a bad command line: a status like any other refusal
+        return exc.code
     if not ddp.is_main():
         sys.stdout = open(os.devnull, "w")  # rank 0 speaks for the run; errors still reach stderr
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)
+        disk.keep_writes_failing_instead_of_dying()
     spec = None
     try:
         spec = load_spec(args.comp)
@@ -218,17 +215,17 @@ def main(argv: list[str] | None = None) -> int:
             return ddp.launch(args.gpus, argv)
         STAGES[args.stage][0](spec, args)
     except (UserError, ModelError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished outputs are kept and a fold in progress resumes from its last epoch",
               file=sys.stderr)
         return 130
-    except (OSError, RuntimeError) as exc:
+    except Exception as exc:  # a refused write is one line however its writer said it; anything else is raised
         message = disk_full_message(exc, spec.name if spec else args.comp)
         if message is None:
             raise
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {redact(message)}", file=sys.stderr)
         return 2
     finally:
         ddp.stop()

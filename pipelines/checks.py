@@ -134,8 +134,6 @@ def check_command(spec: CompetitionSpec, args: argparse.Namespace) -> None:
             raise SpecError(f"{spec_file(spec)}: no `tuning:` section (search_space, folds, pruner); add one to tune")
         if args.total is None and args.trials is None:
             raise UserError("say how many trials: --trials N (add N to the study) or --total N (run until it holds N)")
-        if (args.trials is not None and args.trials < 1) or (args.total is not None and args.total < 1):
-            raise UserError("TRIALS= must be at least 1")
         if args.scheduler is not None:
             from pipelines.studies import storage_url
 
@@ -143,8 +141,6 @@ def check_command(spec: CompetitionSpec, args: argparse.Namespace) -> None:
                 raise UserError(f"SCHEDULER={args.scheduler}: the workers of several machines need a study database "
                                 "they all reach, and SQLite is a file on this one (its locks do not hold over a shared "
                                 "disk); give STORAGE=postgresql://user@host/db")
-    if getattr(args, "workers", 1) < 1:
-        raise UserError(f"WORKERS={args.workers}: must be at least 1")
     scheduler = getattr(args, "scheduler", None)
     check_gpus(args, scheduler)
     if scheduler is not None and not scheduler.startswith(("tcp://", "tls://", "inproc://", "ucx://")):
@@ -153,9 +149,7 @@ def check_command(spec: CompetitionSpec, args: argparse.Namespace) -> None:
 
 def check_gpus(args: argparse.Namespace, scheduler: str | None) -> None:
     """GPUS=n: a fixed profile or a replayed plan, on this machine's devices, without Dask workers."""
-    gpus = getattr(args, "gpus", 1)
-    if gpus < 1:
-        raise UserError(f"GPUS={gpus}: must be at least 1")
+    gpus = getattr(args, "gpus", 1)  # a whole number of at least 1: the command line's type checked it
     if gpus == 1:
         return
     if getattr(args, "budget", None) and not getattr(args, "plan", None):

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from competition import disk
 from competition.errors import UserError
 from competition.paths import data_root
 from competition.recipe import ModelRun
@@ -190,4 +191,6 @@ def task_result(task, what: str):
     except UserError:
         raise
     except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno in disk.REFUSALS:  # named by the worker's writer; said in one line
+            raise
         raise UserError(f"{what}: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}") from exc

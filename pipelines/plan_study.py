@@ -108,7 +108,8 @@ def run_planned_study(ctx: Context, clock: Clock | None = None) -> None:
 def _study(ctx: Context, clock: Clock) -> None:
     import optuna
 
-    from pipelines.studies import redact, storage_url
+    from competition.redaction import redact
+    from pipelines.studies import storage_url
     from pipelines.tune import Objective, finished_trials, open_study, worker_folder
 
     plan, spec, planned = ctx.plan, ctx.spec, ctx.plan.study

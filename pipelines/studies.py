@@ -3,7 +3,7 @@
 Used by `tune` (which adds trials) and by the run context (a recipe's `params: best` reads the best
 trial), so neither has to import the other. Storage: by default an SQLite file under
 <data>/<comp>/tuning/ (no server); any SQLAlchemy URL (e.g. postgresql://...) for workers on several
-machines. A URL's password never reaches a message: `redact` and `redact_text`.
+machines. A URL's credentials never reach a message (competition/redaction.py).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import optuna
 
 from competition.errors import UserError
+from competition.redaction import redact
 from competition.paths import competition_root
 from competition.recipe import ModelRun, apply_params
 from competition.spec import CompetitionSpec
@@ -47,30 +48,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=grace,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
     except Exception as exc:  # SQLAlchemy raises many kinds for a bad URL or an unreachable server
-        reason = redact_text((str(exc).strip().splitlines() or [""])[0], url)
+        reason = redact((str(exc).strip().splitlines() or [""])[0], url)
         raise UserError(f"Optuna storage {redact(url)}: cannot open it ({type(exc).__name__}: {reason})") from None
-
-
-def _password(url: str) -> str | None:
-    if "://" not in url or "@" not in url:
-        return None
-    credentials = url.split("://", 1)[1].rsplit("@", 1)[0]
-    return credentials.partition(":")[2] or None
-
-
-def redact(url: str) -> str:
-    """The URL with its password replaced by ***, for messages (even when the URL does not parse)."""
-    return redact_text(url, url)
-
-
-def redact_text(text: str, url: str) -> str:
-    """`text` with every occurrence of `url`'s password (raw and URL-decoded) replaced by ***."""
-    from urllib.parse import unquote
-
-    password = _password(url)
-    for secret in {password, unquote(password)} if password else ():
-        text = text.replace(secret, "***")
-    return text
 
 
 def default_study_name(spec: CompetitionSpec, run: ModelRun) -> str:

@@ -200,6 +200,16 @@ def write_log(spec: CompetitionSpec, rows: list[dict]) -> None:
         writer.writerows({k: row.get(k, "") for k in LOG_COLUMNS} for row in rows)
 
 
+def write_log_naming(spec: CompetitionSpec, rows: list[dict], path: Path) -> None:
+    """Write the log whose new row first names the submission file `path`. If the log cannot be written
+    (a full disk), the file goes too: no row would ever name it, nor was it uploaded."""
+    try:
+        write_log(spec, rows)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
 def _log_row(spec: CompetitionSpec, profile_name: str, config_hash: str, git_commit: str, digest: str, ensemble: str,
              cv_score: float, result: SubmissionResult, path: Path) -> dict:
     return {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "competition": spec.name,
@@ -373,7 +383,7 @@ def submit(spec: CompetitionSpec, profile_name: str, test_ids: list[str], test_p
         path = _checked_submission_file(spec, test_ids, test_probs, config_hash)
         if dry_run:
             rows.append(new_row(SubmissionResult("dry-run"), path))
-            write_log(spec, rows)
+            write_log_naming(spec, rows, path)
             return SubmissionResult("dry-run")
         message = (f"CV {spec.metric} {cv_score:.4f} | config {config_hash} | git {git_commit[:12]} | {profile_name} "
                    f"| digest {predictions_digest}")
@@ -424,10 +434,10 @@ def _upload(spec: CompetitionSpec, api, rows: list[dict], row: dict, message: st
     if limits is not None and limits.num_allowed_now is not None and limits.num_allowed_now <= 0:
         print(f"submit: daily submission limit used up ({limits.num_today} today); not uploading {path.name}")
         _update(row, SubmissionResult("limit"))
-        write_log(spec, rows + [row])
+        write_log_naming(spec, rows + [row], path)
         return SubmissionResult("limit")
     rows.append(row)
-    write_log(spec, rows)  # PENDING before the upload: a rerun completes it instead of uploading again
+    write_log_naming(spec, rows, path)  # PENDING before the upload: a rerun completes it instead of uploading again
     ref, failure = create_submission(spec, api, path, message)
     if ref is not None:
         row["ref"] = str(ref)

@@ -28,11 +28,12 @@ from competition import atomic
 from competition.errors import UserError
 from competition.paths import competition_root
 from competition.recipe import ModelRun, ParamSpec, PrunerConfig, apply_params
+from competition.redaction import redact
 from competition.spec import CompetitionSpec
 from pipelines import cores
 from pipelines.checks import find_model_run
 from pipelines.context import Context, setup
-from pipelines.studies import default_study_name, open_storage, redact, storage_url
+from pipelines.studies import default_study_name, open_storage, storage_url
 from pipelines.train import train_fold
 
 # fail_stale_trials and the matplotlib plots are marked experimental; this stage relies on both.

@@ -308,6 +308,42 @@ def test_fold_out_of_range_on_the_command_line(pipeline_env, capsys, fold, phras
     assert phrase in one_line_error(capsys)
 
 
+@pytest.mark.parametrize("variable, value", [("WORKERS", "abc"), ("TRIALS", "1.5"), ("THREADS", "two"), ("GPUS", "-1"),
+                                             ("FOLD", "x"), ("PORT", "80a"), ("WORKERS", "1 2")])
+def test_a_make_variable_that_is_not_a_number_is_one_line_before_anything_starts(variable, value):
+    import subprocess
+
+    from competition.paths import REPO_ROOT
+
+    # `-n`: make reads the Makefile (where the check is) and would only print the commands it runs.
+    done = subprocess.run(["make", "-n", "train", "COMP=digits", f"{variable}={value}"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and not done.stdout, done.stdout
+    [line] = done.stderr.strip().splitlines()
+    assert f"*** {variable}={value}: must be a whole number (" in line and f"e.g. {variable}=" in line, line
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["train", "--comp", "digits", "--workers", "abc"], "error: WORKERS=abc: must be a whole number, at least 1 (e.g. WORKERS=2)"),
+    (["tune", "--comp", "digits", "--trials", "0"], "error: TRIALS=0: must be a whole number, at least 1 (e.g. TRIALS=20)"),
+    (["train", "--comp", "digits", "--fold", "one"], "error: FOLD=one: must be a whole number (e.g. FOLD=0)"),
+    (["submit", "--comp", "digits", "--gpus", "2.5"], "error: GPUS=2.5: must be a whole number, at least 1 (e.g. GPUS=2)"),
+    (["train", "--comp", "digits", "--epochs", "3"], "error: unrecognized arguments: --epochs 3 "
+                                                     "(`python -m pipelines --help` lists what it takes)"),
+])
+def test_a_bad_command_line_is_one_line_not_a_usage_block(pipeline_env, capsys, argv, line):
+    assert pipelines_main(argv) == 2
+    assert one_line_error(capsys) == line
+    assert not (pipeline_env / "digits").exists()
+
+
+def test_the_host_command_line_is_one_line_too(capsys):
+    from competition.host.__main__ import main as host_main
+
+    assert host_main(["serve", "--port", "http"]) == 2
+    assert capsys.readouterr().err == "error: PORT=http: must be a whole number from 0 to 65535 (e.g. PORT=8080)\n"
+
+
 @pytest.mark.parametrize("array, phrase", [
     (np.zeros((4, 8, 8), dtype=np.float32), "dtype float32, expected uint8"),
     (np.zeros((4, 9, 8), dtype=np.uint8), "array shape (4, 9, 8, 1)"),

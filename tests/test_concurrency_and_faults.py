@@ -2,9 +2,11 @@
 twice, nothing partial under a final name, one clear line for every refusal."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -264,6 +266,105 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_partial(pipeline_env, host, 
         subprocess.run(["umount", str(small)], check=False)
 
 
+@contextlib.contextmanager
+def file_size_limit(limit: int):
+    """This process's RLIMIT_FSIZE lowered to `limit` bytes (SIGXFSZ ignored, as the CLI does), then restored."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def test_a_file_size_limit_is_one_line_not_a_killed_process(pipeline_env, host, tmp_path):
+    """Past `ulimit -f` the kernel kills a writer with SIGXFSZ unless it is ignored; then numpy's short
+    write (an OSError with no errno) is still recognised, and the prepared arrays are not kept half."""
+    spec_path = write_digits_variant(tmp_path, [ONE_EPOCH], folds=(0,), tta=("identity",))
+    assert pipelines_main(["download", "--comp", str(spec_path)]) == 0
+    command = ["prlimit", "--fsize=50000", sys.executable, "-m", "pipelines", "prepare", "--comp", str(spec_path)]
+    done = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    line = last_error_line(done.stderr)
+    assert line.startswith("error: a file grew past this process's file-size limit (50,000 bytes, `ulimit -f`) "
+                           f"while writing {pipeline_env / 'digits' / 'prepared'}/"), line
+    assert "nothing partial was kept; raise the limit (`ulimit -f unlimited`)" in line, line
+    assert not list((pipeline_env / "digits" / "prepared").iterdir())
+    assert not staging_leftovers(pipeline_env)
+
+
+def test_a_checkpoint_past_the_file_size_limit_names_its_file(tmp_path):
+    import errno
+
+    import torch
+
+    from pipelines.predict import save_checkpoint
+
+    path = tmp_path / "fold0" / "best.pt"
+    with file_size_limit(20_000), pytest.raises(OSError) as caught:
+        save_checkpoint({"weights": torch.zeros(100_000)}, path)  # torch's zip writer: a RuntimeError, no errno
+    assert caught.value.errno == errno.EFBIG and caught.value.filename == str(path)
+    assert not path.exists() and not staging_leftovers(tmp_path)
+
+
+def test_a_log_the_disk_refuses_keeps_no_submission_file(pipeline_env, host, tmp_path, monkeypatch):
+    """The submission CSV is written, then the log row naming it: when the log cannot be written, the CSV
+    goes too (no row would name it), and the log is left as it was."""
+    import numpy as np
+
+    from pipelines.__main__ import disk_full_message
+    from pipelines.submit import submit
+
+    submissions = tmp_path / "submissions"
+    monkeypatch.setenv("KPIPE_SUBMISSIONS", str(submissions))
+    spec = load_spec("digits")
+    download(spec)
+    ids = [line.split(",")[0] for line in (pipeline_env / "digits" / "raw" / "sample_submission.csv").read_text().splitlines()[1:]]
+    path = log_path(spec)
+    path.parent.mkdir(parents=True)
+    path.write_text(_csv_text([LOG_COLUMNS] + [_good_row(predictions_digest=f"{i:016x}") for i in range(600)]))
+    before = path.read_bytes()  # about 100 kB: rewriting it passes the limit, the 2 kB submission does not
+    probs = np.eye(10, dtype=np.float32)[np.arange(len(ids)) % 10]
+    with file_size_limit(60_000):
+        with pytest.raises(OSError) as caught:
+            submit(spec, "quick", ids, probs, 0.5, "cfg", "feedfacefeedface", "0" * 40, dry_run=True)
+        line = disk_full_message(caught.value, "digits")  # as the command prints it, under its limit
+    assert line.startswith(f"a file grew past this process's file-size limit (60,000 bytes, `ulimit -f`) while writing {path}:"), line
+    assert sorted(p.name for p in path.parent.iterdir()) == ["log.csv"], "a submission file no log row names"
+    assert path.read_bytes() == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs to fill needs root")
+def test_a_full_disk_under_the_submissions_log_keeps_no_submission_file(pipeline_env, host, tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from pipelines.__main__ import disk_full_message
+    from pipelines.submit import submit
+
+    small = tmp_path / "small-disk"
+    small.mkdir()
+    spec = load_spec("digits")
+    download(spec)
+    ids = [line.split(",")[0] for line in (pipeline_env / "digits" / "raw" / "sample_submission.csv").read_text().splitlines()[1:]]
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
+    try:
+        monkeypatch.setenv("KPIPE_SUBMISSIONS", str(small))
+        path = log_path(spec)
+        path.parent.mkdir()
+        path.write_text(_csv_text([LOG_COLUMNS] + [_good_row(predictions_digest=f"{i:016x}") for i in range(220)]))
+        probs = np.eye(10, dtype=np.float32)[np.arange(len(ids)) % 10]
+        with pytest.raises(OSError) as caught:
+            submit(spec, "quick", ids, probs, 0.5, "cfg", "feedfacefeedface", "0" * 40, dry_run=True)
+        line = disk_full_message(caught.value, "digits")
+        assert line.startswith(f"disk full while writing {path}: nothing partial was kept") and "make prune COMP=digits" in line
+        assert sorted(p.name for p in path.parent.iterdir()) == ["log.csv"]
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
 def test_storage_password_is_never_printed(pipeline_env, tmp_path, capsys, postgres_url):
     spec_path = write_tuning_spec(tmp_path)
     wrong = re.sub(r"://kpipe:[^@]*@", "://kpipe:WrongSecret123@", postgres_url)
@@ -276,6 +377,22 @@ def test_storage_password_is_never_printed(pipeline_env, tmp_path, capsys, postg
                           capture_output=True, text=True, timeout=60)
     assert echo.returncode == 0 and "pipelines tune" in echo.stdout
     assert "WrongSecret123" not in echo.stdout + echo.stderr
+
+
+@pytest.mark.parametrize("storage", [
+    "postgresql:/kpipe:WrongSecret123@127.0.0.1/kpipe",  # one slash
+    "postgresql//kpipe:WrongSecret123@127.0.0.1/kpipe",  # no colon
+    "postgresql:kpipe:WrongSecret123@127.0.0.1/kpipe",  # no slashes
+    "kpipe:WrongSecret123@127.0.0.1/kpipe",  # no scheme
+    "postgresql://kpipe:WrongSecret123@127.0.0.1:notaport/kpipe",  # the rest malformed
+])
+def test_a_malformed_storage_url_never_prints_its_password(pipeline_env, tmp_path, capsys, storage):
+    spec_path = write_tuning_spec(tmp_path)
+    assert pipelines_main(["tune", "--comp", str(spec_path), "--model", "cnn3", "--trials", "1", "--storage", storage]) == 2
+    captured = capsys.readouterr()
+    assert "WrongSecret123" not in captured.out + captured.err
+    line = last_error_line(captured.err)
+    assert "***@127.0.0.1" in line, line
 
 
 def write_tuning_spec(tmp_path: Path) -> Path:

@@ -117,7 +117,7 @@ def test_a_killed_ddp_run_resumes_from_its_last_epoch(pipeline_env, tmp_path):
 @pytest.mark.parametrize("extra, says", [
     (["--gpus", "2", "--budget", "2m"], "GPUS=2 trains a fixed recipe: add PROFILE=quick|full"),
     (["--gpus", "2", "--profile", "quick", "--workers", "2"], "use one or the other"),
-    (["--gpus", "0", "--profile", "quick"], "GPUS=0: must be at least 1"),
+    (["--gpus", "0", "--profile", "quick"], "GPUS=0: must be a whole number, at least 1 (e.g. GPUS=2)"),
 ])
 def test_gpus_refusals_are_one_line(pipeline_env, tmp_path, capsys, extra, says):
     spec = yaml.safe_load((SPEC_DIR / "digits.yaml").read_text())

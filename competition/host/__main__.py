@@ -1,14 +1,14 @@
 """`python -m competition.host serve|add|add-user|build|close|where|stop` — run and manage the local Kaggle-compatible host."""
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
 
-from competition import atomic
+from competition import atomic, disk
+from competition.cli import OneLineParser, whole_number
 from competition.host import builders
 from competition.host.server import make_server
 from competition.host.store import HostStore, InvalidName, NotFound, check_slug
@@ -33,11 +33,11 @@ def running_host_pid(pid_file: Path) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m competition.host", description=__doc__)
+    parser = OneLineParser(prog="python -m competition.host", description=__doc__)
     parser.add_argument("--root", type=Path, default=None, help="host state folder (default: $KPIPE_HOST_ROOT or ~/.local/share/kpipe-host)")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the Kaggle API on loopback")
-    serve.add_argument("--port", type=int, default=80, help="port (80 is what KAGGLE_API_ENVIRONMENT=LOCALHOST uses)")
+    serve.add_argument("--port", type=whole_number("PORT", 0, 65535, example=8080), default=80, help="port (80 is what KAGGLE_API_ENVIRONMENT=LOCALHOST uses)")
     serve.add_argument("--bind", default="127.0.0.1", help="loopback address to listen on")
     add = sub.add_parser("add", help="host a competition of your own from a folder (competition.json, data/, solution.csv)")
     add.add_argument("folder", type=Path)
@@ -52,9 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     close.add_argument("slug")
     sub.add_parser("where", help="print where the host keeps its state and client credentials")
     sub.add_parser("stop", help="stop the host serving from this state folder")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or the one line of a bad command line
+        return exc.code
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    disk.keep_writes_failing_instead_of_dying()
     store = HostStore(args.root or host_root())
     try:
         if args.command == "serve":
@@ -104,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
               "(or use --port 8080 and see README 'Local host on another port')", file=sys.stderr)
         return 2
     except (ValueError, InvalidName, OSError, builders.BuildError, NotFound) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        code = disk.refusal(exc, store.root)
+        print(f"error: {disk.describe(code, getattr(exc, 'filename', None) or store.root) if code else exc}",
+              file=sys.stderr)
         return 2
     return 0
 

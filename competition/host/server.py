@@ -30,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from competition import metrics
+from competition import disk, metrics
 from competition.host import builders, code_api
 from competition.host.code_store import CodeHost
 from competition.host.scoring import SubmissionRejected
@@ -241,10 +241,18 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
         except Exception as exc:  # noqa: BLE001 - the last line of defence, by design
-            log.exception("unexpected error in %s %s", self.command, self._path()[:200])
+            refused = disk.refusal(exc, self.store.root)
+            if refused:
+                log.error("%s %s: %s", self.command, self._path()[:200], disk.describe(refused, self.store.root))
+            else:
+                log.exception("unexpected error in %s %s", self.command, self._path()[:200])
             self.close_connection = True
             try:
-                self._send_error(500, f"The local host failed on this request ({type(exc).__name__}); see its server.log")
+                if refused:  # 507 Insufficient Storage: the request was fine, the host's disk is not
+                    self._send_error(507, "The local host cannot store this now: its disk is full or over a limit "
+                                          "(see its server.log); try again once it has room")
+                else:
+                    self._send_error(500, f"The local host failed on this request ({type(exc).__name__}); see its server.log")
             except OSError:
                 pass
 
