@@ -16,6 +16,7 @@ from typing import Callable
 from urllib.parse import quote
 
 from competition.host.code_store import check_file_name
+from competition.host.paging import page_of
 from competition.host.scoring import SubmissionRejected
 from competition.host.store import InvalidName, NotFound
 
@@ -104,15 +105,13 @@ def GetDatasetStatus(handler, request: dict, user: str) -> None:
 
 @rpc(DATASETS)
 def ListDatasets(handler, request: dict, user: str) -> None:
-    from competition.host.server import _page
-
     mine = str(request.get("group") or "").endswith("_MY")
     owner = user if mine else (str(request.get("user") or "") or None)
     found = handler.code.datasets(owner, str(request.get("search") or ""))
     rows = [{"ref": f"{d['owner']}/{d['slug']}", "title": d["title"], "totalBytes": d["total_bytes"],
              "lastUpdated": d["created"], "downloadCount": 0, "voteCount": 0, "usabilityRating": 0.0,
              "currentVersionNumber": d["version"]} for d in found]
-    page, next_token = _page(rows, request)
+    page, next_token = page_of(rows, request)
     handler._send_json({"datasets": page, "nextPageToken": next_token})
 
 

@@ -33,9 +33,10 @@ from urllib.parse import quote, unquote, urlsplit
 from competition import disk, metrics
 from competition.host import builders, code_api
 from competition.host.code_store import CodeHost
+from competition.host.paging import page_of
 from competition.host.scoring import SubmissionRejected
-from competition.host.store import (MAX_UPLOAD_BYTES, HostBusy, HostStore, InvalidName, LimitReached, NotFound, iso,
-                                    is_benchmark)
+from competition.host.store import (MAX_UPLOAD_BYTES, HostBusy, HostStore, InvalidName, LimitReached, NotFound,
+                                    is_benchmark, iso)
 
 log = logging.getLogger("competition.host")
 
@@ -44,7 +45,6 @@ SECURITY = "security.OAuthService"
 MAX_RPC_BODY_BYTES = 1 << 20  # RPC requests are small JSON objects
 CONNECTION_TIMEOUT_S = 30  # a client silent this long mid-request is dropped
 MAX_CONNECTIONS = 32  # served at once; more get a 503 instead of another thread
-MAX_PAGE_SIZE = 1000
 
 
 class ApiError(Exception):
@@ -52,15 +52,6 @@ class ApiError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-def _page(items: list, request: dict, default_size: int = 20) -> tuple[list, str]:
-    """Offset paging: the page token is the offset of the next page as text ("" when there is none)."""
-    size = min(max(int(request.get("pageSize") or default_size), 1), MAX_PAGE_SIZE)
-    token = str(request.get("pageToken") or "")
-    start = int(token) if token.isdigit() else max(int(request.get("page") or 1) - 1, 0) * size
-    chunk = items[start:start + size]
-    return chunk, (str(start + size) if start + size < len(items) else "")
 
 
 def metric_label(value) -> str:
@@ -418,7 +409,7 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
         rows = [(m, t) for m, t in rows if _in_group(str(request.get("group") or ""), m, t, user, team, self.store)
                 and _in_category(str(request.get("category") or ""), m)]
         rows = _sorted_competitions(str(request.get("sortBy") or ""), rows)
-        page, next_token = _page(rows, request)
+        page, next_token = page_of(rows, request)
         competitions = []
         for number, (meta, teams) in enumerate(page, start=1):
             url = f"{self._base_url()}/competitions/{meta['slug']}"
@@ -445,7 +436,7 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
         files = [{"name": p.relative_to(data_dir).as_posix(), "totalBytes": p.stat().st_size,
                   "creationDate": iso(datetime.fromtimestamp(p.stat().st_mtime, timezone.utc).replace(tzinfo=None))}
                  for p in self.store.data_files(slug)]
-        page, next_token = _page(files, request)
+        page, next_token = page_of(files, request)
         self._send_json({"files": page, "nextPageToken": next_token})
 
     def rpc_DownloadDataFiles(self, request: dict, user: str) -> None:
@@ -487,7 +478,7 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
         slug = _text_field(request, "competitionName")
         closed = self.store.closed(slug)
         subs = [_submission_json(s, closed) for s in self.store.submissions(slug, team=self.store.team_of(user))]
-        page, next_token = _page(subs, request)
+        page, next_token = page_of(subs, request)
         self._send_json({"submissions": page, "nextPageToken": next_token})
 
     def _leaderboard_rows(self, slug: str, private: bool = False) -> list[dict]:
@@ -500,7 +491,7 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
         slug = _text_field(request, "competitionName")
         self.store.meta(slug)
         private = self.store.closed(slug) and not request.get("overridePublic")
-        page, next_token = _page(self._leaderboard_rows(slug, private), request)
+        page, next_token = page_of(self._leaderboard_rows(slug, private), request)
         self._send_json({"submissions": page, "nextPageToken": next_token})
 
     def _leaderboard_zip(self, slug: str) -> bytes:
