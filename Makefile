@@ -1,5 +1,5 @@
 # One-command entry points. Variables: COMP (competition), PORT (local host), VENV (virtual env folder).
-# Every target first installs what a fresh Debian machine lacks (pipelines/system_packages.py), then the venv.
+# Every target first installs what a fresh Debian machine lacks (pipelines/tools/system_packages.py), then the venv.
 COMP ?= fashion-mnist
 PROFILE ?=
 BUDGET ?=
@@ -36,7 +36,7 @@ endif
 # or each run data-parallel over GPUS=n devices (DDP through torchrun).
 CLUSTER = $(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(GPUS),--gpus $(GPUS))
 
-# Sharing the cores with other kpipe processes (pipelines/cores.py): CORES=share (default) takes a fair
+# Sharing the cores with other kpipe processes (pipelines/machine/cores.py): CORES=share (default) takes a fair
 # share at once, CORES=wait waits until a core is free; THREADS=n caps this command's threads.
 ifneq ($(CORES),)
 export KPIPE_CORES := $(CORES)
@@ -52,14 +52,15 @@ endif
 # A fixed profile (PROFILE=quick|full), a time budget (BUDGET=15m) or a replayed plan (PLAN=file).
 RECIPE = $(if $(PROFILE),--profile $(PROFILE)) $(if $(BUDGET),--budget=$(BUDGET)) $(if $(PLAN),--plan=$(PLAN))
 
-.PHONY: help install system-run system-test test serve stop-host download prepare train tune report submit scores predict export bench prune clean
+.PHONY: help install system-run system-test test test-fast serve stop-host download prepare train tune report submit scores predict export bench prune clean
 
 help:
 	@echo "make submit COMP=fashion-mnist   download -> prepare -> plan -> train -> TTA -> ensemble -> submit"
 	@echo "  [BUDGET=15m | PLAN=plan.json | PROFILE=quick]   time budget (default: the spec's), replay, fixed recipe"
 	@echo "  [WORKERS=n | SCHEDULER=tcp://host:8786]          train the (model, fold) runs on Dask workers"
 	@echo "  [GPUS=n] [DETERMINISTIC=1]                       each run data-parallel on n devices; reproducible kernels"
-	@echo "make test                        run the test suite"
+	@echo "make test                        run the whole test suite and the import contracts (what CI runs)"
+	@echo "make test-fast                   the quick tier while working: the contracts and the tests not marked slow"
 	@echo "make prepare COMP=digits         download + cached arrays + stratified folds"
 	@echo "make train COMP=x MODEL=m FOLD=k retrain one fold of one model (and nothing else)"
 	@echo "make tune COMP=x MODEL=m TRIALS=n [WORKERS=k | SCHEDULER=tcp://host:8786 STORAGE=postgresql://...]"
@@ -75,10 +76,10 @@ help:
 	@echo "make stop-host                   stop a host started in the background"
 
 system-run:
-	@$(PYTHON) -m pipelines.system_packages run
+	@$(PYTHON) -m pipelines.tools.system_packages run
 
 system-test:
-	@$(PYTHON) -m pipelines.system_packages test
+	@$(PYTHON) -m pipelines.tools.system_packages test
 
 $(STAMP): pyproject.toml | system-run
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -88,7 +89,12 @@ $(STAMP): pyproject.toml | system-run
 install: $(STAMP)
 
 test: system-test install
+	$(VENV)/bin/lint-imports --no-logo --no-cache
 	$(PY) -m pytest -q
+
+test-fast: system-test install
+	$(VENV)/bin/lint-imports --no-logo --no-cache
+	$(PY) -m pytest -q -m "not slow"
 
 serve: install
 	$(PY) -m competition.host serve --port $(PORT)
@@ -132,7 +138,7 @@ export: install
 		$(if $(OWNER),--owner $(OWNER))
 
 bench: install
-	$(PY) -m pipelines.bench
+	$(PY) -m pipelines.tools.bench
 
 clean:
 	rm -rf .data/$(COMP)

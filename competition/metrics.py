@@ -41,8 +41,15 @@ def _on_labels(function: str, **kwargs) -> Callable[[np.ndarray, np.ndarray], fl
     return lambda probs, labels: float(_sklearn(function)(labels, probs.argmax(1), **kwargs))
 
 
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Share of rows whose most probable class is the label (for people: every report shows it)."""
+    return float((probs.argmax(1) == labels).mean())
+
+
 def kaggle_log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Multi-class log loss as Kaggle scores it: clipped to [eps, 1 - eps], rows rescaled to sum to 1."""
+    """Multi-class log loss as Kaggle scores it: clipped to [eps, 1 - eps], rows rescaled to sum to 1.
+    The one log loss of the project: the `log_loss` metric, every validation loss in a fold's history and
+    manifest, the ensemble's tie-break and report, and calibration."""
     clipped = np.clip(probs, LOG_LOSS_EPSILON, 1 - LOG_LOSS_EPSILON)
     clipped = clipped / clipped.sum(1, keepdims=True)  # Kaggle rescales each row to sum to 1
     return float(-np.log(clipped[np.arange(len(labels)), labels]).mean())

@@ -20,7 +20,7 @@ class _Strict(BaseModel):
 
 
 class OptimizerConfig(_Strict):
-    name: str = "sgd"  # pipelines/optim.py: OPTIMIZERS
+    name: str = "sgd"  # pipelines/recipe/optim.py: OPTIMIZERS
     lr: float = Field(default=0.05, gt=0, le=10)
     momentum: float = Field(default=0.9, ge=0, lt=1)  # sgd only
     nesterov: bool = True  # sgd only
@@ -28,7 +28,7 @@ class OptimizerConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
-    name: str = "onecycle"  # pipelines/optim.py: SCHEDULES
+    name: str = "onecycle"  # pipelines/recipe/optim.py: SCHEDULES
     pct_start: float = Field(default=0.25, gt=0, lt=1)  # onecycle: fraction of steps spent warming up
     warmup_epochs: float = Field(default=0.0, ge=0)  # cosine: linear warm-up before the cosine decay
     step_size: int = Field(default=3, ge=1)  # step: epochs between decays
@@ -39,12 +39,12 @@ class ScheduleConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    name: str = "cross_entropy"  # pipelines/losses.py: LOSSES
+    name: str = "cross_entropy"  # pipelines/recipe/losses.py: LOSSES
     gamma: float = Field(default=2.0, ge=0, le=10)  # focal: how much easy examples are down-weighted
 
 
 class AugmentConfig(_Strict):
-    policy: str = "light"  # pipelines/augment.py: POLICIES
+    policy: str = "light"  # pipelines/recipe/augment.py: POLICIES
     shift: int = Field(default=2, ge=0, le=16)  # light and up: random translation in pixels
     ops: int | None = Field(default=None, ge=1, le=6)  # randaugment: N, ops per image (unset: 2)
     magnitude: int | None = Field(default=None, ge=0, le=30)  # randaugment: M of 30 (unset: 9)
@@ -75,7 +75,7 @@ class ModelRun(_Strict):
     input_size: int | None = Field(default=None, ge=8, le=1024)  # resize images on the fly (models needing a fixed size)
     # Take hyperparameters from an Optuna study's best trial: "best" (the study <comp>-<run name>) or a study name.
     params: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]+$")
-    # How the forward pass runs (pipelines/device.py: PRECISIONS): fp32, fp32-cl (channels_last), bf16-cl,
+    # How the forward pass runs (pipelines/machine/device.py: PRECISIONS): fp32, fp32-cl (channels_last), bf16-cl,
     # fp16-cl; `auto` = the device's default (fp32-cl on a CPU, bf16/fp16 autocast on CUDA).
     precision: str = "auto"
     # Train through torch.compile (inductor). The planner sets it where its probe measured that the
@@ -159,8 +159,8 @@ class Pool(_Strict):
     (it adds a view when the time fits), and how it combines the models."""
 
     candidates: list[Candidate] = Field(min_length=1)
-    tta: list[str] = Field(default_factory=lambda: ["identity"], min_length=1)  # pipelines/predict.py: VIEWS
-    ensemble: str = "hill_climb"  # pipelines/ensemble.py: METHODS
+    tta: list[str] = Field(default_factory=lambda: ["identity"], min_length=1)  # pipelines/stages/predict.py: VIEWS
+    ensemble: str = "hill_climb"  # pipelines/stages/ensemble.py: METHODS
     max_models: int = Field(default=3, ge=1, le=20)
     # A model is added only while every chosen model keeps this share of its `epochs`: how this data set
     # trades models against epochs, measured (1.0: never give up epochs for another model).
@@ -183,8 +183,8 @@ class Profile(_Strict):
     models: list[ModelRun] = Field(min_length=1)
     # Which folds to train; "all" for honest full-data CV. Fewer folds trade OOF coverage for time.
     folds: list[int] | Literal["all"] = "all"
-    tta: list[str] = Field(default_factory=lambda: ["identity"], min_length=1)  # pipelines/predict.py: VIEWS
-    ensemble: str = "hill_climb"  # pipelines/ensemble.py: METHODS
+    tta: list[str] = Field(default_factory=lambda: ["identity"], min_length=1)  # pipelines/stages/predict.py: VIEWS
+    ensemble: str = "hill_climb"  # pipelines/stages/ensemble.py: METHODS
 
     @model_validator(mode="after")
     def _unique_names(self):

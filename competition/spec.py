@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from competition import metrics
 from competition.errors import SpecError
-from competition.recipe import Budget, Pool, Profile, TuningConfig
+from competition.recipe import Budget, ModelRun, Pool, Profile, TuningConfig
 
 SPEC_DIR = Path(__file__).resolve().parent
 
@@ -96,7 +96,7 @@ class FoldsConfig(_Strict):
     seed: int = 42
     # Rows sharing a value of this train.csv column (patient, session, source) stay in one fold.
     group_column: str | None = None
-    # Near-duplicate images (pipelines/duplicates.py) stay in one fold (`group`), or are only reported.
+    # Near-duplicate images (pipelines/stages/duplicates.py) stay in one fold (`group`), or are only reported.
     duplicates: Literal["group", "ignore"] = "group"
 
     def missing_fold(self, folds) -> int | None:
@@ -197,6 +197,15 @@ class CompetitionSpec(_Strict):
             raise SpecError(f"competition/{self.name}.yaml: no profile '{name}' under `profiles:` "
                             f"(has: {', '.join(self.profiles) or 'none'})")
         return self.profiles[name]
+
+    def model_run(self, profile_name: str, name: str) -> ModelRun:
+        """The profile's model run called `name` (its alias or model name): what MODEL= names."""
+        for run in self.profile(profile_name).models:
+            if name in (run.name, run.model):
+                return run
+        names = ", ".join(r.name for r in self.profiles[profile_name].models)
+        raise SpecError(f"competition/{self.name}.yaml: profile '{profile_name}' has no model '{name}' (has: {names}); "
+                        "set MODEL= to one of them")
 
     def fold_indices(self, profile: Profile) -> list[int]:
         return list(range(self.folds.n_splits)) if profile.folds == "all" else sorted(profile.folds)

@@ -15,91 +15,95 @@ import threading
 from competition import disk
 from competition.cli import OneLineParser, whole_number
 from competition.errors import UserError
-from competition.redaction import redact
-from models.errors import ModelError
 from competition.paths import competition_root
+from competition.redaction import redact
 from competition.spec import available, load_spec
+from models.errors import ModelError
+from pipelines.machine.cores import CoreShare
 
 
-def command_download(spec, args) -> None:
-    from pipelines.download import download
+def command_download(spec, args, share: CoreShare) -> None:
+    from pipelines.stages.download import download
 
     download(spec, force=args.force)
 
 
-def command_prepare(spec, args) -> None:
-    from pipelines.download import download
-    from pipelines.prepare import make_folds, prepare
+def command_prepare(spec, args, share: CoreShare) -> None:
+    from pipelines.stages.download import download
+    from pipelines.stages.prepare import make_folds, prepare
 
     download(spec)
     prepared = prepare(spec, force=args.force)
     make_folds(spec, prepared, force=args.force)
 
 
-def context_for(spec, args, need_record: bool = False):
+def context_for(spec, args, share: CoreShare, need_record: bool = False):
     """A fixed profile's context (PROFILE=), or a time-budget plan's (BUDGET=, PLAN=, or the spec's pool)."""
     from pipelines.context import setup, setup_budget
 
-    ctx = setup(spec, args.profile) if args.profile is not None else \
-        setup_budget(spec, args.budget, args.plan, need_record=need_record)
+    ctx = setup(spec, args.profile, share) if args.profile is not None else \
+        setup_budget(spec, args.budget, args.plan, share, need_record=need_record)
     ctx.workers, ctx.scheduler, ctx.comp_argument = getattr(args, "workers", 1), getattr(args, "scheduler", None), args.comp
     return ctx
 
 
-def command_train(spec, args) -> None:
+def command_train(spec, args, share: CoreShare) -> None:
     from pipelines.chain import train_models
 
-    train_models(context_for(spec, args), only=args.model, fold=args.fold, force=args.force)
+    train_models(context_for(spec, args, share), only=args.model, fold=args.fold, force=args.force)
 
 
-def command_submit(spec, args) -> None:
-    from pipelines import ddp
+def command_submit(spec, args, share: CoreShare) -> None:
     from pipelines.chain import submit_all, train_models
+    from pipelines.machine import ddp
 
     if not ddp.is_main():  # under DDP the other ranks train beside rank 0; it alone goes on to submit
-        train_models(context_for(spec, args))
+        train_models(context_for(spec, args, share))
         return
-    submit_all(context_for(spec, args), dry_run=args.dry_run, resubmit=args.resubmit)
+    submit_all(context_for(spec, args, share), dry_run=args.dry_run, resubmit=args.resubmit)
 
 
-def command_tune(spec, args) -> None:
-    from pipelines.tune import run_study
+def command_tune(spec, args, share: CoreShare) -> None:
+    import dataclasses
 
-    run_study(spec, args.profile, args.model, study_name=args.study, storage=args.storage, trials=args.trials,
-              total=args.total, workers=args.workers, comp_argument=args.comp, scheduler=args.scheduler)
+    from pipelines.tuning.make_tune import run_study, study_request
+
+    request = study_request(spec, args.profile, args.model, args.study, args.storage, args.trials, args.total)
+    request = dataclasses.replace(request, workers=args.workers, scheduler=args.scheduler, comp_argument=args.comp)
+    run_study(spec, request, share)
 
 
-def command_scores(spec, args) -> None:
-    from pipelines.submit import update_scores
+def command_scores(spec, args, share: CoreShare) -> None:
+    from pipelines.stages.submit import update_scores
 
     update_scores(spec)
 
 
-def command_prune(spec, args) -> None:
-    from pipelines.prune import prune
+def command_prune(spec, args, share: CoreShare) -> None:
+    from pipelines.after_run.prune import prune
 
     prune(spec, dry_run=args.dry_run)
 
 
-def command_predict(spec, args) -> None:
+def command_predict(spec, args, share: CoreShare) -> None:
     from pathlib import Path
 
-    from pipelines.infer import run_predict
+    from pipelines.after_run.infer import run_predict
 
     run_predict(spec, Path(args.input), Path(args.out) if args.out else None, args.run, resize=args.resize,
-                with_probs=args.probs)
+                with_probs=args.probs, share=share)
 
 
-def command_export(spec, args) -> None:
-    from pipelines.export import export
+def command_export(spec, args, share: CoreShare) -> None:
+    from pipelines.after_run.export import export
 
     export(spec, args.run, competition=args.competition, owner=args.owner)
 
 
-def command_report(spec, args) -> None:
+def command_report(spec, args, share: CoreShare) -> None:
     from pipelines.chain import report_only
 
-    report_only(context_for(spec, args, need_record=True))
+    report_only(context_for(spec, args, share, need_record=True))
 
 
 STAGES = {
@@ -191,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines import ddp
+    from pipelines.machine import ddp
 
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -213,7 +217,11 @@ def main(argv: list[str] | None = None) -> int:
         check_command(spec, args)  # names, profile, MODEL=, FOLD=, tuning: before any download or training
         if getattr(args, "gpus", 1) > 1 and not ddp.launched():
             return ddp.launch(args.gpus, argv)
-        STAGES[args.stage][0](spec, args)
+        share = CoreShare()  # this command's share of the cores: joined when it computes, given back at its end
+        try:
+            STAGES[args.stage][0](spec, args, share)
+        finally:
+            share.leave()
     except (UserError, ModelError) as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2

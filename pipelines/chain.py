@@ -5,11 +5,10 @@ TTA -> ensemble -> submit -> report.
 
 Every stage skips work whose output already exists (outputs are keyed by what produced them), so a
 second run with nothing changed only re-reads predictions, and a rerun of one fold redoes that fold and
-what depends on it. A time-budget run trains through `pipelines.runner` with the deadline guard.
+what depends on it. A time-budget run trains through `pipelines.execution.runner` with the deadline guard.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from pathlib import Path
@@ -18,21 +17,21 @@ import numpy as np
 
 from competition.errors import UserError
 from competition.spec import stable_hash
-from pipelines import ddp
-from pipelines.artifacts import git_commit, is_complete, read_manifest
-from pipelines.checks import find_model_run
+from pipelines.after_run.prune import report_disk_usage
 from pipelines.context import Context
-from pipelines.ensemble import ensemble
-from pipelines.lineage import member_sources
-from pipelines.plan import Clock, Shortening, execution, save_plan
-from pipelines.plan_study import run_planned_study
-from pipelines.predict import FoldOutput
-from pipelines.prune import report_disk_usage
-from pipelines.report import model_summaries, write_report
-from pipelines.runner import DeadlineGuard, Unit, run_plan, run_plan_parallel
-from pipelines.submit import submit
-from pipelines.train import fold_folder, train_fold, train_folds
-from pipelines.tta import tta_run
+from pipelines.execution.executors import open_executor
+from pipelines.execution.runner import DeadlineGuard, Unit, fixed_units, run_units, units_of
+from pipelines.machine import ddp
+from pipelines.planning.records import Clock, PlanOfRecord, Shortening, execution, save_plan
+from pipelines.report.page import model_summaries, write_report
+from pipelines.stages.artifacts import git_commit, is_complete, read_manifest
+from pipelines.stages.ensemble import ensemble
+from pipelines.stages.lineage import member_sources
+from pipelines.stages.predict import FoldOutput
+from pipelines.stages.submit import Submission, submit
+from pipelines.stages.train import fold_folder
+from pipelines.stages.tta import tta_run
+from pipelines.tuning.planned import run_planned_study
 
 GUARD_SLACK = 0.025  # of the budget: a running unit is shortened once it would overrun by more
 
@@ -48,7 +47,7 @@ def after_unit(ctx: Context, unit: Unit, output: FoldOutput, seconds: float | No
     """What the command keeps of a trained unit, wherever it trained: a new shortening for the plan to
     replay, its time, and a line."""
     manifest = read_manifest(output.folder)
-    if manifest.get("shortened") and unit.planned.replayed_shortening(unit.fold) is None:
+    if unit.planned is not None and manifest.get("shortened") and unit.shortening is None:
         unit.planned.shortened.append(Shortening(fold=unit.fold, **manifest["shortened"]))
     if seconds is not None:
         ctx.stage_seconds[f"train {unit.what}"] = seconds
@@ -57,124 +56,52 @@ def after_unit(ctx: Context, unit: Unit, output: FoldOutput, seconds: float | No
           f"-> {output.folder}")
 
 
-class SequentialExecutor:
-    """Trains a plan's units one after another in this process (runner.Executor)."""
-
-    def __init__(self, ctx: Context):
-        self.ctx = ctx
-
-    def train(self, unit: Unit, epochs_allowed) -> tuple[FoldOutput, float | None]:
-        ctx, planned = self.ctx, unit.planned
-        replayed = planned.replayed_shortening(unit.fold)
-        reused = is_complete(fold_folder(ctx.spec, planned.run, ctx.prepared, ctx.folds, unit.fold))
-        started = time.monotonic()
-        output = train_fold(ctx.spec, planned.run, ctx.data, ctx.prepared, ctx.folds, unit.fold, ctx.runtime,
-                            epochs_allowed=None if replayed else epochs_allowed, shortening=replayed)
-        seconds = None if reused else time.monotonic() - started
-        after_unit(ctx, unit, output, seconds)
-        return output, seconds
-
-
-class ClusterExecutor:
-    """runner.ParallelExecutor: units on Dask workers, each unit recorded here as it comes back."""
-
-    def __init__(self, ctx: Context, cluster):
-        from pipelines.cluster import DaskExecutor
-
-        self.ctx, self.dask = ctx, DaskExecutor(cluster, ctx.comp_argument)
-        self.slots = self.dask.slots
-        self.units: dict[object, Unit] = {}
-
-    def submit(self, unit: Unit, limit):
-        handle = self.dask.submit(unit, limit)
-        self.units[handle] = unit
-        return handle
-
-    def next_done(self, handles):
-        handle, output, seconds = self.dask.next_done(handles)
-        unit = self.units.pop(handle)
-        after_unit(self.ctx, unit, output, seconds)
-        return handle, output, seconds
-
-
-@contextlib.contextmanager
-def cluster_for(ctx: Context):
-    """The Dask cluster of WORKERS=/SCHEDULER=; this process gives its cores to the workers meanwhile."""
-    from pipelines import cores
-    from pipelines.cluster import open_cluster
-
-    cores.leave()
-    cluster = open_cluster(ctx.workers, ctx.scheduler)
-    try:
-        yield cluster
-    finally:
-        cluster.close()
-        cores.join()
+def executor(ctx: Context):
+    """This command's executor: this process, or the Dask cluster of WORKERS=/SCHEDULER=."""
+    return open_executor(ctx.inputs, ctx.workers, ctx.scheduler, ctx.comp_argument)
 
 
 def train_models(ctx: Context, only: str | None = None, fold: int | None = None, force: bool = False) -> dict:
     """Train (or reuse) every run and fold; `fold` given = retrain exactly that fold."""
     if ctx.plan is not None and only is None and fold is None and not force:
         return train_planned(ctx)
-    if ctx.on_cluster and (trained := train_on_cluster(ctx, only, fold, force)):
-        return trained
-    trained = {}
-    for run, run_folds in ctx.work():
-        if only and only not in (run.name, run.model):
-            continue
-        fold_ids = [fold] if fold is not None else run_folds
-        forced = tuple(fold_ids) if (force or fold is not None) else ()
-        trained[run.name] = train_folds(ctx.spec, run, ctx.data, ctx.prepared, ctx.folds, fold_ids, ctx.runtime, forced)
-        if fold is not None and fold not in run_folds:
-            print(f"train: note: fold {fold} is not among {run.name}'s folds {run_folds}, so submit will not use it")
-    if only and not trained:
-        if ctx.plan is None:
-            find_model_run(ctx.spec, ctx.profile_name, only)  # raises the one-line error naming the runs there are
-        names = ", ".join(run.name for run, _ in ctx.work())
-        raise UserError(f"MODEL={only}: not a run of this plan (has: {names}); set MODEL= to one of them")
-    return trained
-
-
-def train_on_cluster(ctx: Context, only: str | None, fold: int | None, force: bool) -> dict:
-    """`train_models` with every selected (run, fold) handed to the Dask workers at once."""
-    from pipelines.cluster import DaskExecutor
-
     work = [(run, [fold] if fold is not None else run_folds) for run, run_folds in ctx.work()
             if not only or only in (run.name, run.model)]
-    if not work:
-        return {}  # MODEL= names no run: the sequential path says so
-    forced = tuple((run.name, f) for run, folds in work for f in folds) if (force or fold is not None) else ()
-    with cluster_for(ctx) as cluster:
-        dask = DaskExecutor(cluster, ctx.comp_argument, forced)
-        # Fold-major, as the sequential path and the runner go: every run's first fold before any second.
-        order = sorted(((run, f) for run, folds in work for f in folds), key=lambda rf: rf[1])
-        handles = {dask.submit_fold(run, f, priority=-position): (run.name, f) for position, (run, f) in enumerate(order)}
-        done = {}
-        while len(done) < len(handles):
-            handle, output, _ = dask.next_done([h for h in handles if handles[h] not in done])
-            done[handles[handle]] = output
-    return {run.name: [done[run.name, f] for f in folds] for run, folds in work}
+    if only and not work:
+        if ctx.plan is None:
+            ctx.spec.model_run(ctx.profile_name, only)  # raises the one-line error naming the runs there are
+        names = ", ".join(run.name for run, _ in ctx.work())
+        raise UserError(f"MODEL={only}: not a run of this plan (has: {names}); set MODEL= to one of them")
+    if fold is not None:
+        for run, run_folds in ctx.work():
+            if (not only or only in (run.name, run.model)) and fold not in run_folds:
+                print(f"train: note: fold {fold} is not among {run.name}'s folds {run_folds}, so submit will not use it")
+    with executor(ctx) as running:
+        return run_units(fixed_units(work, force=force or fold is not None), running,
+                         on_done=lambda unit, output, seconds: after_unit(ctx, unit, output, seconds))
 
 
 def train_planned(ctx: Context) -> dict:
     """The plan's study (if any, and not done yet), then its units through the runner; the deadline guard
     watches unless the plan is a replay."""
-    run_planned_study(ctx)
+    if ctx.plan.study is not None and not ctx.plan.study.done:
+        ctx.plan, seconds = run_planned_study(ctx.inputs, PlanOfRecord(ctx.plan, ctx.plan_path, ctx.replay, ctx.started))
+        ctx.profile = ctx.plan.profile()
+        ctx.stage_seconds["study"] = ctx.stage_seconds.get("study", 0.0) + seconds
     plan = ctx.plan
     started = time.monotonic()
-    guard = None
-    if not ctx.replay:  # each unit's TTA time is counted with the unit (PlannedRun.tta_seconds_per_fold)
-        guard = DeadlineGuard(Clock(), train_deadline=ctx.started + plan.budget_seconds - plan.reserve_seconds,
-                              slack=GUARD_SLACK * plan.budget_seconds)
+
     def keep(plan) -> None:
         if ddp.is_main():  # under DDP rank 0 keeps the plan of record
             save_plan(plan, ctx.plan_path)
 
-    if ctx.on_cluster:
-        with cluster_for(ctx) as cluster:
-            trained = run_plan_parallel(plan, ClusterExecutor(ctx, cluster), guard, on_change=keep)
-    else:
-        trained = run_plan(plan, SequentialExecutor(ctx), guard, on_change=keep)
+    guard = None
+    if not ctx.replay:  # each unit's TTA time is counted with the unit (PlannedRun.tta_seconds_per_fold)
+        guard = DeadlineGuard(Clock(), plan, train_deadline=ctx.started + plan.budget_seconds - plan.reserve_seconds,
+                              slack=GUARD_SLACK * plan.budget_seconds, on_change=keep)
+    with executor(ctx) as running:
+        trained = run_units(units_of(plan), running, guard,
+                            on_done=lambda unit, output, seconds: after_unit(ctx, unit, output, seconds))
     if guard is not None:
         plan.notes.extend(n for n in guard.notes if n not in plan.notes)
         for note in guard.notes:
@@ -226,9 +153,9 @@ def submit_all(ctx: Context, dry_run: bool = False, resubmit: bool = False) -> d
     cv = report["cross_fitted"]["oof_score"]  # the honest figure: nothing fitted on the rows it scores
     test_ids = ctx.prepared.load().test_ids
     started = time.monotonic()
-    result = submit(ctx.spec, ctx.profile_name, test_ids, test_probs, cv, config_hash(ctx),
-                    read_manifest(folder)["digest"], git_commit(), dry_run=dry_run, resubmit=resubmit,
-                    ensemble=folder.name)
+    submission = Submission(ctx.profile_name, test_ids, test_probs, cv, config_hash(ctx), read_manifest(folder)["digest"],
+                            git_commit(), ensemble=folder.name)
+    result = submit(ctx.spec, submission, dry_run=dry_run, resubmit=resubmit)
     ctx.stage_seconds["submit"] = time.monotonic() - started
     # A cached rerun keeps the first run's minutes in the plan of record.
     measured = ctx.plan is not None and (ctx.trained_any or not ctx.plan.actual)

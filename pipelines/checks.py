@@ -14,14 +14,14 @@ import models
 from competition.errors import SpecError, UserError
 from competition.recipe import LossConfig, ModelRun
 from competition.spec import CompetitionSpec
-from pipelines import cores
-from pipelines.augment import POLICIES
-from pipelines.device import AUTO, PRECISIONS
-from pipelines.ensemble import METHODS
-from pipelines.losses import LOSSES
-from pipelines.optim import OPTIMIZERS, SCHEDULES
-from pipelines.predict import VIEWS
-from pipelines.registry import Registry
+from pipelines.machine import cores
+from pipelines.machine.device import AUTO, PRECISIONS
+from pipelines.recipe.augment import POLICIES, colour_problem
+from pipelines.recipe.losses import LOSSES
+from pipelines.recipe.optim import OPTIMIZERS, SCHEDULES
+from pipelines.recipe.registry import Registry
+from pipelines.stages.ensemble import METHODS
+from pipelines.stages.predict import VIEWS
 
 # Dotted paths of a model run whose values name a registered implementation (also as tuning choices).
 NAMED_FIELDS: dict[str, Registry] = {"optimizer.name": OPTIMIZERS, "schedule.name": SCHEDULES, "augment.policy": POLICIES,
@@ -42,14 +42,6 @@ def _field(run: ModelRun, path: str) -> str:
     if section is None:  # an unset optional section: its defaults (`loss:` unset is cross-entropy)
         section = {"loss": LossConfig()}[head]
     return getattr(section, leaf)
-
-
-def colour_problem(spec: CompetitionSpec, policy: str) -> str | None:
-    if spec.colour_defines_class and policy in POLICIES and POLICIES[policy].changes_colour:
-        keeps = ", ".join(name for name in POLICIES if not POLICIES[name].changes_colour)
-        return (f"policy '{policy}' changes colour, and colour defines this competition's classes "
-                f"(colour_defines_class: true); use one that keeps it: {keeps}")
-    return None
 
 
 def check_model_run(spec: CompetitionSpec, key: str, run: ModelRun) -> None:
@@ -99,23 +91,12 @@ def check_spec(spec: CompetitionSpec) -> None:
                     raise _refuse(spec, f"tuning.search_space.{path}.choices", problem)
 
 
-def find_model_run(spec: CompetitionSpec, profile_name: str, name: str) -> ModelRun:
-    """The profile's model run called `name` (its alias or model name)."""
-    profile = spec.profile(profile_name)
-    for run in profile.models:
-        if name in (run.name, run.model):
-            return run
-    names = ", ".join(r.name for r in profile.models)
-    raise SpecError(f"{spec_file(spec)}: profile '{profile_name}' has no model '{name}' (has: {names}); "
-                    "set MODEL= to one of them")
-
-
 def check_command(spec: CompetitionSpec, args: argparse.Namespace) -> None:
     """The command line against the spec: profile, MODEL=, FOLD=, CORES=, THREADS=, and what tune needs."""
     check_spec(spec)
     cores.check_settings()
     if getattr(args, "plan", None):
-        from pipelines.plan import read_plan
+        from pipelines.planning.records import read_plan
 
         for number, planned in enumerate(read_plan(Path(args.plan), spec).runs):
             try:
@@ -125,7 +106,7 @@ def check_command(spec: CompetitionSpec, args: argparse.Namespace) -> None:
     if getattr(args, "profile", None) is not None:
         spec.profile(args.profile)
         if getattr(args, "model", None):
-            find_model_run(spec, args.profile, args.model)
+            spec.model_run(args.profile, args.model)
     fold = getattr(args, "fold", None)
     if fold is not None and spec.folds.missing_fold([fold]) is not None:
         raise UserError(f"FOLD={fold}: {spec.folds.numbering()} in {spec_file(spec)}")
@@ -135,7 +116,7 @@ def check_command(spec: CompetitionSpec, args: argparse.Namespace) -> None:
         if args.total is None and args.trials is None:
             raise UserError("say how many trials: --trials N (add N to the study) or --total N (run until it holds N)")
         if args.scheduler is not None:
-            from pipelines.studies import storage_url
+            from pipelines.tuning.studies import storage_url
 
             if storage_url(spec, args.storage).startswith("sqlite"):
                 raise UserError(f"SCHEDULER={args.scheduler}: the workers of several machines need a study database "
@@ -158,8 +139,8 @@ def check_gpus(args: argparse.Namespace, scheduler: str | None) -> None:
     if getattr(args, "workers", 1) > 1 or scheduler is not None:
         raise UserError(f"GPUS={gpus} spreads one run over several devices; WORKERS=/SCHEDULER= spread runs over "
                         "workers: use one or the other")
-    from pipelines import ddp
-    from pipelines.device import wants_cuda
+    from pipelines.machine import ddp
+    from pipelines.machine.device import wants_cuda
 
     if not ddp.launched() and (problem := ddp.check_devices(gpus, wants_cuda())):
         raise UserError(f"GPUS={gpus}: {problem}")
@@ -180,13 +161,13 @@ def resolve_mode(spec: CompetitionSpec, args: argparse.Namespace) -> None:
         if budget or plan:
             raise SpecError(f"{spec_file(spec)}: no `pool:` of candidate runs to plan with; add one, or use "
                             f"PROFILE=quick|full")
-        from pipelines.device import default_profile
+        from pipelines.machine.device import default_profile
 
         args.profile = default_profile()
         return
     if args.profile is None:
         from competition.recipe import parse_duration
-        from pipelines.device import default_profile
+        from pipelines.machine.device import default_profile
 
         if budget:
             try:

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from competition.host.server import serve_in_thread
-from competition.paths import REPO_ROOT
 from competition.host.store import HostStore
+from competition.paths import REPO_ROOT
 
 DEAD_PROXY = "http://127.0.0.1:9"  # HTTPS goes nowhere: a test can never talk to the real Kaggle
 KAGGLE_ENV_VARS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy",
@@ -89,11 +89,15 @@ def run_kaggle(cli_env, tmp_path):
 @pytest.fixture(autouse=True)
 def cores_given_back():
     """A test that trained in this process leaves the core registry when it ends: pytest idles between
-    tests and while the commands a test starts compute, and an idle member would halve their threads."""
+    tests and while the commands a test starts compute, and an idle member would halve their threads.
+    (A command leaves its own share; a test that builds a context or a runtime itself does not.)"""
     yield
-    from pipelines import cores
+    import gc
 
-    cores.leave()
+    from pipelines.machine.cores import CoreShare
+
+    for share in [o for o in gc.get_objects() if type(o) is CoreShare and o.joined]:
+        share.leave()
 
 
 @pytest.fixture

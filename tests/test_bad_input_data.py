@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import struct
 import uuid
@@ -23,11 +24,11 @@ from competition.errors import DataError, UserError
 from competition.host.server import serve_in_thread
 from competition.host.store import HostStore
 from competition.spec import load_spec
-from pipelines import download as download_stage
 from pipelines.__main__ import main as pipelines_main
-from pipelines.download import safe_extract
-from pipelines.prepare import make_folds, prepare
-from pipelines.predict import load_checkpoint
+from pipelines.stages import download as download_stage
+from pipelines.stages.download import safe_extract
+from pipelines.stages.predict import load_checkpoint
+from pipelines.stages.prepare import make_folds, prepare
 from tests.conftest import Host
 
 
@@ -316,8 +317,9 @@ def test_a_make_variable_that_is_not_a_number_is_one_line_before_anything_starts
     from competition.paths import REPO_ROOT
 
     # `-n`: make reads the Makefile (where the check is) and would only print the commands it runs.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # not a sub-make
     done = subprocess.run(["make", "-n", "train", "COMP=digits", f"{variable}={value}"], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode != 0 and not done.stdout, done.stdout
     [line] = done.stderr.strip().splitlines()
     assert f"*** {variable}={value}: must be a whole number (" in line and f"e.g. {variable}=" in line, line
@@ -350,7 +352,7 @@ def test_the_host_command_line_is_one_line_too(capsys):
     (np.array([{"a": 1}], dtype=object), "not a readable .npy array"),
 ])
 def test_bad_npy_arrays_are_refused(tmp_path, array, phrase):
-    from pipelines.readers import load_npy
+    from pipelines.stages.readers import load_npy
 
     spec = load_spec("digits")
     path = tmp_path / "images.npy"

@@ -345,7 +345,7 @@ def test_missing_debian_packages_without_root_are_one_line_with_the_command():
     folder = Path(tempfile.mkdtemp(prefix="kpipe-setup-"))
     try:
         folder.chmod(0o755)
-        shutil.copy(REPO_ROOT / "pipelines" / "system_packages.py", folder / "system_packages.py")
+        shutil.copy(REPO_ROOT / "pipelines" / "tools" / "system_packages.py", folder / "system_packages.py")
         script = ("import sys; sys.path.insert(0, sys.argv[1]); import system_packages as setup; "
                   "setup.CHECKS['run'][1] = ('dataset-fashion-mnist', 'the local host', lambda: False); "
                   "sys.exit(setup.main(['run']))")

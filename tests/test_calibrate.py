@@ -1,4 +1,4 @@
-"""Cross-fitted CV and temperature scaling (pipelines/calibrate.py), and the ensemble stage that uses
+"""Cross-fitted CV and temperature scaling (pipelines/stages/calibrate.py), and the ensemble stage that uses
 them: a case where the in-sample CV is visibly optimistic, and over-confident models calibrated."""
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from competition.metrics import metric
-from pipelines.calibrate import expected_calibration_error, fit_temperature, groups_of, with_temperature
-from pipelines.ensemble import _write_ensemble
-from pipelines.metrics import log_loss
-from pipelines.predict import FoldOutput
+from competition.metrics import kaggle_log_loss, metric
+from pipelines.stages.calibrate import expected_calibration_error, fit_temperature, groups_of, with_temperature
+from pipelines.stages.ensemble import EnsembleOutput, _write_ensemble
+from pipelines.stages.predict import FoldOutput
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -34,7 +33,7 @@ def test_temperature_undoes_over_confidence():
     temperature = fit_temperature(over_confident, labels)
     assert temperature == pytest.approx(3.0, rel=0.1)
     fixed = with_temperature(over_confident, temperature)
-    assert log_loss(fixed, labels) < log_loss(over_confident, labels) - 0.1
+    assert kaggle_log_loss(fixed, labels) < kaggle_log_loss(over_confident, labels) - 0.1
     assert expected_calibration_error(fixed, labels) < expected_calibration_error(over_confident, labels) / 3
     assert (fixed.argmax(1) == over_confident.argmax(1)).all()  # the ranking of classes is kept
 
@@ -60,7 +59,7 @@ def _ensemble(tmp_path, models: dict, labels: np.ndarray, row_folds: np.ndarray,
     index = np.arange(len(labels))
     per_model = {name: _fold_outputs(tmp_path, name, index, oof, oof[:5]) for name, oof in models.items()}
     config = {"method": "hill_climb", "metric": {"name": chosen.name, "k": chosen.k}, "cross_fit": 1, "seed": 42}
-    return _write_ensemble(config, chosen, per_model, labels, row_folds, tmp_path / "ensemble", {})[1]
+    return _write_ensemble(EnsembleOutput(tmp_path / "ensemble", config, {}), chosen, per_model, labels, row_folds)[1]
 
 
 def test_cross_fitting_shows_what_the_in_sample_cv_hides(tmp_path):
@@ -104,6 +103,7 @@ def test_a_macro_f1_ensemble_learns_a_decision_rule_that_holds_cross_fitted(tmp_
     assert report["cross_fitted"]["oof_score"] == pytest.approx(rule["cross_fitted_without"] + rule["cross_fitted_gain"])
 
 
+@pytest.mark.slow
 def test_a_decision_rule_that_loses_on_held_out_rows_is_not_applied(tmp_path):
     # An unbiased model on few rows: whatever weights fit the rows in-sample are noise elsewhere.
     rng = np.random.default_rng(2)

@@ -1,4 +1,4 @@
-"""(model, fold) runs on Dask workers (pipelines/cluster.py): a two-worker LocalCluster gives the
+"""(model, fold) runs on Dask workers (pipelines/execution/cluster.py): a two-worker LocalCluster gives the
 sequential run's checkpoints and submission byte for byte (thread count pinned to one, as each worker
 has), and a scheduler with a worker on 127.0.0.1 stands in for a cluster of machines sharing the disk."""
 from __future__ import annotations
@@ -19,6 +19,8 @@ from competition.paths import REPO_ROOT
 from competition.spec import SPEC_DIR
 from pipelines.__main__ import main as pipelines_main
 from tests.conftest import free_port
+
+pytestmark = pytest.mark.slow  # every test here trains, or runs a whole command on a cluster or a package
 
 MODELS = [{"model": "cnn3", "model_args": {"width": 16}, "epochs": 3, "batch_size": 64},
           {"model": "lenet", "epochs": 2, "batch_size": 64}]

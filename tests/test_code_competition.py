@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here runs a kernel or builds its venv
+
 KERNEL_SCRIPT = """
 import os, socket, sys
 from pathlib import Path

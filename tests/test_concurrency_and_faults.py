@@ -23,8 +23,8 @@ from competition.host import server as host_server
 from competition.paths import REPO_ROOT
 from competition.spec import load_spec
 from pipelines.__main__ import main as pipelines_main
-from pipelines.download import download
-from pipelines.submit import LOG_COLUMNS, log_path
+from pipelines.stages.download import download
+from pipelines.stages.submit import LOG_COLUMNS, log_path
 from tests.test_train_submit import TINY_RUN, write_digits_variant
 
 ONE_EPOCH = {**TINY_RUN, "epochs": 1}
@@ -52,6 +52,7 @@ def last_error_line(text: str) -> str:
 # --- concurrency ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_submits_at_once_upload_once_and_lose_no_log_row(pipeline_env, host, tmp_path):
     submissions = tmp_path / "submissions"
     spec_path = write_digits_variant(tmp_path, [ONE_EPOCH], folds=(0,), tta=("identity",))
@@ -74,13 +75,13 @@ _LOG_WRITER = """
 import sys
 import numpy as np
 from competition.spec import load_spec
-from pipelines.submit import submit
+from pipelines.stages.submit import Submission, submit
 spec = load_spec("digits")
 worker = int(sys.argv[1])
 probs = np.eye(10, dtype=np.float32)[np.arange(450) % 10]
 for i in range(int(sys.argv[2])):
-    submit(spec, "quick", [f"d{j}" for j in range(450)], probs, 0.5, f"cfg{worker}x{i}", f"{worker:04d}{i:04d}abcd",
-           "0" * 40, dry_run=True)
+    submit(spec, Submission("quick", [f"d{j}" for j in range(450)], probs, 0.5, f"cfg{worker}x{i}",
+                            f"{worker:04d}{i:04d}abcd", "0" * 40), dry_run=True)
 """
 
 
@@ -118,6 +119,7 @@ def test_a_second_publisher_keeps_the_first_folder(tmp_path):
     assert sorted(p.name for p in final.parent.iterdir()) == ["result"]
 
 
+@pytest.mark.slow
 def test_leftovers_of_killed_writers_are_removed_by_the_next_run(pipeline_env, tmp_path):
     spec_path = write_digits_variant(tmp_path, [ONE_EPOCH], folds=(0,), tta=("identity",))
     assert pipelines_main(["prepare", "--comp", str(spec_path)]) == 0
@@ -134,6 +136,7 @@ def test_leftovers_of_killed_writers_are_removed_by_the_next_run(pipeline_env, t
 # --- faults ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_host_that_never_answers_fails_in_one_line_instead_of_hanging(pipeline_env, monkeypatch, capsys):
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -160,6 +163,7 @@ def _spec_of_its_own(tmp_path: Path, lr: float) -> Path:
     return write_digits_variant(tmp_path, [run], folds=(0,), tta=("identity",))
 
 
+@pytest.mark.slow
 def test_score_lost_after_upload_is_recovered_without_a_second_upload(pipeline_env, host, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KPIPE_SUBMISSIONS", str(tmp_path / "submissions"))
     spec_path = _spec_of_its_own(tmp_path, 0.041)
@@ -189,6 +193,7 @@ def test_score_lost_after_upload_is_recovered_without_a_second_upload(pipeline_e
     assert f"digest {digest}" in host.store.submissions("digits")[0]["description"]
 
 
+@pytest.mark.slow
 def test_an_upload_whose_answer_is_lost_is_found_on_the_host(pipeline_env, host, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KPIPE_SUBMISSIONS", str(tmp_path / "submissions"))
     spec_path = _spec_of_its_own(tmp_path, 0.042)
@@ -208,6 +213,7 @@ def test_an_upload_whose_answer_is_lost_is_found_on_the_host(pipeline_env, host,
     assert "leaderboard: public" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_an_upload_that_never_arrived_is_marked_failed_and_retried_next_time(pipeline_env, host, tmp_path, monkeypatch,
                                                                               capsys):
     monkeypatch.setenv("KPIPE_SUBMISSIONS", str(tmp_path / "submissions"))
@@ -228,6 +234,7 @@ def test_an_upload_that_never_arrived_is_marked_failed_and_retried_next_time(pip
     assert len(host.store.submissions("digits")) == before + 1
 
 
+@pytest.mark.slow
 def test_sigterm_mid_fold_leaves_nothing_partial_and_the_rerun_finishes(pipeline_env, tmp_path):
     spec_path = write_digits_variant(tmp_path, [{**TINY_RUN, "model_args": {"width": 32}, "epochs": 6}], folds=(0,))
     assert pipelines_main(["prepare", "--comp", str(spec_path)]) == 0
@@ -279,6 +286,7 @@ def file_size_limit(limit: int):
         signal.signal(signal.SIGXFSZ, previous)
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_is_one_line_not_a_killed_process(pipeline_env, host, tmp_path):
     """Past `ulimit -f` the kernel kills a writer with SIGXFSZ unless it is ignored; then numpy's short
     write (an OSError with no errno) is still recognised, and the prepared arrays are not kept half."""
@@ -301,7 +309,7 @@ def test_a_checkpoint_past_the_file_size_limit_names_its_file(tmp_path):
 
     import torch
 
-    from pipelines.predict import save_checkpoint
+    from pipelines.stages.predict import save_checkpoint
 
     path = tmp_path / "fold0" / "best.pt"
     with file_size_limit(20_000), pytest.raises(OSError) as caught:
@@ -316,7 +324,7 @@ def test_a_log_the_disk_refuses_keeps_no_submission_file(pipeline_env, host, tmp
     import numpy as np
 
     from pipelines.__main__ import disk_full_message
-    from pipelines.submit import submit
+    from pipelines.stages.submit import Submission, submit
 
     submissions = tmp_path / "submissions"
     monkeypatch.setenv("KPIPE_SUBMISSIONS", str(submissions))
@@ -330,7 +338,7 @@ def test_a_log_the_disk_refuses_keeps_no_submission_file(pipeline_env, host, tmp
     probs = np.eye(10, dtype=np.float32)[np.arange(len(ids)) % 10]
     with file_size_limit(60_000):
         with pytest.raises(OSError) as caught:
-            submit(spec, "quick", ids, probs, 0.5, "cfg", "feedfacefeedface", "0" * 40, dry_run=True)
+            submit(spec, Submission("quick", ids, probs, 0.5, "cfg", "feedfacefeedface", "0" * 40), dry_run=True)
         line = disk_full_message(caught.value, "digits")  # as the command prints it, under its limit
     assert line.startswith(f"a file grew past this process's file-size limit (60,000 bytes, `ulimit -f`) while writing {path}:"), line
     assert sorted(p.name for p in path.parent.iterdir()) == ["log.csv"], "a submission file no log row names"
@@ -342,7 +350,7 @@ def test_a_full_disk_under_the_submissions_log_keeps_no_submission_file(pipeline
     import numpy as np
 
     from pipelines.__main__ import disk_full_message
-    from pipelines.submit import submit
+    from pipelines.stages.submit import Submission, submit
 
     small = tmp_path / "small-disk"
     small.mkdir()
@@ -357,7 +365,7 @@ def test_a_full_disk_under_the_submissions_log_keeps_no_submission_file(pipeline
         path.write_text(_csv_text([LOG_COLUMNS] + [_good_row(predictions_digest=f"{i:016x}") for i in range(220)]))
         probs = np.eye(10, dtype=np.float32)[np.arange(len(ids)) % 10]
         with pytest.raises(OSError) as caught:
-            submit(spec, "quick", ids, probs, 0.5, "cfg", "feedfacefeedface", "0" * 40, dry_run=True)
+            submit(spec, Submission("quick", ids, probs, 0.5, "cfg", "feedfacefeedface", "0" * 40), dry_run=True)
         line = disk_full_message(caught.value, "digits")
         assert line.startswith(f"disk full while writing {path}: nothing partial was kept") and "make prune COMP=digits" in line
         assert sorted(p.name for p in path.parent.iterdir()) == ["log.csv"]
@@ -447,7 +455,7 @@ def test_a_hand_edited_log_is_reported_not_a_key_error(pipeline_env, tmp_path, m
 
 
 def test_a_log_from_before_metrics_is_read_as_accuracy_and_rewritten(pipeline_env, tmp_path, monkeypatch):
-    from pipelines.submit import ACCURACY_LOG_COLUMNS, read_log, write_log
+    from pipelines.stages.submit import ACCURACY_LOG_COLUMNS, read_log, write_log
 
     monkeypatch.setenv("KPIPE_SUBMISSIONS", str(tmp_path / "submissions"))
     spec = load_spec("digits")
@@ -466,6 +474,7 @@ def test_a_log_from_before_metrics_is_read_as_accuracy_and_rewritten(pipeline_en
 # --- prune ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_prune_removes_what_no_submission_needs_and_keeps_the_rest(pipeline_env, host, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KPIPE_SUBMISSIONS", str(tmp_path / "submissions"))
     monkeypatch.setenv("DRY_RUN", "1")

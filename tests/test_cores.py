@@ -1,4 +1,4 @@
-"""The machine's cores shared between kpipe processes (pipelines/cores.py): real processes joining,
+"""The machine's cores shared between kpipe processes (pipelines/machine/cores.py): real processes joining,
 leaving, dying and waiting, each reading its own torch thread count."""
 from __future__ import annotations
 
@@ -12,19 +12,20 @@ from pathlib import Path
 import pytest
 
 from competition.paths import REPO_ROOT
-from pipelines import cores
+from pipelines.machine import cores
 
 # A process that computes the way training does: join, then small steps, following the registry between
 # them; it prints its torch thread count whenever that changes, and stops when <stop> appears.
 WORKER = """
 import sys, time, torch
 from pathlib import Path
-from pipelines import cores
+from pipelines.machine.cores import CoreShare
 stop = Path(sys.argv[1])
-print("joined", cores.join(), flush=True)
+share = CoreShare()
+print("joined", share.join(), flush=True)
 seen, a = torch.get_num_threads(), torch.randn(96, 96)
 while not stop.exists():
-    cores.follow()
+    share.follow()
     for _ in range(20):
         a = torch.tanh(a @ a)
     if torch.get_num_threads() != seen:
@@ -36,6 +37,20 @@ CORES = cores.machine_cores()
 needs_two = pytest.mark.skipif(CORES < 2, reason="sharing needs at least two cores")
 
 
+STARTED: list[subprocess.Popen] = []  # this module's worker processes, killed after each test
+
+
+@pytest.fixture(autouse=True)
+def no_worker_outlives_its_test():
+    """A failing assertion must not leave a worker spinning on a core beside the rest of the suite."""
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+
 class Worker:
     def __init__(self, tmp: Path, name: str, **env: str):
         self.stop = tmp / f"stop-{name}"
@@ -44,6 +59,7 @@ class Worker:
         self.process = subprocess.Popen([sys.executable, "-c", WORKER, str(self.stop)], cwd=REPO_ROOT,
                                         env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **env},
                                         stdout=self.out, stderr=open(self.err, "w"))
+        STARTED.append(self.process)
         self.out_path = tmp / f"{name}.out"
 
     def lines(self) -> list[str]:
@@ -85,6 +101,7 @@ def test_fair_shares_deal_every_core_once_earliest_first():
     assert cores.fair_shares([2, 2, 2], 2) == [1, 1, 1]  # more processes than cores: one thread each
 
 
+@pytest.mark.slow
 @needs_two
 def test_a_second_process_takes_a_fair_share_and_the_first_gives_it_back_on_exit_or_death(registry, tmp_path):
     first = Worker(tmp_path, "first")
@@ -96,7 +113,7 @@ def test_a_second_process_takes_a_fair_share_and_the_first_gives_it_back_on_exit
     second.process.send_signal(signal.SIGKILL)  # no goodbye: its OS lock is gone, so its entry is dead
     second.process.wait()
     first.wait_for(CORES)
-    assert [p.name for p in registry.glob("*.json")] == [f"{os.uname().nodename}-{first.process.pid}.json"]
+    assert [p.name.rsplit("-", 1)[0] for p in registry.glob("*.json")] == [f"{os.uname().nodename}-{first.process.pid}"]
     third = Worker(tmp_path, "third")
     third.wait_for(CORES // 2)
     first.wait_for(CORES - CORES // 2)
@@ -106,6 +123,7 @@ def test_a_second_process_takes_a_fair_share_and_the_first_gives_it_back_on_exit
     assert list(registry.glob("*.json")) == []
 
 
+@pytest.mark.slow
 @needs_two
 def test_a_thread_cap_leaves_the_rest_to_the_others(registry, tmp_path):
     capped = Worker(tmp_path, "capped", KPIPE_THREADS="1")
@@ -117,6 +135,7 @@ def test_a_thread_cap_leaves_the_rest_to_the_others(registry, tmp_path):
     other.finish()
 
 
+@pytest.mark.slow
 def test_wait_policy_queues_until_the_running_process_leaves(registry, tmp_path):
     running = Worker(tmp_path, "running")
     running.wait_for(CORES)
@@ -134,6 +153,7 @@ def test_wait_policy_queues_until_the_running_process_leaves(registry, tmp_path)
     waiting.finish()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("env, fix", [({"KPIPE_CORES": "greedy"}, "CORES=greedy: unknown; use one of share, wait"),
                                       ({"KPIPE_THREADS": "two"}, "THREADS=two: must be a whole number")])
 def test_bad_settings_are_one_line_before_any_work(registry, tmp_path, env, fix):

@@ -1,4 +1,4 @@
-"""Data-parallel training (GPUS=n, pipelines/ddp.py) on the CPU with gloo, and DETERMINISTIC=1.
+"""Data-parallel training (GPUS=n, pipelines/machine/ddp.py) on the CPU with gloo, and DETERMINISTIC=1.
 
 Two ranks on the same global batch give one process's result up to float noise (BatchNorm synchronised
 over the global batch); a DDP run killed mid-fold resumes from its last epoch; GPUS= refuses what it
@@ -71,6 +71,7 @@ def prepared_twice(pipeline_env, tmp_path):
     return spec, pipeline_env, tmp_path / "ddp-data"
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_match_one_process_on_the_same_global_batch(prepared_twice, monkeypatch):
     spec, one_data, ddp_data = prepared_twice
     monkeypatch.setenv("KPIPE_THREADS", "1")  # each rank's share of two cores: like for like
@@ -91,6 +92,7 @@ def test_two_gloo_ranks_match_one_process_on_the_same_global_batch(prepared_twic
     assert stats and all(torch.allclose(ddp_weights[k], one_weights[k], rtol=1e-3, atol=1e-5) for k in stats)
 
 
+@pytest.mark.slow
 def test_a_killed_ddp_run_resumes_from_its_last_epoch(pipeline_env, tmp_path):
     spec = write_spec(tmp_path, epochs=12, batch_size=32)
     assert pipelines_main(["prepare", "--comp", str(spec)]) == 0
@@ -129,6 +131,7 @@ def test_gpus_refusals_are_one_line(pipeline_env, tmp_path, capsys, extra, says)
     assert not (pipeline_env / "digits").exists()  # refused before any download
 
 
+@pytest.mark.slow
 def test_a_batch_that_does_not_split_over_the_ranks_is_one_line(pipeline_env, tmp_path):
     spec = write_spec(tmp_path, epochs=1, batch_size=33)
     assert pipelines_main(["prepare", "--comp", str(spec)]) == 0
@@ -139,6 +142,7 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_one_line(pipeline_env, tm
     assert "Traceback" not in out and not list(pipeline_env.glob("digits/train/*/fold0"))
 
 
+@pytest.mark.slow
 def test_deterministic_mode_repeats_a_run_and_names_an_operation_without_a_deterministic_kernel(prepared_twice,
                                                                                                 monkeypatch):
     spec, first_data, second_data = prepared_twice
@@ -154,7 +158,7 @@ def test_deterministic_mode_repeats_a_run_and_names_an_operation_without_a_deter
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
     # The CPU kernels we train with all have deterministic implementations; torch names the ones that do
     # not (CUDA's scatter_add, histc, ...) through this alert, which the mode turns into one line each.
-    probe = ("import torch._prims_common as u; from pipelines.device import pick_runtime; pick_runtime(); "
+    probe = ("import torch._prims_common as u; from pipelines.machine.device import pick_runtime; pick_runtime(); "
              "u.alert_not_deterministic('scatter_add_cuda_kernel'); u.alert_not_deterministic('scatter_add_cuda_kernel')")
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "KPIPE_DEVICE": "cpu"})

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pipelines.duplicates import find_duplicates, groups_from_pairs, near_pairs, perceptual_hashes
-from pipelines.prepare import assign_folds
+from pipelines.stages.duplicates import find_duplicates, groups_from_pairs, near_pairs, perceptual_hashes
+from pipelines.stages.prepare import assign_folds
 
 
 def _images(rng, count: int) -> np.ndarray:
@@ -59,15 +59,17 @@ def test_groups_are_joined_through_pairs_and_never_split_across_folds():
     assert (plain == assign_folds(labels, 5, 42)).all()
 
 
+@pytest.mark.slow
 def test_a_group_column_keeps_its_groups_in_one_fold(pipeline_env, tmp_path):
     from competition.spec import SPEC_DIR, load_spec
-    from pipelines.context import load_data
+    from pipelines.stages.inputs import load_inputs
 
     spec = yaml.safe_load((SPEC_DIR / "digits.yaml").read_text())
     spec["folds"]["group_column"] = "label"  # digits' train.csv has no other column: each class is a group
     path = tmp_path / "digits-groups.yaml"
     path.write_text(yaml.safe_dump(spec))
-    _, folds, _, data = load_data(load_spec(str(path)))
+    inputs = load_inputs(load_spec(str(path)))
+    folds, data = inputs.folds, inputs.data
     labels, fold = data.labels_host(), data.fold_of_row
     assert all(len(set(fold[labels == c].tolist())) == 1 for c in range(10))
     manifest = (folds.folder / "manifest.json").read_text()

@@ -8,7 +8,7 @@ import pytest
 from competition.errors import DataError, KaggleError
 from competition.kaggle_adapter import kaggle_api
 from competition.spec import load_spec
-from pipelines.download import download, raw_is_complete, safe_extract
+from pipelines.stages.download import download, raw_is_complete, safe_extract
 from tests.conftest import write_course_competition
 
 
@@ -107,7 +107,7 @@ def test_make_scores_fills_private_scores_once_the_competition_closes(pipeline_e
     from competition.host.__main__ import main as host_main
     from competition.spec import SPEC_DIR
     from pipelines.__main__ import main as pipelines_main
-    from pipelines.submit import LOG_COLUMNS, log_path, read_log, write_log
+    from pipelines.stages.submit import LOG_COLUMNS, log_path, read_log, write_log
 
     monkeypatch.setenv("KPIPE_SUBMISSIONS", str(tmp_path / "submissions"))
     truth = write_course_competition(tmp_path / "course", "scores-course")
@@ -157,10 +157,11 @@ def course_spec(tmp_path, host, slug: str):
     return load_spec(str(path)), truth
 
 
+@pytest.mark.slow
 def test_the_wait_loop_meets_pending_then_complete_an_error_and_a_timeout(pipeline_env, host, tmp_path, scoring_delay):
     import time
 
-    from pipelines.submit import wait_for_score
+    from pipelines.stages.submit import wait_for_score
 
     spec, truth = course_spec(tmp_path, host, "wait-course")
     api = kaggle_api(spec)

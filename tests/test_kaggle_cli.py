@@ -41,6 +41,7 @@ def _listed(run_kaggle, *options) -> list[str]:
     return [row["ref"].rsplit("/", 1)[1] for row in csv.DictReader(io.StringIO(result.stdout))]
 
 
+@pytest.mark.slow
 def test_cli_list_filters_and_sorts_as_kaggle_does(run_kaggle, host, tmp_path):
     import json
 
@@ -78,6 +79,7 @@ def test_cli_lists_and_downloads_files(run_kaggle, tmp_path):
     assert sum(n.startswith("test/") for n in names) == 450
 
 
+@pytest.mark.slow
 def test_cli_submits_and_reads_scores_and_leaderboard(run_kaggle, host, tmp_path):
     rows = _sample_rows(host)
     truth = {r[0]: r[1] for r in list(csv.reader(open(host.store.competition_dir("digits") / "solution.csv")))[1:]}
@@ -132,6 +134,7 @@ def test_an_empty_submission_file_is_refused_with_a_reason_the_client_prints(run
     assert len(host.store.submissions("digits")) == before
 
 
+@pytest.mark.slow
 def test_a_log_loss_competition_takes_probabilities_scores_them_and_ranks_lower_first(run_kaggle, host, tmp_path):
     import numpy as np
 
@@ -172,6 +175,7 @@ def test_cli_wrong_key_is_refused(run_kaggle, cli_env):
     assert "digits" not in result.stdout
 
 
+@pytest.mark.slow
 def test_daily_limit_and_hosting_your_own_competition(run_kaggle, host, tmp_path):
     truth = write_course_competition(tmp_path / "course", "limit-course", max_daily=2)
     assert host.store.add_competition(tmp_path / "course") == "limit-course"
@@ -211,6 +215,7 @@ sys.exit(subprocess.run([sys.argv[2], "competitions", "list"]).returncode)
 """
 
 
+@pytest.mark.slow
 def test_cli_on_port_80_without_proxy(host, cli_env, tmp_path):
     """The documented route: KAGGLE_API_ENVIRONMENT=LOCALHOST alone reaches http://localhost:80.
 
@@ -255,6 +260,7 @@ def test_the_host_lock_is_reentrant(tmp_path):
         assert (fresh.competition_dir("digits") / "competition.json").is_file()
 
 
+@pytest.mark.slow
 def test_a_request_behind_a_stuck_one_gets_a_503_not_a_hang(host, run_kaggle, monkeypatch):
     import threading
 
@@ -293,6 +299,7 @@ def test_leaderboards_start_with_benchmarks_so_a_rank_means_something(run_kaggle
     assert not (host.store.competition_dir("digits") / "data" / "baselines").exists()  # never downloadable
 
 
+@pytest.mark.slow
 def test_several_accounts_and_a_team_share_submissions_limits_and_a_leaderboard_row(run_kaggle, cli_env, host, tmp_path):
     from competition.host.__main__ import main as host_main
 
@@ -333,6 +340,7 @@ def test_several_accounts_and_a_team_share_submissions_limits_and_a_leaderboard_
     assert row["userHasEntered"] == "True" and row["userRank"] == str(len(teams)) and row["teamCount"] == "2"
 
 
+@pytest.mark.slow
 def test_a_submission_downloads_as_it_was_sent_and_only_to_its_team(run_kaggle, cli_env, host, tmp_path):
     from competition.host.__main__ import main as host_main
 
@@ -350,6 +358,7 @@ def test_a_submission_downloads_as_it_was_sent_and_only_to_its_team(run_kaggle, 
     assert not (tmp_path / "theirs" / "mine.csv").exists()
 
 
+@pytest.mark.slow
 def test_after_the_deadline_the_leaderboard_is_the_private_one_from_the_two_best_public_submissions(
         run_kaggle, host, tmp_path):
     from competition.host.__main__ import main as host_main

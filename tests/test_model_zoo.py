@@ -11,7 +11,7 @@ from competition.spec import load_spec
 from models.__main__ import count_parameters
 from models.__main__ import main as models_main
 from pipelines.__main__ import main as pipelines_main
-from pipelines.artifacts import read_manifest
+from pipelines.stages.artifacts import read_manifest
 from tests.test_train_submit import write_digits_variant
 
 COMPETITIONS = ["digits", "fashion-mnist", "tiny-image-challenge"]
@@ -71,6 +71,7 @@ def test_lenet_is_the_classic_44426_parameter_net():
     assert count_parameters("lenet", classes=10, channels=1, size=28) == 44_426
 
 
+@pytest.mark.slow
 def test_models_list_prints_every_name_with_a_count(capsys):
     assert models_main(["list", "--classes", "10", "--channels", "1", "--size", "28"]) == 0
     out = capsys.readouterr().out
@@ -87,6 +88,7 @@ def _input_size(name: str, size: int) -> int:
     return max(size, 32) if ":" in name else size
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("comp", COMPETITIONS)
 @pytest.mark.parametrize("name", models.list_models())
 def test_every_model_builds_runs_forward_and_backward(name, comp):
@@ -116,6 +118,7 @@ def test_multi_output_resnet_has_five_gated_heads():
     assert len(output.heads) == 5 and torch.allclose(output.gates.sum(), torch.tensor(1.0))
 
 
+@pytest.mark.slow
 def test_each_family_learns_digits_above_chance(pipeline_env, tmp_path):
     base = {"epochs": 4, "batch_size": 64, "augment": {"policy": "light", "shift": 1},
             "optimizer": {"name": "adamw", "lr": 0.003, "weight_decay": 0.01}, "schedule": {"name": "cosine", "warmup_epochs": 1}}

@@ -6,15 +6,15 @@ import pytest
 import torch
 
 import models
-from competition.metrics import metric
+from competition.metrics import accuracy, kaggle_log_loss, metric
 from competition.recipe import AugmentConfig
 from competition.spec import load_spec
 from models.weights import load_weights_file
-from pipelines.augment import albumentations_policy, flip_and_shift
-from pipelines.ensemble import find_weights
-from pipelines.metrics import accuracy, log_loss
-from pipelines.kernel_inference import shift_by
-from pipelines.predict import VIEWS
+from pipelines.recipe.albumentations_import import albumentations
+from pipelines.recipe.augment import albumentations_policy, flip_and_shift
+from pipelines.recipe.kernel_inference import shift_by
+from pipelines.stages.ensemble import find_weights
+from pipelines.stages.predict import VIEWS
 
 
 @pytest.mark.parametrize("name", ["fastcnn", "cnn3", "cnn5", "timm:resnet18"])
@@ -103,14 +103,14 @@ def test_hill_climbing_prefers_the_better_model_and_never_loses_on_oof():
     # A lower-is-better metric is minimised: the blend's log loss is no worse than the best model's.
     weights = find_weights("hill_climb", [good, weak, other], labels, metric("log_loss"))
     blend = sum(w * p for w, p in zip(weights, [good, weak, other]))
-    assert log_loss(blend, labels) <= min(log_loss(p, labels) for p in (good, weak, other))
+    assert kaggle_log_loss(blend, labels) <= min(kaggle_log_loss(p, labels) for p in (good, weak, other))
     assert find_weights("best", [weak, good], labels, metric("log_loss")).tolist() == [0.0, 1.0]
 
 
 def test_own_models_load_a_local_file_but_refuse_published_weights(tmp_path):
     from competition.recipe import ModelRun
-    from pipelines.classifier import build_model
-    from pipelines.device import Runtime
+    from pipelines.machine.device import Runtime
+    from pipelines.recipe.classifier import build_model
 
     spec = load_spec("digits")
     source = models.create("cnn3", num_classes=10, in_chans=1, img_size=8)
@@ -124,7 +124,7 @@ def test_own_models_load_a_local_file_but_refuse_published_weights(tmp_path):
 
 def test_focal_loss_is_cross_entropy_at_gamma_zero_and_down_weights_easy_examples():
     from competition.recipe import LossConfig
-    from pipelines.losses import LOSSES
+    from pipelines.recipe.losses import LOSSES
 
     logits = torch.tensor([[4.0, 0.0, 0.0], [0.2, 0.1, 0.0]])
     targets = torch.tensor([0, 2])
@@ -138,11 +138,12 @@ def test_focal_loss_is_cross_entropy_at_gamma_zero_and_down_weights_easy_example
                           LOSSES["cross_entropy"](logits, soft, 0.0, LossConfig()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["autoaugment", "randaugment", "trivialaugment"])
 def test_searched_policies_are_seeded_and_leave_colour_alone_where_it_defines_the_class(policy):
     from competition.recipe import AugmentConfig
-    from pipelines.augment import albumentations_policy
-    from pipelines.auto_augment import COLOUR_OPS, op
+    from pipelines.recipe.augment import albumentations_policy
+    from pipelines.recipe.auto_augment import COLOUR_OPS, op
 
     rng = np.random.default_rng(0)
     for comp in ("fashion-mnist", "tiny-image-challenge"):
@@ -164,16 +165,17 @@ def test_searched_policies_are_seeded_and_leave_colour_alone_where_it_defines_th
         changed = op(name, 100.0 if name == "Solarize" else 4 if name == "Posterize" else 0.5, load_spec("fashion-mnist"))
         assert type(changed).__name__ != "NoOp"
     # Geometry stays: a rotation moves pixels on the colour-defined competition too.
-    import albumentations as A
+    A = albumentations()
     rotated = A.Compose([op("Rotate", 20.0, tiny)], seed=0)(image=image)["image"]
     assert not np.array_equal(rotated, image)
 
 
+@pytest.mark.slow
 def test_activation_maximisation_finds_inputs_the_unit_prefers_and_grad_cam_maps_each_image():
     from competition.recipe import ModelRun
-    from pipelines.classifier import build_model
-    from pipelines.device import Runtime
-    from pipelines.insight import grad_cam, maximise, optimise
+    from pipelines.machine.device import Runtime
+    from pipelines.recipe.classifier import build_model
+    from pipelines.report.insight import grad_cam, maximise, optimise
 
     spec = load_spec("fashion-mnist")
     torch.manual_seed(0)

@@ -14,11 +14,11 @@ from competition.errors import SpecError
 from competition.recipe import Candidate, ModelRun, parse_duration
 from competition.spec import SPEC_DIR, load_spec
 from pipelines.__main__ import main as pipelines_main
-from pipelines.artifacts import read_manifest
-from pipelines.plan import (CandidateCost, Decision, PlannedRun, PlanRecord, StudyOffer, choose, consider_compile,
-                            order_by_family)
-from pipelines.plan_study import fit_search_space, own_values
-from pipelines.runner import DeadlineGuard, Unit, run_plan, run_plan_parallel, units_of
+from pipelines.execution.runner import DeadlineGuard, Unit, run_units, units_of
+from pipelines.planning.plan import (CandidateCost, Decision, PlannedRun, PlanRecord, StudyOffer, choose,
+                                     consider_compile, order_by_family)
+from pipelines.planning.study_space import fit_search_space, own_values
+from pipelines.stages.artifacts import read_manifest
 
 
 def cost(name: str, family: str, epoch_s: float, epochs: int = 10, min_epochs: int = 3, fixed: float = 5.0,
@@ -111,16 +111,30 @@ def plan_of(*runs: PlannedRun) -> PlanRecord:
 
 
 class FakeExecutor:
-    """Advances the fake clock by `speed` x the planned time of each unit, as a slow machine would."""
+    """runner.Executor on the fake clock, one unit at a time: each advances the clock by `speed` x its
+    planned time, as a slow machine would."""
+
+    slots, clock = 1, None
 
     def __init__(self, clock: FakeClock, speed: float):
-        self.clock, self.speed, self.trained = clock, speed, []
+        self.fake_clock, self.speed, self.trained, self.queued = clock, speed, [], {}
 
-    def train(self, unit: Unit, epochs_allowed):
+    def submit(self, unit: Unit, limit):
+        self.queued[unit.what] = unit
+        return unit.what
+
+    def next_done(self, handles):
+        unit = self.queued.pop(handles[0])
         seconds = self.speed * unit.planned.seconds_per_fold
-        self.clock.t += seconds
-        self.trained.append((unit.planned.run.name, unit.fold, unit.planned.run.epochs))
-        return f"{unit.what}", seconds
+        self.fake_clock.t += seconds
+        self.trained.append((unit.run.name, unit.fold, unit.run.epochs))
+        return handles[0], f"{unit.what}", seconds
+
+
+def run_plan(plan: PlanRecord, executor, guard: DeadlineGuard | None) -> dict:
+    if guard is not None:
+        guard.plan = plan
+    return run_units(units_of(plan), executor, guard)
 
 
 def test_units_go_fold_major():
@@ -132,7 +146,7 @@ def test_on_time_the_guard_changes_nothing():
     clock = FakeClock()
     plan = plan_of(planned("a", 10, [0]), planned("b", 10, [0]))
     executor = FakeExecutor(clock, speed=1.0)
-    run_plan(plan, executor, DeadlineGuard(clock, train_deadline=300, slack=25))
+    run_plan(plan, executor, DeadlineGuard(clock, None, train_deadline=300, slack=25))
     assert executor.trained == [("a", 0, 10), ("b", 0, 10)]
 
 
@@ -140,7 +154,7 @@ def test_behind_plan_the_runs_not_started_are_shortened_then_units_dropped():
     clock = FakeClock()
     plan = plan_of(planned("a", 10, [0, 1]), planned("b", 10, [0, 1]))  # 4 units of 105 s planned
     executor = FakeExecutor(clock, speed=2.0)  # the machine runs at half the probed speed
-    guard = DeadlineGuard(clock, train_deadline=450, slack=10)
+    guard = DeadlineGuard(clock, None, train_deadline=450, slack=10)
     run_plan(plan, executor, guard)
     first, *rest = executor.trained
     assert first == ("a", 0, 10)  # started on plan
@@ -158,14 +172,14 @@ def test_the_first_unit_always_runs():
     clock.t = 1000.0  # already past the deadline
     plan = plan_of(planned("a", 10, [0]), planned("b", 10, [0]))
     executor = FakeExecutor(clock, speed=1.0)
-    run_plan(plan, executor, DeadlineGuard(clock, train_deadline=500, slack=10))
+    run_plan(plan, executor, DeadlineGuard(clock, None, train_deadline=500, slack=10))
     assert [t[0] for t in executor.trained] == ["a"] and plan.dropped_runs == ["b"]
 
 
 def test_a_running_unit_is_shortened_when_the_deadline_nears():
     clock = FakeClock()
     plan = plan_of(planned("a", 10, [0]))
-    guard = DeadlineGuard(clock, train_deadline=100, slack=0)
+    guard = DeadlineGuard(clock, None, train_deadline=100, slack=0)
     unit = units_of(plan)[0]
     clock.t = 20.0
     assert guard.epoch_limit(unit)(2, 10.0) == 10  # 2 done, 8 x 10 s fit in the 80 s left
@@ -176,20 +190,22 @@ def test_a_running_unit_is_shortened_when_the_deadline_nears():
 
 
 class FakeWorkers:
-    """runner.ParallelExecutor on the fake clock: `slots` units at once, each taking its planned time."""
+    """runner.Executor on the fake clock: `slots` units at once, each taking its planned time."""
+
+    clock = None
 
     def __init__(self, clock: FakeClock, slots: int):
-        self.clock, self.slots, self.ends, self.finished = clock, slots, {}, []
+        self.fake_clock, self.slots, self.ends, self.finished = clock, slots, {}, []
 
     def submit(self, unit: Unit, limit):
-        handle = (unit.what, self.clock.t)
-        self.ends[handle] = (self.clock.t + unit.planned.seconds_per_fold, unit)
+        handle = (unit.what, self.fake_clock.t)
+        self.ends[handle] = (self.fake_clock.t + unit.planned.seconds_per_fold, unit)
         return handle
 
     def next_done(self, handles):
         handle = min(handles, key=lambda h: self.ends[h][0])
         end, unit = self.ends.pop(handle)
-        self.clock.t = max(self.clock.t, end)
+        self.fake_clock.t = max(self.fake_clock.t, end)
         self.finished.append(unit.what)
         return handle, unit.what, unit.planned.seconds_per_fold
 
@@ -198,7 +214,7 @@ def test_parallel_units_come_back_in_fold_order_whatever_finishes_first():
     clock = FakeClock()
     plan = plan_of(planned("long", 20, [0, 1]), planned("short", 4, [0, 1]))
     workers = FakeWorkers(clock, slots=2)
-    trained = run_plan_parallel(plan, workers, guard=None)
+    trained = run_plan(plan, workers, guard=None)
     assert workers.finished[0] == "short fold 0"  # submitted second, done first
     assert trained == {"long": ["long fold 0", "long fold 1"], "short": ["short fold 0", "short fold 1"]}
     assert clock.t == 205 + 45  # two slots: long fold 0 beside short folds 0, 1 and then long fold 1
@@ -207,11 +223,11 @@ def test_parallel_units_come_back_in_fold_order_whatever_finishes_first():
 def test_the_guard_counts_every_worker_before_dropping_units():
     plan = plan_of(planned("a", 10, [0, 1]), planned("b", 10, [0, 1]))  # 4 units of 105 s
     clock = FakeClock()
-    run_plan(plan, FakeExecutor(clock, speed=1.0), DeadlineGuard(clock, train_deadline=250, slack=5))
+    run_plan(plan, FakeExecutor(clock, speed=1.0), DeadlineGuard(clock, None, train_deadline=250, slack=5))
     assert [p.run.epochs for p in plan.runs] != [10, 10]  # one process: 420 s do not fit in 250, runs are cut
     plan = plan_of(planned("a", 10, [0, 1]), planned("b", 10, [0, 1]))
     clock = FakeClock()
-    trained = run_plan_parallel(plan, FakeWorkers(clock, slots=2), DeadlineGuard(clock, train_deadline=250, slack=5))
+    trained = run_plan(plan, FakeWorkers(clock, slots=2), DeadlineGuard(clock, plan, train_deadline=250, slack=5))
     assert sum(len(v) for v in trained.values()) == 4 and clock.t == 210  # two workers: all of it, on time
     assert [p.run.epochs for p in plan.runs] == [10, 10] and not plan.runs[0].dropped_folds + plan.runs[1].dropped_folds
 
@@ -248,12 +264,12 @@ def test_a_study_is_planned_only_from_time_left_after_full_epochs():
 
 
 def test_compile_is_probed_only_where_it_could_pay_and_used_only_where_it_does():
-    from pipelines.plan import candidate_cost
-    from pipelines.probe import Speed
+    from pipelines.planning.plan import ImageCounts, candidate_cost
+    from pipelines.planning.probe import Speed
 
     spec = load_spec("digits")  # 1,437 training rows, 5 folds: 1,149 per fold, 17 steps of 64
     candidate = spec.pool.candidates[0]
-    eager = candidate_cost(spec, candidate, "fp32", "fastest", 100.0, 1000.0, 1437, 360)  # ~10.9 s of steps per epoch
+    eager = candidate_cost(spec, candidate, "fp32", "fastest", Speed(100.0, 1000.0), ImageCounts(1437, 360))  # ~10.9 s of steps per epoch
     asked = []
 
     def probe(answer):
@@ -263,19 +279,20 @@ def test_compile_is_probed_only_where_it_could_pay_and_used_only_where_it_does()
         return compiled
 
     few = Decision([(eager, 2, 1)], 1, [])  # 22 s of steps: could never repay a compile
-    assert consider_compile(spec, few, probe(Speed(1000.0, 1000.0, 1.0)), 1437, 360) == (
+    assert consider_compile(spec, few, probe(Speed(1000.0, 1000.0, 1.0)), ImageCounts(1437, 360)) == (
         {}, [f"torch.compile not probed for {candidate.name}: 0.4 min of training steps would not repay a compile "
              "(~30 s) at a 1.10x speed-up"])
     assert asked == []
     many = Decision([(eager, 30, 2)], 1, [])  # 11 min of steps
-    compiled, notes = consider_compile(spec, many, probe(Speed(130.0, 1000.0, 20.0)), 1437, 360)
+    compiled, notes = consider_compile(spec, many, probe(Speed(130.0, 1000.0, 20.0)), ImageCounts(1437, 360))
     assert asked == [(candidate.name, "fp32")]
     assert compiled[candidate.name].compiled and "1.30x training steps, 20 s to compile" in notes[0], notes
     assert compiled[candidate.name].seconds_per_epoch < eager.seconds_per_epoch
     assert "torch.compile: 1.30x" in compiled[candidate.name].precision_reason
-    compiled, notes = consider_compile(spec, many, probe(Speed(104.0, 1000.0, 20.0)), 1437, 360)
+    compiled, notes = consider_compile(spec, many, probe(Speed(104.0, 1000.0, 20.0)), ImageCounts(1437, 360))
     assert not compiled and "not used" in notes[0] and "1.04x" in notes[0]  # within the probe's noise
-    compiled, notes = consider_compile(spec, many, probe("torch.compile failed: InductorError: no cc"), 1437, 360)
+    compiled, notes = consider_compile(spec, many, probe("torch.compile failed: InductorError: no cc"),
+                                       ImageCounts(1437, 360))
     assert not compiled and notes == [f"torch.compile not used for {candidate.name}: torch.compile failed: "
                                       "InductorError: no cc"]
 
@@ -350,6 +367,7 @@ def test_bad_plan_file_is_one_line(tmp_path, capsys, content, message):
 # --- real budget runs on digits -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_budget_run_plans_trains_and_reuses_its_plan(pipeline_env, host, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KPIPE_SUBMISSIONS", str(tmp_path / "submissions"))
     monkeypatch.setenv("DRY_RUN", "1")
@@ -380,6 +398,7 @@ def test_budget_run_plans_trains_and_reuses_its_plan(pipeline_env, host, tmp_pat
     assert "replaying a plan" in out and " epoch 1/" not in out
 
 
+@pytest.mark.slow
 def test_budget_run_studies_first_and_a_later_run_extends_the_study(pipeline_env, host, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KPIPE_SUBMISSIONS", str(tmp_path / "submissions"))
     monkeypatch.setenv("DRY_RUN", "1")
@@ -418,9 +437,10 @@ def test_budget_run_studies_first_and_a_later_run_extends_the_study(pipeline_env
     assert later[0]["study"]["trials_in_study"] > study["trials_in_study"]
 
 
+@pytest.mark.slow
 def test_shortened_run_ends_its_schedule_and_replays_exactly(pipeline_env, host, tmp_path):
     from pipelines.context import setup
-    from pipelines.train import train_fold
+    from pipelines.stages.train import FoldJob, FoldOptions, train_fold
 
     spec_path = _digits_spec(tmp_path, lambda s: s.update(profiles={"quick": {"folds": [0], "models": [
         {"model": "cnn3", "model_args": {"width": 16}, "epochs": 8, "batch_size": 64,
@@ -434,7 +454,7 @@ def test_shortened_run_ends_its_schedule_and_replays_exactly(pipeline_env, host,
         asked.append(done)
         return 4 if done >= 2 else 8  # after epoch 2, the guard says: end at epoch 4
 
-    output = train_fold(spec, run, ctx.data, ctx.prepared, ctx.folds, 0, ctx.runtime, epochs_allowed=epochs_allowed)
+    output = train_fold(FoldJob(ctx.inputs, run, 0), FoldOptions(epochs_allowed=epochs_allowed))
     manifest = read_manifest(output.folder)
     assert manifest["shortened"] == {"from_epoch": 2, "epochs": 4} and manifest["epochs_run"] == 4
     assert asked == [1, 2]  # not asked again once shortened
@@ -445,16 +465,17 @@ def test_shortened_run_ends_its_schedule_and_replays_exactly(pipeline_env, host,
     first = np.load(output.folder / "oof_probs.npy")
 
     # Replayed from the plan's record, with no guard: the same predictions.
-    again = train_fold(spec, run, ctx.data, ctx.prepared, ctx.folds, 0, ctx.runtime, force=True, shortening=(2, 4))
+    again = train_fold(FoldJob(ctx.inputs, run, 0), FoldOptions(force=True, shortening=(2, 4)))
     assert np.array_equal(np.load(again.folder / "oof_probs.npy"), first)
 
 
+@pytest.mark.slow
 def test_compiled_training_probes_trains_and_checkpoints_like_eager(pipeline_env, host, tmp_path):
     from pipelines.context import setup
-    from pipelines.device import compile_offered
-    from pipelines.predict import load_checkpoint
-    from pipelines.probe import Speed, probe_compiled
-    from pipelines.train import train_fold
+    from pipelines.machine.device import compile_offered
+    from pipelines.planning.probe import Speed, probe_compiled
+    from pipelines.stages.predict import load_checkpoint
+    from pipelines.stages.train import FoldJob, train_fold
 
     spec_path = _digits_spec(tmp_path, lambda s: s.update(profiles={"quick": {"folds": [0], "models": [
         {"model": "cnn3", "model_args": {"width": 16}, "epochs": 2, "batch_size": 64, "precision": "fp32",
@@ -468,8 +489,8 @@ def test_compiled_training_probes_trains_and_checkpoints_like_eager(pipeline_env
     assert probe_compiled(spec, run, ctx.data, ctx.runtime) == speed  # cached per machine
 
     compiled = run.model_copy(update={"compile": True})
-    output = train_fold(spec, compiled, ctx.data, ctx.prepared, ctx.folds, 0, ctx.runtime)
-    eager = train_fold(spec, run, ctx.data, ctx.prepared, ctx.folds, 0, ctx.runtime)
+    output = train_fold(FoldJob(ctx.inputs, compiled, 0))
+    eager = train_fold(FoldJob(ctx.inputs, run, 0))
     assert output.folder != eager.folder  # the recipe differs: so do its outputs
     manifest = read_manifest(output.folder)
     assert manifest["epochs_run"] == 2 and manifest["val_accuracy"] > 0.5
@@ -479,9 +500,10 @@ def test_compiled_training_probes_trains_and_checkpoints_like_eager(pipeline_env
     assert saved["run"]["compile"] is True
 
 
+@pytest.mark.slow
 def test_precision_check_compares_against_fp32_and_is_cached(pipeline_env, host, tmp_path):
     from pipelines.context import setup
-    from pipelines.probe import cache_path, check_reduced_precision
+    from pipelines.planning.probe import cache_path, check_reduced_precision
 
     spec_path = _digits_spec(tmp_path, lambda s: s.update(profiles={"quick": {"folds": [0], "models": [
         {"model": "cnn3", "model_args": {"width": 16}, "batch_size": 64}]}}))
@@ -500,9 +522,9 @@ def test_precision_check_compares_against_fp32_and_is_cached(pipeline_env, host,
 def test_bf16_autocast_model_runs_and_returns_probabilities():
     import torch
 
-    from pipelines.classifier import build_model
-    from pipelines.device import Runtime
-    from pipelines.predict import predict_probs
+    from pipelines.machine.device import Runtime
+    from pipelines.recipe.classifier import build_model
+    from pipelines.stages.predict import predict_probs
 
     spec = load_spec("digits")
     model = build_model(ModelRun(model="cnn3", precision="bf16-cl"), spec, [0.0], [1.0], Runtime(torch.device("cpu")))
@@ -512,7 +534,7 @@ def test_bf16_autocast_model_runs_and_returns_probabilities():
 
 
 def test_models_on_different_folds_are_weighted_on_the_rows_they_share(capsys):
-    from pipelines.ensemble import ModelPredictions, shared_rows
+    from pipelines.stages.ensemble import ModelPredictions, shared_rows
 
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(3), size=10).astype(np.float32)
@@ -548,6 +570,7 @@ def test_plan_naming_a_fold_that_does_not_exist_is_refused_before_work(pipeline_
     assert not (pipeline_env / "digits").exists(), "work started before the check"
 
 
+@pytest.mark.slow
 def test_two_budget_runs_at_once_make_one_plan_and_train_once(pipeline_env, host, tmp_path):
     import os
     import subprocess

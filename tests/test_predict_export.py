@@ -14,8 +14,10 @@ from PIL import Image
 
 from competition.spec import load_spec
 from pipelines.__main__ import main as pipelines_main
-from pipelines.lineage import find_run
+from pipelines.stages.lineage import find_run
 from tests.test_train_submit import TINY_RUN, write_digits_variant
+
+pytestmark = pytest.mark.slow  # every test here trains, or runs a whole command on a cluster or a package
 
 
 def _rows(path) -> list[list[str]]:

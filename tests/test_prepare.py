@@ -10,8 +10,8 @@ from PIL import Image
 from competition.errors import DataError
 from competition.spec import CompetitionSpec, load_spec
 from pipelines.__main__ import main as pipelines_main
-from pipelines.prepare import assign_folds, fold_class_counts, make_folds, prepare
-from pipelines.readers import read_competition
+from pipelines.stages.prepare import assign_folds, fold_class_counts, make_folds, prepare
+from pipelines.stages.readers import read_competition
 
 
 def _spec(kind: str, channels: int = 1, **layout) -> CompetitionSpec:
@@ -133,6 +133,7 @@ def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_prepare_digits_end_to_end_through_the_local_host(pipeline_env, capsys):
     """`python -m pipelines prepare --comp digits`: cached arrays and folds, same seed -> same bytes."""
     assert pipelines_main(["prepare", "--comp", "digits"]) == 0

@@ -27,6 +27,7 @@ def _chromium() -> str:
     return path
 
 
+@pytest.mark.slow
 def test_report_renders_with_all_tables_and_images(pipeline_env, host, tmp_path, monkeypatch):
     monkeypatch.setenv("KPIPE_SUBMISSIONS", str(tmp_path / "submissions"))
     spec_path = write_digits_variant(tmp_path, [TINY_RUN, {**TINY_RUN, "model": "fastcnn", "alias": "fast"}])

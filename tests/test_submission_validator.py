@@ -7,7 +7,7 @@ import pytest
 
 from competition.formats import SubmissionFormat, score
 from competition.metrics import metric
-from pipelines.submit import SubmissionInvalid, validate_submission
+from pipelines.stages.submit import SubmissionInvalid, validate_submission
 
 CLASSES = ["0", "1", "2"]
 SAMPLE_ROWS = [["id", "label"], ["a", "0"], ["b", "0"], ["c", "0"]]

@@ -15,7 +15,7 @@ import yaml
 from competition.paths import REPO_ROOT
 from competition.spec import SPEC_DIR, load_spec
 from pipelines.__main__ import main as pipelines_main
-from pipelines.artifacts import read_manifest
+from pipelines.stages.artifacts import read_manifest
 
 # Small enough to train in seconds, big enough to beat chance clearly.
 TINY_RUN = {"model": "cnn3", "model_args": {"width": 16}, "epochs": 4, "batch_size": 64,
@@ -35,6 +35,7 @@ def fold_dirs(data_root: Path) -> dict[str, Path]:
     return {p.parent.name.split("-")[0] + "/" + p.name: p for p in (data_root / "digits" / "train").glob("*/fold*")}
 
 
+@pytest.mark.slow
 def test_submit_digits_end_to_end_then_cached(pipeline_env, host, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KPIPE_SUBMISSIONS", str(tmp_path / "submissions"))
     spec_path = write_digits_variant(tmp_path, [TINY_RUN, {**TINY_RUN, "model": "fastcnn", "alias": "fast"}])
@@ -61,6 +62,7 @@ def test_submit_digits_end_to_end_then_cached(pipeline_env, host, tmp_path, monk
     assert len(host.store.submissions("digits")) == before + 1
 
 
+@pytest.mark.slow
 def test_log_loss_competition_end_to_end_through_the_real_client(pipeline_env, host, tmp_path, monkeypatch, capsys):
     import csv
 
@@ -98,6 +100,7 @@ def test_log_loss_competition_end_to_end_through_the_real_client(pipeline_env, h
     assert ",log_loss," in log[1]
 
 
+@pytest.mark.slow
 def test_dry_run_validates_without_uploading(pipeline_env, host, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KPIPE_SUBMISSIONS", str(tmp_path / "submissions"))
     monkeypatch.setenv("DRY_RUN", "1")
@@ -109,6 +112,7 @@ def test_dry_run_validates_without_uploading(pipeline_env, host, tmp_path, monke
     assert ",dry-run," in (tmp_path / "submissions" / "digits" / "log.csv").read_text()
 
 
+@pytest.mark.slow
 def test_fold_rerun_recomputes_only_that_fold(pipeline_env, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DRY_RUN", "1")
     monkeypatch.setenv("KPIPE_SUBMISSIONS", str(tmp_path / "submissions"))
@@ -134,6 +138,7 @@ def _train_command(spec_path: Path) -> list[str]:
     return [sys.executable, "-m", "pipelines", "train", "--comp", str(spec_path), "--fold", "0"]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_mid_fold_matches_uninterrupted_run(pipeline_env, tmp_path):
     run = {**TINY_RUN, "model_args": {"width": 32}, "epochs": 8}
     spec_path = write_digits_variant(tmp_path, [run], folds=(0,))
@@ -170,6 +175,7 @@ def test_resume_after_kill_mid_fold_matches_uninterrupted_run(pipeline_env, tmp_
     assert np.array_equal(resumed_oof, straight_oof)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_oof_predictions(pipeline_env, tmp_path, monkeypatch):
     spec_path = write_digits_variant(tmp_path, [{**TINY_RUN, "epochs": 2}], folds=(0,))
     assert pipelines_main(["train", "--comp", str(spec_path)]) == 0
@@ -197,6 +203,7 @@ def test_spec_loads_every_shipped_profile():
         assert {"quick", "full"} <= set(spec.profiles), name
 
 
+@pytest.mark.slow
 def test_every_optimizer_schedule_and_regulariser_trains_above_chance(pipeline_env, tmp_path):
     base = {"model": "cnn3", "model_args": {"width": 16}, "epochs": 3, "batch_size": 64, "augment": {"policy": "light", "shift": 1}}
     runs = [

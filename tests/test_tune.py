@@ -17,10 +17,10 @@ from competition.errors import SpecError
 from competition.paths import REPO_ROOT
 from competition.spec import SPEC_DIR, load_spec
 from pipelines.__main__ import main as pipelines_main
-from pipelines.artifacts import read_manifest
 from pipelines.chain import config_hash
 from pipelines.context import setup
-from pipelines.studies import open_storage
+from pipelines.stages.artifacts import read_manifest
+from pipelines.tuning.studies import open_storage
 
 RUN = {"model": "cnn3", "model_args": {"width": 16}, "epochs": 3, "batch_size": 64, "augment": {"policy": "light", "shift": 1}}
 
@@ -48,6 +48,7 @@ def finished(study):
     return [t for t in study.get_trials() if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
 
 
+@pytest.mark.slow
 def test_study_prunes_a_bad_trial_resumes_and_draws_plots(pipeline_env, tmp_path, capsys):
     spec_path = write_tuning_variant(tmp_path)
     assert pipelines_main(["prepare", "--comp", str(spec_path)]) == 0
@@ -72,6 +73,7 @@ def test_study_prunes_a_bad_trial_resumes_and_draws_plots(pipeline_env, tmp_path
     assert len(finished(study_for(pipeline_env))) == 6
 
 
+@pytest.mark.slow
 def test_a_two_fold_study_prunes_a_bad_trial_after_its_first_fold(pipeline_env, tmp_path, capsys):
     # n_warmup_steps = the epochs of a fold: the pruner first judges a trial when its first fold is done.
     spec_path = write_tuning_variant(tmp_path, epochs=3, folds=(0, 1),
@@ -92,6 +94,7 @@ def test_a_two_fold_study_prunes_a_bad_trial_after_its_first_fold(pipeline_env, 
     assert "trial 1 pruned at fold 0 epoch 3" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_sqlite_study(pipeline_env, tmp_path):
     # Trials long enough (about two seconds each) that the worker this command starts, a few seconds
     # after it began its own trials, still finds some to run.
@@ -105,6 +108,7 @@ def test_two_workers_share_one_sqlite_study(pipeline_env, tmp_path):
     assert len({t.user_attrs["worker"] for t in trials}) == 2
 
 
+@pytest.mark.slow
 def test_killed_worker_does_not_block_the_study(pipeline_env, tmp_path, monkeypatch):
     monkeypatch.setenv("KPIPE_OPTUNA_HEARTBEAT_S", "1")
     monkeypatch.setenv("KPIPE_OPTUNA_GRACE_S", "2")
@@ -139,6 +143,7 @@ def test_killed_worker_does_not_block_the_study(pipeline_env, tmp_path, monkeypa
     assert retried and retried[0].state == optuna.trial.TrialState.COMPLETE
 
 
+@pytest.mark.slow
 def test_a_killed_trial_resumes_from_its_last_epoch_and_dead_folders_go(pipeline_env, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KPIPE_OPTUNA_HEARTBEAT_S", "1")
     monkeypatch.setenv("KPIPE_OPTUNA_GRACE_S", "2")
@@ -167,6 +172,7 @@ def test_a_killed_trial_resumes_from_its_last_epoch_and_dead_folders_go(pipeline
     assert not dead_folder.exists() and not list(study_root.glob("worker-*"))  # nothing of either worker is left
 
 
+@pytest.mark.slow
 def test_best_params_flow_into_the_trained_model(pipeline_env, tmp_path):
     spec_path = write_tuning_variant(tmp_path, epochs=2, pruner={"name": "none"})
     assert pipelines_main(["prepare", "--comp", str(spec_path)]) == 0
@@ -199,6 +205,7 @@ def test_search_space_is_validated_at_load(tmp_path):
         load_spec(str(path))
 
 
+@pytest.mark.slow
 def test_two_workers_on_postgresql(pipeline_env, tmp_path, postgres_url):
     spec_path = write_tuning_variant(tmp_path, epochs=12, pruner={"name": "none"})  # long enough for both workers
     assert pipelines_main(["prepare", "--comp", str(spec_path)]) == 0
@@ -219,6 +226,7 @@ def test_a_study_across_machines_refuses_sqlite_in_one_line(pipeline_env, tmp_pa
     assert not (pipeline_env / "digits").exists()  # refused before any download
 
 
+@pytest.mark.slow
 def test_trials_run_on_a_running_cluster_beside_this_process(pipeline_env, tmp_path, postgres_url,
                                                              scheduler_with_one_worker, capsys):
     spec_path = write_tuning_variant(tmp_path, epochs=12, pruner={"name": "none"})  # long enough for both

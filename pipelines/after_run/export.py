@@ -6,7 +6,7 @@ Writes .data/<comp>/export/<config hash>/ (rewritten whole, or not at all):
                                   class weights, class order, image shape, the competition's layout
         <member>-fold<k>.safetensors   each fold model's state dict (fp32, no pickled objects)
         kpipe_models.zip          the source of the model code (models/), imported from the zip
-        inference.py              the script (pipelines/kernel_inference.py), also runnable by hand
+        inference.py              the script (pipelines/recipe/kernel_inference.py), also runnable by hand
         requirements.txt          the packages the script imports
         dataset-metadata.json     id <owner>/<slug>, title, licence
     kernel/     what `kaggle kernels push -p kernel` sends:
@@ -31,12 +31,12 @@ from competition.errors import UserError
 from competition.kaggle_adapter import kaggle_username
 from competition.paths import REPO_ROOT, competition_root, host_root
 from competition.spec import CompetitionSpec
-from pipelines import kernel_inference
-from pipelines.artifacts import atomic_output
-from pipelines.lineage import LoggedRun, checkpoint_path, find_run
-from pipelines.predict import load_checkpoint
+from pipelines.recipe import kernel_inference
+from pipelines.stages.artifacts import atomic_output
+from pipelines.stages.lineage import LoggedRun, checkpoint_path, find_run
+from pipelines.stages.predict import load_checkpoint
 
-SCRIPT = Path(__file__).with_name("kernel_inference.py")
+SCRIPT = Path(kernel_inference.__file__)
 BASE_REQUIREMENTS = ["numpy", "pandas", "pillow", "safetensors", "torch"]
 LIBRARY_PREFIXES = {"timm:": "timm", "tv:": "torchvision"}
 ZIP_TIME = (2020, 1, 1, 0, 0, 0)  # fixed, so the same code zips to the same bytes
@@ -99,7 +99,7 @@ def export(spec: CompetitionSpec, run: str | None = None, competition: str | Non
     if unknown:
         raise UserError(f"run {logged.config_hash} predicted through view '{unknown[0]}', which the exported script "
                         f"does not have (it has {', '.join(kernel_inference.VIEWS)}); add it to "
-                        "pipelines/kernel_inference.py's VIEWS")
+                        "pipelines/recipe/kernel_inference.py's VIEWS")
     final = competition_root(spec.name) / "export" / logged.config_hash
     with locks.hold(final, f"the export of {logged.config_hash}"):
         _write_export(spec, logged, target, owner, final)

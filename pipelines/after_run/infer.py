@@ -26,10 +26,11 @@ from competition import atomic
 from competition.errors import DataError
 from competition.paths import competition_root
 from competition.spec import CompetitionSpec
-from pipelines.device import Runtime, cpu_flags, pick_runtime
-from pipelines.lineage import LoggedRun, checkpoint_path, combine, find_run
-from pipelines.predict import load_checkpoint, predict_with_views, rebuild_from_checkpoint
-from pipelines.readers import IMAGE_SUFFIXES, load_images, open_npy, read_table
+from pipelines.machine.cores import CoreShare
+from pipelines.machine.device import Runtime, cpu_flags, pick_runtime
+from pipelines.stages.lineage import LoggedRun, checkpoint_path, combine, find_run
+from pipelines.stages.predict import load_checkpoint, predict_with_views, rebuild_from_checkpoint
+from pipelines.stages.readers import IMAGE_SUFFIXES, load_images, open_npy, read_table
 
 RESIZE_HINT = "resize it, or run with RESIZE=1 to resize every image (bilinear)"
 
@@ -115,7 +116,7 @@ def predict_ensemble(spec: CompetitionSpec, run: LoggedRun, images: np.ndarray, 
             checkpoint = load_checkpoint(checkpoint_path(spec, fold), runtime.device)
             precision = inference_precision(runtime, checkpoint["run"].get("precision", "auto"))
             model = rebuild_from_checkpoint(checkpoint, spec, runtime, precision)
-            fold_probs.append(predict_with_views(model, batch, member["views"], desc=""))
+            fold_probs.append(predict_with_views(model, batch, member["views"], desc="", share=runtime.cores))
             passes.update()
         member_probs.append(np.mean(fold_probs, axis=0))
     passes.close()
@@ -126,7 +127,7 @@ def predict_ensemble(spec: CompetitionSpec, run: LoggedRun, images: np.ndarray, 
 
 
 def write_predictions(spec: CompetitionSpec, ids: list[str], probs: np.ndarray, out: Path, with_probs: bool) -> None:
-    from pipelines.submit import submission_format
+    from pipelines.stages.submit import submission_format
 
     fmt = submission_format(spec)
     with atomic.atomic_file(out, "w", newline="", encoding="utf-8") as fh:
@@ -141,10 +142,10 @@ def write_predictions(spec: CompetitionSpec, ids: list[str], probs: np.ndarray, 
 
 
 def run_predict(spec: CompetitionSpec, source: Path, out: Path | None = None, run: str | None = None,
-                resize: bool = False, with_probs: bool = False) -> Path:
+                resize: bool = False, with_probs: bool = False, share: CoreShare | None = None) -> Path:
     logged = find_run(spec, run)
     ids, images = read_input(spec, source, resize)
-    runtime = pick_runtime()
+    runtime = pick_runtime(share)
     probs = predict_ensemble(spec, logged, images, runtime)
     out = out or competition_root(spec.name) / "predictions" / f"{source.stem}-{logged.config_hash}.csv"
     write_predictions(spec, ids, probs, out, with_probs)

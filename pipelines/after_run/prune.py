@@ -18,8 +18,8 @@ from competition import locks
 from competition.atomic import STAGING_MARK
 from competition.paths import competition_root
 from competition.spec import CompetitionSpec
-from pipelines.artifacts import read_manifest
-from pipelines.submit import read_log
+from pipelines.stages.artifacts import read_manifest
+from pipelines.stages.submit import read_log
 
 ALWAYS_KEPT = ("raw", "tuning", "plans")
 # Stages whose outputs are `<stage>/<key>` (one level) or `<stage>/<run>-<key>/fold<k>` (two levels).

@@ -1,10 +1,10 @@
-"""runner: trains a plan's (run, fold) units, one after another or several at once on Dask workers
-(pipelines/cluster.py), with a deadline guard on the clock.
+"""runner: trains a command's (run, fold) units through an executor (executors.py: one after another
+in this process, or several at once on Dask workers), with a deadline guard on the clock for a plan.
 
 Units go fold-major (fold 0 of every run, then fold 1 of every run, ...): when time runs short, what is
-left undone is the later folds, never a whole model family. Execution sits behind one small interface,
-`Executor.train(unit, limit)` in this process; `ParallelExecutor` submits units and waits for the next
-one to finish, keeping every worker busy.
+left undone is the later folds, never a whole model family. `run_units` is the one loop: it keeps
+`executor.slots` units in flight, lets the guard decide before each start, and hands each finished unit
+to the command (`on_done`).
 
 The deadline guard compares actual with planned time:
 - before a unit starts, it re-estimates the work left with the speed measured so far (spread over the
@@ -23,24 +23,46 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from pipelines.plan import Clock, PlannedRun, PlanRecord, WallClock
-from pipelines.predict import FoldOutput
+from competition.recipe import ModelRun
+from pipelines.planning.records import Clock, PlannedRun, PlanRecord
+from pipelines.stages.predict import FoldOutput
 
 
 @dataclass
 class Unit:
-    planned: PlannedRun
+    """One fold of one run to train (or reuse): a plan's run, which the guard may shorten before it
+    starts, or a fixed recipe's (`fixed_run`); `force` trains it again even when its output exists."""
+
     fold: int
+    planned: PlannedRun | None = None
+    fixed_run: ModelRun | None = None
+    force: bool = False
+
+    @property
+    def run(self) -> ModelRun:
+        return self.planned.run if self.planned is not None else self.fixed_run
 
     @property
     def what(self) -> str:
-        return f"{self.planned.run.name} fold {self.fold}"
+        return f"{self.run.name} fold {self.fold}"
+
+    @property
+    def shortening(self) -> tuple[int, int] | None:
+        """(after epoch, to epochs) where the plan records that the guard shortened this fold before."""
+        return self.planned.replayed_shortening(self.fold) if self.planned is not None else None
 
 
 def units_of(plan: PlanRecord) -> list[Unit]:
     """Fold-major order: every run's first fold before any run's second."""
     depth = max(len(p.folds) for p in plan.runs)
-    return [Unit(p, p.folds[i]) for i in range(depth) for p in plan.runs if i < len(p.folds)]
+    return [Unit(p.folds[i], planned=p) for i in range(depth) for p in plan.runs if i < len(p.folds)]
+
+
+def fixed_units(work: list[tuple[ModelRun, list[int]]], force: bool = False) -> list[Unit]:
+    """A fixed recipe's (run, folds) as units, fold-major like a plan's."""
+    units = [(position, Unit(fold, fixed_run=run, force=force)) for run, folds in work
+             for position, fold in enumerate(folds)]
+    return [unit for _, unit in sorted(units, key=lambda pair: pair[0])]
 
 
 @dataclass(frozen=True)
@@ -61,19 +83,30 @@ class EpochLimit:
 
 
 class Executor(Protocol):
-    def train(self, unit: Unit, epochs_allowed: Callable[[int, float], int] | None) -> tuple[FoldOutput, float | None]:
-        """Train (or reuse) one unit: (its output, seconds it trained; None when reused).
-        `epochs_allowed(epochs done, seconds per epoch)` may lower the run's total epochs while it
-        trains; the executor then shortens its schedule."""
+    """What trains units (executors.py): in this process, or on Dask workers."""
+
+    slots: int  # units it trains at once
+    clock: Clock | None  # the clock a unit's epoch limit reads where it trains (None: the guard's own)
+
+    def submit(self, unit: Unit, limit: EpochLimit | None) -> object:
+        """Start training (or reusing) `unit`; returns a handle for `next_done`. `limit(epochs done,
+        seconds per epoch)` may lower the run's total epochs while it trains (its schedule shortened)."""
+
+    def next_done(self, handles: list[object]) -> tuple[object, FoldOutput, float | None]:
+        """Wait for one of `handles` to finish: (its handle, its output, seconds it trained or None
+        when it was reused)."""
 
 
 @dataclass
 class DeadlineGuard:
-    """Decides, from the clock, whether the remaining work still fits the training deadline."""
+    """Decides, from the clock, whether the remaining work of `plan` still fits the training deadline;
+    every change it makes is written into the plan and handed to `on_change` (which keeps it on disk)."""
 
     clock: Clock
+    plan: PlanRecord
     train_deadline: float  # clock time by which training (and TTA) must be done to keep the budget
     slack: float  # overrun allowed before a running unit is shortened (the budget's 2.5%)
+    on_change: Callable[[PlanRecord], None] = lambda plan: None
     planned_done: float = 0.0  # planned seconds of the units trained so far in this process ...
     actual_done: float = 0.0  # ... and what they took
     notes: list[str] = field(default_factory=list)
@@ -92,13 +125,15 @@ class DeadlineGuard:
         fixed = planned.seconds_per_fold - planned.run.epochs * planned.seconds_per_epoch
         return (epochs * planned.seconds_per_epoch + fixed) * self.speed_ratio + planned.tta_seconds_per_fold
 
-    def fit_remaining(self, plan: PlanRecord, remaining: list[Unit], started_runs: set[str], slots: int = 1) -> list[Unit]:
+    def fit_remaining(self, remaining: list[Unit], started_runs: set[str], slots: int = 1) -> list[Unit]:
         """Shorten not-yet-started runs, then drop units from the end, until the rest fits in the time left
-        on `slots` workers; returns the units to run. Changes are written into `plan`. (The units' measured
-        speed already holds what sharing the cores costs each worker.)"""
+        on `slots` workers; returns the units to run. (The units' measured speed already holds what
+        sharing the cores costs each worker.)"""
+        plan = self.plan
         left = (self.train_deadline - self.clock.now()) * slots
         need = sum(self.unit_seconds(u.planned) for u in remaining)
         if need <= left:
+            self.on_change(plan)
             return remaining
         fresh = [p for p in plan.runs if p.run.name not in started_runs]
         if fresh:
@@ -126,6 +161,7 @@ class DeadlineGuard:
             if not planned.folds:
                 plan.runs.remove(planned)
                 plan.dropped_runs.append(planned.run.name)
+        self.on_change(plan)
         return kept
 
     def epoch_limit(self, unit: Unit, clock: Clock | None = None) -> EpochLimit:
@@ -138,46 +174,14 @@ class DeadlineGuard:
                           clock or self.clock)
 
 
-def run_plan(plan: PlanRecord, executor: Executor, guard: DeadlineGuard | None,
-             on_change: Callable[[PlanRecord], None] = lambda plan: None) -> dict[str, list[FoldOutput]]:
-    """Train every unit of the plan (trained ones are reused); returns {run name: its fold outputs}."""
-    units = units_of(plan)
-    trained: dict[str, list[FoldOutput]] = {}
-    started: set[str] = set()
-    index = 0
-    while index < len(units):
-        if guard is not None:
-            units = units[:index] + guard.fit_remaining(plan, units[index:], started)
-            on_change(plan)
-            if index >= len(units):
-                break
-        unit = units[index]
-        started.add(unit.planned.run.name)
-        output, seconds = executor.train(unit, guard.epoch_limit(unit) if guard is not None else None)
-        if guard is not None and seconds is not None:
-            guard.observe_unit(unit.planned, seconds)
-        trained.setdefault(unit.planned.run.name, []).append(output)
-        index += 1
-    return trained
+OnDone = Callable[[Unit, FoldOutput, "float | None"], None]
 
 
-
-class ParallelExecutor(Protocol):
-    slots: int  # units it runs at once
-
-    def submit(self, unit: Unit, limit: EpochLimit | None) -> object:
-        """Start training (or reusing) `unit`; returns a handle for `next_done`."""
-
-    def next_done(self, handles: list[object]) -> tuple[object, FoldOutput, float | None]:
-        """Wait for one of `handles` to finish: (its handle, its output, seconds it trained or None)."""
-
-
-def run_plan_parallel(plan: PlanRecord, executor: ParallelExecutor, guard: DeadlineGuard | None,
-                      on_change: Callable[[PlanRecord], None] = lambda plan: None) -> dict[str, list[FoldOutput]]:
-    """`run_plan` on several workers: units are handed out in the same fold-major order as workers free
-    up, the guard deciding before each; each run's outputs come back in its folds' order, whatever
-    order the units finish in, so the ensemble is the sequential run's."""
-    units = units_of(plan)
+def run_units(units: list[Unit], executor: Executor, guard: DeadlineGuard | None = None,
+              on_done: OnDone = lambda unit, output, seconds: None) -> dict[str, list[FoldOutput]]:
+    """Train (or reuse) every unit, `executor.slots` at a time, in the order given; the guard, if any,
+    decides before each start whether the rest still fits. Returns {run name: its outputs in the order
+    of its units}, whatever order they finish in, so that the ensemble is the same on any executor."""
     done: dict[tuple[str, int], FoldOutput] = {}
     started: set[str] = set()
     in_flight: dict[object, Unit] = {}
@@ -185,13 +189,12 @@ def run_plan_parallel(plan: PlanRecord, executor: ParallelExecutor, guard: Deadl
     while index < len(units) or in_flight:
         while index < len(units) and len(in_flight) < executor.slots:
             if guard is not None:
-                units = units[:index] + guard.fit_remaining(plan, units[index:], started, executor.slots)
-                on_change(plan)
+                units = units[:index] + guard.fit_remaining(units[index:], started, executor.slots)
                 if index >= len(units):
                     break
             unit = units[index]
-            started.add(unit.planned.run.name)
-            limit = guard.epoch_limit(unit, WallClock()) if guard is not None else None
+            started.add(unit.run.name)
+            limit = guard.epoch_limit(unit, executor.clock) if guard is not None else None
             in_flight[executor.submit(unit, limit)] = unit
             index += 1
         if not in_flight:
@@ -200,6 +203,10 @@ def run_plan_parallel(plan: PlanRecord, executor: ParallelExecutor, guard: Deadl
         unit = in_flight.pop(handle)
         if guard is not None and seconds is not None:
             guard.observe_unit(unit.planned, seconds)
-        done[unit.planned.run.name, unit.fold] = output
-    return {p.run.name: [done[p.run.name, f] for f in p.folds if (p.run.name, f) in done] for p in plan.runs
-            if any(name == p.run.name for name, _ in done)}
+        on_done(unit, output, seconds)
+        done[unit.run.name, unit.fold] = output
+    trained: dict[str, list[FoldOutput]] = {}
+    for unit in units:
+        if (unit.run.name, unit.fold) in done:
+            trained.setdefault(unit.run.name, []).append(done[unit.run.name, unit.fold])
+    return trained

@@ -12,8 +12,8 @@ What the libraries offer is used for the pools: `torch.set_num_threads` (torch's
 default: it softens the collapse (12,000 img/s each) but costs a lone process 2.3x, the common case.
 
 The registry is <data>/.cores/ (`KPIPE_CORES_DIR` moves it, e.g. to share one budget between data
-folders): one JSON entry per process, `<host>-<pid>.json`, beside `<host>-<pid>.lock`, an OS lock the
-process holds while it lives. The kernel drops that lock when the process dies, so an entry whose lock
+folders): one JSON entry per share, `<host>-<pid>-<tag>.json`, beside its `.lock`, an OS lock the
+process holds while the share lives. The kernel drops that lock when the process dies, so an entry whose lock
 can be taken is dead and is removed by whoever notices. Changes are made under `registry.lock`. Entries
 of other hosts (a data folder on a disk several machines share) do not count: each machine has its own
 cores.
@@ -29,6 +29,7 @@ import contextlib
 import json
 import math
 import os
+import secrets
 import socket
 import sys
 import time
@@ -49,7 +50,7 @@ WAIT_POLL_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class Entry:
-    name: str  # <host>-<pid>: the file stem
+    name: str  # <host>-<pid>-<tag>: the file stem
     pid: int
     host: str
     command: str
@@ -158,32 +159,62 @@ def _apply(threads: int) -> None:
     threadpool_limits(limits=threads, user_api="blas")
 
 
-class Member:
-    """This process's place in the registry, from `join` to `leave` (or its exit)."""
+class CoreShare:
+    """This process's share of the machine's cores, from `join` to `leave`: its entry in the registry,
+    the lock that says it lives, and the threads it runs with. The command that computes owns it (the
+    CLI makes one per command and leaves at its end; a Runtime made without one owns its own), and every
+    loop that computes calls `follow` between steps. Joining again after `leave` takes a new share."""
 
-    def __init__(self, folder: Path, cap: int, cores: int):
-        self.folder, self.cap, self.cores = folder, cap, cores
-        self.name = f"{socket.gethostname()}-{os.getpid()}"
-        self.lock = FileLock(folder / f"{self.name}.lock", is_singleton=False)
-        self.threads = 0
-        self.since = time.time()
+    def __init__(self, folder: Path | None = None):
+        self.folder = folder or registry_dir()
+        self.cores = machine_cores()
+        self.cap_threads = thread_cap(self.cores)
+        # Unique in this process too: a test, a tool or a Dask worker may make a share beside the CLI's.
+        self.name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.lock = FileLock(self.folder / f"{self.name}.lock", is_singleton=False)
+        self.joined = False
+        self.current = 0  # threads while joined
+        self.since = 0.0
         self.next_check = 0.0
         self.listing: tuple[str, ...] = ()
+        atexit.register(self.leave)
 
-    def _write(self, state: str) -> None:
-        entry = Entry(self.name, os.getpid(), socket.gethostname(), " ".join(Path(a).name for a in sys.argv[:5])[:160],
-                      self.since, state, self.cap)
-        with FileLock(self.folder / "registry.lock", is_singleton=False):
-            atomic.write_json(self.folder / f"{self.name}.json", asdict(entry))
+    @property
+    def threads(self) -> int:
+        """This process's current share (every core while it has not joined)."""
+        return self.current if self.joined else self.cores
 
-    def enter(self, wanted_policy: str) -> None:
+    def sharing(self) -> bool:
+        """Whether this process has fewer threads than the machine has cores because others compute."""
+        return self.joined and self.current < min(self.cap_threads, self.cores)
+
+    def join(self) -> int:
+        """Register as computing and size the pools to this share; returns the threads."""
+        if self.joined:
+            return self.current
         self.folder.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
-        if wanted_policy == "wait":
+        self.joined, self.since, self.current, self.listing = True, time.time(), 0, ()
+        if policy() == "wait":
             self._write("waiting")
             self._wait_turn()
         self._write("running")
         self.rebalance(announce=True)
+        return self.current
+
+    def cap(self, most: int) -> None:
+        """Use at most `most` threads from now on (a process that starts workers of its own keeps their
+        share free for them while they start)."""
+        self.cap_threads = min(self.cap_threads, max(1, most))
+        if self.joined:
+            self._write("running")
+            self.rebalance()
+
+    def _write(self, state: str) -> None:
+        entry = Entry(self.name, os.getpid(), socket.gethostname(), " ".join(Path(a).name for a in sys.argv[:5])[:160],
+                      self.since, state, self.cap_threads)
+        with FileLock(self.folder / "registry.lock", is_singleton=False):
+            atomic.write_json(self.folder / f"{self.name}.json", asdict(entry))
 
     def _wait_turn(self) -> None:
         """Until the running processes leave a core free and no earlier waiter is ahead of this one."""
@@ -218,15 +249,18 @@ class Member:
             self._write("running")
             return self.rebalance(announce)
         threads = fair_shares([e.cap for e in entries], self.cores)[names.index(self.name)]
-        if threads != self.threads:
+        if threads != self.current:
             _apply(threads)
             others = [e for e in entries if e.name != self.name]
-            if others and (announce or threads < self.threads):
+            if others and (announce or threads < self.current):
                 print(f"cores: {threads} of this machine's {self.cores} cores here, sharing with {len(others)} other "
                       f"kpipe process{'es' if len(others) > 1 else ''}: {describe(others)}", file=sys.stderr, flush=True)
-            self.threads = threads
+            self.current = threads
 
     def follow(self) -> None:
+        """Between steps of long work: take up a changed share (cheap; most calls return at once)."""
+        if not self.joined:
+            return
         now = time.monotonic()
         if now < self.next_check:
             return
@@ -242,63 +276,13 @@ class Member:
             pass  # a registry that cannot be read this time (removed, full disk) keeps the current share
 
     def leave(self) -> None:
+        """No more computing here (a process that only waits for workers, say): give the cores back."""
+        if not self.joined:
+            return
+        self.joined = False
         with contextlib.suppress(OSError):
             with FileLock(self.folder / "registry.lock", is_singleton=False):
                 (self.folder / f"{self.name}.json").unlink()
         self.lock.release()
         with contextlib.suppress(OSError):
             (self.folder / f"{self.name}.lock").unlink()
-
-
-_member: Member | None = None
-
-
-def join() -> int:
-    """Register this process as computing and size its pools to its share; returns its threads.
-    Joining again (another data folder, say) moves the entry."""
-    global _member
-    folder = registry_dir()
-    if _member is not None and _member.folder == folder:
-        return _member.threads
-    leave()
-    cores = machine_cores()
-    member = Member(folder, thread_cap(cores), cores)
-    member.enter(policy())
-    _member = member
-    return member.threads
-
-
-def follow() -> None:
-    """Between steps of long work: take up a changed share (cheap; most calls return at once)."""
-    if _member is not None:
-        _member.follow()
-
-
-def leave() -> None:
-    """No more computing here (a process that only waits for workers, say): give the cores back."""
-    global _member
-    if _member is not None:
-        _member.leave()
-        _member = None
-
-
-def cap(most: int) -> None:
-    """Use at most `most` threads from now on (a process that starts workers of its own keeps their
-    share free for them while they start)."""
-    if _member is not None and most < _member.cap:
-        _member.cap = most
-        _member._write("running")
-        _member.rebalance()
-
-
-def threads() -> int:
-    """This process's current share (every core before it joins)."""
-    return _member.threads if _member is not None else machine_cores()
-
-
-def sharing() -> bool:
-    """Whether this process has fewer threads than the machine has cores because others compute."""
-    return _member is not None and _member.threads < min(_member.cap, _member.cores)
-
-
-atexit.register(leave)

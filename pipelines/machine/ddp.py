@@ -210,9 +210,9 @@ def launch(ranks: int, argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    from pipelines import cores
+    from pipelines.machine import cores
 
-    # torchrun would set 1 and warn; pipelines/cores.py sizes each rank's pools to its share in any case.
+    # torchrun would set 1 and warn; pipelines/machine/cores.py sizes each rank's pools to its share in any case.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores.machine_cores() // ranks)))
     try:
         run(get_args_parser().parse_args(["--standalone", f"--nproc-per-node={ranks}", "--module", "pipelines", *argv]))

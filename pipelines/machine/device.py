@@ -3,7 +3,7 @@
 A precision is how a model's forward pass runs: fp32 or bf16/fp16 autocast, NCHW or channels_last.
 Which is fastest depends on the machine — on the 2-core CPUs measured so far, channels_last gave
 +7–11% on an AVX2-only CPU and bf16 autocast was 11× *slower* there, but 1.4–2.1× faster than fp32 on a
-CPU with AVX-512 BF16 — so `pipelines/probe.py` measures them and the planner chooses. A recipe names
+CPU with AVX-512 BF16 — so `pipelines/planning/probe.py` measures them and the planner chooses. A recipe names
 one (`precision:`) or says `auto`: fp32 + channels_last on a CPU, bf16 (or fp16) autocast on CUDA.
 """
 from __future__ import annotations
@@ -13,12 +13,14 @@ import os
 import platform
 import shutil
 import sysconfig
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from pipelines import cores
+from pipelines.machine import cores
+from pipelines.machine.cores import CoreShare
+
 
 @dataclass(frozen=True)
 class Precision:
@@ -39,6 +41,8 @@ AUTO = "auto"
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
+    # This process's share of the CPU's cores (joined by `pick_runtime` on a CPU; unused on CUDA).
+    cores: CoreShare = field(default_factory=CoreShare, compare=False, repr=False)
 
     @property
     def is_cuda(self) -> bool:
@@ -63,10 +67,13 @@ def wants_cuda() -> bool:
     return torch.cuda.is_available() if wanted is None else wanted == "cuda"
 
 
-def pick_runtime() -> Runtime:
-    """CUDA when there is a GPU, else the CPU with this process's share of its cores (pipelines/cores.py:
-    every core when no other kpipe process computes). KPIPE_DEVICE=cpu|cuda overrides the choice."""
-    from pipelines import ddp, determinism
+def pick_runtime(share: CoreShare | None = None) -> Runtime:
+    """CUDA when there is a GPU, else the CPU with this process's share of its cores (`share`, the
+    command's, joined here; a new one when none is given: machine/cores.py, every core when no other
+    kpipe process computes). KPIPE_DEVICE=cpu|cuda overrides the choice."""
+    from pipelines.machine import ddp, determinism
+
+    share = share if share is not None else CoreShare()
 
     use_cuda = wants_cuda()
     if determinism.requested():  # DETERMINISTIC=1: repeatable kernels, at some cost in speed
@@ -76,16 +83,16 @@ def pick_runtime() -> Runtime:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     else:
-        cores.join()  # x1.93 from 1 to 2 threads alone on these machines; 80x slower each when two processes take both
+        share.join()  # x1.93 from 1 to 2 threads alone on these machines; 80x slower each when two processes take both
     # One rank of a DDP run (GPUS=, torchrun): its own GPU, or gloo between CPU processes.
     if ddp.launched():
-        return Runtime(ddp.start(use_cuda))
+        return Runtime(ddp.start(use_cuda), share)
     if not use_cuda:
-        return Runtime(torch.device("cpu"))
-    # A Dask worker's own GPU (pipelines/cluster.py pins worker k to GPU k), else the first.
+        return Runtime(torch.device("cpu"), share)
+    # A Dask worker's own GPU (pipelines/execution/cluster.py pins worker k to GPU k), else the first.
     device = torch.device("cuda", int(os.environ.get("KPIPE_CUDA_DEVICE", "0")) % torch.cuda.device_count())
     torch.cuda.set_device(device)
-    return Runtime(device)
+    return Runtime(device, share)
 
 
 def default_profile() -> str:

@@ -1,7 +1,7 @@
 """plan: what to train inside a time budget, decided from this machine's measured speeds.
 
 `make submit COMP=x BUDGET=15m` plans after download and prepare (their time is known by then): it
-probes every candidate of the spec's `pool:` (pipelines/probe.py), then decides which runs, on how many
+probes every candidate of the spec's `pool:` (pipelines/planning/probe.py), then decides which runs, on how many
 folds, for how many epochs, in which precision, with which TTA views, keeping time for TTA, the
 ensemble, the upload and the report. The plan is printed as a table and written as plan.json.
 
@@ -24,7 +24,7 @@ How the time is split (`choose`, a pure function of costs, so tests can feed it 
 4. An Optuna study on the first chosen candidate (the spec's `tuning:` search space, fitted to it) is
    planned only from the time left after every chosen model's full `epochs` on one fold: at most the
    pool's `study_share` of the time, and only when that buys `min_trials` unpruned trials. After the
-   study (pipelines/plan_study.py) the best parameters replace the candidate's and the epochs are fitted
+   study (pipelines/tuning/planned.py) the best parameters replace the candidate's and the epochs are fitted
    again to the time then left. So a small budget never trades epochs for tuning; a large one tunes
    before it buys more folds.
 Refitting on all rows is not planned: on a CPU it costs a whole extra run per model for no CV to check
@@ -37,23 +37,21 @@ same command on the same machine reuses it without probing, so nothing is retrai
 """
 from __future__ import annotations
 
-import json
 import math
-import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Callable
 
 import models
-from competition import atomic, locks
+from competition import locks
 from competition.errors import UserError
 from competition.paths import competition_root
-from competition.recipe import Candidate, ModelRun, Profile
+from competition.recipe import Candidate
 from competition.spec import CompetitionSpec, stable_hash
-from pipelines.device import Runtime, compile_offered, machine_description, machine_key, offered_precisions
+from pipelines.machine.device import Runtime, compile_offered, machine_description, machine_key, offered_precisions
+from pipelines.planning.probe import Speed
+from pipelines.planning.records import PLAN_VERSION, PlannedRun, PlannedStudy, PlanRecord, read_plan, save_plan
 
 MAX_STRETCH = 1.5  # time that buys no further fold lengthens schedules, up to this many times `epochs`
 TTA_SHARE = 0.05  # TTA views are added while all their passes cost under this share of the budget
@@ -61,7 +59,6 @@ FOLD_OVERHEAD_S = 2.0  # building the model, checkpoints, manifests: per fold, m
 EPOCH_OVERHEAD_S = 0.1  # per epoch: two checkpoints, the log line (dominant for tiny data sets such as digits)
 COMPILE_MIN_GAIN = 1.10  # measured compile speed-ups below this are within the probe's noise on 2 cores
 COMPILE_GUESS_S = 30.0  # a first compile before anything is cached: 28-37 s measured on a 2-core CPU
-PLAN_VERSION = 1
 # The decision logic's revision: plans of record made by an older planner are not reused (same request).
 PLANNER_REVISION = 2
 
@@ -70,112 +67,6 @@ def reserve_seconds(budget: float) -> float:
     """Kept back for the ensemble, the upload and scoring, and the report (measured: 3-5 s on 2 cores;
     the rest is margin)."""
     return 10.0 + 0.01 * budget
-
-
-# --- what plan.json holds -----------------------------------------------------------------------------
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Shortening(_Strict):
-    """The deadline guard ended a fold's run early: from `from_epoch` on, the learning rate fell
-    linearly to zero over the epochs up to `epochs` (so the schedule still completed)."""
-
-    fold: int
-    from_epoch: int = Field(ge=0)
-    epochs: int = Field(ge=1)
-
-
-class PlannedRun(_Strict):
-    run: ModelRun  # epochs and precision as planned (or as the guard set them before the run started)
-    family: str
-    folds: list[int] = Field(min_length=1)
-    seconds_per_epoch: float = Field(ge=0)
-    seconds_per_fold: float = Field(ge=0)  # all epochs, the test prediction, overhead
-    tta_seconds_per_fold: float = Field(ge=0)
-    min_epochs: int = Field(default=1, ge=1)
-    precision_reason: str = ""
-    shortened: list[Shortening] = Field(default_factory=list)
-    dropped_folds: list[int] = Field(default_factory=list)  # planned, then dropped by the guard
-
-    def replayed_shortening(self, fold: int) -> tuple[int, int] | None:
-        """(after epoch, to epochs) where the plan records that the guard shortened this fold: a replay
-        shortens it the same way (and the guard does not watch it again)."""
-        cut = next((s for s in self.shortened if s.fold == fold), None)
-        return (cut.from_epoch, cut.epochs) if cut else None
-
-    @property
-    def estimated_seconds(self) -> float:
-        return len(self.folds) * (self.seconds_per_fold + self.tta_seconds_per_fold)
-
-
-class PlannedStudy(_Strict):
-    """The Optuna study a plan schedules before training, and (once run) what it found."""
-
-    run: str  # the candidate it tunes
-    study: str  # the study's name in the storage (persistent: a later run extends it)
-    seconds: float = Field(ge=0)  # time given to it
-    trial_seconds: float = Field(ge=0)  # estimated, one unpruned trial
-    search_space: list[str]  # the spec's `tuning:` dimensions that fit the candidate
-    seconds_spent: float = Field(default=0, ge=0)
-    trials_run: int = Field(default=0, ge=0)  # by this plan
-    trials_in_study: int = Field(default=0, ge=0)  # finished (complete or pruned), all runs together
-    best_params: dict | None = None
-    best_value: float | None = None
-    own_recipe_value: float | None = None  # the candidate's own parameters, enqueued as the first trial
-    done: bool = False
-
-    @property
-    def estimated_seconds(self) -> float:
-        return self.seconds_spent if self.done else max(self.seconds, self.seconds_spent)
-
-
-class PlanRecord(_Strict):
-    version: Literal[1] = PLAN_VERSION
-    competition: str
-    request: str  # hash of what was asked: pool, budget, data, folds, machine
-    budget_seconds: float
-    device: str
-    machine: str
-    machine_key: str
-    created: str
-    runs: list[PlannedRun] = Field(min_length=1)
-    tta: list[str] = Field(min_length=1)
-    ensemble: str
-    refit: bool = False
-    study: PlannedStudy | None = None
-    reserve_seconds: float
-    setup_seconds: float  # download, prepare, loading and probing, before the plan was made
-    speeds: dict[str, dict[str, dict[str, float]]] = Field(default_factory=dict)  # run -> precision -> speeds
-    precisions_left_out: dict[str, str] = Field(default_factory=dict)
-    notes: list[str] = Field(default_factory=list)
-    dropped_runs: list[str] = Field(default_factory=list)
-    status: Literal["planned", "ran"] = "planned"
-    actual: dict = Field(default_factory=dict)  # filled at the end: seconds per stage and per run
-
-    def profile(self) -> Profile:
-        """The plan as a recipe for the stages after training (TTA views, ensemble)."""
-        return Profile(models=[p.run for p in self.runs], folds=sorted({f for p in self.runs for f in p.folds}),
-                       tta=self.tta, ensemble=self.ensemble)
-
-    def work(self) -> list[tuple[ModelRun, list[int]]]:
-        return [(p.run, p.folds) for p in self.runs]
-
-    def estimated_train_seconds(self) -> float:
-        return sum(p.estimated_seconds for p in self.runs)
-
-    def estimated_total_seconds(self) -> float:
-        """The whole command as planned: setup, the study, training with TTA, and the reserve."""
-        study = self.study.estimated_seconds if self.study is not None else 0.0
-        return self.setup_seconds + study + self.estimated_train_seconds() + self.reserve_seconds
-
-    def hash_input(self) -> dict:
-        """What the predictions depend on (not the timings): part of the submission's config hash."""
-        return {"runs": [{"run": p.run.key_dump(), **models.revision_key(p.run.model), "folds": p.folds,
-                          "shortened": [s.model_dump() for s in p.shortened]} for p in self.runs],
-                "tta": self.tta, "ensemble": self.ensemble}
 
 
 # --- costs and the choice -------------------------------------------------------------------------------
@@ -269,7 +160,8 @@ def choose(costs: list[CandidateCost], seconds: float, n_splits: int, max_models
            budget: float, min_share: float = 0.85, offer: StudyOffer | None = None) -> Decision:
     """Which candidates, how many epochs and folds each, how many TTA views, whether to study first: see
     the module docstring. `view_passes` are the model passes of each of the pool's views (identity 1,
-    hflip 1, shift 4); `offer`: what a study would cost (None: no study)."""
+    hflip 1, shift 4); `offer`: what a study would cost (None: no study). A pure function of numbers,
+    tested on its own: its eight inputs are the whole of what the choice depends on."""
     notes: list[str] = []
     ordered = order_by_family(costs)
     chosen: list[CandidateCost] = []
@@ -312,10 +204,32 @@ def choose(costs: list[CandidateCost], seconds: float, n_splits: int, max_models
 # --- building, saving and replaying a plan --------------------------------------------------------------
 
 
-def candidate_cost(spec: CompetitionSpec, candidate: Candidate, precision: str, reason: str, train_ips: float,
-                   predict_ips: float, n_train: int, n_test: int, compile_seconds: float | None = None) -> CandidateCost:
+@dataclass(frozen=True)
+class ImageCounts:
+    """How many images a plan is made for: training rows (all folds together) and test images."""
+
+    train: int
+    test: int
+
+
+@dataclass(frozen=True)
+class Probes:
+    """How the planner measures this machine (probe.py; tests stand in for them):
+    `speeds(candidate) -> {precision: Speed}`; `check_precision(candidate, precision) -> {"allowed": bool, ...}`
+    for reduced precisions; `compiled(candidate, precision) -> Speed | why not` (None: torch.compile is not
+    offered here)."""
+
+    speeds: Callable[[Candidate], dict[str, Speed]]
+    check_precision: Callable[[Candidate, str], dict]
+    compiled: Callable[[Candidate, str], "Speed | str"] | None = None
+
+
+def candidate_cost(spec: CompetitionSpec, candidate: Candidate, precision: str, reason: str, speed: Speed,
+                   counts: ImageCounts, compile_seconds: float | None = None) -> CandidateCost:
     """`compile_seconds` given: trained through torch.compile, which costs that much per fold (an upper
     bound: a later fold in the same process reuses the compiled kernels)."""
+    n_train, n_test = counts.train, counts.test
+    train_ips, predict_ips = speed.train_images_per_second, speed.predict_images_per_second
     val_rows = n_train / spec.folds.n_splits
     steps = int(n_train - val_rows) // candidate.batch_size
     training = steps * candidate.batch_size / train_ips
@@ -327,8 +241,8 @@ def candidate_cost(spec: CompetitionSpec, candidate: Candidate, precision: str, 
                          compiled=compile_seconds is not None)
 
 
-def consider_compile(spec: CompetitionSpec, decision: Decision, probe_compiled: Callable, n_train: int,
-                     n_test: int) -> tuple[dict[str, CandidateCost], list[str]]:
+def consider_compile(spec: CompetitionSpec, decision: Decision, probe_compiled: Callable,
+                     counts: ImageCounts) -> tuple[dict[str, CandidateCost], list[str]]:
     """({candidate name: its compiled cost} where compiling pays, notes). `probe_compiled(candidate,
     precision)` returns a probe Speed, or a string saying why it cannot compile."""
     compiled, notes = {}, []
@@ -342,8 +256,9 @@ def consider_compile(spec: CompetitionSpec, decision: Decision, probe_compiled: 
         if isinstance(speed, str):
             notes.append(f"torch.compile not used for {name}: {speed}")
             continue
-        option = candidate_cost(spec, cost.candidate, cost.precision, "", speed.train_images_per_second,
-                                cost.predict_images_per_second, n_train, n_test, compile_seconds=speed.warmup_seconds)
+        option = candidate_cost(spec, cost.candidate, cost.precision, "",
+                                Speed(speed.train_images_per_second, cost.predict_images_per_second), counts,
+                                compile_seconds=speed.warmup_seconds)
         gain = cost.seconds_training_per_epoch / option.seconds_training_per_epoch
         saved = epochs * folds * (cost.seconds_per_epoch - option.seconds_per_epoch) - folds * speed.warmup_seconds
         verdict = (f"{gain:.2f}x training steps, {speed.warmup_seconds:.0f} s to compile: saves about {saved / 60:.1f} "
@@ -357,19 +272,19 @@ def consider_compile(spec: CompetitionSpec, decision: Decision, probe_compiled: 
     return compiled, notes
 
 
-def trial_seconds(spec: CompetitionSpec, cost: CandidateCost, n_train: int, n_test: int) -> float:
+def trial_seconds(spec: CompetitionSpec, cost: CandidateCost, counts: ImageCounts) -> float:
     """One unpruned trial of the spec's `tuning:` on this candidate: its epochs on a subsample of each
     tuning fold's training rows, validation every epoch, the test prediction and the overhead."""
     tuning, candidate = spec.tuning, cost.candidate
-    val_rows = n_train / spec.folds.n_splits
-    validation = val_rows / (val_rows + n_test) * cost.seconds_per_view_per_fold
+    val_rows = counts.train / spec.folds.n_splits
+    validation = val_rows / (val_rows + counts.test) * cost.seconds_per_view_per_fold
     training = cost.seconds_per_epoch - validation - EPOCH_OVERHEAD_S
     epoch = tuning.subsample * training + validation + EPOCH_OVERHEAD_S
     return len(tuning.folds) * ((tuning.epochs or candidate.epochs) * epoch + cost.seconds_fixed_per_fold)
 
 
 def view_passes(view: str) -> int:
-    from pipelines.predict import VIEWS
+    from pipelines.stages.predict import VIEWS
 
     return len(VIEWS[view])
 
@@ -394,65 +309,33 @@ def record_path(spec: CompetitionSpec, request: str) -> Path:
     return plans_folder(spec) / f"{request}.json"
 
 
-def read_plan(path: Path, spec: CompetitionSpec) -> PlanRecord:
-    """A plan.json, validated: one line naming the file and the field when it is not one."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UserError(f"PLAN={path}: cannot read it ({exc.strerror or exc}); give the path of a plan.json") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"PLAN={path}: not JSON ({str(exc).splitlines()[0][:120]}); give a plan.json kpipe wrote") from None
-    try:
-        plan = PlanRecord.model_validate(data)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
-        raise UserError(f"PLAN={path}: field '{where}': {error['msg']}; give a plan.json kpipe wrote") from None
-    if plan.competition != spec.name:
-        raise UserError(f"PLAN={path}: plans competition '{plan.competition}', not '{spec.name}'; "
-                        f"use COMP={plan.competition} or a plan of {spec.name}")
-    for number, planned in enumerate(plan.runs):
-        missing = spec.folds.missing_fold(planned.folds)
-        if missing is not None:
-            raise UserError(f"PLAN={path}: field 'runs.{number}.folds': fold {missing} does not exist; "
-                            f"{spec.folds.numbering()} in competition/{spec.name}.yaml")
-    return plan
-
-
-def save_plan(plan: PlanRecord, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(path, plan.model_dump_json(indent=2) + "\n")
-
-
-def make_plan(spec: CompetitionSpec, budget: float, runtime: Runtime, probe_speeds: Callable, check_precision: Callable,
-              n_train: int, n_test: int, elapsed: Callable[[], float], probe_compiled: Callable | None = None) -> PlanRecord:
-    """Decide with measured speeds. `probe_speeds(candidate) -> {precision: Speed}`;
-    `check_precision(candidate, precision) -> {"allowed": bool, ...}` for reduced precisions;
-    `elapsed()`: seconds of the budget used so far (read after probing, which it includes);
-    `probe_compiled(candidate, precision) -> Speed | why not` (None: torch.compile is not offered here)."""
+def make_plan(spec: CompetitionSpec, budget: float, runtime: Runtime, probes: Probes, counts: ImageCounts,
+              elapsed: Callable[[], float]) -> PlanRecord:
+    """Decide with the speeds `probes` measure; `elapsed()`: seconds of the budget used so far (read after
+    probing, which it includes)."""
     pool = spec.pool
     _, left_out = offered_precisions(runtime)
     costs, speeds_table = [], {}
     for candidate in pool.candidates:
-        speeds = probe_speeds(candidate)
+        speeds = probes.speeds(candidate)
         speeds_table[candidate.name] = {p: {"train_images_per_second": s.train_images_per_second,
                                             "predict_images_per_second": s.predict_images_per_second}
                                         for p, s in speeds.items()}
-        precision, reason = pick_precision(candidate, speeds, check_precision)
+        precision, reason = pick_precision(candidate, speeds, probes.check_precision)
         chosen = speeds[precision]
-        costs.append(candidate_cost(spec, candidate, precision, reason, chosen.train_images_per_second,
-                                    chosen.predict_images_per_second, n_train, n_test))
+        costs.append(candidate_cost(spec, candidate, precision, reason,
+                                    Speed(chosen.train_images_per_second, chosen.predict_images_per_second), counts))
     reserve = reserve_seconds(budget)
     setup_seconds = elapsed()
     offer = None
     if spec.tuning is not None and pool.study_share > 0:
-        offer = StudyOffer({c.candidate.name: trial_seconds(spec, c, n_train, n_test) for c in costs},
+        offer = StudyOffer({c.candidate.name: trial_seconds(spec, c, counts) for c in costs},
                            pool.study_share, pool.min_trials)
     decision = decide(spec, costs, budget - setup_seconds - reserve, budget, offer)
     why_not = compile_offered(runtime)
     compile_notes = [f"torch.compile not offered: {why_not}"] if why_not else []
-    if probe_compiled is not None and not why_not:
-        compiled, compile_notes = consider_compile(spec, decision, probe_compiled, n_train, n_test)
+    if probes.compiled is not None and not why_not:
+        compiled, compile_notes = consider_compile(spec, decision, probes.compiled, counts)
         # Split the time again: the compile probe took some, and compiled runs train faster.
         costs = [compiled.get(c.candidate.name, c) for c in costs]
         setup_seconds = elapsed()
@@ -461,7 +344,7 @@ def make_plan(spec: CompetitionSpec, budget: float, runtime: Runtime, probe_spee
     notes.append("no refit on all rows: it would cost a whole extra run per model, with no held-out rows to check it")
     study = None
     if decision.study_seconds > 0:
-        from pipelines.plan_study import fit_search_space, study_name
+        from pipelines.planning.study_space import fit_search_space, study_name
 
         first = decision.runs[0][0]
         study = PlannedStudy(run=first.candidate.name, study=study_name(spec, first.candidate),
@@ -519,13 +402,13 @@ def obtain_plan(spec: CompetitionSpec, budget: float, plan_path: str | None, run
         if path.is_file():
             print(f"plan: reusing the plan of record {path} (same budget, data and machine: no probing)", flush=True)
             return read_plan(path, spec), path, False
-        from pipelines.probe import check_reduced_precision, probe_compiled, probe_run
+        from pipelines.planning.probe import check_reduced_precision, probe_compiled, probe_run
 
         print(f"plan: probing {len(spec.pool.candidates)} candidates on {machine_description(runtime)}", flush=True)
-        plan = make_plan(spec, budget, runtime, lambda c: probe_run(spec, c, data, runtime),
-                         lambda c, p: check_reduced_precision(spec, c, data, runtime, p),
-                         len(data.labels), len(data.test_images), elapsed,
-                         lambda c, p: probe_compiled(spec, c.model_copy(update={"precision": p}), data, runtime))
+        probes = Probes(lambda c: probe_run(spec, c, data, runtime),
+                        lambda c, p: check_reduced_precision(spec, c, data, runtime, p),
+                        lambda c, p: probe_compiled(spec, c.model_copy(update={"precision": p}), data, runtime))
+        plan = make_plan(spec, budget, runtime, probes, ImageCounts(len(data.labels), len(data.test_images)), elapsed)
         save_plan(plan, path)
     return plan, path, False
 
@@ -543,43 +426,3 @@ def pick_precision(candidate: Candidate, speeds: dict, check_precision) -> tuple
             return precision, (f"{ratio:.2f}x {baseline} training; accuracy check {check['reduced_accuracy']:.4f} vs "
                                f"fp32 {check['fp32_accuracy']:.4f} after {check['steps']} steps")
     return baseline, "only fp32 measured"
-
-
-def execution(run: ModelRun) -> str:
-    """How a run trains, for tables: its precision, and whether through torch.compile."""
-    return run.precision + ("+compile" if run.compile else "")
-
-
-def plan_table(plan: PlanRecord) -> str:
-    rows = [("run", "family", "folds", "epochs", "precision", "est. min")]
-    for p in plan.runs:
-        rows.append((p.run.name, p.family, ",".join(map(str, p.folds)), str(p.run.epochs), execution(p.run),
-                     f"{p.estimated_seconds / 60:.1f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    if plan.study is not None:
-        study = plan.study
-        found = (f": best {study.best_value:.4f} after {study.trials_in_study} trials, {study.best_params}"
-                 if study.done and study.best_params else ": done" if study.done else "")
-        lines.append(f"Optuna study '{study.study}' on {study.run} before training, {study.seconds / 60:.1f} min "
-                     f"({len(study.search_space)} dimensions){found}")
-    total = plan.estimated_total_seconds()
-    lines.append(f"TTA {'+'.join(plan.tta)}, ensemble {plan.ensemble}; estimated {total / 60:.1f} of "
-                 f"{plan.budget_seconds / 60:.1f} min (setup {plan.setup_seconds:.0f} s, reserve "
-                 f"{plan.reserve_seconds:.0f} s for ensemble, upload and report)")
-    lines += [f"note: {n}" for n in plan.notes]
-    return "\n".join(lines)
-
-
-class Clock:
-    """Wall time; tests give the guard a fake one."""
-
-    def now(self) -> float:
-        return time.monotonic()
-
-
-class WallClock(Clock):
-    """The time of day, which worker processes, and other machines set by NTP, agree on."""
-
-    def now(self) -> float:
-        return time.time()

@@ -3,7 +3,7 @@
 For each (candidate, precision) the probe builds the run's real model, optimizer and augmentation, and
 times real training steps on the competition's own images (after one warm-up step) for a few seconds,
 then batched inference. Precisions this machine cannot run fast are not measured, with the reason
-(pipelines/device.py: offered_precisions). A reduced precision (bf16, fp16) is only *allowed* where a
+(pipelines/machine/device.py: offered_precisions). A reduced precision (bf16, fp16) is only *allowed* where a
 short training on the competition's data stays within 0.3 accuracy points of fp32 at the same seed and
 steps (`check_reduced_precision`).
 
@@ -20,16 +20,15 @@ import numpy as np
 import torch
 
 from competition import atomic, locks
+from competition.metrics import accuracy
 from competition.paths import data_root
 from competition.recipe import ModelRun
 from competition.spec import CompetitionSpec, stable_hash
-from pipelines import cores
-from pipelines.augment import BatchAugmenter
-from pipelines.device import Runtime, machine_description, machine_key, offered_precisions
-from pipelines.device_data import TrainingData
-from pipelines.metrics import accuracy
-from pipelines.predict import predict_probs
-from pipelines.train import epoch_batches, make_learner, train_one_epoch
+from pipelines.machine.device import Runtime, machine_description, machine_key, offered_precisions
+from pipelines.recipe.augment import BatchAugmenter
+from pipelines.stages.device_data import TrainingData
+from pipelines.stages.predict import predict_probs
+from pipelines.stages.train import epoch_batches, make_learner, train_one_epoch
 
 PROBE_SECONDS = 2.0  # of timed training steps per (run, precision); inference gets a quarter of it
 CHECK_STEPS = 150  # training steps of the fp32-vs-reduced-precision accuracy check
@@ -96,10 +95,10 @@ def measure(spec: CompetitionSpec, run: ModelRun, data: TrainingData, runtime: R
         chunk = min(chunk * 2, 32)
     train_rate = steps * batch / (time.perf_counter() - started)
     images = data.test_images[:512] if len(data.test_images) else data.images[:512]
-    predict_probs(learner.model, images[:64])  # warm-up
+    predict_probs(learner.model, images[:64], share=runtime.cores)  # warm-up
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds / 4 or done == 0:
-        predict_probs(learner.model, images)
+        predict_probs(learner.model, images, share=runtime.cores)
         done += len(images)
     return Speed(round(train_rate, 1), round(done / (time.perf_counter() - started), 1), round(warmup, 2))
 
@@ -112,15 +111,15 @@ def probe_run(spec: CompetitionSpec, run: ModelRun, data: TrainingData, runtime:
     if all(p in cached for p in precisions):
         return {p: Speed(**cached[p]) for p in precisions}
     speeds = {}
-    shared = cores.sharing()
+    shared = runtime.cores.sharing()
     if shared:
-        print(f"probe: measuring on {cores.threads()} of {cores.machine_cores()} cores while other kpipe processes compute: "
+        print(f"probe: measuring on {runtime.cores.threads} of {runtime.cores.cores} cores while other kpipe processes compute: "
               "the speeds (and a plan made from them) are conservative, and are not kept for later runs", flush=True)
     for precision in precisions:
         speeds[precision] = measure(spec, run.model_copy(update={"precision": precision}), data, runtime)
         print(f"probe: {run.name} {precision}: train {speeds[precision].train_images_per_second:,.0f} img/s, "
               f"predict {speeds[precision].predict_images_per_second:,.0f} img/s", flush=True)
-    if not shared and not cores.sharing():  # a figure measured on a share of the cores would mislead a lone run
+    if not shared and not runtime.cores.sharing():  # a figure measured on a share of the cores would mislead a lone run
         _update_cache(runtime, key, {"run": run.name, "speeds": {p: asdict(s) for p, s in speeds.items()}})
     return speeds
 
@@ -140,7 +139,7 @@ def probe_compiled(spec: CompetitionSpec, run: ModelRun, data: TrainingData, run
         return reason
     print(f"probe: {run.name} {run.precision} compiled: train {speed.train_images_per_second:,.0f} img/s after "
           f"{speed.warmup_seconds:.0f} s compiling", flush=True)
-    if not cores.sharing():
+    if not runtime.cores.sharing():
         _update_cache(runtime, key, {"run": run.name, "speed": asdict(speed)})
     return speed
 
@@ -161,7 +160,7 @@ def _short_training(spec: CompetitionSpec, run: ModelRun, data: TrainingData, ru
         train_one_epoch(learner, augmenter, data.labels, epoch_batches(train_rows, batch, count, done), done, runtime,
                         f"precision check {run.precision}")
         done += count
-    probs = predict_probs(learner.model, data.images[val_rows.to(runtime.device)])
+    probs = predict_probs(learner.model, data.images[val_rows.to(runtime.device)], share=runtime.cores)
     return accuracy(probs, data.labels_host()[val_rows.numpy()])
 
 

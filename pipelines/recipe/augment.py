@@ -1,6 +1,6 @@
 """Augmentation policies, by the names a recipe gives them (`augment.policy`): none, light, medium, strong,
 geometric (strong without colour changes), and the searched policies autoaugment, randaugment and
-trivialaugment (pipelines/auto_augment.py, registered from there).
+trivialaugment (pipelines/recipe/auto_augment.py, registered from there).
 
 Each policy is one registered function returning its albumentations ops, built for the competition:
 flips only where the spec says they keep the class, colour jitter only on RGB. A policy may also have a
@@ -21,7 +21,9 @@ import torch
 
 from competition.recipe import AugmentConfig
 from competition.spec import CompetitionSpec
-from pipelines.registry import Registry
+from pipelines.recipe import auto_augment
+from pipelines.recipe.albumentations_import import albumentations
+from pipelines.recipe.registry import Registry
 
 BatchedPolicy = Callable[[torch.Tensor, torch.Generator, AugmentConfig, CompetitionSpec], torch.Tensor]
 
@@ -74,7 +76,7 @@ def no_augmentation(config: AugmentConfig, spec: CompetitionSpec) -> list:
 @register_policy("light", batched=lambda images, generator, config, spec: flip_and_shift(
     images, generator, spec.flips.hflip, spec.flips.vflip, config.shift))
 def flips_and_shift(config: AugmentConfig, spec: CompetitionSpec) -> list:
-    import albumentations as A
+    A = albumentations()
     import cv2
 
     ops = []
@@ -91,7 +93,7 @@ def flips_and_shift(config: AugmentConfig, spec: CompetitionSpec) -> list:
 
 @register_policy("medium", changes_colour=True)
 def light_and_colour(config: AugmentConfig, spec: CompetitionSpec) -> list:
-    import albumentations as A
+    A = albumentations()
 
     # Colour jitter as in the course reports; hue and saturation only mean something on RGB.
     if spec.image.channels == 3:
@@ -102,7 +104,7 @@ def light_and_colour(config: AugmentConfig, spec: CompetitionSpec) -> list:
 
 
 def geometry_ops() -> list:
-    import albumentations as A
+    A = albumentations()
     import cv2
 
     return [A.Affine(scale=(0.9, 1.1), rotate=(-12, 12), shear=(-6, 6), border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.7),
@@ -122,9 +124,36 @@ def light_and_geometry(config: AugmentConfig, spec: CompetitionSpec) -> list:
     return flips_and_shift(config, spec) + geometry_ops()
 
 
+# The searched policies (auto_augment.py), after the light flips and shift as they are used on CIFAR.
+# They keep colour where it defines the class: there their colour ops become the identity.
+@register_policy("autoaugment")
+def light_and_autoaugment(config: AugmentConfig, spec: CompetitionSpec) -> list:
+    return flips_and_shift(config, spec) + auto_augment.autoaugment(config, spec)
+
+
+@register_policy("randaugment")
+def light_and_randaugment(config: AugmentConfig, spec: CompetitionSpec) -> list:
+    return flips_and_shift(config, spec) + auto_augment.randaugment(config, spec)
+
+
+@register_policy("trivialaugment")
+def light_and_trivialaugment(config: AugmentConfig, spec: CompetitionSpec) -> list:
+    return flips_and_shift(config, spec) + auto_augment.trivialaugment(config, spec)
+
+
+def colour_problem(spec: CompetitionSpec, policy: str) -> str | None:
+    """Why `policy` cannot be used on this competition (it changes colour, and colour defines the class),
+    or None."""
+    if spec.colour_defines_class and policy in POLICIES and POLICIES[policy].changes_colour:
+        keeps = ", ".join(name for name in POLICIES if not POLICIES[name].changes_colour)
+        return (f"policy '{policy}' changes colour, and colour defines this competition's classes "
+                f"(colour_defines_class: true); use one that keeps it: {keeps}")
+    return None
+
+
 def albumentations_policy(config: AugmentConfig, spec: CompetitionSpec, seed: int | None = None):
     """The policy as an albumentations Compose over uint8 H×W×C images (None for `none`)."""
-    import albumentations as A
+    A = albumentations()
 
     if config.policy == "none":
         return None
@@ -180,5 +209,3 @@ class BatchAugmenter:
                 ready.get_nowait()
             worker.join(timeout=5)
 
-
-from pipelines import auto_augment  # noqa: E402,F401  registers autoaugment, randaugment, trivialaugment

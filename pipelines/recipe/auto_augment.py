@@ -7,7 +7,8 @@
     trivialaugment  TrivialAugment Wide (Müller & Hutter 2021): one op, at a magnitude drawn uniformly from
                     the wide ranges
 
-Each comes after the `light` flips and shift, as these policies are used on CIFAR. Where the spec says
+Each function here gives a policy's searched ops alone; `augment.py` registers the policies, each
+after the `light` flips and shift, as these policies are used on CIFAR. Where the spec says
 colour defines the class, every op that changes pixel values (brightness, colour, contrast, posterize,
 solarize, auto-contrast, equalize, invert) becomes the identity, so only geometry and sharpness remain.
 Sampling is albumentations', so a seed fixes it like every other policy.
@@ -21,7 +22,7 @@ import numpy as np
 
 from competition.recipe import AugmentConfig
 from competition.spec import CompetitionSpec
-from pipelines.augment import flips_and_shift, register_policy
+from pipelines.recipe.albumentations_import import albumentations
 
 SEARCHED = ("autoaugment", "randaugment", "trivialaugment")
 COLOUR_OPS = {"Brightness", "Color", "Contrast", "Posterize", "Solarize", "AutoContrast", "Equalize", "Invert"}
@@ -69,7 +70,7 @@ def _sharpness(image: np.ndarray, factor: float) -> np.ndarray:
 @functools.cache
 def _sharpness_transform():
     """The albumentations transform of `_sharpness` (defined on first use: albumentations loads lazily)."""
-    import albumentations as A
+    A = albumentations()
 
     class Sharpness(A.ImageOnlyTransform):
         def __init__(self, factor: float = 1.0, p: float = 1.0):
@@ -87,7 +88,7 @@ def _sharpness_transform():
 
 def op(name: str, value: float, spec: CompetitionSpec, p: float = 1.0):
     """One torchvision op at a fixed signed magnitude `value`, as an albumentations transform."""
-    import albumentations as A
+    A = albumentations()
     import cv2
 
     if spec.colour_defines_class and name in COLOUR_OPS or name == "Identity":
@@ -126,7 +127,7 @@ def op(name: str, value: float, spec: CompetitionSpec, p: float = 1.0):
 
 def signed_op(name: str, fraction: float, spec: CompetitionSpec, p: float = 1.0, wide: bool = False):
     """`name` at `fraction` (0..1) of its range; a signed op gets a random sign, as torchvision draws it."""
-    import albumentations as A
+    A = albumentations()
 
     maxima = _maxima(spec, wide)
     if name in maxima:
@@ -139,30 +140,27 @@ def signed_op(name: str, fraction: float, spec: CompetitionSpec, p: float = 1.0,
     return op(name, 0.0, spec, p)
 
 
-@register_policy("autoaugment")
 def autoaugment(config: AugmentConfig, spec: CompetitionSpec) -> list:
-    import albumentations as A
+    A = albumentations()
 
     pairs = [A.Sequential([signed_op(name, (magnitude or 0) / 9, spec, p) for name, p, magnitude in pair], p=1.0)
              for pair in CIFAR10_POLICY]
-    return flips_and_shift(config, spec) + [A.OneOf(pairs, p=1.0)]
+    return [A.OneOf(pairs, p=1.0)]
 
 
-@register_policy("randaugment")
 def randaugment(config: AugmentConfig, spec: CompetitionSpec) -> list:
-    import albumentations as A
+    A = albumentations()
 
     ops = config.ops if config.ops is not None else DEFAULT_OPS
     magnitude = config.magnitude if config.magnitude is not None else DEFAULT_MAGNITUDE
     chosen = [signed_op(name, magnitude / (MAGNITUDE_BINS - 1), spec) for name in RANDAUGMENT_OPS]
-    return flips_and_shift(config, spec) + [A.SomeOf(chosen, n=ops, replace=True, p=1.0)]
+    return [A.SomeOf(chosen, n=ops, replace=True, p=1.0)]
 
 
-@register_policy("trivialaugment")
 def trivialaugment(config: AugmentConfig, spec: CompetitionSpec) -> list:
     """One op, its magnitude one of 31 bins drawn uniformly: each (op, bin) pair is one equally likely choice."""
-    import albumentations as A
+    A = albumentations()
 
     choices = [signed_op(name, b / (MAGNITUDE_BINS - 1), spec, wide=True) for name in RANDAUGMENT_OPS
                for b in range(MAGNITUDE_BINS)]
-    return flips_and_shift(config, spec) + [A.OneOf(choices, p=1.0)]
+    return [A.OneOf(choices, p=1.0)]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import models
 from competition.recipe import ModelRun
 from competition.spec import CompetitionSpec
-from pipelines.device import PRECISIONS, Precision, Runtime
+from pipelines.machine.device import PRECISIONS, Precision, Runtime
 
 
 class ImageClassifier(nn.Module):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from competition.recipe import LossConfig
-from pipelines.registry import Registry
+from pipelines.recipe.registry import Registry
 
 LOSSES: Registry[Callable[[torch.Tensor, torch.Tensor, float, LossConfig], torch.Tensor]] = Registry("loss")
 

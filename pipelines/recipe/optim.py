@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from competition.recipe import ModelRun, OptimizerConfig
-from pipelines.registry import Registry
+from pipelines.recipe.registry import Registry
 
 # name -> f(param_groups, config) -> optimizer
 OPTIMIZERS: Registry[Callable[[list[dict], OptimizerConfig], torch.optim.Optimizer]] = Registry("optimizer")

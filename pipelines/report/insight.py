@@ -21,11 +21,11 @@ import torch.nn as nn
 
 from competition.paths import competition_root
 from competition.spec import CompetitionSpec
-from pipelines import cores
-from pipelines.artifacts import atomic_output, build_once, output_key
-from pipelines.device import Runtime
-from pipelines.device_data import TrainingData
-from pipelines.predict import FoldOutput, load_fold_model
+from pipelines.machine.cores import CoreShare
+from pipelines.machine.device import Runtime
+from pipelines.stages.artifacts import atomic_output, build_once, output_key
+from pipelines.stages.device_data import TrainingData
+from pipelines.stages.predict import FoldOutput, load_fold_model
 
 MAX_CLASSES = 10
 IMAGES_PER_CLASS = 2
@@ -68,8 +68,8 @@ def _build(spec, trained: FoldOutput, data: TrainingData, runtime: Runtime, fina
         np.save(staging / "cam_rows.npy", rows)
         np.save(staging / "cam.npy", grad_cam(model, data.images[torch.from_numpy(rows).to(runtime.device)],
                                               data.labels_host()[rows]).astype(np.float16))
-        np.save(staging / "filters.npy", receptive_field(maximise(model, "filters", spec), first_conv(model.net)))
-        np.save(staging / "classes.npy", maximise(model, "classes", spec))
+        np.save(staging / "filters.npy", receptive_field(maximise(model, "filters", spec, runtime.cores), first_conv(model.net)))
+        np.save(staging / "classes.npy", maximise(model, "classes", spec, runtime.cores))
     return final
 
 
@@ -85,7 +85,8 @@ def grad_cam(model: nn.Module, images: torch.Tensor, targets: np.ndarray) -> np.
         return cam(input_tensor=images.float(), targets=[ClassifierOutputTarget(int(t)) for t in targets])
 
 
-def optimise(model: nn.Module, what: str, spec: CompetitionSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def optimise(model: nn.Module, what: str, spec: CompetitionSpec,
+             share: CoreShare | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inputs (in the net's normalised units, N×C×H×W) that maximise the first-layer filters' responses at
     the centre ("filters") or the class logits ("classes"), one unit per input; with each unit's score
     before and after."""
@@ -107,7 +108,8 @@ def optimise(model: nn.Module, what: str, spec: CompetitionSpec) -> tuple[torch.
     scores = []
     try:
         for step in range(STEPS + 1):
-            cores.follow()
+            if share is not None:
+                share.follow()
             if hook is not None:
                 captured.clear()
             seen = z
@@ -150,9 +152,9 @@ def receptive_field(pictures: np.ndarray, layer: nn.Conv2d | None, margin: int =
     return pictures[:, top:height // 2 + half_h + 1, left:width // 2 + half_w + 1]
 
 
-def maximise(model: nn.Module, what: str, spec: CompetitionSpec) -> np.ndarray:
+def maximise(model: nn.Module, what: str, spec: CompetitionSpec, share: CoreShare | None = None) -> np.ndarray:
     """`optimise`'s inputs as uint8 N×H×W×C pictures, each stretched to the full 0..255 range."""
-    pictures = optimise(model, what, spec)[0]
+    pictures = optimise(model, what, spec, share)[0]
     if not len(pictures):
         return np.zeros((0, spec.image.height, spec.image.width, spec.image.channels), dtype=np.uint8)
     low = pictures.amin(dim=(1, 2, 3), keepdim=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from competition.spec import CompetitionSpec
-from pipelines.report_parts import figure_png, img, table
+from pipelines.report.parts import figure_png, img, table
 
 GALLERY_IMAGES = 24
 PREVIEW_IMAGES = 8
@@ -133,8 +133,8 @@ def overlaid_curves(trained: dict, metric_label: str) -> str:
 def augmentation_preview(spec: CompetitionSpec, policies: list[str], images: np.ndarray, seed: int) -> str:
     """The same images through each policy (one row each, after the originals), drawn with a fixed seed."""
     from competition.recipe import AugmentConfig
-    from pipelines.augment import albumentations_policy
-    from pipelines.auto_augment import COLOUR_OPS, SEARCHED
+    from pipelines.recipe.augment import albumentations_policy
+    from pipelines.recipe.auto_augment import COLOUR_OPS, SEARCHED
 
     plt = _pyplot()
     chosen = images[:PREVIEW_IMAGES]
@@ -238,7 +238,7 @@ def cv_vs_leaderboard(rows: list[dict], metric_label: str, greater_is_better: bo
 
 
 def insight_section(spec: CompetitionSpec, name: str, folder: Path, images: np.ndarray, labels: np.ndarray) -> list[str]:
-    """Grad-CAM overlays and activation maximisation of one fold model (pipelines/insight.py's cache)."""
+    """Grad-CAM overlays and activation maximisation of one fold model (pipelines/report/insight.py's cache)."""
     plt = _pyplot()
     names = spec.display_names
     rows, cams = np.load(folder / "cam_rows.npy"), np.load(folder / "cam.npy").astype(np.float32)

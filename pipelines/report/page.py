@@ -18,14 +18,16 @@ import numpy as np
 
 from competition import atomic
 from competition.paths import competition_root
-from pipelines.artifacts import git_commit, read_manifest
 from pipelines.context import Context
-from pipelines.plan import execution
-from pipelines.auto_augment import SEARCHED
-from pipelines.report_insight import (PREVIEW_IMAGES, augmentation_preview, cv_vs_leaderboard, high_loss_gallery,
-                                      insight_section, overlaid_curves, per_class_table)
-from pipelines.report_parts import figure_png as _figure_png, img as _img, table as _table
-from pipelines.submit import read_log
+from pipelines.planning.records import execution
+from pipelines.recipe.auto_augment import SEARCHED
+from pipelines.report.insight_sections import (PREVIEW_IMAGES, augmentation_preview, cv_vs_leaderboard,
+                                               high_loss_gallery, insight_section, overlaid_curves, per_class_table)
+from pipelines.report.parts import figure_png as _figure_png
+from pipelines.report.parts import img as _img
+from pipelines.report.parts import table as _table
+from pipelines.stages.artifacts import git_commit, read_manifest
+from pipelines.stages.submit import read_log
 
 PAGE_STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -280,8 +282,8 @@ def plan_section(plan) -> list[str]:
 
 def _insight(ctx: Context, trained: dict, summaries: list) -> list[str]:
     """Grad-CAM and activation maximisation of the best model that has convolutions, on its first fold."""
-    from pipelines.insight import fold_insight, last_conv
-    from pipelines.predict import load_fold_model
+    from pipelines.report.insight import fold_insight, last_conv
+    from pipelines.stages.predict import load_fold_model
 
     for summary in sorted(summaries, key=lambda m: -m.accuracy_with_tta):
         first = trained[summary.name][0]

@@ -22,8 +22,9 @@ from typing import Callable
 import numpy as np
 
 from competition.metrics import Metric, kaggle_log_loss
+
 # Temperature scaling as the exported script applies it (the script runs without kpipe, so it holds it).
-from pipelines.kernel_inference import with_temperature  # noqa: F401  (re-exported)
+from pipelines.recipe.kernel_inference import with_temperature  # noqa: F401  (re-exported)
 
 CROSS_FIT_GROUPS = 5  # sub-splits when every OOF row comes from one fold
 LOG_T_BOUNDS = (np.log(0.05), np.log(20.0))

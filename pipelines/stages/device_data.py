@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipelines.device import Runtime
-from pipelines.prepare import Folds, Prepared
+from pipelines.machine.device import Runtime
+from pipelines.stages.prepare import Folds, Prepared
 
 
 @dataclass

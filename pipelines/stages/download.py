@@ -17,7 +17,7 @@ from competition.errors import DataError, KaggleError
 from competition.kaggle_adapter import call, host_description, kaggle_api
 from competition.paths import competition_root
 from competition.spec import CompetitionSpec
-from pipelines.artifacts import atomic_output, build_once, read_manifest
+from pipelines.stages.artifacts import atomic_output, build_once, read_manifest
 
 RAW = "raw"
 MAX_ENTRIES = 500_000

@@ -1,7 +1,7 @@
 """ensemble: weight the models by their out-of-fold predictions, then apply the weights to the test set.
 
 Where the metric scores probabilities (log loss, AUC), each model and then the blend get a temperature
-(pipelines/calibrate.py), fitted on OOF rows and applied to the test set; where it scores one label but
+(pipelines/stages/calibrate.py), fitted on OOF rows and applied to the test set; where it scores one label but
 rewards rare classes (macro-F1, balanced accuracy, kappa), the blend gets per-class decision weights. Besides the in-sample CV, the
 report holds the cross-fitted one: weights and temperatures fitted on the other folds' rows (or
 sub-splits), scored on the held-out ones; that is the CV logged and shown first.
@@ -26,16 +26,15 @@ from typing import Callable
 import numpy as np
 
 from competition.errors import UserError
-from competition.metrics import Metric
+from competition.metrics import Metric, accuracy, kaggle_log_loss
 from competition.paths import competition_root
 from competition.spec import CompetitionSpec
-from pipelines.artifacts import atomic_output, build_once, output_key, read_manifest
-from pipelines.calibrate import (cross_fit, expected_calibration_error, fit_class_weights, fit_temperature, groups_of,
-                                 reliability, reweighted, with_temperature)
-from pipelines.lineage import LINEAGE_VERSION, combine
-from pipelines.metrics import accuracy, log_loss
-from pipelines.predict import FoldOutput, file_digest
-from pipelines.registry import Registry
+from pipelines.recipe.registry import Registry
+from pipelines.stages.artifacts import atomic_output, build_once, output_key, read_manifest
+from pipelines.stages.calibrate import (cross_fit, expected_calibration_error, fit_class_weights, fit_temperature,
+                                        groups_of, reliability, reweighted, with_temperature)
+from pipelines.stages.lineage import LINEAGE_VERSION, combine
+from pipelines.stages.predict import FoldOutput, file_digest
 
 HILL_CLIMB_ROUNDS = 25
 
@@ -62,7 +61,7 @@ METHODS: Registry[Callable[[list[np.ndarray], np.ndarray, Metric], np.ndarray]] 
 
 def _score(probs: np.ndarray, labels: np.ndarray, metric: Metric) -> tuple[float, float]:
     """Larger is better: the metric (signed by its direction), then the negated log loss."""
-    return metric.signed(metric.score(probs, labels)), -log_loss(probs, labels)
+    return metric.signed(metric.score(probs, labels)), -kaggle_log_loss(probs, labels)
 
 
 @METHODS.register("hill_climb")
@@ -117,6 +116,17 @@ def find_weights(method: str, oof: list[np.ndarray], labels: np.ndarray, metric:
     return equal_weights(oof, labels, metric) if len(oof) == 1 else METHODS[method](oof, labels, metric)
 
 
+@dataclass(frozen=True)
+class EnsembleOutput:
+    """Where an ensemble is written, and what its manifest records: the config and inputs it is keyed by,
+    and `head`, what the competition is (the start of the lineage that `make predict` replays)."""
+
+    final: Path
+    config: dict
+    inputs: dict[str, str]
+    head: dict | None = None
+
+
 def ensemble(spec: CompetitionSpec, method: str, per_model: dict[str, list[FoldOutput]], train_labels: np.ndarray,
              row_folds: np.ndarray, sources: Callable[[], dict[str, dict]] | None = None) -> tuple[Path, dict]:
     """Combine; returns (output folder, report). Cached by the digests of every fold's predictions.
@@ -129,9 +139,10 @@ def ensemble(spec: CompetitionSpec, method: str, per_model: dict[str, list[FoldO
     final = competition_root(spec.name) / "ensemble" / output_key(config, inputs)
     head = {"competition": spec.name, "classes": list(spec.classes), "image": spec.image.model_dump(),
             "submission": spec.metric.bind().submission}
+    output = EnsembleOutput(final, config, inputs, head)
     return build_once(final, f"the ensemble of {spec.name}",
-                      lambda: _write_ensemble(config, spec.metric.bind(), per_model, train_labels, row_folds, final,
-                                              inputs, head, sources() if sources else None),
+                      lambda: _write_ensemble(output, spec.metric.bind(), per_model, train_labels, row_folds,
+                                              sources() if sources else None),
                       lambda: (final, read_manifest(final)["report"]))
 
 
@@ -144,11 +155,11 @@ def _calibrated(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> tu
                                                      *probs.shape)
 
 
-def _write_ensemble(config: dict, metric: Metric, per_model: dict[str, list[FoldOutput]], train_labels: np.ndarray,
-                    row_folds: np.ndarray, final: Path, inputs: dict[str, str], head: dict | None = None,
-                    sources: dict[str, dict] | None = None) -> tuple[Path, dict]:
-    """The ensemble's folder; its manifest's lineage is `head` (what the competition is) plus each member's
-    fitted weight and temperature and its `sources` entry."""
+def _write_ensemble(output: EnsembleOutput, metric: Metric, per_model: dict[str, list[FoldOutput]],
+                    train_labels: np.ndarray, row_folds: np.ndarray, sources: dict[str, dict] | None = None) -> tuple[Path, dict]:
+    """The ensemble's folder; its manifest's lineage is the output's `head` plus each member's fitted
+    weight and temperature and its `sources` entry."""
+    config = output.config
     models = [gather(name, folds) for name, folds in per_model.items()]
     index, oof, note = shared_rows(models)
     labels = train_labels[index]
@@ -195,7 +206,7 @@ def _write_ensemble(config: dict, metric: Metric, per_model: dict[str, list[Fold
         else:
             cross_fitted = without_rule
     # Everything the test set's blend needs, in the form `make predict` and `make export` replay.
-    lineage = {**(head or {}), "method": method, "members": [
+    lineage = {**(output.head or {}), "method": method, "members": [
         {"name": m.name, "weight": float(w), "temperature": temperatures.get(m.name), **(sources or {}).get(m.name, {})}
         for m, w in zip(models, weights)],
         "ensemble_temperature": temperatures.get("ensemble"),
@@ -204,7 +215,7 @@ def _write_ensemble(config: dict, metric: Metric, per_model: dict[str, list[Fold
 
     def scores(probs: np.ndarray) -> dict:
         return {"oof_score": metric.score(probs, labels), "oof_accuracy": accuracy(probs, labels),
-                "oof_log_loss": log_loss(probs, labels)}
+                "oof_log_loss": kaggle_log_loss(probs, labels)}
 
     report = {
         "method": method,
@@ -222,14 +233,14 @@ def _write_ensemble(config: dict, metric: Metric, per_model: dict[str, list[Fold
     if calibrating:
         report["calibration"] = {
             "temperatures": {k: round(v, 4) for k, v in temperatures.items()},
-            "log_loss_before": log_loss(raw_blend, labels), "log_loss_after": log_loss(cross_fitted, labels),
+            "log_loss_before": kaggle_log_loss(raw_blend, labels), "log_loss_after": kaggle_log_loss(cross_fitted, labels),
             "ece_before": expected_calibration_error(raw_blend, labels),
             "ece_after": expected_calibration_error(cross_fitted, labels),
             "reliability_before": reliability(raw_blend, labels), "reliability_after": reliability(cross_fitted, labels)}
     summary: dict = {"report": report, "lineage": lineage}
-    with atomic_output(final, "ensemble", config, inputs, extra=summary) as staging:
+    with atomic_output(output.final, "ensemble", config, output.inputs, extra=summary) as staging:
         np.save(staging / "oof_probs.npy", oof_blend.astype(np.float32))
         np.save(staging / "oof_index.npy", index)
         np.save(staging / "test_probs.npy", test_blend.astype(np.float32))
         summary["digest"] = file_digest(staging / "test_probs.npy")
-    return final, report
+    return output.final, report

@@ -24,9 +24,9 @@ import torch
 from competition.errors import UserError
 from competition.paths import competition_root
 from competition.spec import CompetitionSpec
-from pipelines.artifacts import read_manifest
-from pipelines.kernel_inference import combine  # noqa: F401  the one blend: the exported script's
-from pipelines.predict import FoldOutput, load_checkpoint
+from pipelines.recipe.kernel_inference import combine  # noqa: F401  the one blend: the exported script's
+from pipelines.stages.artifacts import read_manifest
+from pipelines.stages.predict import FoldOutput, load_checkpoint
 
 LINEAGE_VERSION = 1
 
@@ -67,7 +67,7 @@ class LoggedRun:
 def find_run(spec: CompetitionSpec, run: str | None) -> LoggedRun:
     """The ensemble a logged submission was made from: RUN=<config hash> (a prefix will do), else the
     latest logged one. A one-line UserError names what there is when nothing matches."""
-    from pipelines.submit import log_path, read_log
+    from pipelines.stages.submit import log_path, read_log
 
     rows = [r for r in read_log(spec) if r.get("ensemble")]
     if not rows:

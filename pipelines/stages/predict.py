@@ -23,11 +23,12 @@ from competition import atomic
 from competition.errors import UserError
 from competition.recipe import ModelRun
 from competition.spec import CompetitionSpec
-from pipelines.artifacts import read_manifest
-from pipelines import cores, kernel_inference
-from pipelines.classifier import ImageClassifier, build_model
-from pipelines.device import Runtime
-from pipelines.registry import Registry
+from pipelines.machine.cores import CoreShare
+from pipelines.machine.device import Runtime
+from pipelines.recipe import kernel_inference
+from pipelines.recipe.classifier import ImageClassifier, build_model
+from pipelines.recipe.registry import Registry
+from pipelines.stages.artifacts import read_manifest
 
 PREDICT_BATCH = 512
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -100,12 +101,15 @@ def load_fold_model(folder: Path, spec: CompetitionSpec, runtime: Runtime, preci
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, images: torch.Tensor, view: Transform | None = None) -> np.ndarray:
-    """Softmax probabilities (float32, N×classes) for uint8 images, optionally through a TTA view."""
+def predict_probs(model: nn.Module, images: torch.Tensor, view: Transform | None = None,
+                  share: CoreShare | None = None) -> np.ndarray:
+    """Softmax probabilities (float32, N×classes) for uint8 images, optionally through a TTA view;
+    between batches it takes up a changed `share` of the cores (the runtime's)."""
     model.eval()
     chunks = []
     for start in range(0, len(images), PREDICT_BATCH):
-        cores.follow()
+        if share is not None:
+            share.follow()
         batch = images[start:start + PREDICT_BATCH]
         if view is not None:
             batch = view(batch)
@@ -124,17 +128,18 @@ def register_view(name: str, *transforms: Transform) -> None:
     VIEWS[name] = list(transforms)
 
 
-# The views are the exported script's own (pipelines/kernel_inference.py runs without kpipe), so a
+# The views are the exported script's own (pipelines/recipe/kernel_inference.py runs without kpipe), so a
 # package replays exactly the views the pipeline predicted with.
 for _name, _transforms in kernel_inference.VIEWS.items():
     register_view(_name, *_transforms)
 
 
-def predict_with_views(model: nn.Module, images: torch.Tensor, views: list[str], desc: str = "tta") -> np.ndarray:
+def predict_with_views(model: nn.Module, images: torch.Tensor, views: list[str], desc: str = "tta",
+                       share: CoreShare | None = None) -> np.ndarray:
     """Mean over views of each view's (mean) probabilities."""
     passes = [(name, transform) for name in views for transform in VIEWS[name]]
     probs: dict[str, list[np.ndarray]] = {name: [] for name in views}
     quiet = len(images) * len(passes) < 20_000 or not desc
     for name, transform in tqdm(passes, desc=desc, unit="view", leave=False, disable=quiet):
-        probs[name].append(predict_probs(model, images, view=transform))
+        probs[name].append(predict_probs(model, images, view=transform, share=share))
     return np.mean([np.mean(probs[name], axis=0) for name in views], axis=0).astype(np.float32)

@@ -17,9 +17,9 @@ import numpy as np
 from competition.errors import DataError
 from competition.paths import competition_root
 from competition.spec import CompetitionSpec
-from pipelines.artifacts import atomic_output, build_once, output_key, read_manifest
-from pipelines.download import raw_dir, raw_is_complete
-from pipelines.readers import CanonicalData, read_competition
+from pipelines.stages.artifacts import atomic_output, build_once, output_key, read_manifest
+from pipelines.stages.download import raw_dir, raw_is_complete
+from pipelines.stages.readers import CanonicalData, read_competition
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def assign_folds(labels: np.ndarray, n_splits: int, seed: int, groups: np.ndarra
 
 def fold_groups(spec: CompetitionSpec, data: CanonicalData) -> tuple[np.ndarray | None, dict]:
     """(a group number per training row, or None when every row stands alone; what was found)."""
-    from pipelines.duplicates import find_duplicates, groups_from_pairs
+    from pipelines.stages.duplicates import find_duplicates, groups_from_pairs
 
     pairs: list[tuple[int, int, int]] = []
     found: dict = {}
@@ -182,7 +182,7 @@ def fold_groups(spec: CompetitionSpec, data: CanonicalData) -> tuple[np.ndarray 
 
 def group_values(spec: CompetitionSpec, train_ids: list[str]) -> list[str]:
     """The group column of the raw train.csv, in the prepared rows' order."""
-    from pipelines.readers import read_table
+    from pipelines.stages.readers import read_table
 
     path = raw_dir(spec) / spec.layout.train_csv
     table = read_table(path, [spec.id_column, spec.folds.group_column], "groups (folds.group_column)")

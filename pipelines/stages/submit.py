@@ -24,11 +24,11 @@ import numpy as np
 
 from competition import atomic, locks
 from competition.errors import DataError, KaggleError, UserError
-from competition.kaggle_adapter import call, host_description, kaggle_api
 from competition.formats import SubmissionFormat
+from competition.kaggle_adapter import call, host_description, kaggle_api
 from competition.paths import submissions_root
 from competition.spec import CompetitionSpec
-from pipelines.download import raw_dir
+from pipelines.stages.download import raw_dir
 
 # `ensemble`: the ensemble's output folder under .data/<comp>/ensemble/ (its manifest holds the lineage
 # that `make predict` and `make export` replay).
@@ -111,6 +111,21 @@ def validate_submission(path: Path, sample: Path, fmt: SubmissionFormat) -> int:
         except ValueError as exc:
             raise SubmissionInvalid(f"{path} row {line} (id '{sample_id}'): {exc}") from None
     return len(rows) - 1
+
+
+@dataclass
+class Submission:
+    """Predictions to submit, and what they came from (all of it goes into the log row and the upload's
+    description)."""
+
+    profile_name: str  # the profile, or `budget-15m` / `plan`
+    test_ids: list[str]
+    test_probs: np.ndarray  # class probabilities, one row per test id
+    cv_score: float  # the cross-fitted CV score of the competition's metric
+    config_hash: str  # what the predictions depend on (chain.config_hash)
+    predictions_digest: str  # a digest of the ensemble's predictions: the guard against uploading twice
+    git_commit: str
+    ensemble: str = ""  # the ensemble's output folder name (its lineage is what `make predict` replays)
 
 
 @dataclass
@@ -210,12 +225,11 @@ def write_log_naming(spec: CompetitionSpec, rows: list[dict], path: Path) -> Non
         raise
 
 
-def _log_row(spec: CompetitionSpec, profile_name: str, config_hash: str, git_commit: str, digest: str, ensemble: str,
-             cv_score: float, result: SubmissionResult, path: Path) -> dict:
+def _log_row(spec: CompetitionSpec, submission: Submission, result: SubmissionResult, path: Path) -> dict:
     return {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "competition": spec.name,
-            "profile": profile_name, "config_hash": config_hash, "git_commit": git_commit, "predictions_digest": digest,
-            "ensemble": ensemble,
-            "cv_score": f"{cv_score:.5f}", "metric": str(spec.metric), "public_score": _score_text(result.public_score),
+            "profile": submission.profile_name, "config_hash": submission.config_hash,
+            "git_commit": submission.git_commit, "predictions_digest": submission.predictions_digest,
+            "ensemble": submission.ensemble, "cv_score": f"{submission.cv_score:.5f}", "metric": str(spec.metric), "public_score": _score_text(result.public_score),
             "private_score": _score_text(result.private_score), "status": result.status, "ref": result.ref or "",
             "file": str(path), "data": "synthetic" if spec.synthetic else "real"}
 
@@ -358,9 +372,7 @@ def create_submission(spec: CompetitionSpec, api, path: Path, message: str) -> t
 # --- the stage -------------------------------------------------------------------------------------
 
 
-def submit(spec: CompetitionSpec, profile_name: str, test_ids: list[str], test_probs: np.ndarray, cv_score: float,
-           config_hash: str, predictions_digest: str, git_commit: str, dry_run: bool = False,
-           resubmit: bool = False, ensemble: str = "") -> SubmissionResult:
+def submit(spec: CompetitionSpec, submission: Submission, dry_run: bool = False, resubmit: bool = False) -> SubmissionResult:
     """Write, check and (unless `dry_run`) upload the predictions, under the log's lock; one log row each run."""
     with locks.hold(log_path(spec), f"the submissions log of {spec.name}"):
         rows = read_log(spec)
@@ -373,20 +385,19 @@ def submit(spec: CompetitionSpec, profile_name: str, test_ids: list[str], test_p
                       f"(the competition has closed) filled into {log_path(spec)}")
 
         def new_row(result: SubmissionResult, path: Path) -> dict:
-            return _log_row(spec, profile_name, config_hash, git_commit, predictions_digest, ensemble, cv_score, result,
-                            path)
+            return _log_row(spec, submission, result, path)
 
         if not dry_run:
-            earlier = _earlier_result(spec, rows, predictions_digest, resubmit, new_row)
+            earlier = _earlier_result(spec, rows, submission.predictions_digest, resubmit, new_row)
             if earlier is not None:
                 return earlier
-        path = _checked_submission_file(spec, test_ids, test_probs, config_hash)
+        path = _checked_submission_file(spec, submission.test_ids, submission.test_probs, submission.config_hash)
         if dry_run:
             rows.append(new_row(SubmissionResult("dry-run"), path))
             write_log_naming(spec, rows, path)
             return SubmissionResult("dry-run")
-        message = (f"CV {spec.metric} {cv_score:.4f} | config {config_hash} | git {git_commit[:12]} | {profile_name} "
-                   f"| digest {predictions_digest}")
+        message = (f"CV {spec.metric} {submission.cv_score:.4f} | config {submission.config_hash} | git "
+                   f"{submission.git_commit[:12]} | {submission.profile_name} | digest {submission.predictions_digest}")
         return _upload(spec, api or kaggle_api(spec), rows, new_row(SubmissionResult("PENDING"), path), message)
 
 

@@ -34,22 +34,22 @@ from tqdm import tqdm
 import models
 from competition import atomic
 from competition.errors import UserError
-from competition.metrics import Metric
+from competition.metrics import Metric, accuracy, kaggle_log_loss
 from competition.paths import competition_root
 from competition.recipe import LossConfig, ModelRun
 from competition.spec import CompetitionSpec
-from pipelines import cores, ddp
-from pipelines.artifacts import build_once, output_key, publish, read_manifest
-from pipelines.augment import BatchAugmenter
-from pipelines.classifier import ImageClassifier, build_model
-from pipelines.device import Runtime
-from pipelines.device_data import TrainingData
-from pipelines.losses import LOSSES
-from pipelines.metrics import accuracy, log_loss
-from pipelines.optim import make_optimizer, make_scheduler
-from pipelines.predict import (FoldOutput, best_weights, file_digest, load_checkpoint, load_fold_model, predict_probs,
-                               save_checkpoint)
-from pipelines.prepare import Folds, Prepared
+from pipelines.machine import ddp
+from pipelines.machine.device import Runtime
+from pipelines.recipe.augment import BatchAugmenter
+from pipelines.recipe.classifier import ImageClassifier, build_model
+from pipelines.recipe.losses import LOSSES
+from pipelines.recipe.optim import make_optimizer, make_scheduler
+from pipelines.stages.artifacts import build_once, output_key, publish, read_manifest
+from pipelines.stages.device_data import TrainingData
+from pipelines.stages.inputs import TrainingInputs
+from pipelines.stages.predict import (FoldOutput, best_weights, file_digest, load_checkpoint, load_fold_model,
+                                      predict_probs, save_checkpoint)
+from pipelines.stages.prepare import Folds, Prepared
 
 # --- where a fold's outputs live ----------------------------------------------------------------------
 
@@ -165,6 +165,20 @@ def make_learner(run: ModelRun, spec: CompetitionSpec, data: TrainingData, runti
     return Learner(model, optimizer, scheduler, scheduler_unit, scaler, ema, mixup, loss, forward)
 
 
+@dataclass(frozen=True)
+class EpochResult:
+    """What one epoch measured: its training loss and learning rate, the validation numbers, its time."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    val_score: float  # the competition's metric
+    lr: float
+    seconds: float  # training steps only
+    images: int  # training images seen
+
+
 @dataclass
 class Progress:
     """How far a fold has come; saved in last.pt beside the learner's state."""
@@ -182,14 +196,14 @@ class Progress:
     anneal_from: int = 0  # shortened after this epoch ...
     anneal_steps: int = 0  # ... with a linear fall of the learning rate over this many steps
 
-    def record(self, epoch: int, val_score: float, val_accuracy: float, val_loss: float, val_probs: np.ndarray,
-               metric: Metric) -> bool:
+    def record(self, result: EpochResult, val_probs: np.ndarray, metric: Metric) -> bool:
         """Note the epoch's validation result; True when it is the best so far by the metric (ties: lower loss)."""
-        self.epoch = epoch
-        improved = (self.best_score is None or metric.better(val_score, self.best_score)
-                    or (val_score == self.best_score and val_loss < self.best_loss))
+        self.epoch = result.epoch
+        improved = (self.best_score is None or metric.better(result.val_score, self.best_score)
+                    or (result.val_score == self.best_score and result.val_loss < self.best_loss))
         if improved:
-            self.best_score, self.best_accuracy, self.best_loss, self.best_epoch = val_score, val_accuracy, val_loss, epoch
+            self.best_score, self.best_accuracy = result.val_score, result.val_accuracy
+            self.best_loss, self.best_epoch = result.val_loss, result.epoch
             self.best_val_probs, self.stale_epochs = torch.from_numpy(val_probs), 0
         else:
             self.stale_epochs += 1
@@ -215,13 +229,14 @@ def train_one_epoch(learner: Learner, augmenter: BatchAugmenter, labels: torch.T
                     seed: int, runtime: Runtime, desc: str, step_losses: list[float] | None = None) -> float:
     """One pass over `batches`; returns the mean training loss, and appends each step's to `step_losses`
     (read once at the end of the epoch: no device sync per step). Under DDP every rank draws, augments
-    and mixes the same global batch and computes on its slice of it (pipelines/ddp.py)."""
+    and mixes the same global batch and computes on its slice of it (pipelines/machine/ddp.py). The probe
+    and the concurrency benchmark call it too, on their own batches: so it takes the pieces, not a FoldJob."""
     learner.model.train()
     losses = []
     progress = tqdm(augmenter.batches(batches, seed), total=len(batches), leave=False, mininterval=2, desc=desc, unit="batch",
                     disable=len(batches) < 50 or not ddp.is_main())  # a probe's few steps need no bar
     for idx, images in zip(batches, progress):
-        cores.follow()  # another kpipe process started or ended: take up the new share of the cores
+        runtime.cores.follow()  # another kpipe process started or ended: take up the new share of the cores
         targets = labels[idx.to(runtime.device)]
         inputs = images.float()
         if learner.mixup is not None:
@@ -258,20 +273,20 @@ class EpochLog:
         self.what, self.epochs, self.metric = what, epochs, metric
         self.tensorboard = tensorboard_writer(tensorboard_dir) if tensorboard_dir is not None else None
 
-    def epoch(self, progress: Progress, train_loss: float, val_loss: float, val_accuracy: float, val_score: float,
-              lr: float, seconds: float, images: int, improved: bool) -> None:
-        row = {"epoch": progress.epoch, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
-               "val_accuracy": round(val_accuracy, 5), "val_score": round(val_score, 5), "lr": f"{lr:.3g}",
-               "seconds": round(seconds, 2), "images_per_second": round(images / seconds, 1)}
+    def epoch(self, progress: Progress, result: EpochResult, improved: bool) -> None:
+        row = {"epoch": result.epoch, "train_loss": round(result.train_loss, 5), "val_loss": round(result.val_loss, 5),
+               "val_accuracy": round(result.val_accuracy, 5), "val_score": round(result.val_score, 5),
+               "lr": f"{result.lr:.3g}", "seconds": round(result.seconds, 2),
+               "images_per_second": round(result.images / result.seconds, 1)}
         progress.history.append(row)
-        score = "" if self.metric.name == "accuracy" else f" val_{self.metric.label} {val_score:.4f}"
-        print(f"train: {self.what} epoch {progress.epoch}/{self.epochs}: loss {row['train_loss']:.4f} "
-              f"val_loss {val_loss:.4f} val_acc {val_accuracy:.4f}{score}{' *' if improved else ''} "
-              f"({seconds:.0f}s, {row['images_per_second']:.0f} img/s)", flush=True)
+        score = "" if self.metric.name == "accuracy" else f" val_{self.metric.label} {result.val_score:.4f}"
+        print(f"train: {self.what} epoch {result.epoch}/{self.epochs}: loss {row['train_loss']:.4f} "
+              f"val_loss {result.val_loss:.4f} val_acc {result.val_accuracy:.4f}{score}{' *' if improved else ''} "
+              f"({result.seconds:.0f}s, {row['images_per_second']:.0f} img/s)", flush=True)
         if self.tensorboard is not None:
             for key in ("train_loss", "val_loss", "val_accuracy", "val_score", "images_per_second"):
-                self.tensorboard.add_scalar(key, float(row[key]), progress.epoch)
-            self.tensorboard.add_scalar("lr", lr, progress.epoch)
+                self.tensorboard.add_scalar(key, float(row[key]), result.epoch)
+            self.tensorboard.add_scalar("lr", result.lr, result.epoch)
             self.tensorboard.flush()
 
     def close(self) -> None:
@@ -301,27 +316,55 @@ def write_history(path: Path, history: list[dict]) -> None:
 EpochsAllowed = Callable[[int, float], int]  # (epochs done, seconds per epoch) -> total epochs the run may have
 
 
-def train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepared: Prepared, folds: Folds,
-               fold: int, runtime: Runtime, force: bool = False, out_root: Path | None = None,
-               subsample: float = 1.0, on_epoch: Callable[[int, float], None] | None = None,
-               epochs_allowed: EpochsAllowed | None = None, shortening: tuple[int, int] | None = None) -> FoldOutput:
-    """Train one fold (or reuse it). `out_root`, `subsample` and `on_epoch` serve tuning: trials write
-    elsewhere, may see a seeded fraction of the training rows, and report each epoch's val score
-    (`on_epoch` may raise to stop the fold, e.g. optuna.TrialPruned). `epochs_allowed` serves the
-    deadline guard: asked after every epoch, it may shorten the run; `shortening` = (after epoch, to
-    epochs) replays such a shortening from a plan."""
-    final = fold_folder(spec, run, prepared, folds, fold, out_root)
+@dataclass(frozen=True)
+class FoldJob:
+    """One fold of one model run, and what it trains from."""
+
+    inputs: TrainingInputs
+    run: ModelRun
+    fold: int
+
+    @property
+    def what(self) -> str:
+        return f"{self.run.name} fold {self.fold}"
+
+    def folder(self, root: Path | None = None) -> Path:
+        """Where its outputs live (under `root` instead of the competition's train/ folder, for tuning)."""
+        inputs = self.inputs
+        return fold_folder(inputs.spec, self.run, inputs.prepared, inputs.folds, self.fold, root)
+
+
+@dataclass(frozen=True)
+class FoldOptions:
+    """How one fold trains, beyond its recipe.
+
+    `force` trains it again even when its output exists. `out_root`, `subsample` and `on_epoch` serve
+    tuning: trials write elsewhere, may see a seeded fraction of the training rows, and report each
+    epoch's val score (`on_epoch` may raise to stop the fold, e.g. optuna.TrialPruned).
+    `epochs_allowed` serves the deadline guard: asked after every epoch, it may shorten the run;
+    `shortening` = (after epoch, to epochs) replays such a shortening from a plan."""
+
+    force: bool = False
+    out_root: Path | None = None
+    subsample: float = 1.0
+    on_epoch: Callable[[int, float], None] | None = None
+    epochs_allowed: EpochsAllowed | None = None
+    shortening: tuple[int, int] | None = None
+
+
+def train_fold(job: FoldJob, options: FoldOptions = FoldOptions()) -> FoldOutput:
+    """Train one fold (or reuse it)."""
+    final = job.folder(options.out_root)
     # One process per fold at a time: a second `make submit`, or a `make train FOLD=k` beside it, waits
     # and then reuses (or, when forced, replaces) what the first one published. Under DDP rank 0 holds
     # the lock and the other ranks train beside it.
     def build() -> FoldOutput | None:
-        return _train_fold(spec, run, data, prepared, folds, fold, runtime, final, force, out_root is None,
-                           subsample, on_epoch, epochs_allowed, shortening)
+        return _train_fold(job, final, options)
 
     def reuse() -> FoldOutput:
         return FoldOutput(final)
 
-    return ddp.build_once(build, reuse, lambda build: build_once(final, f"{run.name} fold {fold}", build, reuse, force))
+    return ddp.build_once(build, reuse, lambda build: build_once(final, job.what, build, reuse, options.force))
 
 
 def shorten(learner: Learner, progress: Progress, end_epoch: int, steps_per_epoch: int, what: str) -> None:
@@ -333,16 +376,15 @@ def shorten(learner: Learner, progress: Progress, end_epoch: int, steps_per_epoc
           "to zero from here", flush=True)
 
 
-def _train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepared: Prepared, folds: Folds, fold: int,
-                runtime: Runtime, final: Path, replace: bool, log_tensorboard: bool, subsample: float,
-                on_epoch: Callable[[int, float], None] | None, epochs_allowed: EpochsAllowed | None,
-                shortening: tuple[int, int] | None) -> FoldOutput | None:
+def _train_fold(job: FoldJob, final: Path, options: FoldOptions) -> FoldOutput | None:
     # An interrupted attempt is resumed even when forced: epochs are seeded by (seed, fold, epoch), so
-    # resuming ends exactly where starting over would. `replace` only swaps out the finished output.
+    # resuming ends exactly where starting over would. `options.force` only swaps out the finished output.
+    spec, run, fold, data, runtime = job.inputs.spec, job.run, job.fold, job.inputs.data, job.inputs.runtime
+    on_epoch, epochs_allowed, shortening = options.on_epoch, options.epochs_allowed, options.shortening
     work = final.with_name(f".{final.name}.partial")
     work.mkdir(parents=True, exist_ok=True)
-    seed, what, metric = spec.folds.seed, f"{run.name} fold {fold}", spec.metric.bind()
-    train_rows, val_rows = fold_rows(data, fold, seed, subsample)
+    seed, what, metric = spec.folds.seed, job.what, spec.metric.bind()
+    train_rows, val_rows = fold_rows(data, fold, seed, options.subsample)
     steps = len(train_rows) // run.batch_size
     if steps == 0:
         raise UserError(f"{run.name}: batch_size {run.batch_size} is larger than fold {fold}'s {len(train_rows)} "
@@ -358,7 +400,7 @@ def _train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepar
     val_images, val_labels = data.images[val_rows.to(runtime.device)], data.labels_host()[val_rows.numpy()]
     # TensorBoard events for real runs only (tuning trials are deleted when they end).
     log = EpochLog(what, run.epochs, competition_root(spec.name) / "tensorboard" / final.parent.name / final.name
-                   if log_tensorboard and ddp.is_main() else None, metric)
+                   if options.out_root is None and ddp.is_main() else None, metric)
     if shortening is not None and not progress.end_epoch and progress.epoch == shortening[0]:
         shorten(learner, progress, shortening[1], steps, what)
     log.epochs = progress.end_epoch or run.epochs
@@ -376,16 +418,16 @@ def _train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepar
         train_loss = train_one_epoch(learner, augmenter, data.labels, batches, this_seed, runtime,
                                      f"{what} epoch {epoch}/{progress.end_epoch or run.epochs}", progress.step_losses)
         seconds = time.perf_counter() - started
-        val_probs = ddp.gathered(lambda images: predict_probs(learner.evaluated, images), val_images)
+        val_probs = ddp.gathered(lambda images: predict_probs(learner.evaluated, images, share=runtime.cores), val_images)
         epoch_seconds = time.perf_counter() - started  # with the validation pass: what the guard plans with
-        val_accuracy, val_loss = accuracy(val_probs, val_labels), log_loss(val_probs, val_labels)
-        val_score = metric.score(val_probs, val_labels)
-        lr = learner.optimizer.param_groups[0]["lr"]
-        step_after_epoch(learner, metric.signed(val_score))
-        improved = progress.record(epoch, val_score, val_accuracy, val_loss, val_probs, metric)
+        result = EpochResult(epoch, train_loss, val_loss=kaggle_log_loss(val_probs, val_labels),
+                             val_accuracy=accuracy(val_probs, val_labels), val_score=metric.score(val_probs, val_labels),
+                             lr=learner.optimizer.param_groups[0]["lr"], seconds=seconds, images=steps * run.batch_size)
+        step_after_epoch(learner, metric.signed(result.val_score))
+        improved = progress.record(result, val_probs, metric)
         if improved and ddp.is_main():
-            save_checkpoint(best_weights(learner.evaluated, run, epoch, val_accuracy), work / "best.pt")
-        log.epoch(progress, train_loss, val_loss, val_accuracy, val_score, lr, seconds, steps * run.batch_size, improved)
+            save_checkpoint(best_weights(learner.evaluated, run, epoch, result.val_accuracy), work / "best.pt")
+        log.epoch(progress, result, improved)
         if not progress.end_epoch and epoch < run.epochs:
             if shortening is not None and epoch == shortening[0]:
                 shorten(learner, progress, shortening[1], steps, what)
@@ -397,19 +439,20 @@ def _train_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepar
         if ddp.is_main():
             save_checkpoint({**learner.state(), "state": asdict(progress)}, work / "last.pt")
         if on_epoch is not None:
-            on_epoch(epoch, val_score)
+            on_epoch(epoch, result.val_score)
     log.close()
     if not ddp.is_main():
         return None  # rank 0 publishes
-    return publish_fold(spec, run, data, prepared, folds, fold, runtime, work, final, progress, val_rows, replace)
+    return publish_fold(job, work, final, progress, val_rows, replace=options.force)
 
 
-def publish_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepared: Prepared, folds: Folds, fold: int,
-                 runtime: Runtime, work: Path, final: Path, progress: Progress, val_rows: torch.Tensor,
+def publish_fold(job: FoldJob, work: Path, final: Path, progress: Progress, val_rows: torch.Tensor,
                  replace: bool) -> FoldOutput:
     """The fold is done: predict the test set with the best weights and publish the outputs."""
+    spec, run, fold, inputs = job.inputs.spec, job.run, job.fold, job.inputs
+    data, runtime = inputs.data, inputs.runtime
     best_model = load_fold_model(work, spec, runtime)
-    np.save(work / "test_probs.npy", predict_probs(best_model, data.test_images))
+    np.save(work / "test_probs.npy", predict_probs(best_model, data.test_images, share=runtime.cores))
     np.save(work / "oof_probs.npy", progress.best_val_probs.numpy())
     np.save(work / "oof_index.npy", val_rows.numpy())
     write_history(work / "history.csv", progress.history)
@@ -417,7 +460,8 @@ def publish_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepa
     write_history(work / "iterations.csv", [{"step": i + 1, "epoch": i // max(steps, 1) + 1, "train_loss": loss}
                                             for i, loss in enumerate(progress.step_losses)] or [{"step": 0}])
     (work / "last.pt").unlink()
-    publish(work, final, "train", run_config(spec, run), {"prepared": prepared.key, "folds": folds.key}, replace=replace,
+    publish(work, final, "train", run_config(spec, run), {"prepared": inputs.prepared.key, "folds": inputs.folds.key},
+            replace=replace,
             extra={"fold": fold, "best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
                    "ranks": ddp.world_size(), "deterministic": torch.are_deterministic_algorithms_enabled(),
                    "shortened": {"from_epoch": progress.anneal_from, "epochs": progress.end_epoch} if progress.end_epoch else None,
@@ -429,12 +473,12 @@ def publish_fold(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepa
     return FoldOutput(final)
 
 
-def train_folds(spec: CompetitionSpec, run: ModelRun, data: TrainingData, prepared: Prepared, folds: Folds,
-                fold_indices: list[int], runtime: Runtime, force_folds: tuple[int, ...] = ()) -> list[FoldOutput]:
+def train_folds(inputs: TrainingInputs, run: ModelRun, fold_indices: list[int],
+                force_folds: tuple[int, ...] = ()) -> list[FoldOutput]:
     """Every selected fold of one model run, trained or reused; `force_folds` are trained again."""
     outputs = []
     for fold in fold_indices:
-        output = train_fold(spec, run, data, prepared, folds, fold, runtime, force=fold in force_folds)
+        output = train_fold(FoldJob(inputs, run, fold), FoldOptions(force=fold in force_folds))
         manifest = read_manifest(output.folder)
         print(f"train: {run.name} fold {fold}: val accuracy {manifest['val_accuracy']:.4f} "
               f"(best epoch {manifest['best_epoch']}) -> {output.folder}")

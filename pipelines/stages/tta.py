@@ -10,13 +10,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from competition.metrics import accuracy
 from competition.paths import competition_root
 from competition.spec import CompetitionSpec
-from pipelines.artifacts import atomic_output, build_once, output_key
-from pipelines.device import Runtime
-from pipelines.device_data import TrainingData
-from pipelines.metrics import accuracy
-from pipelines.predict import FoldOutput, file_digest, load_fold_model, predict_with_views
+from pipelines.machine.device import Runtime
+from pipelines.stages.artifacts import atomic_output, build_once, output_key
+from pipelines.stages.device_data import TrainingData
+from pipelines.stages.predict import FoldOutput, file_digest, load_fold_model, predict_with_views
 
 
 def tta_fold(spec: CompetitionSpec, run_name: str, trained: FoldOutput, data: TrainingData, views: list[str],
@@ -36,11 +36,11 @@ def _tta_fold(spec: CompetitionSpec, run_name: str, trained: FoldOutput, data: T
     summary: dict = {}
     with atomic_output(final, "tta", {"views": views}, {"train": trained.digest}, extra=summary) as staging:
         oof_images = data.images[torch.from_numpy(oof_index).to(runtime.device)]
-        oof_probs = predict_with_views(model, oof_images, views, f"tta {run_name} {trained.folder.name} oof")
+        oof_probs = predict_with_views(model, oof_images, views, f"tta {run_name} {trained.folder.name} oof", runtime.cores)
         np.save(staging / "oof_probs.npy", oof_probs)
         np.save(staging / "oof_index.npy", oof_index)
         np.save(staging / "test_probs.npy",
-                predict_with_views(model, data.test_images, views, f"tta {run_name} {trained.folder.name} test"))
+                predict_with_views(model, data.test_images, views, f"tta {run_name} {trained.folder.name} test", runtime.cores))
         summary["val_accuracy"] = accuracy(oof_probs, data.labels_host()[oof_index])
         summary["digest"] = file_digest(staging / "oof_probs.npy", staging / "test_probs.npy")
     return FoldOutput(final)

@@ -12,7 +12,7 @@ Rows:
   (measured afresh, not from the probe cache), with the speed-up over fp32.
 - planner accuracy: a real time-budget run of digits (BENCH_PLAN_BUDGET, default 60s, dry run), then
   actual / planned wall time of every plan of record on this machine.
-- concurrency (pipelines/bench_concurrency.py): one training process alone, two at once taking every core
+- concurrency (pipelines/tools/bench_concurrency.py): one training process alone, two at once taking every core
   each, two sharing the cores, and the same work in one process or two; for the benchmark's model and for
   digits' small `cnn3` (small steps, where threads fighting over cores costs most).
 
@@ -35,19 +35,18 @@ import models
 from competition.errors import UserError
 from competition.recipe import AugmentConfig, ModelRun
 from competition.spec import load_spec
-from pipelines.augment import BatchAugmenter
-from pipelines.bench_concurrency import concurrency_table, print_table as print_concurrency, print_tune, tune_workers
-from pipelines.device import pick_runtime
-from pipelines.download import download
-from pipelines.prepare import make_folds, prepare
-from pipelines.device_data import load_training_data
-from pipelines.train import train_fold
-from pipelines.device import machine_description, machine_key, offered_precisions
+from pipelines.machine.device import machine_description, machine_key, offered_precisions
+from pipelines.recipe.augment import BatchAugmenter
+from pipelines.stages.inputs import load_inputs
+from pipelines.stages.train import FoldJob, FoldOptions, train_fold
+from pipelines.tools.bench_concurrency import concurrency_table, print_tune, tune_workers
+from pipelines.tools.bench_concurrency import print_table as print_concurrency
 
 
 def plain_loop(images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, model_name: str, batch: int,
                num_classes: int, device: torch.device, hflip: bool) -> float:
-    """The reference: as little as a training loop can be. Returns images/s over one pass of `rows`."""
+    """The reference: as little as a training loop can be. Returns images/s over one pass of `rows`.
+    (Its inputs are spelled out one by one: it shares no object with the pipeline it is measured against.)"""
     torch.manual_seed(0)
     model = models.create(model_name, num_classes=num_classes, in_chans=images.shape[1], img_size=images.shape[2])
     model = model.to(device, memory_format=torch.channels_last).train()
@@ -81,7 +80,7 @@ def augmentation_only(spec, data, policy: str, rows: torch.Tensor, batch: int) -
 
 
 def precision_table(spec, data, runtime) -> list[dict]:
-    from pipelines.probe import measure
+    from pipelines.planning.probe import measure
 
     rows = []
     for candidate in spec.pool.candidates if spec.pool else []:
@@ -100,9 +99,9 @@ def inference_table(spec, fold_folder, data, runtime) -> list[dict]:
     """Prediction throughput on the test images (final predictions a second): the benchmark's fold model
     without TTA and through the views the spec plans with, then the latest logged run's whole ensemble
     as `make predict` runs it (every fold model of every member, with its views), where there is one."""
-    from pipelines.infer import predict_ensemble
-    from pipelines.lineage import find_run
-    from pipelines.predict import load_fold_model, predict_with_views
+    from pipelines.after_run.infer import predict_ensemble
+    from pipelines.stages.lineage import find_run
+    from pipelines.stages.predict import load_fold_model, predict_with_views
 
     images = data.test_images
     views = spec.pool.tta if spec.pool else ["identity", "hflip"]
@@ -153,7 +152,7 @@ def planner_accuracy(runtime, budget: str) -> list[dict]:
 
 
 def _accuracy_row(path, runtime) -> dict | None:
-    from pipelines.plan import PlanRecord
+    from pipelines.planning.records import PlanRecord
 
     plan = PlanRecord.model_validate_json(path.read_text())
     if plan.status != "ran" or plan.machine_key != machine_key(runtime) or not plan.actual:
@@ -170,11 +169,8 @@ def main() -> None:
     batch = int(os.environ.get("BENCH_BATCH", "128"))
     epochs = int(os.environ.get("BENCH_EPOCHS", "1"))
     spec = load_spec(comp)
-    download(spec)
-    prepared = prepare(spec)
-    folds = make_folds(spec, prepared)
-    runtime = pick_runtime()
-    data = load_training_data(prepared, folds, runtime)
+    inputs = load_inputs(spec)
+    runtime, data = inputs.runtime, inputs.data
     train_rows = torch.from_numpy(np.flatnonzero(data.fold_of_row != 0)).to(runtime.device)
 
     results = []
@@ -185,7 +181,7 @@ def main() -> None:
     # A run of its own (alias bench-...), retrained on every call; its outputs sit beside the real runs'.
     run = ModelRun(model=model_name, alias=f"bench-{model_name}", epochs=epochs, batch_size=batch,
                    augment=AugmentConfig(policy="light", shift=2))
-    output = train_fold(spec, run, data, prepared, folds, 0, runtime, force=True)
+    output = train_fold(FoldJob(inputs, run, 0), FoldOptions(force=True))
     with open(output.folder / "history.csv", newline="") as fh:
         history = list(csv.DictReader(fh))
     pipeline = float(np.mean([float(h["images_per_second"]) for h in history]))
@@ -198,6 +194,7 @@ def main() -> None:
     inference_rows = inference_table(spec, output.folder, data, runtime)
     precision_rows = precision_table(spec, data, runtime)
     planner_rows = planner_accuracy(runtime, os.environ.get("BENCH_PLAN_BUDGET", "60s"))
+    runtime.cores.leave()  # from here this process only starts others and waits for them
     concurrency = [concurrency_table(comp, model_name, batch), concurrency_table("digits", "cnn3", 64)]
     tune = tune_workers()
 

@@ -7,14 +7,14 @@ seconds:
 - alone: one process, every core;
 - two at once, each taking every core: what kpipe did before it shared cores (and what any two
   programs that size their pools to the machine do);
-- two at once, sharing the cores through the registry (pipelines/cores.py);
+- two at once, sharing the cores through the registry (pipelines/machine/cores.py);
 - the same total work as one process with every core, and as two sharing processes with half each:
   which arrangement finishes first (what a planner or WORKERS= would choose between);
 - `make tune COMP=digits` with WORKERS=1 and WORKERS=2, wall time of the whole command, on a copy of the
   digits spec whose search space is pinned to one point and whose pruner never prunes, so that both
   arrangements do the same trials (with the real space, which trials get pruned decides the time).
 
-Run alone: `python -m pipelines.bench_concurrency [COMP [MODEL [BATCH]]]`.
+Run alone: `python -m pipelines.tools.bench_concurrency [COMP [MODEL [BATCH]]]`.
 """
 from __future__ import annotations
 
@@ -43,12 +43,12 @@ def worker(args: argparse.Namespace) -> None:
 
     from competition.recipe import AugmentConfig, ModelRun
     from competition.spec import load_spec
-    from pipelines import cores
-    from pipelines.augment import BatchAugmenter
-    from pipelines.device import Runtime, pick_runtime
-    from pipelines.device_data import load_training_data
-    from pipelines.prepare import make_folds, prepare
-    from pipelines.train import epoch_batches, make_learner, train_one_epoch
+    from pipelines.machine import cores
+    from pipelines.machine.device import Runtime, pick_runtime
+    from pipelines.recipe.augment import BatchAugmenter
+    from pipelines.stages.device_data import load_training_data
+    from pipelines.stages.prepare import make_folds, prepare
+    from pipelines.stages.train import epoch_batches, make_learner, train_one_epoch
 
     spec = load_spec(args.comp)
     prepared = prepare(spec)
@@ -86,7 +86,7 @@ def run_group(comp: str, model: str, batch: int, count: int, unmanaged: bool = F
     """Start `count` workers, release them together, return what each measured."""
     with tempfile.TemporaryDirectory(prefix="kpipe-bench-cores-") as scratch:
         go = Path(scratch) / "go"
-        argv = [sys.executable, "-m", "pipelines.bench_concurrency", "--worker", "--comp", comp, "--model", model,
+        argv = [sys.executable, "-m", "pipelines.tools.bench_concurrency", "--worker", "--comp", comp, "--model", model,
                 "--batch", str(batch), "--go", str(go), "--seconds", str(seconds), "--steps", str(steps)]
         argv += ["--unmanaged"] if unmanaged else []
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "KPIPE_DEVICE": "cpu", "KPIPE_CORES": "share"}
@@ -110,14 +110,13 @@ def run_group(comp: str, model: str, batch: int, count: int, unmanaged: bool = F
 
 def concurrency_table(comp: str, model: str, batch: int) -> dict:
     from competition.spec import load_spec
-    from pipelines import cores
-    from pipelines.download import download
-    from pipelines.prepare import make_folds, prepare
+    from pipelines.machine import cores
+    from pipelines.stages.download import download
+    from pipelines.stages.prepare import make_folds, prepare
 
     spec = load_spec(comp)
     download(spec)
-    make_folds(spec, prepare(spec))  # once here, not raced by the workers
-    cores.leave()  # this process only waits for its workers
+    make_folds(spec, prepare(spec))  # once here, not raced by the workers (this process computes nothing)
     alone = run_group(comp, model, batch, 1)[0]
     rows = [{"arrangement": "alone", "each": [alone["images_per_second"]], "threads": [alone["threads"]]}]
     for label, unmanaged in (("two at once, each taking every core", True), ("two at once, sharing the cores", False)):
@@ -186,7 +185,7 @@ def print_tune(row: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.bench_concurrency")
+    parser = argparse.ArgumentParser(prog="python -m pipelines.tools.bench_concurrency")
     parser.add_argument("comp", nargs="?", default="fashion-mnist")
     parser.add_argument("model_name", nargs="?", default="fastcnn")
     parser.add_argument("batch_size", nargs="?", type=int, default=128)

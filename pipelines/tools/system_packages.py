@@ -1,4 +1,4 @@
-"""`python3 -m pipelines.system_packages run|test`: install the Debian packages a fresh machine lacks.
+"""`python3 -m pipelines.tools.system_packages run|test`: install the Debian packages a fresh machine lacks.
 
 The Makefile calls this before anything else, with the system's python3 (no venv yet, standard library
 only), so that the README's two commands are all a newcomer runs:
@@ -84,7 +84,7 @@ def install(packages: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0] not in CHECKS:
-        print(f"usage: python3 -m pipelines.system_packages {'|'.join(CHECKS)}", file=sys.stderr)
+        print(f"usage: python3 -m pipelines.tools.system_packages {'|'.join(CHECKS)}", file=sys.stderr)
         return 2
     missing = missing_packages(argv[0])
     if not missing:

@@ -14,9 +14,9 @@ from pathlib import Path
 import optuna
 
 from competition.errors import UserError
-from competition.redaction import redact
 from competition.paths import competition_root
 from competition.recipe import ModelRun, apply_params
+from competition.redaction import redact
 from competition.spec import CompetitionSpec
 
 # The heartbeat retry callback is marked experimental; studies rely on it.

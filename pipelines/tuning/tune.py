@@ -8,16 +8,13 @@ Storage: by default an SQLite file under <data>/<comp>/tuning/ (no server); any 
 mid-trial has its trial marked failed by the next worker and retried (RetryHeartbeatStaleTrialCallback),
 resuming from the dead trial's last epoch checkpoints.
 
-WORKERS=n and SCHEDULER= run the trials on Dask workers (pipelines/cluster.py), as `make train` runs its
-units: each worker gets one long task that loads the data once and runs trials until the study holds
-its total, and this process runs trials beside them.
+`make tune` itself (which study, how many trials, on which workers) is make_tune.py.
 """
 from __future__ import annotations
 
 import gc
 import os
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +27,10 @@ from competition.paths import competition_root
 from competition.recipe import ModelRun, ParamSpec, PrunerConfig, apply_params
 from competition.redaction import redact
 from competition.spec import CompetitionSpec
-from pipelines import cores
-from pipelines.checks import find_model_run
-from pipelines.context import Context, setup
-from pipelines.studies import default_study_name, open_storage, storage_url
-from pipelines.train import train_fold
+from pipelines.stages.inputs import TrainingInputs
+from pipelines.stages.train import FoldJob, FoldOptions, train_fold
+from pipelines.tuning.studies import open_storage
 
-# fail_stale_trials and the matplotlib plots are marked experimental; this stage relies on both.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 def make_pruner(config: PrunerConfig) -> optuna.pruners.BasePruner:
     factories = {
@@ -61,10 +54,10 @@ class Objective:
     """Mean validation score (the competition's metric) over the tuning folds of the run with the trial's parameters
     (`search_space`: the spec's `tuning.search_space`, or a part of it that fits the run)."""
 
-    def __init__(self, spec: CompetitionSpec, base_run: ModelRun, ctx: Context, study_dir: Path,
+    def __init__(self, inputs: TrainingInputs, base_run: ModelRun, study_dir: Path,
                  search_space: dict[str, ParamSpec] | None = None):
-        self.spec, self.base_run, self.ctx, self.study_dir = spec, base_run, ctx, study_dir
-        self.search_space = search_space if search_space is not None else spec.tuning.search_space
+        self.inputs, self.spec, self.base_run, self.study_dir = inputs, inputs.spec, base_run, study_dir
+        self.search_space = search_space if search_space is not None else inputs.spec.tuning.search_space
 
     def __call__(self, trial: optuna.Trial) -> float:
         tuning = self.spec.tuning
@@ -88,10 +81,10 @@ class Objective:
                         raise optuna.TrialPruned(f"pruned at epoch {epoch} of fold {fold} "
                                                  f"(val {self.spec.metric} {val_score:.4f})")
 
-                output = train_fold(self.spec, run, self.ctx.data, self.ctx.prepared, self.ctx.folds, fold,
-                                    self.ctx.runtime, out_root=trial_dir, subsample=tuning.subsample, on_epoch=report)
+                output = train_fold(FoldJob(self.inputs, run, fold),
+                                    FoldOptions(out_root=trial_dir, subsample=tuning.subsample, on_epoch=report))
                 index, probs = output.oof()
-                scores.append(self.spec.metric.bind().score(probs, self.ctx.data.labels_host()[index]))
+                scores.append(self.spec.metric.bind().score(probs, self.inputs.data.labels_host()[index]))
         finally:
             # A finished or pruned trial keeps nothing but its numbers in the study: free disk and memory now.
             shutil.rmtree(trial_dir, ignore_errors=True)
@@ -155,14 +148,13 @@ def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def tune(spec: CompetitionSpec, ctx: Context, run: ModelRun, total: int, study_name: str | None, storage: str | None) -> optuna.Study:
+def tune(inputs: TrainingInputs, run: ModelRun, total: int, study_name: str, url: str) -> optuna.Study:
     """Run trials until the study holds `total` finished (complete or pruned) trials."""
-    study_name = study_name or default_study_name(spec, run)
-    url = storage_url(spec, storage)
+    spec = inputs.spec
     study = open_study(spec, study_name, url)
     study_dir = worker_folder(competition_root(spec.name) / "tuning" / study_name)
     print(f"tune: study '{study_name}' in {redact(url)}: {finished_trials(study)} finished trials, running until {total}")
-    objective = Objective(spec, run, ctx, study_dir)
+    objective = Objective(inputs, run, study_dir)
     # Count before each trial (not after, as MaxTrialsCallback does): workers sharing the study stop at
     # `total` instead of each finishing one more trial. Running trials count; failed ones do not.
     failures_in_a_row = 0
@@ -180,52 +172,6 @@ def tune(spec: CompetitionSpec, ctx: Context, run: ModelRun, total: int, study_n
             raise UserError(f"tune: 3 trials in a row failed (last: {last.system_attrs.get('fail_reason', 'see the log above')})")
     shutil.rmtree(study_dir, ignore_errors=True)
     remove_dead_workers_folders(study, study_dir.parent)
-    return study
-
-
-def run_study(spec: CompetitionSpec, profile_name: str, model: str | None, study_name: str | None, storage: str | None,
-              trials: int | None, total: int | None, workers: int, comp_argument: str,
-              scheduler: str | None = None) -> optuna.Study:
-    """`make tune`: add `trials` (or run until `total`) to the study of one model run, in this process and
-    on `workers` - 1 Dask workers here, or beside a running Dask cluster's (`scheduler`)."""
-    run = find_model_run(spec, profile_name, model) if model else spec.profile(profile_name).models[0]
-    run = run.model_copy(update={"params": None})
-    study_name = study_name or default_study_name(spec, run)
-    url = storage_url(spec, storage)
-    if total is None:  # fixed once here, so that every worker aims at the same total
-        study = optuna.create_study(study_name=study_name, storage=open_storage(url), direction=direction(spec),
-                                    load_if_exists=True)
-        total = finished_trials(study) + trials
-    if workers > 1 or scheduler is not None:
-        study = tune_on_cluster(spec, profile_name, run, total, study_name, url, workers, scheduler, comp_argument)
-    else:
-        study = tune(spec, setup(spec, profile_name, resolve_tuned=False), run, total, study_name, url)
-    report_study(study, competition_root(spec.name) / "tuning" / study_name, url)
-    return study
-
-
-def tune_on_cluster(spec: CompetitionSpec, profile_name: str, run: ModelRun, total: int, study_name: str, url: str,
-                    workers: int, scheduler: str | None, comp_argument: str) -> optuna.Study:
-    """Trials on Dask workers (WORKERS-1 of them here, or a running cluster's) and in this process, which
-    loads its data and starts its own trials while the cluster starts (2 s, then each worker's imports
-    and data: on a short study the second worker's late start is what it costs)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from pipelines.cluster import start_tuning, stop_tuning
-
-    if scheduler is None:
-        # This process's share of the cores is fixed now, so that the workers' start (imports, data)
-        # does not meet a process that holds every core.
-        cores.cap(max(1, cores.threads() // workers))
-    with ThreadPoolExecutor(1, thread_name_prefix="dask-start") as starter:
-        starting = starter.submit(start_tuning, workers - 1, scheduler, comp_argument, profile_name, run, study_name,
-                                  total, url)
-        finished = False
-        try:
-            study = tune(spec, setup(spec, profile_name, resolve_tuned=False), run, total, study_name, url)
-            finished = True
-        finally:
-            stop_tuning(*starting.result(), wait=finished)  # the cluster's own error, if it could not start
     return study
 
 
