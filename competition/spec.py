@@ -37,6 +37,19 @@ class NpyLayout(_Strict):
     sample_submission: str = "sample_submission.csv"
 
 
+class PixelCsvLayout(_Strict):
+    """Images as rows of pixel values, as digit-recognizer ships them: train_csv holds the label column
+    and one column per pixel (`<pixel_prefix>0` .. `<pixel_prefix>{H*W*C-1}`, row-major, channels last);
+    test_csv the same pixel columns, its rows in the sample submission's order. Ids come from the sample
+    submission; training rows without an id column are numbered `train-<row>`."""
+
+    kind: Literal["pixel_csv"]
+    train_csv: str = "train.csv"
+    test_csv: str = "test.csv"
+    sample_submission: str = "sample_submission.csv"
+    pixel_prefix: str = Field(default="pixel", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
 class _ImageFilesLayout(_Strict):
     """Layouts with one image file per sample; `filename` names a test image (and a train image) by its id."""
 
@@ -75,7 +88,7 @@ class ClassFoldersLayout(_ImageFilesLayout):
     kind: Literal["class_folders"]
 
 
-Layout = Annotated[Union[NpyLayout, CsvImagesLayout, ClassFoldersLayout], Field(discriminator="kind")]
+Layout = Annotated[Union[NpyLayout, CsvImagesLayout, ClassFoldersLayout, PixelCsvLayout], Field(discriminator="kind")]
 
 
 class ImageShape(_Strict):
@@ -139,6 +152,10 @@ class CompetitionSpec(_Strict):
     layout: Layout
     id_column: str = "id"
     label_column: str = "label"
+    # The sample submission's columns where they are named otherwise than train.csv's (digit-recognizer:
+    # `ImageId`, `Label` against train.csv's `label`); unset, the same names.
+    submission_id_column: str | None = None
+    submission_label_column: str | None = None
     # Labels exactly as they are written in train.csv / folder names / submissions.
     classes: list[str] = Field(min_length=2)
     # Human-readable names for reports; defaults to the labels themselves.
@@ -211,12 +228,23 @@ class CompetitionSpec(_Strict):
         return list(range(self.folds.n_splits)) if profile.folds == "all" else sorted(profile.folds)
 
     @property
+    def submission_id(self) -> str:
+        """The sample submission's id column: the test ids, in the order a submission lists them."""
+        return self.submission_id_column or self.id_column
+
+    @property
+    def submission_label(self) -> str:
+        return self.submission_label_column or self.label_column
+
+    @property
     def display_names(self) -> list[str]:
         return list(self.class_names or self.classes)
 
     def data_hash(self) -> str:
         """Hash of the fields that decide what `prepare` produces (not the folds, not the title)."""
         fields = self.model_dump(include={"layout", "id_column", "label_column", "classes", "image"})
+        if self.submission_id_column is not None:  # keyed only when set: what was prepared before keeps its key
+            fields["submission_id_column"] = self.submission_id_column
         return stable_hash(fields)
 
 
@@ -304,7 +332,7 @@ def describe_validation_error(exc: ValidationError) -> str:
 
     def key_of(error) -> str:
         # Discriminated unions put the tag ('npy') into the location; it is not a key the user wrote.
-        loc = [str(p) for p in error["loc"] if p not in ("npy", "csv_images", "class_folders")]
+        loc = [str(p) for p in error["loc"] if p not in ("npy", "csv_images", "class_folders", "pixel_csv")]
         return ".".join(loc) or "(top level)"
 
     errors = exc.errors()

@@ -300,6 +300,26 @@ def test_leaderboards_start_with_benchmarks_so_a_rank_means_something(run_kaggle
 
 
 @pytest.mark.slow
+def test_the_digit_recognizer_replica_downloads_in_its_layout_and_scores_its_columns(run_kaggle, host, tmp_path):
+    """digit-recognizer's layout from Fashion-MNIST pixels: pixel CSVs, and submissions of ImageId, Label."""
+    got = run_kaggle("competitions", "download", "-c", "digit-recognizer-replica", "-p", str(tmp_path))
+    assert got.returncode == 0, got.stderr
+    with zipfile.ZipFile(tmp_path / "digit-recognizer-replica.zip") as archive:
+        assert sorted(archive.namelist()) == ["sample_submission.csv", "test.csv", "train.csv"]
+        train_header = archive.read("train.csv").split(b"\n", 1)[0].decode().split(",")
+        sample = archive.read("sample_submission.csv").decode().splitlines()
+    assert train_header[:3] == ["label", "pixel0", "pixel1"] and len(train_header) == 785
+    assert sample[:2] == ["ImageId,Label", "1,0"] and len(sample) == 4001
+    board = run_kaggle("competitions", "leaderboard", "-c", "digit-recognizer-replica", "-s", "--csv")
+    scores = {row["teamName"]: float(row["score"]) for row in csv.DictReader(io.StringIO(board.stdout))}
+    assert scores["Sample Submission Benchmark"] < 0.2 < 0.5 < scores["Nearest Centroid Benchmark"], scores
+    wrong = tmp_path / "lowercase.csv"
+    wrong.write_text("imageid,label\n" + "".join(f"{i},0\n" for i in range(1, 4001)))
+    result = run_kaggle("competitions", "submit", "-c", "digit-recognizer-replica", "-f", str(wrong), "-m", "x", "--wait")
+    assert "Submission header must be exactly: ImageId,Label" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
 def test_several_accounts_and_a_team_share_submissions_limits_and_a_leaderboard_row(run_kaggle, cli_env, host, tmp_path):
     from competition.host.__main__ import main as host_main
 

@@ -89,6 +89,79 @@ def _break(raw, how: str):
         (raw / "train.csv").write_text('id,label\n"a0,dog\na1,cat\n')
 
 
+def _pixel_spec(**changes) -> CompetitionSpec:
+    """digit-recognizer's layout at 8x8: no id in train.csv, `ImageId`/`Label` in the submission."""
+    return CompetitionSpec.model_validate({
+        "name": "toy", "title": "toy", "kaggle_slug": "toy", "host": "local", "layout": {"kind": "pixel_csv"},
+        "id_column": "ImageId", "submission_label_column": "Label", "classes": ["cat", "dog"],
+        "image": {"height": 8, "width": 8, "channels": 1}, "metric": "accuracy", **changes})
+
+
+def _pixel_csv_competition(raw, n_train=6, n_test=3, test_rows=None):
+    raw.mkdir(parents=True, exist_ok=True)
+    header = ",".join(f"pixel{j}" for j in range(64))
+    (raw / "train.csv").write_text(f"label,{header}\n" + "".join(
+        f"{'cat' if i % 2 else 'dog'}," + ",".join(str((10 * i + j) % 256) for j in range(64)) + "\n"
+        for i in range(n_train)))
+    (raw / "test.csv").write_text(f"{header}\n" + "".join(
+        ",".join(str(200 + i) for _ in range(64)) + "\n" for i in range(n_test if test_rows is None else test_rows)))
+    (raw / "sample_submission.csv").write_text("ImageId,Label\n" + "".join(f"{i + 1},cat\n" for i in range(n_test)))
+
+
+def test_pixel_csv_layout(tmp_path):
+    _pixel_csv_competition(tmp_path)
+    data = read_competition(_pixel_spec(), tmp_path)
+    assert data.train_images.shape == (6, 8, 8, 1) and data.train_images.dtype == np.uint8
+    assert data.train_images[3].reshape(-1).tolist() == [(30 + j) % 256 for j in range(64)]  # row-major
+    assert data.train_labels.tolist() == [1, 0, 1, 0, 1, 0]
+    assert data.train_ids == [f"train-{i}" for i in range(6)]  # train.csv has no ids: its rows are numbered
+    assert data.test_ids == ["1", "2", "3"] and data.test_images[2].max() == 202
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda raw: raw.joinpath("train.csv").write_text(raw.joinpath("train.csv").read_text().replace("\ncat,10,", "\ncat,300,", 1)),
+     "train.csv row 3: column 'pixel0' holds 300; pixels must be whole numbers from 0 to 255"),
+    (lambda raw: raw.joinpath("train.csv").write_text(raw.joinpath("train.csv").read_text().replace("\ncat,10,", "\ncat,ten,", 1)),
+     "train.csv: a pixel cell is not a number"),
+    (lambda raw: raw.joinpath("test.csv").write_text(raw.joinpath("test.csv").read_text().replace(",pixel63", "", 1)),
+     "test.csv: no column 'pixel63': 8x8x1 images need 64 pixel columns, the file has 63"),
+    (lambda raw: _pixel_csv_competition(raw, test_rows=2),
+     "test.csv: 2 rows but sample_submission.csv lists 3 test ids; its rows must line up"),
+    (lambda raw: raw.joinpath("train.csv").write_text(raw.joinpath("train.csv").read_text().replace("\ncat,", "\nbird,", 1)),
+     "train.csv row 3: label 'bird' is not in the class list"),
+])
+def test_bad_pixel_csv_is_one_line(tmp_path, edit, message):
+    _pixel_csv_competition(tmp_path)
+    edit(tmp_path)
+    with pytest.raises(DataError) as caught:
+        read_competition(_pixel_spec(), tmp_path)
+    assert message in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+
+
+def test_the_kernel_script_reads_pixel_csv_test_rows_as_prepare_does(tmp_path):
+    from pipelines.recipe import kernel_inference
+
+    _pixel_csv_competition(tmp_path)
+    spec = _pixel_spec()
+    config = {"layout": spec.layout.model_dump(), "image": spec.image.model_dump(), "id_column": spec.submission_id}
+    ids, images, header = kernel_inference.read_test(tmp_path, config)
+    data = read_competition(spec, tmp_path)
+    assert ids == data.test_ids and header == ["ImageId", "Label"]
+    assert np.array_equal(images, data.test_images.transpose(0, 3, 1, 2))
+
+
+def test_a_submission_takes_the_sample_submissions_column_names(pipeline_env, tmp_path):
+    from pipelines.stages.download import raw_dir
+    from pipelines.stages.submit import submission_format, validate_submission, write_submission
+
+    spec = _pixel_spec()
+    _pixel_csv_competition(raw_dir(spec))
+    path = tmp_path / "submission.csv"
+    write_submission(spec, ["1", "2", "3"], np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], dtype=np.float32), path)
+    assert path.read_text() == "ImageId,Label\n1,cat\n2,dog\n3,cat\n"
+    assert validate_submission(path, raw_dir(spec) / "sample_submission.csv", submission_format(spec)) == 3
+
+
 @pytest.mark.parametrize("how, message", [
     ("missing column", r"train.csv: missing column 'label' \(found: id, target\)"),
     ("unreadable image", r"a2.png: unreadable image \(train.csv row 4, id 'a2'\)"),

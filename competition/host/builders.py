@@ -47,16 +47,18 @@ def public_private_usage(n: int) -> list[str]:
 
 def write_competition(dest: Path, meta: dict, test_ids: list[str], test_labels: list[str]) -> None:
     """Write competition.json, solution.csv and data/sample_submission.csv in the metric's format: the
-    first label everywhere, or equal probabilities in one column per class (`class_<label>`)."""
+    first label everywhere, or equal probabilities in one column per class (`class_<label>`); the id and
+    label columns named as competition.json names them."""
     (dest / "data").mkdir(parents=True, exist_ok=True)
     (dest / "competition.json").write_text(json.dumps(meta, indent=2) + "\n")
     usage = public_private_usage(len(test_ids))
-    write_csv(dest / "solution.csv", ["id", "label", "Usage"], zip(test_ids, test_labels, usage))
+    id_column, label_column = meta["id_column"], meta["label_column"]
+    write_csv(dest / "solution.csv", [id_column, label_column, "Usage"], zip(test_ids, test_labels, usage))
     labels = meta["labels"]
     if metrics.KINDS[metrics.parse(meta["metric"])[0]].submission == "probabilities":
-        header, cells = ["id", *(f"class_{label}" for label in labels)], [f"{1 / len(labels):.6g}"] * len(labels)
+        header, cells = [id_column, *(f"class_{label}" for label in labels)], [f"{1 / len(labels):.6g}"] * len(labels)
     else:
-        header, cells = ["id", "label"], [labels[0]]
+        header, cells = [id_column, label_column], [labels[0]]
     write_csv(dest / "data" / "sample_submission.csv", header, ((i, *cells) for i in test_ids))
 
 
@@ -78,22 +80,23 @@ def write_baseline(dest: Path, meta: dict, test_ids: list[str], centroids: np.nd
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     header = (dest / "data" / "sample_submission.csv").read_text().splitlines()[0].split(",")
-    fmt = SubmissionFormat.of(metrics.metric(*metrics.parse(meta["metric"])), "id", "label", meta["labels"], header)
+    fmt = SubmissionFormat.of(metrics.metric(*metrics.parse(meta["metric"])), meta["id_column"], meta["label_column"],
+                              meta["labels"], header)
     (dest / "baselines").mkdir(exist_ok=True)
     write_csv(dest / "baselines" / "nearest-centroid.csv", fmt.header,
               ([sample_id, *fmt.cells(row)] for sample_id, row in zip(test_ids, probs)))
 
 
 def _meta(slug: str, title: str, labels: list[str], description: str, synthetic: bool = False,
-          metric: str | dict = "accuracy", code_competition: bool = False) -> dict:
+          metric: str | dict = "accuracy", code_competition: bool = False, columns: tuple[str, str] = ("id", "label")) -> dict:
     return {
         "slug": slug,
         "title": title,
         "description": description,
         "category": "Community",
         "metric": metric,
-        "id_column": "id",
-        "label_column": "label",
+        "id_column": columns[0],  # the sample submission's (and the solution's) columns
+        "label_column": columns[1],
         "labels": labels,
         "max_daily_submissions": 20,
         "deadline": DEFAULT_DEADLINE,
@@ -117,15 +120,20 @@ def read_idx(path: Path) -> np.ndarray:
     return data.reshape(dims)
 
 
-def build_fashion_mnist(dest: Path, slug: str = "fashion-mnist") -> None:
+def fashion_mnist_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train images, train labels, test images, test labels) of Debian's Fashion-MNIST."""
     files = {k: FASHION_MNIST_DIR / f"{k}-ubyte.gz" for k in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")}
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
         raise BuildError(
             f"Fashion-MNIST files not found ({missing[0]}); install them with: sudo apt-get install dataset-fashion-mnist"
         )
-    train_images, train_labels = read_idx(files["train-images-idx3"]), read_idx(files["train-labels-idx1"])
-    test_images, test_labels = read_idx(files["t10k-images-idx3"]), read_idx(files["t10k-labels-idx1"])
+    return (read_idx(files["train-images-idx3"]), read_idx(files["train-labels-idx1"]),
+            read_idx(files["t10k-images-idx3"]), read_idx(files["t10k-labels-idx1"]))
+
+
+def build_fashion_mnist(dest: Path, slug: str = "fashion-mnist") -> None:
+    train_images, train_labels, test_images, test_labels = fashion_mnist_arrays()
     meta = BUILTIN_META[slug]
     if slug == "fashion-mnist-imbalanced":
         train_images, train_labels, test_images, test_labels = long_tail(train_images, train_labels, test_images,
@@ -180,6 +188,36 @@ def long_tail(train_images, train_labels, test_images, test_labels):
 
     train_rows, test_rows = keep(train_labels), keep(test_labels)
     return train_images[train_rows], train_labels[train_rows], test_images[test_rows], test_labels[test_rows]
+
+
+# --- replicas of real competitions' layouts, from real pixels --------------------------------------------
+
+
+def write_pixel_csv(path: Path, images: np.ndarray, labels: np.ndarray | None = None, label_column: str = "label") -> None:
+    """digit-recognizer's CSV: (`label`,) `pixel0` .. `pixel{H*W-1}`, one row an image."""
+    flat = images.reshape(len(images), -1).astype(np.int64)
+    header = [f"pixel{i}" for i in range(flat.shape[1])]
+    if labels is not None:
+        flat, header = np.column_stack([labels.astype(np.int64), flat]), [label_column, *header]
+    np.savetxt(path, flat, fmt="%d", delimiter=",", header=",".join(header), comments="")
+
+
+DIGIT_RECOGNIZER_ROWS = (12_000, 4_000)  # a fifth of Fashion-MNIST's training set, 40% of its test set
+
+
+def build_digit_recognizer_replica(dest: Path, slug: str = "digit-recognizer-replica") -> None:
+    """digit-recognizer's layout with Fashion-MNIST pixels: train.csv (`label`, pixel0..pixel783), test.csv
+    (pixels only), sample_submission.csv (`ImageId` from 1, `Label`)."""
+    train_images, train_labels, test_images, test_labels = fashion_mnist_arrays()
+    n_train, n_test = DIGIT_RECOGNIZER_ROWS
+    train_images, train_labels = train_images[:n_train], train_labels[:n_train]
+    test_images, test_labels = test_images[:n_test], test_labels[:n_test]
+    meta = BUILTIN_META[slug]
+    test_ids = [str(i + 1) for i in range(n_test)]
+    write_competition(dest, meta, test_ids, [str(v) for v in test_labels])
+    write_baseline(dest, meta, test_ids, class_centroids(train_images, train_labels, len(meta["labels"])), test_images)
+    write_pixel_csv(dest / "data" / "train.csv", train_images, train_labels)
+    write_pixel_csv(dest / "data" / "test.csv", test_images)
 
 
 # --- digits: scikit-learn's bundled 8x8 digits as PNG files + CSV ------------------------------------
@@ -348,6 +386,11 @@ BUILTIN_META: dict[str, dict] = {
         "digits-code", "Digits 8x8, a code competition", [str(i) for i in range(10)],
         "The digits competition's test set seen only by notebooks (the download holds its first 20 images); "
         "same ids, labels and public/private split as digits.", code_competition=True),
+    "digit-recognizer-replica": _meta(
+        "digit-recognizer-replica", "digit-recognizer, replicated (Fashion-MNIST pixels)", [str(i) for i in range(10)],
+        "A REPLICA of Kaggle's digit-recognizer layout, built from real Fashion-MNIST pixels: train.csv holds a "
+        "label and 784 pixel columns, test.csv the pixels only, and submissions list ImageId (from 1) and Label. "
+        "12,000 training and 4,000 test images; scored by accuracy.", columns=("ImageId", "Label")),
     "thu-deep-learning": _meta(
         "thu-deep-learning", "Tiny image challenge (SYNTHETIC stand-in)",
         [f"c{i:03d}" for i in range(len(SHAPES) * HUE_BANDS)],
@@ -364,4 +407,5 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "digits": build_digits,
     "digits-code": lambda dest: build_digits(dest, "digits-code"),
     "thu-deep-learning": build_thu_deep_learning,
+    "digit-recognizer-replica": build_digit_recognizer_replica,
 }

@@ -118,7 +118,7 @@ def _write_export(spec: CompetitionSpec, logged: LoggedRun, target: str, owner: 
         script = {
             "competition": target, "dataset_slug": slug, "config_hash": logged.config_hash,
             "source": {"competition": spec.name, "ensemble": logged.ensemble.name, "git_commit": logged.row["git_commit"]},
-            "layout": spec.layout.model_dump(), "id_column": spec.id_column, "label_column": spec.label_column,
+            "layout": spec.layout.model_dump(), "id_column": spec.submission_id, "label_column": spec.submission_label,
             "classes": lineage["classes"], "image": lineage["image"],
             "submission": {"kind": lineage["submission"], "k": spec.metric.bind().k},
             "members": write_weights(spec, lineage, dataset),

@@ -137,7 +137,7 @@ def write_predictions(spec: CompetitionSpec, ids: list[str], probs: np.ndarray, 
     if with_probs:
         with atomic.atomic_file(out.with_suffix(".probs.csv"), "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow([spec.id_column, *(f"class_{c}" for c in spec.classes)])
+            writer.writerow([spec.submission_id, *(f"class_{c}" for c in spec.classes)])
             writer.writerows([i, *(f"{float(v):.6g}" for v in p)] for i, p in zip(ids, probs))
 
 

@@ -72,6 +72,11 @@ def read_test(data: Path, config: dict) -> tuple[list[str], np.ndarray, list[str
         images = np.load(data / layout["test_images"], allow_pickle=False)
         if images.ndim == 3:
             images = images[..., None]
+    elif layout["kind"] == "pixel_csv":  # one row of pixel columns an image, in the sample submission's order
+        count = shape["height"] * shape["width"] * shape["channels"]
+        columns = [f"{layout['pixel_prefix']}{i}" for i in range(count)]
+        rows = pd.read_csv(data / layout["test_csv"], usecols=columns, dtype="uint8")[columns].to_numpy()
+        images = rows.reshape(len(rows), shape["height"], shape["width"], shape["channels"])
     else:
         from PIL import Image
 

@@ -98,8 +98,8 @@ def read_labelled_ids(path: Path, spec: CompetitionSpec) -> tuple[list[str], np.
 
 
 def read_test_ids(path: Path, spec: CompetitionSpec) -> list[str]:
-    table = read_table(path, [spec.id_column], "sample submission: every test id")
-    ids = table[spec.id_column].str.strip()
+    table = read_table(path, [spec.submission_id], "sample submission: every test id")
+    ids = table[spec.submission_id].str.strip()
     check_unique_ids(ids, path)
     return ids.tolist()
 
@@ -239,10 +239,83 @@ def read_class_folders(spec: CompetitionSpec, raw: Path) -> CanonicalData:
     return CanonicalData(train_images, np.array(labels, dtype=np.int64), ids, _test_images_by_id(spec, raw, test_ids), test_ids)
 
 
+MAX_PIXEL_CSV_BYTES = 4 << 30  # 4 GiB of text: about 1.6 million 28x28 images
+
+
+def _pixel_columns(spec: CompetitionSpec) -> list[str]:
+    count = spec.image.height * spec.image.width * spec.image.channels
+    return [f"{spec.layout.pixel_prefix}{i}" for i in range(count)]
+
+
+def read_pixel_rows(path: Path, spec: CompetitionSpec, what: str, extra: list[str]) -> tuple[np.ndarray, "pd.DataFrame"]:
+    """The pixel columns of a CSV as uint8 N×H×W×C, and its `extra` columns (those present) as text. A
+    pixel column missing, or a cell that is not a whole number from 0 to 255, is a DataError naming it."""
+    import pandas as pd
+
+    _require(path, what)
+    if path.stat().st_size > MAX_PIXEL_CSV_BYTES:
+        raise DataError(f"{path}: {path.stat().st_size:,} bytes of pixel text (limit {MAX_PIXEL_CSV_BYTES:,}); "
+                        "is it the right file?")
+    pixels = _pixel_columns(spec)
+    try:
+        header = pd.read_csv(path, nrows=0, encoding="utf-8").columns.tolist()
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc})") from None
+    missing = [c for c in pixels if c not in header]
+    if missing:
+        found = sum(c.startswith(spec.layout.pixel_prefix) for c in header)
+        raise DataError(f"{path}: no column '{missing[0]}': {spec.image.height}x{spec.image.width}x{spec.image.channels} "
+                        f"images need {len(pixels)} pixel columns, the file has {found}; fix `image:` or "
+                        f"`layout.pixel_prefix` in competition/{spec.name}.yaml")
+    wanted = [c for c in extra if c in header]
+    try:
+        table = pd.read_csv(path, usecols=pixels + wanted, dtype={**{c: "float32" for c in pixels}, **{c: str for c in wanted}},
+                            keep_default_na=False, encoding="utf-8")
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: a pixel cell is not a number ({str(exc).strip().splitlines()[0][:160]}); "
+                        "pixels must be whole numbers from 0 to 255") from None
+    if table.empty:
+        raise DataError(f"{path}: a header but no rows ({what})")
+    values = table[pixels].to_numpy()
+    bad = ~((values >= 0) & (values <= 255) & (values == np.round(values)))
+    if bad.any():
+        row, column = np.argwhere(bad)[0]
+        raise DataError(f"{path} row {row + 2}: column '{pixels[column]}' holds {values[row, column]:g}; pixels must "
+                        "be whole numbers from 0 to 255")
+    images = values.astype(np.uint8).reshape(len(table), spec.image.height, spec.image.width, spec.image.channels)
+    return images, table[wanted]
+
+
+def read_pixel_csv(spec: CompetitionSpec, raw: Path) -> CanonicalData:
+    layout = spec.layout
+    train_path = raw / layout.train_csv
+    train_images, columns = read_pixel_rows(train_path, spec, "training pixels and labels",
+                                            [spec.label_column, spec.id_column])
+    if spec.label_column not in columns:
+        raise DataError(f"{train_path}: missing column '{spec.label_column}' (`label_column` in competition/{spec.name}.yaml)")
+    labels = columns[spec.label_column].str.strip()
+    empty = labels.index[labels == ""]
+    if len(empty):
+        raise DataError(f"{train_path} row {empty[0] + 2}: empty '{spec.label_column}'")
+    if spec.id_column in columns:
+        ids = columns[spec.id_column].str.strip()
+        check_unique_ids(ids, train_path)
+        train_ids = ids.tolist()
+    else:  # digit-recognizer's train.csv has no ids: its rows are numbered
+        train_ids = [f"train-{row}" for row in range(len(train_images))]
+    test_ids = read_test_ids(raw / layout.sample_submission, spec)
+    test_images, _ = read_pixel_rows(raw / layout.test_csv, spec, "test pixels", [])
+    if len(test_images) != len(test_ids):
+        raise DataError(f"{raw / layout.test_csv}: {len(test_images)} rows but {layout.sample_submission} lists "
+                        f"{len(test_ids)} test ids; its rows must line up with the sample submission's")
+    return CanonicalData(train_images, label_indices(labels, spec, train_path), train_ids, test_images, test_ids)
+
+
 READERS: dict[str, Callable[[CompetitionSpec, Path], CanonicalData]] = {
     "npy": read_npy,
     "csv_images": read_csv_images,
     "class_folders": read_class_folders,
+    "pixel_csv": read_pixel_csv,
 }
 
 

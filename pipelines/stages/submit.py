@@ -70,7 +70,7 @@ def submission_format(spec: CompetitionSpec) -> SubmissionFormat:
     sample = raw_dir(spec) / spec.layout.sample_submission
     header = _read_rows(sample)[0]
     try:
-        return SubmissionFormat.of(spec.metric.bind(), spec.id_column, spec.label_column, spec.classes, header)
+        return SubmissionFormat.of(spec.metric.bind(), spec.submission_id, spec.submission_label, spec.classes, header)
     except ValueError as exc:
         raise SubmissionInvalid(f"{sample}: {exc}; the spec's metric ({spec.metric}) and the sample submission "
                                 "disagree") from None
