@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import string
+import typing
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -88,7 +89,9 @@ class ClassFoldersLayout(_ImageFilesLayout):
     kind: Literal["class_folders"]
 
 
-Layout = Annotated[Union[NpyLayout, CsvImagesLayout, ClassFoldersLayout, PixelCsvLayout], Field(discriminator="kind")]
+LAYOUTS = (NpyLayout, CsvImagesLayout, ClassFoldersLayout, PixelCsvLayout)
+Layout = Annotated[Union[LAYOUTS], Field(discriminator="kind")]
+LAYOUT_KINDS = tuple(typing.get_args(layout.model_fields["kind"].annotation)[0] for layout in LAYOUTS)
 
 
 class ImageShape(_Strict):
@@ -217,10 +220,11 @@ class CompetitionSpec(_Strict):
 
     def model_run(self, profile_name: str, name: str) -> ModelRun:
         """The profile's model run called `name` (its alias or model name): what MODEL= names."""
-        for run in self.profile(profile_name).models:
+        profile = self.profile(profile_name)
+        for run in profile.models:
             if name in (run.name, run.model):
                 return run
-        names = ", ".join(r.name for r in self.profiles[profile_name].models)
+        names = ", ".join(r.name for r in profile.models)
         raise SpecError(f"competition/{self.name}.yaml: profile '{profile_name}' has no model '{name}' (has: {names}); "
                         "set MODEL= to one of them")
 
@@ -332,7 +336,7 @@ def describe_validation_error(exc: ValidationError) -> str:
 
     def key_of(error) -> str:
         # Discriminated unions put the tag ('npy') into the location; it is not a key the user wrote.
-        loc = [str(p) for p in error["loc"] if p not in ("npy", "csv_images", "class_folders", "pixel_csv")]
+        loc = [str(p) for p in error["loc"] if p not in LAYOUT_KINDS]
         return ".".join(loc) or "(top level)"
 
     errors = exc.errors()

@@ -29,7 +29,7 @@ from pipelines.stages.ensemble import ensemble
 from pipelines.stages.lineage import member_sources
 from pipelines.stages.predict import FoldOutput
 from pipelines.stages.submit import Submission, submit
-from pipelines.stages.train import fold_folder
+from pipelines.stages.train import FoldJob
 from pipelines.stages.tta import tta_run
 from pipelines.tuning.planned import run_planned_study
 
@@ -118,7 +118,7 @@ def finished_models(ctx: Context) -> dict:
     for run, run_folds in ctx.work():
         trained[run.name] = []
         for fold in run_folds:
-            folder = fold_folder(ctx.spec, run, ctx.prepared, ctx.folds, fold)
+            folder = FoldJob(ctx.inputs, run, fold).folder()
             if not is_complete(folder):
                 raise UserError(f"{run.name} fold {fold} is not trained yet; run `make submit COMP={ctx.spec.name}` "
                                 f"(or `make train COMP={ctx.spec.name}`) first")

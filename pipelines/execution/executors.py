@@ -19,10 +19,9 @@ from competition.paths import data_root
 from pipelines.execution.cluster import UNIT_RESOURCE, Cluster, open_cluster, task_result
 from pipelines.execution.runner import EpochLimit, Executor, Unit
 from pipelines.planning.records import WallClock
-from pipelines.stages.artifacts import is_complete
 from pipelines.stages.inputs import TrainingInputs
 from pipelines.stages.predict import FoldOutput
-from pipelines.stages.train import FoldJob, FoldOptions, train_fold
+from pipelines.stages.train import FoldJob, train_or_reuse
 
 
 class SequentialExecutor:
@@ -43,13 +42,8 @@ class SequentialExecutor:
     def next_done(self, handles: list[object]) -> tuple[object, FoldOutput, float | None]:
         handle = handles[0]
         unit, limit = self.queued.pop(handle)
-        job = FoldJob(self.inputs, unit.run, unit.fold)
-        reused = not unit.force and is_complete(job.folder())
-        started = time.monotonic()
-        # A shortening the plan records is replayed as it was; else the guard's limit may shorten it.
-        output = train_fold(job, FoldOptions(force=unit.force, epochs_allowed=None if unit.shortening else limit,
-                                             shortening=unit.shortening))
-        return handle, output, None if reused else time.monotonic() - started
+        output, seconds = train_or_reuse(FoldJob(self.inputs, unit.run, unit.fold), unit.options(limit))
+        return handle, output, seconds
 
 
 class DaskExecutor:
@@ -65,9 +59,8 @@ class DaskExecutor:
         from pipelines.execution.worker import train_unit
 
         return self.cluster.client.submit(
-            train_unit, self.comp, self.root, unit.run, unit.fold, None if unit.shortening else limit,
-            unit.shortening, unit.force, resources={UNIT_RESOURCE: 1}, pure=False,
-            key=f"train-{unit.run.name}-fold{unit.fold}-{time.time_ns()}")
+            train_unit, self.comp, self.root, unit.run, unit.fold, unit.options(limit), resources={UNIT_RESOURCE: 1},
+            pure=False, key=f"train-{unit.run.name}-fold{unit.fold}-{time.time_ns()}")
 
     def next_done(self, handles: list[object]) -> tuple[object, FoldOutput, float | None]:
         from distributed import wait

@@ -26,6 +26,7 @@ from typing import Callable, Protocol
 from competition.recipe import ModelRun
 from pipelines.planning.records import Clock, PlannedRun, PlanRecord
 from pipelines.stages.predict import FoldOutput
+from pipelines.stages.train import FoldOptions
 
 
 @dataclass
@@ -50,6 +51,12 @@ class Unit:
     def shortening(self) -> tuple[int, int] | None:
         """(after epoch, to epochs) where the plan records that the guard shortened this fold before."""
         return self.planned.replayed_shortening(self.fold) if self.planned is not None else None
+
+    def options(self, limit: EpochLimit | None) -> FoldOptions:
+        """How it trains: a shortening the plan records is replayed as it was; else the guard's `limit`
+        may shorten it while it trains."""
+        shortening = self.shortening
+        return FoldOptions(force=self.force, epochs_allowed=None if shortening else limit, shortening=shortening)
 
 
 def units_of(plan: PlanRecord) -> list[Unit]:

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from pathlib import Path
 
 from distributed import get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from competition.recipe import ModelRun
-from pipelines.execution.runner import EpochLimit
-from pipelines.stages.artifacts import is_complete
 from pipelines.stages.inputs import TrainingInputs
-from pipelines.stages.train import FoldJob, FoldOptions, train_fold
+from pipelines.stages.train import FoldJob, FoldOptions, train_or_reuse
 
 INPUTS_PLUGIN = "kpipe-inputs"
 
@@ -59,13 +56,9 @@ def worker_inputs(comp: str, root: str) -> TrainingInputs:
     return get_worker().plugins[INPUTS_PLUGIN].inputs(comp, root)
 
 
-def train_unit(comp: str, root: str, run: ModelRun, fold: int, limit: EpochLimit | None,
-               shortening: tuple[int, int] | None, force: bool) -> dict:
+def train_unit(comp: str, root: str, run: ModelRun, fold: int, options: FoldOptions) -> dict:
     """A Dask task: train (or reuse) one fold of one run; returns where its output is and what it took."""
     inputs = worker_inputs(comp, root)
-    job = FoldJob(inputs, run, fold)
-    reused = not force and is_complete(job.folder())
-    started = time.monotonic()
-    output = train_fold(job, FoldOptions(force=force, epochs_allowed=limit, shortening=shortening))
-    return {"folder": str(output.folder), "seconds": None if reused else time.monotonic() - started,
+    output, seconds = train_or_reuse(FoldJob(inputs, run, fold), options)
+    return {"folder": str(output.folder), "seconds": seconds,
             "worker": f"{socket.gethostname()}:{os.getpid()}", "threads": inputs.runtime.cores.threads}

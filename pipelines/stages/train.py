@@ -44,7 +44,7 @@ from pipelines.recipe.augment import BatchAugmenter
 from pipelines.recipe.classifier import ImageClassifier, build_model
 from pipelines.recipe.losses import LOSSES
 from pipelines.recipe.optim import make_optimizer, make_scheduler
-from pipelines.stages.artifacts import build_once, output_key, publish, read_manifest
+from pipelines.stages.artifacts import build_once, is_complete, output_key, publish
 from pipelines.stages.device_data import TrainingData
 from pipelines.stages.inputs import TrainingInputs
 from pipelines.stages.predict import (FoldOutput, best_weights, file_digest, load_checkpoint, load_fold_model,
@@ -367,6 +367,14 @@ def train_fold(job: FoldJob, options: FoldOptions = FoldOptions()) -> FoldOutput
     return ddp.build_once(build, reuse, lambda build: build_once(final, job.what, build, reuse, options.force))
 
 
+def train_or_reuse(job: FoldJob, options: FoldOptions = FoldOptions()) -> tuple[FoldOutput, float | None]:
+    """`train_fold`, timed: (its output, seconds it trained; None when its output existed and was reused)."""
+    reused = not options.force and is_complete(job.folder(options.out_root))
+    started = time.monotonic()
+    output = train_fold(job, options)
+    return output, None if reused else time.monotonic() - started
+
+
 def shorten(learner: Learner, progress: Progress, end_epoch: int, steps_per_epoch: int, what: str) -> None:
     """End the run at `end_epoch` instead, the learning rate falling linearly to zero until then."""
     progress.end_epoch, progress.anneal_from = end_epoch, progress.epoch
@@ -471,16 +479,3 @@ def publish_fold(job: FoldJob, work: Path, final: Path, progress: Progress, val_
                    "train_seconds": round(sum(h["seconds"] for h in progress.history), 1),
                    "digest": file_digest(work / "oof_probs.npy", work / "test_probs.npy")})
     return FoldOutput(final)
-
-
-def train_folds(inputs: TrainingInputs, run: ModelRun, fold_indices: list[int],
-                force_folds: tuple[int, ...] = ()) -> list[FoldOutput]:
-    """Every selected fold of one model run, trained or reused; `force_folds` are trained again."""
-    outputs = []
-    for fold in fold_indices:
-        output = train_fold(FoldJob(inputs, run, fold), FoldOptions(force=fold in force_folds))
-        manifest = read_manifest(output.folder)
-        print(f"train: {run.name} fold {fold}: val accuracy {manifest['val_accuracy']:.4f} "
-              f"(best epoch {manifest['best_epoch']}) -> {output.folder}")
-        outputs.append(output)
-    return outputs

@@ -29,7 +29,6 @@ class StudyRequest:
     cluster's)."""
 
     run: ModelRun  # the model run whose hyperparameters are searched
-    profile_name: str
     study_name: str
     url: str
     total: int
@@ -50,7 +49,7 @@ def study_request(spec: CompetitionSpec, profile_name: str, model: str | None, s
         study = optuna.create_study(study_name=study_name, storage=open_storage(url), direction=direction(spec),
                                     load_if_exists=True)
         total = finished_trials(study) + trials
-    return StudyRequest(run, profile_name, study_name, url, total)
+    return StudyRequest(run, study_name, url, total)
 
 
 def run_study(spec: CompetitionSpec, request: StudyRequest, share: CoreShare | None = None) -> optuna.Study:
