@@ -103,6 +103,41 @@ KINDS: dict[str, MetricKind] = {
 }
 
 
+# How kaggle.com names each metric in a competition's `evaluationMetric` (the first name: what the local
+# host reports), then other names it has used for the same scoring. `make init` maps a competition's
+# name to ours through this table; `MAP@{K}` is written with the braces, the k being in the rules.
+KAGGLE_NAMES: dict[str, tuple[str, ...]] = {
+    "accuracy": ("Categorization Accuracy", "Accuracy", "Classification Accuracy"),
+    "balanced_accuracy": ("Balanced Accuracy",),
+    "f1_macro": ("Macro F1 Score", "Macro-averaged F1-Score", "F1 Score Macro"),
+    "f1_micro": ("Micro-averaged F1-Score", "Micro F1 Score", "F1 Score Micro"),
+    "f1_weighted": ("Weighted F1 Score", "Weighted-averaged F1-Score"),
+    "quadratic_weighted_kappa": ("Quadratic Weighted Kappa", "QWK", "Cohen Kappa Quadratic"),
+    "log_loss": ("Log Loss", "Multi Class Log Loss", "Multiclass Loss", "Binary Log Loss", "LogLoss"),
+    "roc_auc": ("Area Under Receiver Operating Characteristic Curve", "AUC", "ROC AUC", "Area Under ROC Curve"),
+    "top_k_accuracy": ("Top K Categorization Accuracy", "Top-K Accuracy"),
+    "map_at_k": ("MAP@{K}", "Mean Average Precision @ K", "MAP@K"),
+}
+
+
+def _normalised(name: str) -> str:
+    return "".join(c for c in name.lower() if c.isalnum() or c == "@")
+
+
+def from_kaggle_name(name: str) -> tuple[str, int | None] | None:
+    """(our metric, its k where the name says it: `MAP@5`) for a name kaggle.com gives a competition's
+    metric; None when it names none of ours."""
+    wanted = _normalised(name)
+    for ours, names in KAGGLE_NAMES.items():
+        for kaggle in names:
+            pattern = _normalised(kaggle)
+            if wanted == pattern:
+                return ours, None
+            if "@k" in pattern and wanted.startswith(pattern.split("@k")[0] + "@") and wanted.split("@")[-1].isdigit():
+                return ours, int(wanted.split("@")[-1])
+    return None
+
+
 @dataclass(frozen=True)
 class Metric:
     """A competition's metric, arguments bound: `score(probs, labels)`, its direction, its submission."""
@@ -117,6 +152,11 @@ class Metric:
     def label(self) -> str:
         """The name as people read it: `map_at_k` with k=3 is `map@3`."""
         return self.name.replace("_at_k", f"@{self.k}").replace("top_k", f"top_{self.k}") if self.k else self.name
+
+    @property
+    def kaggle_name(self) -> str:
+        """The name kaggle.com gives it in a competition's `evaluationMetric`."""
+        return KAGGLE_NAMES[self.name][0]
 
     def better(self, a: float, b: float) -> bool:
         """Whether score `a` beats score `b`."""

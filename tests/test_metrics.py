@@ -8,7 +8,7 @@ import yaml
 from sklearn import metrics as sk
 
 from competition.errors import SpecError
-from competition.metrics import KINDS, map_at_k, metric, ranked
+from competition.metrics import KAGGLE_NAMES, KINDS, from_kaggle_name, map_at_k, metric, ranked
 from competition.spec import SPEC_DIR, load_spec
 
 
@@ -107,3 +107,26 @@ def test_bad_metric_is_one_line(tmp_path, value, message):
     with pytest.raises(SpecError) as caught:
         load_spec(_spec_with(tmp_path, value))
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("kaggle_name, ours", [
+    ("Categorization Accuracy", ("accuracy", None)),
+    ("categorization accuracy", ("accuracy", None)),
+    ("Log Loss", ("log_loss", None)),
+    ("Multi Class Log Loss", ("log_loss", None)),
+    ("Area Under Receiver Operating Characteristic Curve", ("roc_auc", None)),
+    ("Quadratic Weighted Kappa", ("quadratic_weighted_kappa", None)),
+    ("Micro-averaged F1-Score", ("f1_micro", None)),
+    ("MAP@{K}", ("map_at_k", None)),
+    ("MAP@5", ("map_at_k", 5)),
+    ("Root Mean Squared Error", None),
+    ("", None),
+])
+def test_kaggle_metric_names_map_to_ours(kaggle_name, ours):
+    assert from_kaggle_name(kaggle_name) == ours
+
+
+def test_every_metric_has_a_kaggle_name_that_maps_back_to_it():
+    for name in KINDS:
+        kaggle_name = KAGGLE_NAMES[name][0]
+        assert from_kaggle_name(kaggle_name)[0] == name

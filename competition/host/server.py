@@ -54,9 +54,9 @@ class ApiError(Exception):
         self.message = message
 
 
-def metric_label(value) -> str:
-    """competition.json's metric as the competition page shows it (`map@3` for {name: map_at_k, k: 3})."""
-    return metrics.metric(*metrics.parse(value)).label
+def kaggle_metric_name(value) -> str:
+    """competition.json's metric as kaggle.com names it in `evaluationMetric` ('Categorization Accuracy')."""
+    return metrics.metric(*metrics.parse(value)).kaggle_name
 
 
 def _score_text(value) -> str | None:
@@ -420,7 +420,7 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
                 "category": meta["category"], "reward": "Knowledge", "teamCount": len(teams),
                 "userHasEntered": team in teams, "userRank": self._rank(meta["slug"], team) if team in teams else None,
                 "maxDailySubmissions": meta["max_daily_submissions"],
-                "evaluationMetric": metric_label(meta.get("metric", "accuracy")), "tags": [],
+                "evaluationMetric": kaggle_metric_name(meta.get("metric", "accuracy")), "tags": [],
             })
         self._send_json({"competitions": competitions, "nextPageToken": next_token})
 
