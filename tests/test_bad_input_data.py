@@ -3,6 +3,8 @@ tables, foreign checkpoints. Each refusal is one line naming the file, the field
 partial artifact is left behind."""
 from __future__ import annotations
 
+import re
+
 import io
 import json
 import os
@@ -25,8 +27,8 @@ from competition.host.server import serve_in_thread
 from competition.host.store import HostStore
 from competition.spec import load_spec
 from pipelines.__main__ import main as pipelines_main
-from pipelines.stages import download as download_stage
-from pipelines.stages.download import safe_extract
+from pipelines.stages import archives as archive_stage
+from pipelines.stages.archives import unpack_all
 from pipelines.stages.predict import load_checkpoint
 from pipelines.stages.prepare import make_folds, prepare
 from tests.conftest import Host
@@ -200,17 +202,101 @@ def test_hostile_archives_are_refused_naming_the_entry(tmp_path, case):
     make, phrase = ZIP_CASES[case]
     archive = make(tmp_path / "in.zip")
     with pytest.raises(DataError, match=phrase) as refused:
-        safe_extract(archive, tmp_path / "out")
+        unpack_all(archive, tmp_path / "out")
     assert str(archive) in str(refused.value) and "\n" not in str(refused.value)
     assert not (tmp_path / "x").exists() and not Path("/etc/cron.d/x").exists()
 
 
 def test_too_many_entries_are_refused_before_any_is_written(tmp_path, monkeypatch):
-    monkeypatch.setattr(download_stage, "MAX_ENTRIES", 3)
+    monkeypatch.setattr(archive_stage, "MAX_ENTRIES", 3)
     archive = _zip(tmp_path / "many.zip", [(f"f{i}.csv", b"x") for i in range(5)])
     with pytest.raises(DataError, match="5 entries, more than the limit of 3"):
-        safe_extract(archive, tmp_path / "out")
+        unpack_all(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _tar(path: Path, entries: list[tuple[str, bytes]], kind: str = "file", mode: str = "w:gz") -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, mode) as tf:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            if kind == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                tf.addfile(info)
+            elif kind == "device":
+                info.type = tarfile.CHRTYPE
+                tf.addfile(info)
+            else:
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _7z(path: Path, entries: list[tuple[str, bytes]]) -> Path:
+    import py7zr
+
+    with py7zr.SevenZipFile(path, "w") as archive:
+        for name, data in entries:
+            archive.writestr(data, name)
+    return path
+
+
+def _outer(path: Path, inner: Path, *more: tuple[str, bytes]) -> Path:
+    """A competition's zip holding `inner` (an archive) and `more` files beside it."""
+    return _zip(path, [(inner.name, inner.read_bytes()), *more])
+
+
+def test_archives_inside_the_download_are_unpacked_in_place_zip_tar_and_7z(tmp_path):
+    # dogs-vs-cats: train.zip (holding train/) inside the competition's zip; other competitions ship tars or 7z.
+    train = _zip(tmp_path / "train.zip", [("train/cat.0.jpg", b"c0"), ("train/dog.0.jpg", b"d0")])
+    test = _tar(tmp_path / "test.tar.gz", [("test/1.jpg", b"t1")])
+    extra = _7z(tmp_path / "extra.7z", [("extra/readme.txt", b"hello")])
+    outer = _zip(tmp_path / "comp.zip", [("train.zip", train.read_bytes()), ("test.tar.gz", test.read_bytes()),
+                                         ("extra.7z", extra.read_bytes()), ("sample_submission.csv", b"id,label\n1,0.5\n")])
+    out = tmp_path / "out"
+    files = unpack_all(outer, out)
+    assert files == {"train/cat.0.jpg": 2, "train/dog.0.jpg": 2, "test/1.jpg": 2, "extra/readme.txt": 5,
+                     "sample_submission.csv": 15}
+    assert (out / "train" / "dog.0.jpg").read_bytes() == b"d0" and (out / "extra" / "readme.txt").read_bytes() == b"hello"
+    assert not any(p.name.endswith((".zip", ".gz", ".7z")) for p in out.rglob("*")), "the inner archives stay behind"
+
+
+NESTED_CASES = {
+    "tar-symlink": (lambda d: _outer(d / "c.zip", _tar(d / "t.tar.gz", [("link", b"")], kind="symlink")),
+                    "t.tar.gz: entry 'link' would escape"),
+    "tar-device": (lambda d: _outer(d / "c.zip", _tar(d / "t.tar", [("dev", b"")], kind="device", mode="w")),
+                   "t.tar: entry 'dev' would escape"),
+    "tar-dot-dot": (lambda d: _outer(d / "c.zip", _tar(d / "t.tgz", [("../../x", b"a")])), "t.tgz: entry '../../x' would escape"),
+    "file-and-folder": (lambda d: _zip(d / "c.zip", [("train", b"a"), ("train/x.png", b"b")]),
+                        "'train' is both a file and a folder"),
+    "overwrites-outer-file": (lambda d: _outer(d / "c.zip", _zip(d / "train.zip", [("train.csv", b"inner")]),
+                                               ("train.csv", b"outer")), "train.zip: entry 'train.csv' would overwrite"),
+    "nested-too-deep": (lambda d: _outer(d / "c.zip", _zip(d / "b.zip", [("a.zip", _zip(d / "a.zip", [
+        ("z.zip", _zip(d / "z.zip", [("x.csv", b"x")]).read_bytes())]).read_bytes())])), "nested more than 3 deep"),
+    "not-a-tar": (lambda d: _zip(d / "c.zip", [("t.tar.gz", b"not a tar at all")]), "t.tar.gz: not a valid tar file"),
+    "not-a-7z": (lambda d: _zip(d / "c.zip", [("s.7z", b"7z but not really")]), "s.7z: not a valid 7z file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NESTED_CASES))
+def test_hostile_archives_inside_the_download_are_refused_naming_the_archive_and_entry(tmp_path, case):
+    make, phrase = NESTED_CASES[case]
+    (tmp_path / "build").mkdir()
+    archive = make(tmp_path / "build")
+    with pytest.raises(DataError, match=re.escape(phrase)) as refused:
+        unpack_all(archive, tmp_path / "out")
+    assert "\n" not in str(refused.value)
+    assert not (tmp_path / "x").exists() and not (tmp_path.parent / "x").exists()
+
+
+def test_the_size_limit_counts_every_nested_level_together(tmp_path, monkeypatch):
+    monkeypatch.setenv("KPIPE_UNZIP_LIMIT_GB", str(2000 / (1 << 30)))  # 2,000 bytes in all
+    inner = _zip(tmp_path / "train.zip", [("train/a.bin", b"x" * 1000)])
+    outer = _outer(tmp_path / "c.zip", inner, ("b.bin", b"y" * 400))  # the outer level alone fits
+    with pytest.raises(DataError, match="train.zip: unpacks to 2,5.. bytes in all, more than the limit of 2,000 bytes"):
+        unpack_all(outer, tmp_path / "out")
 
 
 # --- specs ----------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import pytest
 from competition.errors import DataError, KaggleError
 from competition.kaggle_adapter import kaggle_api
 from competition.spec import load_spec
-from pipelines.stages.download import download, raw_is_complete, safe_extract
+from pipelines.stages.archives import unpack_all
+from pipelines.stages.download import download, raw_is_complete
 from tests.conftest import write_course_competition
 
 
@@ -87,7 +88,7 @@ def test_safe_extract_refuses_entries_escaping_the_folder(tmp_path):
         zf.writestr("ok.csv", "id,label\n")
         zf.writestr("../escaped.txt", "gotcha")
     with pytest.raises(DataError, match="would escape the data folder"):
-        safe_extract(evil, tmp_path / "out")
+        unpack_all(evil, tmp_path / "out")
     assert not (tmp_path / "escaped.txt").exists()
 
 
