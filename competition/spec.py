@@ -89,15 +89,51 @@ class ClassFoldersLayout(_ImageFilesLayout):
     kind: Literal["class_folders"]
 
 
-LAYOUTS = (NpyLayout, CsvImagesLayout, ClassFoldersLayout, PixelCsvLayout)
+class FileLabelsLayout(_ImageFilesLayout):
+    """Training images flat in train_dir, each one's label in its file name (dogs-vs-cats: `cat.123.jpg`),
+    read by the `train_filename` pattern: `{label}` is the label, `{n}` any text (a number), the rest as
+    written. A training image's id is its file name without the extension. Test images as the other layouts."""
+
+    kind: Literal["file_labels"]
+    train_filename: str = "{label}.{n}.jpg"
+
+    @field_validator("train_filename")
+    @classmethod
+    def _has_label(cls, value: str) -> str:
+        try:
+            fields = [field for _, field, _, _ in string.Formatter().parse(value) if field is not None]
+        except ValueError as exc:
+            raise ValueError(f"is not a file name pattern ({exc}); write it like '{{label}}.{{n}}.jpg'") from None
+        unknown = [f for f in fields if f not in ("label", "n")]
+        if unknown:
+            raise ValueError(f"unknown placeholder '{{{unknown[0]}}}': use '{{label}}' and '{{n}}', e.g. '{{label}}.{{n}}.jpg'")
+        if fields.count("label") != 1 or fields.count("n") > 1:
+            raise ValueError("must hold '{label}' once (and '{n}' at most once), e.g. '{label}.{n}.jpg'")
+        if "/" in value or "\\" in value or value.replace("{label}", "x").replace("{n}", "0") in (".", ".."):
+            raise ValueError("must be a plain file name inside the image folder, e.g. '{label}.{n}.jpg'")
+        return value
+
+
+LAYOUTS = (NpyLayout, CsvImagesLayout, ClassFoldersLayout, PixelCsvLayout, FileLabelsLayout)
 Layout = Annotated[Union[LAYOUTS], Field(discriminator="kind")]
 LAYOUT_KINDS = tuple(typing.get_args(layout.model_fields["kind"].annotation)[0] for layout in LAYOUTS)
 
 
 class ImageShape(_Strict):
+    """The working size every image is brought to at prepare time (and in `make predict` and the exported
+    kernel), by `resize`: `keep` refuses an image of another size; `stretch` resizes to height x width;
+    `centre_crop` resizes the shorter side, then crops the middle; `pad` resizes the longer side, then
+    pads with black (pipelines/recipe/image_fit.py)."""
+
     height: int = Field(ge=8, le=1024)
     width: int = Field(ge=8, le=1024)
     channels: Literal[1, 3]
+    resize: Literal["keep", "stretch", "centre_crop", "pad"] = "keep"
+
+    def key_dump(self) -> dict:
+        """The fields as hashed into artifact keys: `resize` only when set, so that what was prepared and
+        trained before it existed keeps its key."""
+        return self.model_dump(exclude={"resize"} if self.resize == "keep" else set())
 
 
 class FlipsConfig(_Strict):
@@ -159,8 +195,10 @@ class CompetitionSpec(_Strict):
     # `ImageId`, `Label` against train.csv's `label`); unset, the same names.
     submission_id_column: str | None = None
     submission_label_column: str | None = None
-    # Labels exactly as they are written in train.csv / folder names / submissions.
-    classes: list[str] = Field(min_length=2)
+    # Labels exactly as they are written in train.csv / folder names / file names / submissions; `auto`
+    # reads them from the training data at prepare time (numbers in numeric order, else sorted), recorded
+    # in the prepared manifest: every command after prepare sees the list.
+    classes: list[str] | Literal["auto"] = Field(min_length=2)
     # Human-readable names for reports; defaults to the labels themselves.
     class_names: list[str] | None = None
     image: ImageShape
@@ -178,19 +216,24 @@ class CompetitionSpec(_Strict):
     @classmethod
     def _labels_as_text(cls, value):
         # The loader keeps these lists' scalars as written (see load_spec); from Python, ints become text.
+        if isinstance(value, str) and value != "auto":
+            raise ValueError(f"'{value}' is neither a list of labels nor `auto` (which reads them from the training data)")
         if isinstance(value, list):
             return [str(v) if isinstance(v, (int, float, str)) and not isinstance(v, bool) else v for v in value]
         return value
 
     @model_validator(mode="after")
     def _check_classes(self):
-        if len(set(self.classes)) != len(self.classes):
+        listed = self.classes != "auto"
+        if listed and len(set(self.classes)) != len(self.classes):
             raise ValueError("classes: duplicate labels")
+        if self.class_names is not None and not listed:
+            raise ValueError("class_names: name the classes only where `classes:` lists them (not with `auto`)")
         if self.class_names is not None and len(self.class_names) != len(self.classes):
             raise ValueError(f"class_names: has {len(self.class_names)} names for {len(self.classes)} classes")
         if self.folds.group_column is not None and not hasattr(self.layout, "train_csv"):
             raise ValueError("folds.group_column: this layout has no train.csv to hold a group column; remove it")
-        if self.metric.k is not None and self.metric.k > len(self.classes):
+        if listed and self.metric.k is not None and self.metric.k > len(self.classes):
             raise ValueError(f"metric: k is {self.metric.k}, but there are only {len(self.classes)} classes")
         if self.tuning is not None:
             self._check_folds("tuning.folds", self.tuning.folds)
@@ -244,9 +287,16 @@ class CompetitionSpec(_Strict):
     def display_names(self) -> list[str]:
         return list(self.class_names or self.classes)
 
+    def with_classes(self, classes: list[str]) -> "CompetitionSpec":
+        """This spec with `classes: auto` replaced by the labels prepare found (a listed spec unchanged)."""
+        if self.classes != "auto":
+            return self
+        return self.model_copy(update={"classes": list(classes)})
+
     def data_hash(self) -> str:
         """Hash of the fields that decide what `prepare` produces (not the folds, not the title)."""
-        fields = self.model_dump(include={"layout", "id_column", "label_column", "classes", "image"})
+        fields = self.model_dump(include={"layout", "id_column", "label_column", "classes"})
+        fields["image"] = self.image.key_dump()
         if self.submission_id_column is not None:  # keyed only when set: what was prepared before keeps its key
             fields["submission_id_column"] = self.submission_id_column
         return stable_hash(fields)
@@ -354,4 +404,5 @@ def describe_validation_error(exc: ValidationError) -> str:
     got = first.get("input")
     got_text = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
     more = f" [+{len(errors) - 1} more]" if len(errors) > 1 else ""
-    return f"key '{key_of(first)}': {first['msg']}{got_text}{more}"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"key '{key_of(first)}': {message}{got_text}{more}"

@@ -5,7 +5,7 @@ Writes .data/<comp>/export/<config hash>/ (rewritten whole, or not at all):
         ensemble.json             the lineage the script replays: members, views, weights, temperatures,
                                   class weights, class order, image shape, the competition's layout
         <member>-fold<k>.safetensors   each fold model's state dict (fp32, no pickled objects)
-        kpipe_models.zip          the source of the model code (models/), imported from the zip
+        kpipe_models.zip          the model code (models/) and the image fitting, imported from the zip
         inference.py              the script (pipelines/recipe/kernel_inference.py), also runnable by hand
         requirements.txt          the packages the script imports
         dataset-metadata.json     id <owner>/<slug>, title, licence
@@ -31,7 +31,7 @@ from competition.errors import UserError
 from competition.kaggle_adapter import kaggle_username
 from competition.paths import REPO_ROOT, competition_root, host_root
 from competition.spec import CompetitionSpec
-from pipelines.recipe import kernel_inference
+from pipelines.recipe import image_fit, kernel_inference
 from pipelines.stages.artifacts import atomic_output
 from pipelines.stages.lineage import LoggedRun, checkpoint_path, find_run
 from pipelines.stages.predict import load_checkpoint
@@ -54,14 +54,17 @@ def requirements(lineage: dict) -> list[str]:
 
 
 def models_zip() -> bytes:
-    """models/*.py (the registry and every family: the script needs the one its members use) as a zip."""
+    """models/*.py (the registry and every family: the script needs the one its members use) and the
+    image fitting the pipeline prepared with (as `kpipe_image_fit`), as a zip the script imports from."""
+    sources = [(f"models/{path.name}", path) for path in sorted((REPO_ROOT / "models").glob("*.py"))
+               if path.name != "__main__.py"]
+    sources.append(("kpipe_image_fit.py", Path(image_fit.__file__)))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted((REPO_ROOT / "models").glob("*.py")):
-            if path.name != "__main__.py":
-                info = zipfile.ZipInfo(f"models/{path.name}", date_time=ZIP_TIME)
-                info.compress_type = zipfile.ZIP_DEFLATED
-                zf.writestr(info, path.read_bytes())
+        for name, path in sources:
+            info = zipfile.ZipInfo(name, date_time=ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, path.read_bytes())
     return buffer.getvalue()
 
 

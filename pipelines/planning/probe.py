@@ -50,7 +50,7 @@ def run_key(spec: CompetitionSpec, run: ModelRun) -> str:
     """What a run's speed depends on: everything but its length and precision, plus the input shape."""
     fields = run.model_dump(mode="json", exclude={"epochs", "precision", "compile", "early_stopping", "params",
                                                   "family", "min_epochs"})
-    return stable_hash({"run": fields, "image": spec.image.model_dump(), "classes": len(spec.classes)})
+    return stable_hash({"run": fields, "image": spec.image.key_dump(), "classes": len(spec.classes)})
 
 
 def _read_cache(runtime: Runtime) -> dict:

@@ -78,13 +78,13 @@ def read_test(data: Path, config: dict) -> tuple[list[str], np.ndarray, list[str
         rows = pd.read_csv(data / layout["test_csv"], usecols=columns, dtype="uint8")[columns].to_numpy()
         images = rows.reshape(len(rows), shape["height"], shape["width"], shape["channels"])
     else:
+        from kpipe_image_fit import fit_image  # from kpipe_models.zip: the fitting prepare used
         from PIL import Image
 
         images = np.empty((len(ids), shape["height"], shape["width"], shape["channels"]), dtype=np.uint8)
         for i, sample_id in enumerate(ids):
             with Image.open(data / layout["test_dir"] / layout["filename"].format(id=sample_id)) as img:
-                pixels = np.asarray(img.convert("L" if shape["channels"] == 1 else "RGB"), dtype=np.uint8)
-            images[i] = pixels.reshape(shape["height"], shape["width"], shape["channels"])
+                images[i] = fit_image(img, shape["height"], shape["width"], shape["channels"], shape.get("resize", "keep"))
     expected = (len(ids), shape["height"], shape["width"], shape["channels"])
     if images.shape != expected:
         sys.exit(f"error: test images are {images.shape}, expected {expected} (one per sample submission row)")

@@ -137,7 +137,7 @@ def ensemble(spec: CompetitionSpec, method: str, per_model: dict[str, list[FoldO
     config = {"method": method, "metric": spec.metric.model_dump(), "cross_fit": 3, "seed": spec.folds.seed,
               "lineage": LINEAGE_VERSION}
     final = competition_root(spec.name) / "ensemble" / output_key(config, inputs)
-    head = {"competition": spec.name, "classes": list(spec.classes), "image": spec.image.model_dump(),
+    head = {"competition": spec.name, "classes": list(spec.classes), "image": spec.image.key_dump(),
             "submission": spec.metric.bind().submission}
     output = EnsembleOutput(final, config, inputs, head)
     return build_once(final, f"the ensemble of {spec.name}",

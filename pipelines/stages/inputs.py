@@ -26,10 +26,11 @@ class TrainingInputs:
 
 
 def load_inputs(spec: CompetitionSpec, share: CoreShare | None = None) -> TrainingInputs:
-    """Download and prepare (or reuse), pick the device (on a CPU, joining `share` of the cores: the
+    """Download and prepare (or reuse), fill in `classes: auto`, pick the device (on a CPU, joining `share` of the cores: the
     command's, or a new one), load the data onto it."""
     download(spec)
     prepared = prepare(spec)
+    spec = spec.with_classes(prepared.classes())  # `classes: auto` becomes the list prepare found
     folds = make_folds(spec, prepared)
     runtime = pick_runtime(share)
     return TrainingInputs(spec, prepared, folds, runtime, load_training_data(prepared, folds, runtime))

@@ -41,7 +41,12 @@ class Prepared:
             train_ids=train_ids,
             test_images=np.load(self.folder / "test_images.npy", mmap_mode=mode),
             test_ids=test_ids,
+            classes=self.classes(),
         )
+
+    def classes(self) -> list[str]:
+        """The class labels, in the order of the label indices (the spec's, or those `auto` found)."""
+        return list(read_manifest(self.folder)["classes"])
 
 
 def _write_rows(path: Path, header: list[str], rows) -> None:
@@ -89,18 +94,22 @@ def _write_prepared(spec: CompetitionSpec, raw: Path, folder: Path, key: str, co
         np.save(staging / "train_labels.npy", data.train_labels)
         np.save(staging / "test_images.npy", data.test_images)
         _write_rows(staging / "train.csv", ["id", "label"],
-                    ((i, spec.classes[c]) for i, c in zip(data.train_ids, data.train_labels)))
+                    ((i, data.classes[c]) for i, c in zip(data.train_ids, data.train_labels)))
         _write_rows(staging / "test_ids.csv", ["id"], ((i,) for i in data.test_ids))
         summary.update({
-            "classes": spec.classes,
-            "class_names": spec.display_names,
+            "classes": data.classes,
+            "classes_from": "the data (classes: auto)" if spec.classes == "auto" else "the spec",
+            "class_names": spec.with_classes(data.classes).display_names,
             "train_shape": list(data.train_images.shape),
             "test_shape": list(data.test_images.shape),
-            "class_counts": np.bincount(data.train_labels, minlength=len(spec.classes)).tolist(),
+            "class_counts": np.bincount(data.train_labels, minlength=len(data.classes)).tolist(),
         })
     counts = summary["class_counts"]
+    found = f" ({', '.join(data.classes[:6])}{', ...' if len(data.classes) > 6 else ''}, read from the data)" \
+        if spec.classes == "auto" else ""
     print(f"prepare: {spec.name}: {len(data.train_ids)} train / {len(data.test_ids)} test images "
-          f"{tuple(data.train_images.shape[1:])}, {len(spec.classes)} classes ({min(counts)}..{max(counts)} per class) -> {folder}")
+          f"{tuple(data.train_images.shape[1:])}, {len(data.classes)} classes{found} ({min(counts)}..{max(counts)} "
+          f"per class) -> {folder}")
     return Prepared(folder, key)
 
 
@@ -210,7 +219,7 @@ def _write_folds(spec: CompetitionSpec, prepared: Prepared, folder: Path, key: s
     data = prepared.load()
     groups, found = fold_groups(spec, data)
     fold = assign_folds(data.train_labels, spec.folds.n_splits, spec.folds.seed, groups)
-    table = fold_class_counts(data.train_labels, fold, len(spec.classes))
+    table = fold_class_counts(data.train_labels, fold, len(data.classes))
     if "duplicates" in found:
         dups = found["duplicates"]
         kept = "each kept in one fold" if spec.folds.duplicates == "group" else "not grouped (folds.duplicates: ignore)"
@@ -220,7 +229,7 @@ def _write_folds(spec: CompetitionSpec, prepared: Prepared, folder: Path, key: s
     with atomic_output(folder, "folds", config, {"prepared": prepared.key},
                        extra={"fold_sizes": table.sum(axis=1).tolist(), **found}, replace=replace) as staging:
         _write_rows(staging / "folds.csv", ["id", "label", "fold"],
-                    ((i, spec.classes[c], f) for i, c, f in zip(data.train_ids, data.train_labels, fold)))
+                    ((i, data.classes[c], f) for i, c, f in zip(data.train_ids, data.train_labels, fold)))
     deviation = max_deviation_from_ideal(table)
     print(f"folds: {spec.name}: {spec.folds.n_splits} stratified{' group' if groups is not None else ''} folds "
           f"(seed {spec.folds.seed}), sizes "

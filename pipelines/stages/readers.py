@@ -5,6 +5,8 @@ data is a one-line DataError naming the file and, where there is one, the row.
 """
 from __future__ import annotations
 
+import re
+import string
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ from tqdm import tqdm
 
 from competition.errors import DataError
 from competition.spec import CompetitionSpec
+from pipelines.recipe.image_fit import fit_image
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -26,13 +29,15 @@ MAX_IMAGE_FILE_BYTES = 64 << 20
 
 @dataclass
 class CanonicalData:
-    """Decoded images as uint8 N×H×W×C, labels as class indices into spec.classes, ids as text."""
+    """Decoded images as uint8 N×H×W×C, labels as indices into `classes` (the spec's list, or the labels
+    found in the data when it says `auto`), ids as text."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
     train_ids: list[str]
     test_images: np.ndarray
     test_ids: list[str]
+    classes: list[str]
 
 
 def _require(path: Path, what: str) -> Path:
@@ -81,8 +86,28 @@ def check_unique_ids(ids: pd.Series, path: Path) -> None:
         raise DataError(f"{path} row {row + 2}: duplicate id '{ids[row]}' (first at row {first + 2})")
 
 
-def label_indices(labels: pd.Series, spec: CompetitionSpec, path: Path) -> np.ndarray:
-    index_of = {label: i for i, label in enumerate(spec.classes)}
+def natural_order(labels) -> list[str]:
+    """The distinct labels in a stable order: numbers by value (`2` before `10`), else as text."""
+    distinct = sorted(set(labels))
+    try:
+        return sorted(distinct, key=lambda label: (float(label), label))
+    except ValueError:
+        return distinct
+
+
+def class_list(spec: CompetitionSpec, found, where: Path) -> list[str]:
+    """The spec's classes, or with `classes: auto` the labels `found` in the training data."""
+    if spec.classes != "auto":
+        return list(spec.classes)
+    classes = natural_order(found)
+    if len(classes) < 2:
+        raise DataError(f"{where}: the training data holds {len(classes)} distinct label(s) "
+                        f"({', '.join(classes) or 'none'}); a classifier needs at least 2")
+    return classes
+
+
+def label_indices(labels: pd.Series, classes: list[str], spec: CompetitionSpec, path: Path) -> np.ndarray:
+    index_of = {label: i for i, label in enumerate(classes)}
     unknown = labels[~labels.isin(index_of)]
     if len(unknown):
         row = unknown.index[0]
@@ -90,11 +115,14 @@ def label_indices(labels: pd.Series, spec: CompetitionSpec, path: Path) -> np.nd
     return labels.map(index_of).to_numpy(dtype=np.int64)
 
 
-def read_labelled_ids(path: Path, spec: CompetitionSpec) -> tuple[list[str], np.ndarray]:
+def read_labelled_ids(path: Path, spec: CompetitionSpec) -> tuple[list[str], np.ndarray, list[str]]:
+    """(ids, label indices, classes) of a train.csv."""
     table = read_table(path, [spec.id_column, spec.label_column], "training labels")
     ids = table[spec.id_column].str.strip()
     check_unique_ids(ids, path)
-    return ids.tolist(), label_indices(table[spec.label_column].str.strip(), spec, path)
+    labels = table[spec.label_column].str.strip()
+    classes = class_list(spec, labels, path)
+    return ids.tolist(), label_indices(labels, classes, spec, path), classes
 
 
 def read_test_ids(path: Path, spec: CompetitionSpec) -> list[str]:
@@ -105,35 +133,34 @@ def read_test_ids(path: Path, spec: CompetitionSpec) -> list[str]:
 
 
 def load_image(path: Path, spec: CompetitionSpec, where: str, resize: bool = False,
-               size_fix: str = "fix the file or `image:` in the competition YAML") -> np.ndarray:
-    """One image file as uint8 H×W×C in the spec's channel count; unreadable is a DataError, and so is the
-    wrong size unless `resize` (bilinear, as `make predict RESIZE=1` asks); `size_fix` ends that error."""
+               size_fix: str = "fix the file, or `image:` (its size, or `resize:`) in the competition YAML") -> np.ndarray:
+    """One image file as uint8 H×W×C at the spec's working size and channels, brought there by the spec's
+    `image.resize` policy (recipe/image_fit.py); with `keep`, `resize` (`make predict RESIZE=1`) stretches
+    instead of refusing. Unreadable, a bomb, or the wrong size under `keep` is a DataError ending `size_fix`."""
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
         raise DataError(f"{path}: missing image ({where})")
     if path.stat().st_size > MAX_IMAGE_FILE_BYTES:
-        raise DataError(f"{path}: {path.stat().st_size:,} bytes, far more than a {spec.image.height}x{spec.image.width} "
-                        f"image needs ({where}); is it the right file?")
-    expected = (spec.image.height, spec.image.width)
+        raise DataError(f"{path}: {path.stat().st_size:,} bytes, far more than an image here plausibly needs "
+                        f"({where}); is it the right file?")
+    shape = spec.image
+    policy = "stretch" if resize and shape.resize == "keep" else shape.resize
     try:
         with warnings.catch_warnings():
+            # Pillow refuses an image whose header promises more pixels than MAX_IMAGE_PIXELS before decoding
+            # it, so a decompression bomb (a tiny file that decodes to gigabytes) costs nothing.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                # The header says how big the image is; check it before decoding a single pixel, so a
-                # decompression bomb (a tiny file that decodes to gigabytes) is refused for free.
-                if (img.height, img.width) != expected and not resize:
-                    raise DataError(f"{path}: image is {img.height}x{img.width}, expected {expected[0]}x{expected[1]} "
-                                    f"({where}); {size_fix}")
-                img = img.convert("L" if spec.image.channels == 1 else "RGB")
-                if (img.height, img.width) != expected:
-                    img = img.resize((expected[1], expected[0]), Image.BILINEAR)
-                array = np.asarray(img, dtype=np.uint8)
+                return fit_image(img, shape.height, shape.width, shape.channels, policy)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"{path}: refused as a decompression bomb ({where}): {exc}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+    except ValueError as exc:
+        if str(exc).startswith("image is "):
+            raise DataError(f"{path}: {exc} ({where}); {size_fix}") from None
         raise DataError(f"{path}: unreadable image ({where}): {str(exc)[:200]}") from None
-    return array.reshape(*expected, spec.image.channels)
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as exc:
+        raise DataError(f"{path}: unreadable image ({where}): {str(exc)[:200]}") from None
 
 
 def load_images(paths: list[Path], spec: CompetitionSpec, where: list[str], desc: str, **options) -> np.ndarray:
@@ -175,7 +202,7 @@ def load_npy(path: Path, spec: CompetitionSpec, what: str) -> np.ndarray:
 
 def read_npy(spec: CompetitionSpec, raw: Path) -> CanonicalData:
     layout = spec.layout
-    train_ids, train_labels = read_labelled_ids(raw / layout.train_csv, spec)
+    train_ids, train_labels, classes = read_labelled_ids(raw / layout.train_csv, spec)
     test_ids = read_test_ids(raw / layout.sample_submission, spec)
     train_images = load_npy(raw / layout.train_images, spec, "training images")
     test_images = load_npy(raw / layout.test_images, spec, "test images")
@@ -183,7 +210,7 @@ def read_npy(spec: CompetitionSpec, raw: Path) -> CanonicalData:
                                               (test_images, test_ids, layout.test_images, layout.sample_submission)):
         if len(images) != len(ids):
             raise DataError(f"{raw / array_name}: {len(images)} images but {csv_name} has {len(ids)} rows; they must line up")
-    return CanonicalData(train_images, train_labels, train_ids, test_images, test_ids)
+    return CanonicalData(train_images, train_labels, train_ids, test_images, test_ids, classes)
 
 
 def _test_images_by_id(spec: CompetitionSpec, raw: Path, test_ids: list[str]) -> np.ndarray:
@@ -202,12 +229,24 @@ def _test_images_by_id(spec: CompetitionSpec, raw: Path, test_ids: list[str]) ->
 
 def read_csv_images(spec: CompetitionSpec, raw: Path) -> CanonicalData:
     layout = spec.layout
-    train_ids, train_labels = read_labelled_ids(raw / layout.train_csv, spec)
+    train_ids, train_labels, classes = read_labelled_ids(raw / layout.train_csv, spec)
     test_ids = read_test_ids(raw / layout.sample_submission, spec)
     paths = [raw / layout.train_dir / layout.filename.format(id=i) for i in train_ids]
     where = [f"{layout.train_csv} row {row + 2}, id '{i}'" for row, i in enumerate(train_ids)]
     train_images = load_images(paths, spec, where, "train images")
-    return CanonicalData(train_images, train_labels, train_ids, _test_images_by_id(spec, raw, test_ids), test_ids)
+    return CanonicalData(train_images, train_labels, train_ids, _test_images_by_id(spec, raw, test_ids), test_ids, classes)
+
+
+def _unique_ids(paths: list[Path], ids: list[str]) -> None:
+    first_path: dict[str, Path] = {}
+    for path, sample_id in zip(paths, ids):
+        if sample_id in first_path:
+            raise DataError(f"{path}: duplicate id '{sample_id}' (also {first_path[sample_id]}); file names must be unique")
+        first_path[sample_id] = path
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def read_class_folders(spec: CompetitionSpec, raw: Path) -> CanonicalData:
@@ -215,28 +254,69 @@ def read_class_folders(spec: CompetitionSpec, raw: Path) -> CanonicalData:
     train_dir = raw / layout.train_dir
     if not train_dir.is_dir():
         raise DataError(f"{train_dir}: missing (one sub-folder per class expected)")
-    known = set(spec.classes)
     folders = sorted(p for p in train_dir.iterdir() if p.is_dir())
-    unknown = [p.name for p in folders if p.name not in known]
+    classes = class_list(spec, [p.name for p in folders], train_dir)
+    unknown = [p.name for p in folders if p.name not in classes]
     if unknown:
         raise DataError(f"{train_dir / unknown[0]}: folder name is not a class of competition/{spec.name}.yaml")
-    paths, labels, ids = [], [], []
-    for class_index, label in enumerate(spec.classes):
-        for path in sorted((train_dir / label).glob("*")) if (train_dir / label).is_dir() else []:
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                paths.append(path)
-                labels.append(class_index)
-                ids.append(path.stem)
+    paths, labels = [], []
+    for class_index, label in enumerate(classes):
+        images = _images_in(train_dir / label) if (train_dir / label).is_dir() else []
+        if not images and spec.classes == "auto":
+            raise DataError(f"{train_dir / label}: a class folder with no images; remove it or add its images")
+        paths += images
+        labels += [class_index] * len(images)
     if not paths:
         raise DataError(f"{train_dir}: no training images found in the class folders")
-    first_path: dict[str, Path] = {}
-    for path, sample_id in zip(paths, ids):
-        if sample_id in first_path:
-            raise DataError(f"{path}: duplicate id '{sample_id}' (also {first_path[sample_id]}); file names must be unique")
-        first_path[sample_id] = path
-    train_images = load_images(paths, spec, [f"class folder '{spec.classes[c]}'" for c in labels], "train images")
+    ids = [path.stem for path in paths]
+    _unique_ids(paths, ids)
+    train_images = load_images(paths, spec, [f"class folder '{classes[c]}'" for c in labels], "train images")
     test_ids = read_test_ids(raw / layout.sample_submission, spec)
-    return CanonicalData(train_images, np.array(labels, dtype=np.int64), ids, _test_images_by_id(spec, raw, test_ids), test_ids)
+    return CanonicalData(train_images, np.array(labels, dtype=np.int64), ids, _test_images_by_id(spec, raw, test_ids),
+                         test_ids, classes)
+
+
+def file_name_pattern(pattern: str) -> re.Pattern:
+    """`{label}.{n}.jpg` as a regular expression: `{label}` and `{n}` each the shortest text that lets the
+    rest match (`cat.12.jpg`: cat, 12), the extension in any case."""
+    parts = []
+    for literal, field, _, _ in string.Formatter().parse(pattern):
+        parts.append(re.escape(literal))
+        if field == "label":
+            parts.append(r"(?P<label>[^/\\]+?)")
+        elif field == "n":
+            parts.append(r"(?P<n>[^/\\]+?)")
+    return re.compile("".join(parts) + r"\Z", re.IGNORECASE)
+
+
+def read_file_labels(spec: CompetitionSpec, raw: Path) -> CanonicalData:
+    layout = spec.layout
+    train_dir = raw / layout.train_dir
+    if not train_dir.is_dir():
+        raise DataError(f"{train_dir}: missing (the training images, named like '{layout.train_filename}')")
+    pattern = file_name_pattern(layout.train_filename)
+    paths, found = [], []
+    for path in _images_in(train_dir):
+        match = pattern.match(path.name)
+        if match is None:
+            raise DataError(f"{path}: the name does not fit layout.train_filename '{layout.train_filename}' of "
+                            f"competition/{spec.name}.yaml; fix the pattern or remove the file")
+        paths.append(path)
+        found.append(match["label"])
+    if not paths:
+        raise DataError(f"{train_dir}: no training images (named like '{layout.train_filename}')")
+    classes = class_list(spec, found, train_dir)
+    index_of = {label: i for i, label in enumerate(classes)}
+    unknown = [(path, label) for path, label in zip(paths, found) if label not in index_of]
+    if unknown:
+        raise DataError(f"{unknown[0][0]}: label '{unknown[0][1]}' (from its name) is not in the class list of "
+                        f"competition/{spec.name}.yaml")
+    ids = [path.name.rsplit(".", 1)[0] for path in paths]
+    _unique_ids(paths, ids)
+    labels = np.array([index_of[label] for label in found], dtype=np.int64)
+    train_images = load_images(paths, spec, [f"label '{label}' from its name" for label in found], "train images")
+    test_ids = read_test_ids(raw / layout.sample_submission, spec)
+    return CanonicalData(train_images, labels, ids, _test_images_by_id(spec, raw, test_ids), test_ids, classes)
 
 
 MAX_PIXEL_CSV_BYTES = 4 << 30  # 4 GiB of text: about 1.6 million 28x28 images
@@ -308,7 +388,9 @@ def read_pixel_csv(spec: CompetitionSpec, raw: Path) -> CanonicalData:
     if len(test_images) != len(test_ids):
         raise DataError(f"{raw / layout.test_csv}: {len(test_images)} rows but {layout.sample_submission} lists "
                         f"{len(test_ids)} test ids; its rows must line up with the sample submission's")
-    return CanonicalData(train_images, label_indices(labels, spec, train_path), train_ids, test_images, test_ids)
+    classes = class_list(spec, labels, train_path)
+    return CanonicalData(train_images, label_indices(labels, classes, spec, train_path), train_ids, test_images, test_ids,
+                         classes)
 
 
 READERS: dict[str, Callable[[CompetitionSpec, Path], CanonicalData]] = {
@@ -316,6 +398,7 @@ READERS: dict[str, Callable[[CompetitionSpec, Path], CanonicalData]] = {
     "csv_images": read_csv_images,
     "class_folders": read_class_folders,
     "pixel_csv": read_pixel_csv,
+    "file_labels": read_file_labels,
 }
 
 

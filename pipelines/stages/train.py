@@ -55,7 +55,7 @@ from pipelines.stages.prepare import Folds, Prepared
 
 
 def run_config(spec: CompetitionSpec, run: ModelRun) -> dict:
-    return {"run": run.key_dump(), "classes": len(spec.classes), "image": spec.image.model_dump(),
+    return {"run": run.key_dump(), "classes": len(spec.classes), "image": spec.image.key_dump(),
             "flips": spec.flips.model_dump(), "seed": spec.folds.seed, **models.revision_key(run.model)}
 
 

@@ -170,6 +170,7 @@ def main() -> None:
     epochs = int(os.environ.get("BENCH_EPOCHS", "1"))
     spec = load_spec(comp)
     inputs = load_inputs(spec)
+    spec = inputs.spec  # with `classes: auto` filled in
     runtime, data = inputs.runtime, inputs.data
     train_rows = torch.from_numpy(np.flatnonzero(data.fold_of_row != 0)).to(runtime.device)
 

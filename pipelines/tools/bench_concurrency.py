@@ -52,6 +52,7 @@ def worker(args: argparse.Namespace) -> None:
 
     spec = load_spec(args.comp)
     prepared = prepare(spec)
+    spec = spec.with_classes(prepared.classes())
     folds = make_folds(spec, prepared)
     if args.unmanaged:  # every core, whoever else computes: the behaviour before the registry
         torch.set_num_threads(cores.machine_cores())
