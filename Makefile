@@ -52,9 +52,10 @@ endif
 # A fixed profile (PROFILE=quick|full), a time budget (BUDGET=15m) or a replayed plan (PLAN=file).
 RECIPE = $(if $(PROFILE),--profile $(PROFILE)) $(if $(BUDGET),--budget=$(BUDGET)) $(if $(PLAN),--plan=$(PLAN))
 
-.PHONY: help install system-run system-test test test-fast serve stop-host download prepare train tune report submit scores predict export bench prune clean
+.PHONY: help install system-run system-test test test-fast serve stop-host init download prepare train tune report submit scores predict export bench prune clean
 
 help:
+	@echo "make init COMP=<slug>            draft competition/<slug>.yaml from the Kaggle API and the download [HOST=, FORCE=1]"
 	@echo "make submit COMP=fashion-mnist   download -> prepare -> plan -> train -> TTA -> ensemble -> submit"
 	@echo "  [BUDGET=15m | PLAN=plan.json | PROFILE=quick]   time budget (default: the spec's), replay, fixed recipe"
 	@echo "  [WORKERS=n | SCHEDULER=tcp://host:8786]          train the (model, fold) runs on Dask workers"
@@ -101,6 +102,10 @@ serve: install
 
 stop-host: install
 	$(PY) -m competition.host stop
+
+# Draft competition/$(COMP).yaml from the Kaggle API and the download (HOST=kaggle|local; FORCE=1 redrafts).
+init: install
+	$(PY) -m pipelines.tools.init --slug $(COMP) $(if $(HOST),--host $(HOST)) $(if $(filter-out 0,$(FORCE)),--force)
 
 download: install
 	$(PY) -m pipelines download --comp $(COMP)

@@ -25,14 +25,28 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, TypeVar, Union
 
 from competition.errors import KaggleError
 from competition.paths import REPO_ROOT, host_root
 from competition.spec import CompetitionSpec
 
 HOST_START_TIMEOUT_S = 20
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a competition is hosted and what it is called: all this module asks of a spec, and what
+    `make init` has before any spec exists."""
+
+    name: str
+    kaggle_slug: str
+    host: str  # kaggle | local
+
+
+Competition = Union[CompetitionSpec, Endpoint]
 TRANSIENT_HTTP_STATUS = (502, 503, 504)
 T = TypeVar("T")
 
@@ -73,7 +87,7 @@ def _install_default_timeout() -> None:
     HTTPAdapter.send = send
 
 
-def host_description(spec: CompetitionSpec) -> str:
+def host_description(spec: Competition) -> str:
     return f"the local Kaggle host (127.0.0.1:{local_host_port()})" if spec.host == "local" else "kaggle.com"
 
 
@@ -88,7 +102,7 @@ def is_transient(exc: Exception) -> bool:
     return False
 
 
-def call(spec: CompetitionSpec, what: str, action: Callable[[], T], retry: bool = True) -> T:
+def call(spec: Competition, what: str, action: Callable[[], T], retry: bool = True) -> T:
     """Run one client call: retried with backoff when it fails transiently (up to $KPIPE_KAGGLE_ATTEMPTS
     attempts, default 3, waits $KPIPE_KAGGLE_BACKOFF_S × 1, 2, 4 … seconds), else one KaggleError line.
 
@@ -175,7 +189,7 @@ def _import_kaggle_api():
     return KaggleApi
 
 
-def kaggle_api(spec: CompetitionSpec, start_local_host: bool = True):
+def kaggle_api(spec: Competition, start_local_host: bool = True):
     """An authenticated KaggleApi for `spec.host`; every failure is a one-line KaggleError."""
     config_dir: Path | None = None
     if spec.host == "local":
@@ -210,7 +224,7 @@ def kaggle_api(spec: CompetitionSpec, start_local_host: bool = True):
     return api
 
 
-def describe_request_error(exc: Exception, spec: CompetitionSpec) -> str:
+def describe_request_error(exc: Exception, spec: Competition) -> str:
     """One sentence for a failed Kaggle call: the server's message, or how to get connected."""
     import requests
 
@@ -237,7 +251,7 @@ def _first_line(exc: Exception) -> str:
     return lines[0] if lines else "(no message)"
 
 
-def kaggle_username(spec: CompetitionSpec) -> str | None:
+def kaggle_username(spec: Competition) -> str | None:
     """The account the kaggle client acts as for `spec.host` (the owner of what it publishes), read from
     the same config the client reads; None when there is none yet. Never reads or returns the key."""
     import json

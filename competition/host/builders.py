@@ -55,7 +55,9 @@ def write_competition(dest: Path, meta: dict, test_ids: list[str], test_labels: 
     id_column, label_column = meta["id_column"], meta["label_column"]
     write_csv(dest / "solution.csv", [id_column, label_column, "Usage"], zip(test_ids, test_labels, usage))
     labels = meta["labels"]
-    if metrics.KINDS[metrics.parse(meta["metric"])[0]].submission == "probabilities":
+    if metrics.KINDS[metrics.parse(meta["metric"])[0]].submission == "probabilities" and meta.get("positive_column"):
+        header, cells = [id_column, label_column], ["0.5"]  # two classes: P(the second), as dogs-vs-cats asks
+    elif metrics.KINDS[metrics.parse(meta["metric"])[0]].submission == "probabilities":
         header, cells = [id_column, *(f"class_{label}" for label in labels)], [f"{1 / len(labels):.6g}"] * len(labels)
     else:
         header, cells = [id_column, label_column], [labels[0]]
@@ -88,8 +90,9 @@ def write_baseline(dest: Path, meta: dict, test_ids: list[str], centroids: np.nd
 
 
 def _meta(slug: str, title: str, labels: list[str], description: str, synthetic: bool = False,
-          metric: str | dict = "accuracy", code_competition: bool = False, columns: tuple[str, str] = ("id", "label")) -> dict:
-    return {
+          metric: str | dict = "accuracy", code_competition: bool = False, columns: tuple[str, str] = ("id", "label"),
+          **more) -> dict:
+    return {**more,
         "slug": slug,
         "title": title,
         "description": description,
@@ -218,6 +221,61 @@ def build_digit_recognizer_replica(dest: Path, slug: str = "digit-recognizer-rep
     write_baseline(dest, meta, test_ids, class_centroids(train_images, train_labels, len(meta["labels"])), test_images)
     write_pixel_csv(dest / "data" / "train.csv", train_images, train_labels)
     write_pixel_csv(dest / "data" / "test.csv", test_images)
+
+
+# --- dogs-vs-cats-replica: dogs-vs-cats-redux's layout with Fashion-MNIST pixels ------------------------
+
+DOGS_VS_CATS_CLASSES = {2: "cat", 4: "dog"}  # Fashion-MNIST's pullover and coat: alike enough to be hard
+DOGS_VS_CATS_ROWS = (6_000, 2_000)
+DOGS_VS_CATS_SIDES = (40, 160)  # each image upscaled to its own width and height in this range, as photos vary
+
+
+def _varied_jpeg(image: np.ndarray, rng: np.random.Generator) -> bytes:
+    """A 28x28 grey image as an RGB JPEG of a random size (its own aspect ratio), as a photo would come."""
+    import io
+
+    from PIL import Image
+
+    width, height = (int(v) for v in rng.integers(*DOGS_VS_CATS_SIDES, size=2, endpoint=True))
+    buffer = io.BytesIO()
+    Image.fromarray(image).convert("RGB").resize((width, height), Image.BILINEAR).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _zip_of(path: Path, files: dict[str, bytes]) -> None:
+    """A zip written in a fixed order with fixed times: the same bytes on every build."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, data in files.items():
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2013, 9, 25, 0, 0, 0)), data)
+
+
+def build_dogs_vs_cats_replica(dest: Path, slug: str = "dogs-vs-cats-replica") -> None:
+    """dogs-vs-cats-redux's layout: data/train.zip (train/cat.0.jpg ... dog.N.jpg, the label only in the file
+    name), data/test.zip (test/1.jpg ...), sample_submission.csv (`id`, `label` = P(dog)); JPEGs of varied
+    sizes; scored by log loss. Fashion-MNIST pullovers are the cats, coats the dogs."""
+    train_images, train_labels, test_images, test_labels = fashion_mnist_arrays()
+    rng = np.random.default_rng(SPLIT_SEED)
+    codes = np.array(sorted(DOGS_VS_CATS_CLASSES))
+    n_train, n_test = DOGS_VS_CATS_ROWS
+    train_rows = np.flatnonzero(np.isin(train_labels, codes))[:n_train]
+    test_rows = np.flatnonzero(np.isin(test_labels, codes))[:n_test]
+    meta = BUILTIN_META[slug]
+    test_ids = [str(i + 1) for i in range(len(test_rows))]
+    named = [DOGS_VS_CATS_CLASSES[int(c)] for c in test_labels[test_rows]]
+    write_competition(dest, meta, test_ids, named)
+    class_index = np.searchsorted(codes, train_labels[train_rows])
+    write_baseline(dest, meta, test_ids, class_centroids(train_images[train_rows], class_index, 2), test_images[test_rows])
+    count: dict[str, int] = {}
+    train_files = {}
+    for row in train_rows:
+        label = DOGS_VS_CATS_CLASSES[int(train_labels[row])]
+        count[label] = count.get(label, -1) + 1
+        train_files[f"train/{label}.{count[label]}.jpg"] = _varied_jpeg(train_images[row], rng)
+    _zip_of(dest / "data" / "train.zip", train_files)
+    _zip_of(dest / "data" / "test.zip", {f"test/{i}.jpg": _varied_jpeg(test_images[row], rng)
+                                         for i, row in zip(test_ids, test_rows)})
 
 
 # --- digits: scikit-learn's bundled 8x8 digits as PNG files + CSV ------------------------------------
@@ -391,6 +449,13 @@ BUILTIN_META: dict[str, dict] = {
         "A REPLICA of Kaggle's digit-recognizer layout, built from real Fashion-MNIST pixels: train.csv holds a "
         "label and 784 pixel columns, test.csv the pixels only, and submissions list ImageId (from 1) and Label. "
         "12,000 training and 4,000 test images; scored by accuracy.", columns=("ImageId", "Label")),
+    "dogs-vs-cats-replica": _meta(
+        "dogs-vs-cats-replica", "dogs-vs-cats-redux, replicated (Fashion-MNIST pixels)", ["cat", "dog"],
+        "A REPLICA of Kaggle's dogs-vs-cats-redux layout, built from real Fashion-MNIST pixels (pullovers are "
+        "the cats, coats the dogs): the download holds train.zip (train/cat.0.jpg ... train/dog.N.jpg, the label "
+        "only in the file name) and test.zip (test/1.jpg ...), RGB JPEGs of sizes from 40 to 160 pixels a side. "
+        "Submit `id,label` with label the probability of a dog; scored by log loss. 6,000 training and 2,000 "
+        "test images.", metric="log_loss", positive_column=True),
     "thu-deep-learning": _meta(
         "thu-deep-learning", "Tiny image challenge (SYNTHETIC stand-in)",
         [f"c{i:03d}" for i in range(len(SHAPES) * HUE_BANDS)],
@@ -408,4 +473,5 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "digits-code": lambda dest: build_digits(dest, "digits-code"),
     "thu-deep-learning": build_thu_deep_learning,
     "digit-recognizer-replica": build_digit_recognizer_replica,
+    "dogs-vs-cats-replica": build_dogs_vs_cats_replica,
 }

@@ -10,16 +10,15 @@ import tempfile
 from pathlib import Path
 
 from competition.errors import KaggleError
-from competition.kaggle_adapter import call, host_description, kaggle_api
+from competition.kaggle_adapter import Competition, call, host_description, kaggle_api
 from competition.paths import competition_root
-from competition.spec import CompetitionSpec
 from pipelines.stages.archives import unpack_all
 from pipelines.stages.artifacts import atomic_output, build_once, read_manifest
 
 RAW = "raw"
 
 
-def raw_dir(spec: CompetitionSpec) -> Path:
+def raw_dir(spec: Competition) -> Path:
     return competition_root(spec.name) / RAW
 
 
@@ -30,7 +29,7 @@ def raw_is_complete(folder: Path) -> bool:
     return all((folder / name).is_file() and (folder / name).stat().st_size == size for name, size in manifest["files"].items())
 
 
-def download(spec: CompetitionSpec, force: bool = False, start_local_host: bool = True) -> Path:
+def download(spec: Competition, force: bool = False, start_local_host: bool = True) -> Path:
     """Download and unzip the competition's files; returns the raw folder."""
     folder = raw_dir(spec)
 
@@ -42,7 +41,7 @@ def download(spec: CompetitionSpec, force: bool = False, start_local_host: bool 
                       up_to_date, force, complete=raw_is_complete)
 
 
-def _fetch(spec: CompetitionSpec, folder: Path, start_local_host: bool) -> Path:
+def _fetch(spec: Competition, folder: Path, start_local_host: bool) -> Path:
     api = kaggle_api(spec, start_local_host=start_local_host)
     # The archive is fetched beside raw/ (same file system, counted by the disk check) and removed after.
     folder.parent.mkdir(parents=True, exist_ok=True)
