@@ -198,8 +198,31 @@ def test_folds_are_stratified_and_seeded():
     assert np.abs(counts - ideal).max() <= 1
     assert np.array_equal(fold, assign_folds(labels, 5, 3))
     assert not np.array_equal(fold, assign_folds(labels, 5, 4))
-    with pytest.raises(DataError, match="class index 0 has 50 training images, fewer than folds.n_splits=60"):
+    with pytest.raises(DataError, match="too few images to hold out: 0 rows .* fewer than folds.n_splits=60"):
         assign_folds(labels, 60, 0)
+
+
+def test_a_class_with_fewer_images_than_folds_always_trains_and_is_never_held_out():
+    from pipelines.stages.prepare import NEVER_HELD_OUT
+
+    labels = np.repeat(np.arange(4), [40, 40, 3, 1])  # humpback-like: classes of 3 and of 1 image
+    fold = assign_folds(labels, n_splits=5, seed=0)
+    assert (fold[labels >= 2] == NEVER_HELD_OUT).all() and (fold[labels < 2] >= 0).all()
+    assert np.bincount(fold[labels < 2], minlength=5).tolist() == [16] * 5
+    counts = fold_class_counts(labels, fold, 4)
+    assert counts[:, 2:].sum() == 0 and counts.sum() == 80
+    groups = np.arange(len(labels))
+    groups[0] = groups[80]  # a near-copy of a rare row: it always trains too, never validating on a copy
+    fold = assign_folds(labels, 5, 0, groups)
+    assert fold[0] == NEVER_HELD_OUT and (fold[1:80] >= 0).all()
+    from types import SimpleNamespace
+
+    from pipelines.stages.train import fold_rows
+
+    for k in range(5):  # every fold model trains on the rare rows; none validates on them
+        train_rows, val_rows = fold_rows(SimpleNamespace(fold_of_row=fold), k, 0, 1.0)
+        assert set(np.flatnonzero(labels >= 2)) <= set(train_rows.tolist())
+        assert not set(np.flatnonzero(fold == NEVER_HELD_OUT)) & set(val_rows.tolist())
 
 
 def _sha(path) -> str:
@@ -240,3 +263,28 @@ def test_cli_prints_one_line_error_and_leaves_no_partial_output(pipeline_env, tm
     assert err.strip().endswith(errors[0]) and "Traceback" not in err
     prepared_root = pipeline_env / "digits" / "prepared"
     assert not prepared_root.exists() or not any(prepared_root.iterdir())
+
+
+def test_the_raw_digest_is_read_once_then_checked_by_size_and_time(tmp_path, monkeypatch):
+    import builtins
+    import os
+
+    from pipelines.stages import prepare as prepare_stage
+
+    _csv_images_competition(tmp_path)
+    names = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    first = prepare_stage.content_digest(tmp_path, names)
+    real_open = builtins.open
+
+    def no_reading(path, mode="r", *args, **kwargs):
+        if "r" in mode and "b" in mode and str(path).startswith(str(tmp_path)):
+            raise AssertionError(f"{path} was read again")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_reading)
+    assert prepare_stage.content_digest(tmp_path, names) == first  # nothing changed: no byte read
+    monkeypatch.setattr(builtins, "open", real_open)
+    edited = tmp_path / "train.csv"
+    edited.write_text(edited.read_text().replace("a1,cat", "a1,dog"))  # the same size, a new time
+    os.utime(edited, ns=(edited.stat().st_atime_ns, edited.stat().st_mtime_ns + 1_000_000))
+    assert prepare_stage.content_digest(tmp_path, names) != first

@@ -250,6 +250,18 @@ def duplicates_section(ctx: Context) -> list[str]:
     return parts
 
 
+def rare_classes_note(ctx: Context) -> list[str]:
+    """Rows of classes with fewer images than folds: they always train, and no out-of-fold score counts them."""
+    never = read_manifest(ctx.folds.folder).get("never_held_out")
+    if not never:
+        return []
+    classes = ", ".join(f"{html.escape(label)} ({n})" for label, n in never["classes"].items())
+    return ["<h2>Rows never held out</h2>",
+            f'<p class="note">{never["rows"]:,} training rows belong to classes with fewer images than the '
+            f"{ctx.spec.folds.n_splits} folds: they train every fold model and are never held out, so CV, the "
+            f"ensemble weights and calibration are computed without them. Classes: {classes}.</p>"]
+
+
 def plan_section(plan) -> list[str]:
     """The time-budget plan: what was chosen, estimated and measured, and why."""
     actual = plan.actual.get("seconds", {})
@@ -353,7 +365,7 @@ def write_report(ctx: Context, trained: dict, ensemble_folder: Path, report: dic
         augmentation_preview(spec, list(dict.fromkeys([run.augment.policy for run, _ in ctx.work()] + list(SEARCHED))),
                              ctx.data.images_nhwc[oof_index[:PREVIEW_IMAGES]], spec.folds.seed),
     ]
-    parts += duplicates_section(ctx)
+    parts += duplicates_section(ctx) + rare_classes_note(ctx)
     if ctx.plan is not None:
         parts += plan_section(ctx.plan)
     if study_images:

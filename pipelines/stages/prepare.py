@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from competition import atomic
 from competition.errors import DataError
 from competition.paths import competition_root
 from competition.spec import CompetitionSpec
@@ -56,8 +58,21 @@ def _write_rows(path: Path, header: list[str], rows) -> None:
         writer.writerows(rows)
 
 
+DIGEST_CACHE = ".content-digest.json"  # in raw/: the digest, and the size and mtime of every file it read
+
+
 def content_digest(folder: Path, names: list[str]) -> str:
-    """A hash of the files' bytes (not their names and sizes only): a file edited in place changes it."""
+    """A hash of the files' bytes (not their names and sizes only): a file edited in place changes it.
+    Computed once: while every file keeps the size and modification time it had then (kept beside the
+    files, in DIGEST_CACHE), a command reuses it instead of reading gigabytes again."""
+    stats = {name: [(folder / name).stat().st_size, (folder / name).stat().st_mtime_ns] for name in sorted(names)}
+    cache = folder / DIGEST_CACHE
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("files") == stats and isinstance(cached.get("digest"), str):
+            return cached["digest"]
+    except (OSError, ValueError, AttributeError):
+        pass  # no cache yet, or one from an interrupted write: read the bytes
     sha = hashlib.sha256()
     for name in sorted(names):
         sha.update(name.encode() + b"\0")
@@ -65,7 +80,12 @@ def content_digest(folder: Path, names: list[str]) -> str:
             while chunk := fh.read(1 << 20):
                 sha.update(chunk)
         sha.update(b"\0")
-    return sha.hexdigest()[:16]
+    digest = sha.hexdigest()[:16]
+    try:
+        atomic.write_json(cache, {"digest": digest, "files": stats})
+    except OSError:
+        pass  # a read-only data folder: the next command hashes again, nothing else is lost
+    return digest
 
 
 def prepare(spec: CompetitionSpec, force: bool = False) -> Prepared:
@@ -135,36 +155,48 @@ class Folds:
         if len(folds) != n_rows:
             raise DataError(f"{self.csv_path}: {len(folds)} rows for {n_rows} training images; "
                             "delete the folder and run `make prepare` again")
-        bad = next((i for i, f in enumerate(folds) if not 0 <= f < self.n_splits), None)
+        bad = next((i for i, f in enumerate(folds) if not (0 <= f < self.n_splits or f == NEVER_HELD_OUT)), None)
         if bad is not None:
-            raise DataError(f"{self.csv_path} row {bad + 2}: fold {folds[bad]} is outside 0..{self.n_splits - 1}; "
+            raise DataError(f"{self.csv_path} row {bad + 2}: fold {folds[bad]} is outside 0..{self.n_splits - 1} "
+                            f"(or {NEVER_HELD_OUT}: never held out); "
                             "delete the folder and run `make prepare` again")
         return np.array(folds, dtype=np.int64)
 
 
+NEVER_HELD_OUT = -1  # folds.csv's fold of a row that always trains: its class has fewer images than folds
+
+
 def assign_folds(labels: np.ndarray, n_splits: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
     """fold[i] = the fold in which row i is held out: StratifiedKFold with shuffling fixed by `seed`, or
-    StratifiedGroupKFold when some rows share a group (then a group never spans two folds)."""
+    StratifiedGroupKFold when some rows share a group (then a group never spans two folds). A class with
+    fewer images than folds cannot be held out in every fold: its rows (and their groups) always train and
+    are never held out (NEVER_HELD_OUT), so out-of-fold scores never count them."""
     # Imported here: scikit-learn and the SciPy it loads take 2 s to import, and folds are made once and cached,
     # while every command (and every tuning or cluster worker) imports this module.
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     counts = np.bincount(labels)
-    too_small = [c for c in np.flatnonzero(counts) if counts[c] < n_splits]
-    if too_small:
-        raise DataError(f"class index {too_small[0]} has {counts[too_small[0]]} training images, fewer than "
-                        f"folds.n_splits={n_splits}; lower n_splits in the competition YAML")
-    fold = np.full(len(labels), -1, dtype=np.int64)
-    if groups is not None and len(np.unique(groups)) < len(groups):
-        if len(np.unique(groups)) < n_splits:
-            raise DataError(f"only {len(np.unique(groups))} groups of rows for folds.n_splits={n_splits}; lower "
+    rare = np.isin(labels, np.flatnonzero((counts > 0) & (counts < n_splits)))
+    if groups is not None and rare.any():
+        rare |= np.isin(groups, groups[rare])  # a near-copy of an always-trained row is never held out either
+    split = np.flatnonzero(~rare)
+    fold = np.full(len(labels), NEVER_HELD_OUT, dtype=np.int64)
+    if len(np.unique(labels[split])) < 2 or len(split) < n_splits:
+        raise DataError(f"too few images to hold out: {len(split)} rows are in classes of at least {n_splits} images (a "
+                        f"class with fewer than folds.n_splits={n_splits} images always trains); lower n_splits in the "
+                        "competition YAML")
+    sub_groups = None if groups is None else groups[split]
+    if sub_groups is not None and len(np.unique(sub_groups)) < len(sub_groups):
+        if len(np.unique(sub_groups)) < n_splits:
+            raise DataError(f"only {len(np.unique(sub_groups))} groups of rows for folds.n_splits={n_splits}; lower "
                             "n_splits, or check folds.group_column")
         splits = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(
-            np.zeros(len(labels)), labels, groups)
+            np.zeros(len(split)), labels[split], sub_groups)
     else:
-        splits = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
+        splits = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(len(split)),
+                                                                                            labels[split])
     for k, (_, held_out) in enumerate(splits):
-        fold[held_out] = k
+        fold[split[held_out]] = k
     return fold
 
 
@@ -226,6 +258,14 @@ def _write_folds(spec: CompetitionSpec, prepared: Prepared, folder: Path, key: s
         print(f"folds: {spec.name}: {dups['train_pairs']} near-duplicate pairs within train ({kept}), "
               f"{dups['train_test_pairs']} between train and test (perceptual hash, <= {dups['max_distance_bits']} "
               "bits apart)")
+    never = fold == NEVER_HELD_OUT
+    if never.any():
+        per_class = np.bincount(data.train_labels[never], minlength=len(data.classes))
+        found["never_held_out"] = {"rows": int(never.sum()),
+                                   "classes": {data.classes[c]: int(n) for c, n in enumerate(per_class) if n}}
+        shown = ", ".join(f"{label} ({n})" for label, n in list(found["never_held_out"]["classes"].items())[:6])
+        print(f"folds: {spec.name}: {int(never.sum())} rows always train and are never held out: their class has "
+              f"fewer than {spec.folds.n_splits} images ({shown}); out-of-fold scores leave them out")
     with atomic_output(folder, "folds", config, {"prepared": prepared.key},
                        extra={"fold_sizes": table.sum(axis=1).tolist(), **found}, replace=replace) as staging:
         _write_rows(staging / "folds.csv", ["id", "label", "fold"],
@@ -238,9 +278,10 @@ def _write_folds(spec: CompetitionSpec, prepared: Prepared, folder: Path, key: s
 
 
 def fold_class_counts(labels: np.ndarray, fold: np.ndarray, num_classes: int) -> np.ndarray:
-    """counts[k, c] = images of class c held out in fold k."""
+    """counts[k, c] = images of class c held out in fold k (rows never held out count in none)."""
+    held = fold != NEVER_HELD_OUT
     counts = np.zeros((fold.max() + 1, num_classes), dtype=np.int64)
-    np.add.at(counts, (fold, labels), 1)
+    np.add.at(counts, (fold[held], labels[held]), 1)
     return counts
 
 

@@ -77,11 +77,11 @@ def pool_source(draft: Draft) -> str:
     return POOL_SOURCES[min(POOL_SOURCES, key=lambda s: abs(s - side))]
 
 
-def folds_entry(draft: Draft) -> dict:
-    rarest = min(draft.class_counts) if draft.class_counts else 5
-    n_splits = 5 if rarest >= 5 else max(2, rarest)
-    if n_splits < 5:
-        draft.found.append(f"folds: {n_splits} (the rarest class has {rarest} images)")
+def folds_entry(draft: Draft, n_splits: int = 5) -> dict:
+    rare = [label for label, n in zip(draft.classes, draft.class_counts) if n < n_splits]
+    if rare:
+        draft.found.append(f"folds: {len(rare)} classes have fewer than {n_splits} images ({', '.join(rare[:5])}"
+                           f"{', ...' if len(rare) > 5 else ''}): their rows always train and are never held out")
     return {"n_splits": n_splits, "seed": 42}
 
 
