@@ -172,3 +172,23 @@ def test_the_exported_kernel_fits_test_images_as_prepare_does(tmp_path):
         sys.modules.pop("kpipe_image_fit", None)
     data = read_competition(spec, tmp_path)
     assert ids == data.test_ids and np.array_equal(images, data.test_images.transpose(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("bad_id", ["../secret", "sub/x", "/etc/passwd"])
+def test_an_id_is_never_a_path(tmp_path, bad_id):
+    (tmp_path / "outside.png").write_bytes(b"")
+    _jpg(tmp_path / "raw" / "train" / "a.png", 1)
+    _jpg(tmp_path / "raw" / "train" / "b.png", 1)
+    (tmp_path / "raw" / "train.csv").write_text(f"id,label\na,x\nb,y\n{bad_id},x\n")
+    (tmp_path / "raw" / "sample_submission.csv").write_text("id,label\nc,x\n")
+    spec = _spec({"kind": "csv_images"}, resize="stretch")
+    with pytest.raises(DataError, match=r"train.csv row 4: id '.*' would name a file outside .*never paths"):
+        read_competition(spec, tmp_path / "raw")
+
+
+def test_a_sample_submission_whose_ids_match_no_test_image_says_so(tmp_path):
+    _dogs_vs_cats(tmp_path)
+    (tmp_path / "sample_submission.csv").write_text("id,label\nimg_1,0.5\nimg_2,0.5\n")
+    with pytest.raises(DataError, match=r"none of the 2 ids of sample_submission.csv names one of its 2 images \(id "
+                                        r"'img_1' would be 'img_1.jpg', a file there is '1.jpg'\)"):
+        read_competition(_spec(FILE_LABELS, resize="stretch"), tmp_path)

@@ -83,7 +83,10 @@ def read_test(data: Path, config: dict) -> tuple[list[str], np.ndarray, list[str
 
         images = np.empty((len(ids), shape["height"], shape["width"], shape["channels"]), dtype=np.uint8)
         for i, sample_id in enumerate(ids):
-            with Image.open(data / layout["test_dir"] / layout["filename"].format(id=sample_id)) as img:
+            name = layout["filename"].format(id=sample_id)
+            if "/" in name or "\\" in name or name in (".", ".."):  # ids are data, never paths
+                sys.exit(f"error: sample submission id {sample_id!r} would name a file outside the test folder")
+            with Image.open(data / layout["test_dir"] / name) as img:
                 images[i] = fit_image(img, shape["height"], shape["width"], shape["channels"], shape.get("resize", "keep"))
     expected = (len(ids), shape["height"], shape["width"], shape["channels"])
     if images.shape != expected:

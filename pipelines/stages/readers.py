@@ -213,16 +213,34 @@ def read_npy(spec: CompetitionSpec, raw: Path) -> CanonicalData:
     return CanonicalData(train_images, train_labels, train_ids, test_images, test_ids, classes)
 
 
+def image_paths(folder: Path, pattern: str, ids: list[str], table: str) -> list[Path]:
+    """The file of each id in `folder` by the layout's `filename` pattern. Ids are data, never paths: one
+    that would name a file elsewhere ('../x', 'a/b') is a DataError naming the row."""
+    paths = []
+    for row, sample_id in enumerate(ids):
+        name = pattern.format(id=sample_id)
+        if "/" in name or "\\" in name or "\0" in name or name in (".", ".."):
+            raise DataError(f"{table} row {row + 2}: id {sample_id!r} would name a file outside {folder} ({name!r}); "
+                            "ids are names of files in the image folder, never paths")
+        paths.append(folder / name)
+    return paths
+
+
 def _test_images_by_id(spec: CompetitionSpec, raw: Path, test_ids: list[str]) -> np.ndarray:
     layout = spec.layout
     test_dir = raw / layout.test_dir
-    expected_names = {layout.filename.format(id=i) for i in test_ids}
+    paths = image_paths(test_dir, layout.filename, test_ids, str(raw / layout.sample_submission))
     if test_dir.is_dir():
-        extra = sorted(p.name for p in test_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in expected_names)
+        expected_names = {p.name for p in paths}
+        present = [p.name for p in test_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+        if present and not expected_names & set(present):
+            raise DataError(f"{test_dir}: none of the {len(test_ids):,} ids of {layout.sample_submission} names one of its "
+                            f"{len(present):,} images (id '{test_ids[0]}' would be '{paths[0].name}', a file there is "
+                            f"'{sorted(present)[0]}'); check layout.filename and layout.test_dir")
+        extra = sorted(name for name in present if name not in expected_names)
         if extra:
             raise DataError(f"{test_dir}: {len(extra)} images are not listed in {layout.sample_submission}, e.g. '{extra[0]}'; "
                             "test ids must match the sample submission")
-    paths = [test_dir / layout.filename.format(id=i) for i in test_ids]
     where = [f"{layout.sample_submission} row {row + 2}, id '{i}'" for row, i in enumerate(test_ids)]
     return load_images(paths, spec, where, "test images")
 
@@ -231,7 +249,7 @@ def read_csv_images(spec: CompetitionSpec, raw: Path) -> CanonicalData:
     layout = spec.layout
     train_ids, train_labels, classes = read_labelled_ids(raw / layout.train_csv, spec)
     test_ids = read_test_ids(raw / layout.sample_submission, spec)
-    paths = [raw / layout.train_dir / layout.filename.format(id=i) for i in train_ids]
+    paths = image_paths(raw / layout.train_dir, layout.filename, train_ids, str(raw / layout.train_csv))
     where = [f"{layout.train_csv} row {row + 2}, id '{i}'" for row, i in enumerate(train_ids)]
     train_images = load_images(paths, spec, where, "train images")
     return CanonicalData(train_images, train_labels, train_ids, _test_images_by_id(spec, raw, test_ids), test_ids, classes)
