@@ -341,7 +341,7 @@ def test_labels_that_look_like_numbers_are_kept_as_written(tmp_path):
 
 
 @pytest.mark.parametrize("edit, phrase", [
-    (lambda rows: rows[:1] + [rows[1].rsplit(",", 1)[0] + ",-1"] + rows[2:], "row 2: fold -1 is outside 0..1"),
+    (lambda rows: rows[:1] + [rows[1].rsplit(",", 1)[0] + ",-2"] + rows[2:], "row 2: fold -2 is outside 0..1"),
     (lambda rows: rows[:2] + [rows[2].rsplit(",", 1)[0] + ",7"] + rows[3:], "row 3: fold 7 is outside 0..1"),
     (lambda rows: rows[:-2], "6 rows for 8 training images"),
     (lambda rows: rows[:1] + [rows[1].rsplit(",", 1)[0] + ",one"] + rows[2:], "unreadable fold table"),

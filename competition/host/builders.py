@@ -230,16 +230,21 @@ DOGS_VS_CATS_ROWS = (6_000, 2_000)
 DOGS_VS_CATS_SIDES = (40, 160)  # each image upscaled to its own width and height in this range, as photos vary
 
 
-def _varied_jpeg(image: np.ndarray, rng: np.random.Generator) -> bytes:
-    """A 28x28 grey image as an RGB JPEG of a random size (its own aspect ratio), as a photo would come."""
+def _image_file(image: np.ndarray, size: tuple[int, int], fmt: str = "JPEG") -> bytes:
+    """A 28x28 grey image as an RGB file of `size` (width, height), as a photo or a scan would come."""
     import io
 
     from PIL import Image
 
-    width, height = (int(v) for v in rng.integers(*DOGS_VS_CATS_SIDES, size=2, endpoint=True))
     buffer = io.BytesIO()
-    Image.fromarray(image).convert("RGB").resize((width, height), Image.BILINEAR).save(buffer, format="JPEG", quality=90)
+    options = {"quality": 90} if fmt == "JPEG" else {"compress_level": 1}
+    Image.fromarray(image).convert("RGB").resize(size, Image.BILINEAR).save(buffer, format=fmt, **options)
     return buffer.getvalue()
+
+
+def _varied_size(rng: np.random.Generator, sides: tuple[int, int]) -> tuple[int, int]:
+    """A width and a height, each drawn from `sides` (its own aspect ratio)."""
+    return tuple(int(v) for v in rng.integers(*sides, size=2, endpoint=True))
 
 
 def _zip_of(path: Path, files: dict[str, bytes]) -> None:
@@ -272,10 +277,107 @@ def build_dogs_vs_cats_replica(dest: Path, slug: str = "dogs-vs-cats-replica") -
     for row in train_rows:
         label = DOGS_VS_CATS_CLASSES[int(train_labels[row])]
         count[label] = count.get(label, -1) + 1
-        train_files[f"train/{label}.{count[label]}.jpg"] = _varied_jpeg(train_images[row], rng)
+        train_files[f"train/{label}.{count[label]}.jpg"] = _image_file(train_images[row], _varied_size(rng, DOGS_VS_CATS_SIDES))
     _zip_of(dest / "data" / "train.zip", train_files)
-    _zip_of(dest / "data" / "test.zip", {f"test/{i}.jpg": _varied_jpeg(test_images[row], rng)
+    _zip_of(dest / "data" / "test.zip", {f"test/{i}.jpg": _image_file(test_images[row], _varied_size(rng, DOGS_VS_CATS_SIDES))
                                          for i, row in zip(test_ids, test_rows)})
+
+
+def _pick(labels: np.ndarray, counts: dict[int, int], offset: int = 0) -> np.ndarray:
+    """Rows of `labels`: the first `counts[c]` of each class c (after skipping `offset` of each), in row order."""
+    rows = [np.flatnonzero(labels == c)[offset: offset + n] for c, n in counts.items()]
+    return np.sort(np.concatenate(rows))
+
+
+def _hex_ids(rng: np.random.Generator, n: int, digits: int) -> list[str]:
+    """n distinct ids of `digits` hex characters, as Kaggle's image competitions name their files."""
+    ids: list[str] = []
+    seen: set[str] = set()
+    while len(ids) < n:
+        value = "".join(f"{int(v):x}" for v in rng.integers(0, 16, size=digits))
+        if value not in seen:
+            seen.add(value)
+            ids.append(value)
+    return ids
+
+
+# --- aerial-cactus-replica: train.csv + 32x32 JPEGs in nested zips, ROC AUC ----------------------------
+
+CACTUS_CLASSES = {0: "0", 6: "1"}  # Fashion-MNIST's T-shirts have no cactus, its shirts do (3 in 4, as there)
+
+
+def build_aerial_cactus_replica(dest: Path, slug: str = "aerial-cactus-replica") -> None:
+    """aerial-cactus-identification's layout: train.csv (`id` = the file name, `has_cactus` 0/1), train.zip
+    and test.zip (32x32 JPEGs) inside the download, sample_submission.csv (`id`, `has_cactus` = P(1)); ROC AUC."""
+    train_images, train_labels, test_images, test_labels = fashion_mnist_arrays()
+    rng = np.random.default_rng(SPLIT_SEED)
+    train_rows, test_rows = _pick(train_labels, {0: 2000, 6: 6000}), _pick(test_labels, {0: 334, 6: 1000})
+    train_ids = [f"{i}.jpg" for i in _hex_ids(rng, len(train_rows), 32)]
+    test_ids = [f"{i}.jpg" for i in _hex_ids(rng, len(test_rows), 32)]
+    meta = BUILTIN_META[slug]
+    write_competition(dest, meta, test_ids, [CACTUS_CLASSES[int(c)] for c in test_labels[test_rows]])
+    index = (train_labels[train_rows] == 6).astype(np.int64)
+    write_baseline(dest, meta, test_ids, class_centroids(train_images[train_rows], index, 2), test_images[test_rows])
+    write_csv(dest / "data" / "train.csv", ["id", "has_cactus"], zip(train_ids, index.tolist()))
+    for name, ids, rows, images in (("train", train_ids, train_rows, train_images), ("test", test_ids, test_rows, test_images)):
+        _zip_of(dest / "data" / f"{name}.zip", {f"{name}/{i}": _image_file(images[row], (32, 32)) for i, row in zip(ids, rows)})
+
+
+# --- plant-seedlings-replica: class folders named with spaces, PNGs of varied sizes, micro-F1 -------------
+
+SEEDLING_NAMES = ["Black-grass", "Charlock", "Cleavers", "Common Chickweed", "Common wheat", "Fat Hen",
+                  "Loose Silky-bent", "Maize", "Scentless Mayweed", "Small-flowered Cranesbill"]  # Fashion-MNIST 0..9
+SEEDLING_TRAIN = [260, 390, 290, 610, 220, 470, 650, 220, 510, 500]  # uneven, as the real counts are
+SEEDLING_SIDES = (49, 160)
+
+
+def build_plant_seedlings_replica(dest: Path, slug: str = "plant-seedlings-replica") -> None:
+    """plant-seedlings-classification's layout: train/<species>/<hash>.png (species named with spaces),
+    test/<hash>.png, sample_submission.csv (`file` = the file name, `species`); PNGs of varied sizes; micro-F1."""
+    train_images, train_labels, test_images, test_labels = fashion_mnist_arrays()
+    rng = np.random.default_rng(SPLIT_SEED)
+    train_rows = _pick(train_labels, dict(enumerate(SEEDLING_TRAIN)))
+    test_rows = _pick(test_labels, {c: 80 for c in range(10)})
+    meta = BUILTIN_META[slug]
+    test_ids = [f"{i}.png" for i in _hex_ids(rng, len(test_rows), 9)]
+    write_competition(dest, meta, test_ids, [SEEDLING_NAMES[int(c)] for c in test_labels[test_rows]])
+    write_baseline(dest, meta, test_ids, class_centroids(train_images[train_rows], train_labels[train_rows], 10),
+                   test_images[test_rows])
+    for name, row in zip(_hex_ids(rng, len(train_rows), 9), train_rows):
+        folder = dest / "data" / "train" / SEEDLING_NAMES[int(train_labels[row])]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.png").write_bytes(_image_file(train_images[row], _varied_size(rng, SEEDLING_SIDES), "PNG"))
+    (dest / "data" / "test").mkdir(parents=True, exist_ok=True)
+    for name, row in zip(test_ids, test_rows):
+        (dest / "data" / "test" / name).write_bytes(_image_file(test_images[row], _varied_size(rng, SEEDLING_SIDES), "PNG"))
+
+
+# --- aptos-replica: large PNGs of varied sizes, train.csv, QWK ------------------------------------------------
+
+APTOS_TRAIN = {0: 740, 1: 150, 2: 400, 3: 80, 4: 130}  # aptos2019's shares: half healthy, few severe
+APTOS_SIDES = (300, 640)
+
+
+def build_aptos_replica(dest: Path, slug: str = "aptos-replica") -> None:
+    """aptos2019-blindness-detection's layout: train.csv (`id_code`, `diagnosis` 0..4), train_images/ and
+    test_images/ of large PNGs of varied sizes, test.csv, sample_submission.csv (`id_code`, `diagnosis`);
+    quadratic weighted kappa. Fashion-MNIST's classes 0..4 are the grades."""
+    train_images, train_labels, test_images, test_labels = fashion_mnist_arrays()
+    rng = np.random.default_rng(SPLIT_SEED)
+    train_rows = _pick(train_labels, APTOS_TRAIN)
+    test_rows = _pick(test_labels, {c: round(n / 3) for c, n in APTOS_TRAIN.items()})
+    train_ids, test_ids = _hex_ids(rng, len(train_rows), 12), _hex_ids(rng, len(test_rows), 12)
+    meta = BUILTIN_META[slug]
+    write_competition(dest, meta, test_ids, [str(int(c)) for c in test_labels[test_rows]])
+    write_baseline(dest, meta, test_ids, class_centroids(train_images[train_rows], train_labels[train_rows], 5),
+                   test_images[test_rows])
+    write_csv(dest / "data" / "train.csv", ["id_code", "diagnosis"], zip(train_ids, train_labels[train_rows].tolist()))
+    write_csv(dest / "data" / "test.csv", ["id_code"], ((i,) for i in test_ids))
+    for folder, ids, rows, images in (("train_images", train_ids, train_rows, train_images),
+                                      ("test_images", test_ids, test_rows, test_images)):
+        (dest / "data" / folder).mkdir(parents=True, exist_ok=True)
+        for i, row in zip(ids, rows):
+            (dest / "data" / folder / f"{i}.png").write_bytes(_image_file(images[row], _varied_size(rng, APTOS_SIDES), "PNG"))
 
 
 # --- digits: scikit-learn's bundled 8x8 digits as PNG files + CSV ------------------------------------
@@ -456,6 +558,26 @@ BUILTIN_META: dict[str, dict] = {
         "only in the file name) and test.zip (test/1.jpg ...), RGB JPEGs of sizes from 40 to 160 pixels a side. "
         "Submit `id,label` with label the probability of a dog; scored by log loss. 6,000 training and 2,000 "
         "test images.", metric="log_loss", positive_column=True),
+    "aerial-cactus-replica": _meta(
+        "aerial-cactus-replica", "aerial-cactus-identification, replicated (Fashion-MNIST pixels)", ["0", "1"],
+        "A REPLICA of Kaggle's aerial-cactus-identification layout, built from real Fashion-MNIST pixels (shirts "
+        "have a cactus, T-shirts do not; 3 in 4 have one): train.csv lists `id` (the file name) and `has_cactus`; "
+        "train.zip and test.zip inside the download hold 32x32 RGB JPEGs. Submit `id,has_cactus` with the "
+        "probability of a cactus; scored by ROC AUC. 8,000 training and 1,334 test images.",
+        metric="roc_auc", columns=("id", "has_cactus"), positive_column=True),
+    "plant-seedlings-replica": _meta(
+        "plant-seedlings-replica", "plant-seedlings-classification, replicated (Fashion-MNIST pixels)", SEEDLING_NAMES,
+        "A REPLICA of Kaggle's plant-seedlings-classification layout, built from real Fashion-MNIST pixels: one "
+        "folder of PNGs per species (names with spaces, Fashion-MNIST's ten classes in order), 49 to 160 pixels a "
+        "side, 220 to 650 a class; test/ flat. Submit `file,species`; scored by micro-averaged F1. 4,110 training "
+        "and 800 test images.", metric="f1_micro", columns=("file", "species")),
+    "aptos-replica": _meta(
+        "aptos-replica", "aptos2019-blindness-detection, replicated (Fashion-MNIST pixels)", [str(i) for i in range(5)],
+        "A REPLICA of Kaggle's aptos2019-blindness-detection layout, built from real Fashion-MNIST pixels (its "
+        "classes 0-4 are the grades): train.csv (`id_code`, `diagnosis`), train_images/ and test_images/ of RGB "
+        "PNGs 300 to 640 pixels a side, half of them grade 0. Submit `id_code,diagnosis`; scored by quadratic "
+        "weighted kappa. 1,500 training and 500 test images.", metric="quadratic_weighted_kappa",
+        columns=("id_code", "diagnosis")),
     "thu-deep-learning": _meta(
         "thu-deep-learning", "Tiny image challenge (SYNTHETIC stand-in)",
         [f"c{i:03d}" for i in range(len(SHAPES) * HUE_BANDS)],
@@ -474,4 +596,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "thu-deep-learning": build_thu_deep_learning,
     "digit-recognizer-replica": build_digit_recognizer_replica,
     "dogs-vs-cats-replica": build_dogs_vs_cats_replica,
+    "aerial-cactus-replica": build_aerial_cactus_replica,
+    "plant-seedlings-replica": build_plant_seedlings_replica,
+    "aptos-replica": build_aptos_replica,
 }

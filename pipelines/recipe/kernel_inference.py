@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 BATCH = 512
+CHUNK = 16 * BATCH  # test images held at once; a multiple of BATCH, so batches are as if read whole
 
 
 # --- where things are --------------------------------------------------------------------------------
@@ -61,37 +62,50 @@ def find_data(input_root: Path, slug: str, sample_name: str, given: str | None) 
 # --- test images, read as the pipeline read them --------------------------------------------------------
 
 
-def read_test(data: Path, config: dict) -> tuple[list[str], np.ndarray, list[str]]:
-    """(ids in the sample submission's order, uint8 N×C×H×W images, the sample submission's header)."""
+def test_ids(data: Path, config: dict) -> tuple[list[str], list[str]]:
+    """(ids in the sample submission's order, the sample submission's header)."""
+    import pandas as pd
+
+    sample = pd.read_csv(data / config["layout"]["sample_submission"], dtype=str, keep_default_na=False)
+    return sample[config["id_column"]].tolist(), list(sample.columns)
+
+
+def test_batches(data: Path, config: dict, ids: list[str]):
+    """The test images as uint8 N×C×H×W arrays of up to CHUNK rows, in the ids' order: the hidden test set
+    is read a chunk at a time, never whole (a code competition's may not fit in the notebook's memory)."""
     import pandas as pd
 
     layout, shape = config["layout"], config["image"]
-    sample = pd.read_csv(data / layout["sample_submission"], dtype=str, keep_default_na=False)
-    ids = sample[config["id_column"]].tolist()
+    size = (shape["height"], shape["width"], shape["channels"])
     if layout["kind"] == "npy":
-        images = np.load(data / layout["test_images"], allow_pickle=False)
-        if images.ndim == 3:
-            images = images[..., None]
+        array = np.load(data / layout["test_images"], allow_pickle=False, mmap_mode="r")
+        for start in range(0, len(array), CHUNK):
+            chunk = np.asarray(array[start:start + CHUNK])
+            yield (chunk[..., None] if chunk.ndim == 3 else chunk).transpose(0, 3, 1, 2)
     elif layout["kind"] == "pixel_csv":  # one row of pixel columns an image, in the sample submission's order
-        count = shape["height"] * shape["width"] * shape["channels"]
-        columns = [f"{layout['pixel_prefix']}{i}" for i in range(count)]
-        rows = pd.read_csv(data / layout["test_csv"], usecols=columns, dtype="uint8")[columns].to_numpy()
-        images = rows.reshape(len(rows), shape["height"], shape["width"], shape["channels"])
+        columns = [f"{layout['pixel_prefix']}{i}" for i in range(size[0] * size[1] * size[2])]
+        for rows in pd.read_csv(data / layout["test_csv"], usecols=columns, dtype="uint8", chunksize=CHUNK):
+            yield rows[columns].to_numpy().reshape(len(rows), *size).transpose(0, 3, 1, 2)
     else:
         from kpipe_image_fit import fit_image  # from kpipe_models.zip: the fitting prepare used
         from PIL import Image
 
-        images = np.empty((len(ids), shape["height"], shape["width"], shape["channels"]), dtype=np.uint8)
-        for i, sample_id in enumerate(ids):
-            name = layout["filename"].format(id=sample_id)
-            if "/" in name or "\\" in name or name in (".", ".."):  # ids are data, never paths
-                sys.exit(f"error: sample submission id {sample_id!r} would name a file outside the test folder")
-            with Image.open(data / layout["test_dir"] / name) as img:
-                images[i] = fit_image(img, shape["height"], shape["width"], shape["channels"], shape.get("resize", "keep"))
-    expected = (len(ids), shape["height"], shape["width"], shape["channels"])
-    if images.shape != expected:
-        sys.exit(f"error: test images are {images.shape}, expected {expected} (one per sample submission row)")
-    return ids, np.ascontiguousarray(images.transpose(0, 3, 1, 2)), list(sample.columns)
+        for start in range(0, len(ids), CHUNK):
+            chunk = np.empty((min(CHUNK, len(ids) - start), *size), dtype=np.uint8)
+            for i, sample_id in enumerate(ids[start:start + CHUNK]):
+                name = layout["filename"].format(id=sample_id)
+                if "/" in name or "\\" in name or name in (".", ".."):  # ids are data, never paths
+                    sys.exit(f"error: sample submission id {sample_id!r} would name a file outside the test folder")
+                with Image.open(data / layout["test_dir"] / name) as img:
+                    chunk[i] = fit_image(img, *size, shape.get("resize", "keep"))
+            yield chunk.transpose(0, 3, 1, 2)
+
+
+def read_test(data: Path, config: dict) -> tuple[list[str], np.ndarray, list[str]]:
+    """(ids, all the test images as uint8 N×C×H×W, the sample submission's header): `test_batches` joined."""
+    ids, header = test_ids(data, config)
+    images = np.concatenate(list(test_batches(data, config, ids)))
+    return ids, np.ascontiguousarray(images), header
 
 
 # --- the models -------------------------------------------------------------------------------------------
@@ -211,18 +225,25 @@ def main(argv: list[str] | None = None) -> int:
     config = json.loads((package / "ensemble.json").read_text())
     sys.path.insert(0, str(package / "kpipe_models.zip"))
     data = find_data(input_root, config["competition"], config["layout"]["sample_submission"], args.data)
-    ids, images, header = read_test(data, config)
+    ids, header = test_ids(data, config)
     device = torch.device(args.device)
-    batch = torch.from_numpy(images).to(device)
-    print(f"kpipe: {len(ids):,} test images from {data}; package {package}; torch {torch.__version__} on {device}",
+    print(f"kpipe: {len(ids):,} test images in {data}; package {package}; torch {torch.__version__} on {device}",
           flush=True)
-    member_probs = []
-    for member in config["members"]:
-        folds = []
-        for fold in member["folds"]:
-            folds.append(with_views(build(config, member, fold, package, device), batch, member["views"]))
-            print(f"kpipe: {member['name']} fold {fold['fold']} done ({time.time() - started:.0f} s)", flush=True)
-        member_probs.append(np.mean(folds, axis=0))
+    members = [[build(config, member, fold, package, device) for fold in member["folds"]] for member in config["members"]]
+    parts: list[list[np.ndarray]] = [[] for _ in members]
+    seen = 0
+    shape = (config["image"]["channels"], config["image"]["height"], config["image"]["width"])
+    for images in test_batches(data, config, ids):
+        if images.shape[1:] != shape:
+            sys.exit(f"error: test images are {images.shape[1:]} (C×H×W), expected {shape}")
+        batch = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        for member, folds, out in zip(config["members"], members, parts):
+            out.append(np.mean([with_views(model, batch, member["views"]) for model in folds], axis=0))
+        seen += len(images)
+        print(f"kpipe: {seen:,} of {len(ids):,} test images ({time.time() - started:.0f} s)", flush=True)
+    if seen != len(ids):
+        sys.exit(f"error: {seen:,} test images for {len(ids):,} sample submission rows; they must line up")
+    member_probs = [np.concatenate(out) for out in parts]
     probs = combine(config, member_probs)
     with open(args.out, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")

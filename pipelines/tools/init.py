@@ -132,10 +132,12 @@ def init(slug: str, host: str | None, force: bool, spec_dir: Path = SPEC_DIR) ->
     endpoint = Endpoint(slug, slug, host or default_host(slug))
     api = kaggle_api(endpoint)
     metadata = competition_metadata(endpoint, api)
-    files = call(endpoint, f"listing the files of '{slug}'", lambda: api.competition_list_files(slug))
+    # One page of the file list is enough to show what the download holds; the download itself is complete.
+    files = call(endpoint, f"listing the files of '{slug}'", lambda: api.competition_list_files(slug, page_size=200))
     names = [f.name for f in getattr(files, "files", None) or []]
+    more = "+" if getattr(files, "next_page_token", None) else ""
     print(f"init: {slug} on {host_description(endpoint)}: '{metadata['title']}', metric '{metadata['metric']}', "
-          f"{len(names)} file(s): {', '.join(names[:6])}{', ...' if len(names) > 6 else ''}")
+          f"{len(names)}{more} file(s): {', '.join(names[:6])}{', ...' if len(names) > 6 else ''}")
     draft = guess(download(endpoint))
     metric = metric_entry(metadata["metric"], draft)
     text = render(slug, endpoint.host, metadata, draft, metric)
