@@ -159,6 +159,15 @@ class FoldsConfig(_Strict):
         return f"folds are numbered 0..{self.n_splits - 1} (folds.n_splits is {self.n_splits})"
 
 
+class HoldoutConfig(_Strict):
+    """`source: dataset`: the labelled rows scored locally where a leaderboard would score. The dataset's
+    own labelled test split where it has one (a test_csv with the label column), else this seeded,
+    stratified fraction of the training rows, which then never train."""
+
+    fraction: float = Field(default=0.2, gt=0, lt=1)
+    seed: int = 42
+
+
 class MetricChoice(_Strict):
     """The competition's metric (competition/metrics.py), written `accuracy` or `{name: map_at_k, k: 3}`."""
 
@@ -183,8 +192,13 @@ class MetricChoice(_Strict):
 class CompetitionSpec(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     title: str
-    kaggle_slug: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+    # A competition's slug, or `owner/name` of a dataset (`source: dataset`).
+    kaggle_slug: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
     host: Literal["kaggle", "local"]
+    # `dataset`: a labelled Kaggle dataset, downloaded through the datasets API, scored locally on a held-out
+    # split (`holdout`) and logged as a local score: there is no leaderboard and nothing is uploaded.
+    source: Literal["competition", "dataset"] = "competition"
+    holdout: HoldoutConfig = HoldoutConfig()
     # The code-competition variant these models can enter through a kernel (`make export` attaches it).
     code_competition: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9-]*$")
     synthetic: bool = False
@@ -224,6 +238,13 @@ class CompetitionSpec(_Strict):
 
     @model_validator(mode="after")
     def _check_classes(self):
+        if self.source == "dataset" and "/" not in self.kaggle_slug:
+            raise ValueError(f"kaggle_slug: a dataset is named owner/name (got '{self.kaggle_slug}')")
+        if self.source == "competition" and "/" in self.kaggle_slug:
+            raise ValueError(f"kaggle_slug: '{self.kaggle_slug}' names a dataset; set `source: dataset`, or give the "
+                             "competition's slug")
+        if self.source == "dataset" and self.code_competition:
+            raise ValueError("code_competition: a dataset has no competition to enter; remove it")
         listed = self.classes != "auto"
         if listed and len(set(self.classes)) != len(self.classes):
             raise ValueError("classes: duplicate labels")
@@ -299,6 +320,8 @@ class CompetitionSpec(_Strict):
         fields["image"] = self.image.key_dump()
         if self.submission_id_column is not None:  # keyed only when set: what was prepared before keeps its key
             fields["submission_id_column"] = self.submission_id_column
+        if self.source == "dataset":  # which rows are held out decides what prepare writes
+            fields["holdout"] = self.holdout.model_dump()
         return stable_hash(fields)
 
 

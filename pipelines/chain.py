@@ -151,10 +151,11 @@ def submit_all(ctx: Context, dry_run: bool = False, resubmit: bool = False) -> d
     folder, report = tta_and_ensemble(ctx, trained)
     test_probs = np.load(folder / "test_probs.npy")
     cv = report["cross_fitted"]["oof_score"]  # the honest figure: nothing fitted on the rows it scores
-    test_ids = ctx.prepared.load().test_ids
+    prepared = ctx.prepared.load()
     started = time.monotonic()
-    submission = Submission(ctx.profile_name, test_ids, test_probs, cv, config_hash(ctx), read_manifest(folder)["digest"],
-                            git_commit(), ensemble=folder.name)
+    submission = Submission(ctx.profile_name, prepared.test_ids, test_probs, cv, config_hash(ctx),
+                            read_manifest(folder)["digest"], git_commit(), ensemble=folder.name,
+                            held_out_labels=prepared.test_labels)
     result = submit(ctx.spec, submission, dry_run=dry_run, resubmit=resubmit)
     ctx.stage_seconds["submit"] = time.monotonic() - started
     # A cached rerun keeps the first run's minutes in the plan of record.
@@ -247,7 +248,9 @@ def print_summary(ctx: Context, trained: dict, report: dict, result, seconds: fl
               f"{calibration['log_loss_after']:.4f} (cross-fitted), expected calibration error "
               f"{calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}")
     synthetic = " (SYNTHETIC stand-in data)" if ctx.spec.synthetic else ""
-    if result.public_score is not None:
+    if result.status == "LOCAL":
+        print(f"local score (a dataset: its held-out rows, no leaderboard): {result.public_score:.4f}{synthetic}")
+    elif result.public_score is not None:
         private = f", private {result.private_score:.4f}" if result.private_score is not None else ""
         print(f"leaderboard: public {result.public_score:.4f}{private} ({result.status}){synthetic}")
     else:

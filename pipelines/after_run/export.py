@@ -92,6 +92,8 @@ def write_weights(spec: CompetitionSpec, lineage: dict, dataset: Path) -> list[d
 
 def export(spec: CompetitionSpec, run: str | None = None, competition: str | None = None,
            owner: str | None = None) -> Path:
+    if spec.source == "dataset" and competition is None:
+        raise UserError(f"{spec.name} is a Kaggle dataset: there is no competition to enter; name one with TARGET=<slug>")
     logged = find_run(spec, run)
     target = competition or spec.code_competition or spec.kaggle_slug
     owner = owner or kaggle_username(spec)

@@ -47,8 +47,11 @@ def _fetch(spec: Competition, folder: Path, start_local_host: bool) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".download-", dir=folder.parent) as tmp:
         print(f"download: {spec.name}: fetching '{spec.kaggle_slug}' from {host_description(spec)}")
-        call(spec, f"downloading the files of '{spec.kaggle_slug}'",
-             lambda: api.competition_download_files(spec.kaggle_slug, path=tmp, force=True, quiet=False))
+        if getattr(spec, "source", "competition") == "dataset":  # an Endpoint (make init) is a competition
+            fetch = lambda: api.dataset_download_files(spec.kaggle_slug, path=tmp, force=True, quiet=False)  # noqa: E731
+        else:
+            fetch = lambda: api.competition_download_files(spec.kaggle_slug, path=tmp, force=True, quiet=False)  # noqa: E731
+        call(spec, f"downloading the files of '{spec.kaggle_slug}'", fetch)
         zips = sorted(Path(tmp).glob("*.zip"))
         if not zips:
             raise KaggleError(f"download of '{spec.kaggle_slug}' from {host_description(spec)} produced no zip file")

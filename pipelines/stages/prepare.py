@@ -2,7 +2,8 @@
 
 Outputs (each folder keyed by a hash of its config and inputs, see artifacts.py):
     <data>/<comp>/prepared/<key>/  train_images.npy (uint8 N×H×W×C), train_labels.npy (class indices),
-                                   train.csv (id,label), test_images.npy, test_ids.csv, manifest.json
+                                   train.csv (id,label), test_images.npy, test_ids.csv, manifest.json,
+                                   and for `source: dataset` test_labels.npy (the held-out rows' classes)
     <data>/<comp>/folds/<key>/     folds.csv (id,label,fold), manifest.json
 """
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Prepared:
             test_images=np.load(self.folder / "test_images.npy", mmap_mode=mode),
             test_ids=test_ids,
             classes=self.classes(),
+            test_labels=np.load(self.folder / "test_labels.npy") if (self.folder / "test_labels.npy").is_file() else None,
         )
 
     def classes(self) -> list[str]:
@@ -113,6 +115,8 @@ def _write_prepared(spec: CompetitionSpec, raw: Path, folder: Path, key: str, co
         np.save(staging / "train_images.npy", data.train_images)
         np.save(staging / "train_labels.npy", data.train_labels)
         np.save(staging / "test_images.npy", data.test_images)
+        if data.test_labels is not None:  # `source: dataset`: the held-out rows' labels, for the local score
+            np.save(staging / "test_labels.npy", data.test_labels)
         _write_rows(staging / "train.csv", ["id", "label"],
                     ((i, data.classes[c]) for i, c in zip(data.train_ids, data.train_labels)))
         _write_rows(staging / "test_ids.csv", ["id"], ((i,) for i in data.test_ids))

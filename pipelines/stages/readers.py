@@ -38,6 +38,7 @@ class CanonicalData:
     test_images: np.ndarray
     test_ids: list[str]
     classes: list[str]
+    test_labels: np.ndarray | None = None  # `source: dataset` only: the held-out rows' labels, scored locally
 
 
 def _require(path: Path, what: str) -> Path:
@@ -126,6 +127,8 @@ def read_labelled_ids(path: Path, spec: CompetitionSpec) -> tuple[list[str], np.
 
 
 def read_test_ids(path: Path, spec: CompetitionSpec) -> list[str]:
+    if spec.source == "dataset" and not path.is_file():
+        return []  # a dataset has no sample submission: its test rows are held out of the labelled ones
     table = read_table(path, [spec.submission_id], "sample submission: every test id")
     ids = table[spec.submission_id].str.strip()
     check_unique_ids(ids, path)
@@ -241,6 +244,8 @@ def _test_images_by_id(spec: CompetitionSpec, raw: Path, test_ids: list[str]) ->
         if extra:
             raise DataError(f"{test_dir}: {len(extra)} images are not listed in {layout.sample_submission}, e.g. '{extra[0]}'; "
                             "test ids must match the sample submission")
+    if not test_ids:  # a dataset without a sample submission: no unlabelled test images to read
+        return np.empty((0, spec.image.height, spec.image.width, spec.image.channels), dtype=np.uint8)
     where = [f"{layout.sample_submission} row {row + 2}, id '{i}'" for row, i in enumerate(test_ids)]
     return load_images(paths, spec, where, "test images")
 
@@ -401,14 +406,24 @@ def read_pixel_csv(spec: CompetitionSpec, raw: Path) -> CanonicalData:
         train_ids = ids.tolist()
     else:  # digit-recognizer's train.csv has no ids: its rows are numbered
         train_ids = [f"train-{row}" for row in range(len(train_images))]
+    classes = class_list(spec, labels, train_path)
     test_ids = read_test_ids(raw / layout.sample_submission, spec)
-    test_images, _ = read_pixel_rows(raw / layout.test_csv, spec, "test pixels", [])
+    test_labels = None
+    if spec.source == "dataset":  # Kaggle's Fashion-MNIST dataset: a labelled test CSV, no sample submission
+        if not (raw / layout.test_csv).is_file():
+            return CanonicalData(train_images, label_indices(labels, classes, spec, train_path), train_ids,
+                                 np.empty((0, *train_images.shape[1:]), dtype=np.uint8), [], classes)
+        test_images, test_columns = read_pixel_rows(raw / layout.test_csv, spec, "test pixels", [spec.label_column])
+        test_ids = [f"test-{row}" for row in range(len(test_images))]
+        if spec.label_column in test_columns:
+            test_labels = label_indices(test_columns[spec.label_column].str.strip(), classes, spec, raw / layout.test_csv)
+    else:
+        test_images, _ = read_pixel_rows(raw / layout.test_csv, spec, "test pixels", [])
     if len(test_images) != len(test_ids):
         raise DataError(f"{raw / layout.test_csv}: {len(test_images)} rows but {layout.sample_submission} lists "
                         f"{len(test_ids)} test ids; its rows must line up with the sample submission's")
-    classes = class_list(spec, labels, train_path)
     return CanonicalData(train_images, label_indices(labels, classes, spec, train_path), train_ids, test_images, test_ids,
-                         classes)
+                         classes, test_labels)
 
 
 READERS: dict[str, Callable[[CompetitionSpec, Path], CanonicalData]] = {
@@ -420,8 +435,34 @@ READERS: dict[str, Callable[[CompetitionSpec, Path], CanonicalData]] = {
 }
 
 
+def held_out(spec: CompetitionSpec, data: CanonicalData) -> CanonicalData:
+    """`source: dataset`: the labelled test split it ships, else a seeded stratified `holdout.fraction` of the
+    training rows moved to the test side (they never train); the unlabelled test images a dataset may hold
+    are dropped, having nothing to be scored against."""
+    if data.test_labels is not None:
+        print(f"prepare: {spec.name}: {len(data.test_ids):,} rows of the dataset's labelled test split are scored locally")
+        return data
+    from sklearn.model_selection import train_test_split
+
+    rows = np.arange(len(data.train_labels))
+    try:
+        train_rows, test_rows = train_test_split(rows, test_size=spec.holdout.fraction, random_state=spec.holdout.seed,
+                                                 stratify=data.train_labels)
+    except ValueError as exc:  # a class with a single image cannot be split by class
+        raise DataError(f"holdout: {exc}; lower holdout.fraction or check the dataset's labels") from None
+    train_rows, test_rows = np.sort(train_rows), np.sort(test_rows)
+    print(f"prepare: {spec.name}: {len(test_rows):,} of {len(rows):,} labelled rows held out ({spec.holdout.fraction:g}, "
+          f"seed {spec.holdout.seed}) and scored locally; they never train")
+    images = np.asarray(data.train_images)
+    return CanonicalData(images[train_rows], data.train_labels[train_rows], [data.train_ids[i] for i in train_rows],
+                         images[test_rows], [data.train_ids[i] for i in test_rows], data.classes,
+                         data.train_labels[test_rows])
+
+
 def read_competition(spec: CompetitionSpec, raw: Path) -> CanonicalData:
     data = READERS[spec.layout.kind](spec, raw)
+    if spec.source == "dataset":
+        data = held_out(spec, data)
     overlap = set(data.train_ids) & set(data.test_ids)
     if overlap:
         raise DataError(f"{raw}: id '{sorted(overlap)[0]}' is both a training and a test id; ids must be unique across both")

@@ -24,7 +24,7 @@ import numpy as np
 
 from competition import atomic, locks
 from competition.errors import DataError, KaggleError, UserError
-from competition.formats import SubmissionFormat
+from competition.formats import SubmissionFormat, score
 from competition.kaggle_adapter import call, host_description, kaggle_api
 from competition.paths import submissions_root
 from competition.spec import CompetitionSpec
@@ -44,7 +44,8 @@ ACCURACY_LOG_COLUMNS = ["time", "competition", "profile", "config_hash", "git_co
                         "cv_accuracy", "public_score", "private_score", "status", "ref", "file"]
 # PENDING: recorded before the upload, completed by this or a later run. FAILED: the upload never reached
 # the host. The others are final.
-LOG_STATUSES = ("COMPLETE", "ERROR", "PENDING", "FAILED", "dry-run", "limit", "already-scored")
+# LOCAL: a dataset's predictions, scored here on its held-out rows (public_score holds that score).
+LOG_STATUSES = ("COMPLETE", "ERROR", "PENDING", "FAILED", "dry-run", "limit", "already-scored", "LOCAL")
 SCORE_TIMEOUT_S = 600
 DIGEST_PATTERN = re.compile(r"digest ([0-9a-f]{8,64})")
 
@@ -65,10 +66,20 @@ def _read_rows(path: Path) -> list[list[str]]:
         raise SubmissionInvalid(f"{path}: not a readable CSV ({exc})") from None
 
 
+def submission_header(spec: CompetitionSpec) -> list[str]:
+    """The sample submission's header; for a dataset, which has none, the metric's columns in kpipe's
+    names (id, label; or id, class_<label> ...)."""
+    if spec.source == "dataset":
+        if spec.metric.bind().submission == "probabilities":
+            return [spec.submission_id, *(f"class_{label}" for label in spec.classes)]
+        return [spec.submission_id, spec.submission_label]
+    return _read_rows(raw_dir(spec) / spec.layout.sample_submission)[0]
+
+
 def submission_format(spec: CompetitionSpec) -> SubmissionFormat:
     """The competition's format (competition/formats.py), checked against its sample submission."""
     sample = raw_dir(spec) / spec.layout.sample_submission
-    header = _read_rows(sample)[0]
+    header = submission_header(spec)
     try:
         return SubmissionFormat.of(spec.metric.bind(), spec.submission_id, spec.submission_label, spec.classes, header)
     except ValueError as exc:
@@ -82,7 +93,7 @@ def write_submission(spec: CompetitionSpec, test_ids: list[str], test_probs: np.
     fmt = submission_format(spec)
     with atomic.atomic_file(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(_read_rows(raw_dir(spec) / spec.layout.sample_submission)[0])
+        writer.writerow(submission_header(spec))
         writer.writerows([sample_id, *fmt.cells(probs)] for sample_id, probs in zip(test_ids, test_probs))
 
 
@@ -126,6 +137,7 @@ class Submission:
     predictions_digest: str  # a digest of the ensemble's predictions: the guard against uploading twice
     git_commit: str
     ensemble: str = ""  # the ensemble's output folder name (its lineage is what `make predict` replays)
+    held_out_labels: np.ndarray | None = None  # `source: dataset`: the test rows' classes, for the local score
 
 
 @dataclass
@@ -373,7 +385,10 @@ def create_submission(spec: CompetitionSpec, api, path: Path, message: str) -> t
 
 
 def submit(spec: CompetitionSpec, submission: Submission, dry_run: bool = False, resubmit: bool = False) -> SubmissionResult:
-    """Write, check and (unless `dry_run`) upload the predictions, under the log's lock; one log row each run."""
+    """Write, check and (unless `dry_run`) upload the predictions, under the log's lock; one log row each run.
+    A dataset's predictions are scored here instead, on its held-out rows."""
+    if spec.source == "dataset":
+        return score_locally(spec, submission)
     with locks.hold(log_path(spec), f"the submissions log of {spec.name}"):
         rows = read_log(spec)
         waiting = any(r["status"] == "PENDING" for r in rows) or awaiting_private(rows)
@@ -401,6 +416,26 @@ def submit(spec: CompetitionSpec, submission: Submission, dry_run: bool = False,
         return _upload(spec, api or kaggle_api(spec), rows, new_row(SubmissionResult("PENDING"), path), message)
 
 
+def score_locally(spec: CompetitionSpec, submission: Submission) -> SubmissionResult:
+    """A dataset has no leaderboard: its submission file is scored here, read back as the local host reads
+    an upload, against the held-out rows' labels; the log row says LOCAL."""
+    if submission.held_out_labels is None or len(submission.held_out_labels) != len(submission.test_ids):
+        raise UserError(f"{spec.name}: the prepared data holds no labels for its {len(submission.test_ids)} test rows; "
+                        f"run `make prepare COMP={spec.name}` again (FORCE=1)")
+    with locks.hold(log_path(spec), f"the submissions log of {spec.name}"):
+        rows = read_log(spec)
+        path = _checked_submission_file(spec, submission.test_ids, submission.test_probs, submission.config_hash)
+        fmt = submission_format(spec)
+        predictions = [fmt.parse(row[1:]) for row in _read_rows(path)[1:]]
+        value = score(spec.metric.bind(), fmt, predictions, submission.held_out_labels)
+        result = SubmissionResult("LOCAL", value)
+        rows.append(_log_row(spec, submission, result, path))
+        write_log_naming(spec, rows, path)
+    print(f"submit: {spec.name} is a Kaggle dataset: nothing uploaded; {spec.metric} {value:.5f} on its "
+          f"{len(predictions):,} held-out rows (logged as LOCAL in {log_path(spec)})")
+    return result
+
+
 def _earlier_result(spec: CompetitionSpec, rows: list[dict], digest: str, resubmit: bool, new_row) -> SubmissionResult | None:
     """The result of an earlier upload of the same predictions, if it stands in for this one."""
     same = [r for r in rows if r["predictions_digest"] == digest]
@@ -424,6 +459,8 @@ def _checked_submission_file(spec: CompetitionSpec, test_ids: list[str], test_pr
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     path = submissions_root() / spec.name / f"{stamp}-{config_hash}.csv"
     write_submission(spec, test_ids, test_probs, path)
+    if spec.source == "dataset":  # no sample submission to hold it against: score_locally reads it back
+        return path
     try:
         count = validate_submission(path, raw_dir(spec) / spec.layout.sample_submission, submission_format(spec))
     except SubmissionInvalid:
