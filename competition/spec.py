@@ -55,9 +55,13 @@ class _ImageFilesLayout(_Strict):
     """Layouts with one image file per sample; `filename` names a test image (and a train image) by its id."""
 
     train_dir: str = "train"
-    test_dir: str = "test"
+    test_dir: str | list[str] = "test"  # or several folders the test images are spread over (test1, test2)
     sample_submission: str = "sample_submission.csv"
     filename: str = "{id}.png"
+
+    @property
+    def test_dirs(self) -> list[str]:
+        return [self.test_dir] if isinstance(self.test_dir, str) else list(self.test_dir)
 
     @field_validator("filename")
     @classmethod

@@ -189,6 +189,19 @@ def test_an_id_is_never_a_path(tmp_path, bad_id):
 def test_a_sample_submission_whose_ids_match_no_test_image_says_so(tmp_path):
     _dogs_vs_cats(tmp_path)
     (tmp_path / "sample_submission.csv").write_text("id,label\nimg_1,0.5\nimg_2,0.5\n")
-    with pytest.raises(DataError, match=r"none of the 2 ids of sample_submission.csv names one of its 2 images \(id "
-                                        r"'img_1' would be 'img_1.jpg', a file there is '1.jpg'\)"):
+    with pytest.raises(DataError, match=r"none of the 2 ids of sample_submission.csv names one of the 2 images in test "
+                                        r"\(id 'img_1' would be 'img_1.jpg', a file there is '1.jpg'\)"):
         read_competition(_spec(FILE_LABELS, resize="stretch"), tmp_path)
+
+
+def test_test_images_spread_over_several_folders(tmp_path):
+    _dogs_vs_cats(tmp_path)
+    (tmp_path / "test2").mkdir()
+    _jpg(tmp_path / "test2" / "3.jpg", 200)
+    (tmp_path / "sample_submission.csv").write_text("id,label\n1,0.5\n3,0.5\n2,0.5\n")
+    layout = {**FILE_LABELS, "test_dir": ["test", "test2"]}
+    data = read_competition(_spec(layout, resize="stretch"), tmp_path)
+    assert data.test_ids == ["1", "3", "2"] and int(data.test_images[1].mean()) >= 195  # 3.jpg, from test2/
+    _jpg(tmp_path / "test2" / "1.jpg", 5)
+    with pytest.raises(DataError, match=r"test2/1.jpg: also in .*test; a test image must be in one folder"):
+        read_competition(_spec(layout, resize="stretch"), tmp_path)

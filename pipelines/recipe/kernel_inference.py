@@ -90,13 +90,15 @@ def test_batches(data: Path, config: dict, ids: list[str]):
         from kpipe_image_fit import fit_image  # from kpipe_models.zip: the fitting prepare used
         from PIL import Image
 
+        folders = [data / f for f in ([layout["test_dir"]] if isinstance(layout["test_dir"], str) else layout["test_dir"])]
         for start in range(0, len(ids), CHUNK):
             chunk = np.empty((min(CHUNK, len(ids) - start), *size), dtype=np.uint8)
             for i, sample_id in enumerate(ids[start:start + CHUNK]):
                 name = layout["filename"].format(id=sample_id)
                 if "/" in name or "\\" in name or name in (".", ".."):  # ids are data, never paths
                     sys.exit(f"error: sample submission id {sample_id!r} would name a file outside the test folder")
-                with Image.open(data / layout["test_dir"] / name) as img:
+                folder = next((f for f in folders if (f / name).is_file()), folders[0])  # test images over folders
+                with Image.open(folder / name) as img:
                     chunk[i] = fit_image(img, *size, shape.get("resize", "keep"))
             yield chunk.transpose(0, 3, 1, 2)
 

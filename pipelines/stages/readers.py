@@ -230,22 +230,30 @@ def image_paths(folder: Path, pattern: str, ids: list[str], table: str) -> list[
 
 
 def _test_images_by_id(spec: CompetitionSpec, raw: Path, test_ids: list[str]) -> np.ndarray:
+    """The sample submission's images, found by `filename` in the test folder (or folders: each image in
+    one of them); an image no id names, or one name in two folders, is a DataError."""
     layout = spec.layout
-    test_dir = raw / layout.test_dir
-    paths = image_paths(test_dir, layout.filename, test_ids, str(raw / layout.sample_submission))
-    if test_dir.is_dir():
-        expected_names = {p.name for p in paths}
-        present = [p.name for p in test_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
-        if present and not expected_names & set(present):
-            raise DataError(f"{test_dir}: none of the {len(test_ids):,} ids of {layout.sample_submission} names one of its "
-                            f"{len(present):,} images (id '{test_ids[0]}' would be '{paths[0].name}', a file there is "
-                            f"'{sorted(present)[0]}'); check layout.filename and layout.test_dir")
-        extra = sorted(name for name in present if name not in expected_names)
-        if extra:
-            raise DataError(f"{test_dir}: {len(extra)} images are not listed in {layout.sample_submission}, e.g. '{extra[0]}'; "
-                            "test ids must match the sample submission")
+    folders = [raw / folder for folder in layout.test_dirs]
+    names = [p.name for p in image_paths(folders[0], layout.filename, test_ids, str(raw / layout.sample_submission))]
+    found: dict[str, Path] = {}
+    for folder in (f for f in folders if f.is_dir()):
+        for path in folder.iterdir():
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                if path.name in found:
+                    raise DataError(f"{path}: also in {found[path.name]}; a test image must be in one folder")
+                found[path.name] = folder
+    where_dirs = ", ".join(layout.test_dirs)
+    if found and not set(names) & set(found):
+        raise DataError(f"{folders[0]}: none of the {len(test_ids):,} ids of {layout.sample_submission} names one of the "
+                        f"{len(found):,} images in {where_dirs} (id '{test_ids[0]}' would be '{names[0]}', a file there "
+                        f"is '{sorted(found)[0]}'); check layout.filename and layout.test_dir")
+    extra = sorted(set(found) - set(names))
+    if extra:
+        raise DataError(f"{found[extra[0]]}: {len(extra)} images are not listed in {layout.sample_submission}, e.g. "
+                        f"'{extra[0]}'; test ids must match the sample submission")
     if not test_ids:  # a dataset without a sample submission: no unlabelled test images to read
         return np.empty((0, spec.image.height, spec.image.width, spec.image.channels), dtype=np.uint8)
+    paths = [found.get(name, folders[0]) / name for name in names]
     where = [f"{layout.sample_submission} row {row + 2}, id '{i}'" for row, i in enumerate(test_ids)]
     return load_images(paths, spec, where, "test images")
 
