@@ -18,12 +18,12 @@ def test_python_api_lists_downloads_submits_and_reads_leaderboard(pipeline_env, 
     host.store.add_competition(tmp_path / "course")
     api = kaggle_api(load_spec("digits"))
 
-    refs = [c.ref for c in api.competitions_list().competitions]
+    refs = [c.ref for c in api.competitions_list(page_size=200).competitions]
     assert all(ref.startswith("http://") and "/competitions/" in ref for ref in refs)  # URLs, as kaggle.com's
     slugs = {ref.rsplit("/", 1)[1] for ref in refs}
     assert {"digits", "fashion-mnist", "thu-deep-learning", "api-course"} <= slugs
     # The metric as kaggle.com names it, for the built-ins and for a competition added by hand alike.
-    metric_of = {c.ref.rsplit("/", 1)[1]: c.evaluation_metric for c in api.competitions_list().competitions}
+    metric_of = {c.ref.rsplit("/", 1)[1]: c.evaluation_metric for c in api.competitions_list(page_size=200).competitions}
     assert metric_of["digits"] == "Categorization Accuracy" and metric_of["api-course"] == "Categorization Accuracy"
     assert metric_of["fashion-mnist-logloss"] == "Log Loss"
     assert metric_of["fashion-mnist-imbalanced"] == "Macro F1 Score"

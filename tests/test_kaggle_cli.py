@@ -36,7 +36,7 @@ def test_cli_lists_competitions(run_kaggle):
 
 
 def _listed(run_kaggle, *options) -> list[str]:
-    result = run_kaggle("competitions", "list", "--csv", *options)
+    result = run_kaggle("competitions", "list", "--csv", "--page-size", "200", *options)  # one page, however many
     assert result.returncode == 0, result.stderr
     return [row["ref"].rsplit("/", 1)[1] for row in csv.DictReader(io.StringIO(result.stdout))]
 

@@ -43,7 +43,7 @@ def default_host(slug: str) -> str:
 def competition_metadata(endpoint: Endpoint, api) -> dict:
     """Title and evaluation metric from the competitions listing (the API has no call for one competition)."""
     listing = call(endpoint, f"looking up '{endpoint.kaggle_slug}'",
-                   lambda: api.competitions_list(search=endpoint.kaggle_slug))
+                   lambda: api.competitions_list(search=endpoint.kaggle_slug, page_size=200))
     for competition in getattr(listing, "competitions", None) or []:
         if str(competition.ref).rstrip("/").rsplit("/", 1)[-1] == endpoint.kaggle_slug:
             return {"title": competition.title, "metric": competition.evaluation_metric or ""}
