@@ -65,3 +65,22 @@ def test_training_on_memory_mapped_images_predicts_as_in_memory(pipeline_env, ho
     second = train_fold(FoldJob(mapped_inputs, run, 0), FoldOptions(force=True))  # the same folder, written again
     assert np.array_equal(np.load(second.folder / "oof_probs.npy"), oof)
     assert np.array_equal(np.load(second.folder / "test_probs.npy"), test)
+
+
+def test_prepare_writes_images_larger_than_memory_straight_to_disk(tmp_path, monkeypatch):
+    from tests.test_prepare import _csv_images_competition, _spec
+
+    from pipelines.stages.prepare import _store, image_allocator
+    from pipelines.stages.readers import read_competition
+
+    _csv_images_competition(tmp_path / "raw")
+    in_memory = read_competition(_spec("csv_images"), tmp_path / "raw")
+    monkeypatch.setenv("KPIPE_MEMMAP", "1")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    on_disk = read_competition(_spec("csv_images"), tmp_path / "raw", image_allocator(staging))
+    assert isinstance(on_disk.train_images, np.memmap) and np.array_equal(on_disk.train_images, in_memory.train_images)
+    assert np.array_equal(on_disk.test_images, in_memory.test_images)
+    _store(on_disk.train_images, staging / "train_images.npy")  # renamed, not copied
+    assert sorted(p.name for p in staging.iterdir()) == ["scratch-1.npy", "train_images.npy"]
+    assert np.array_equal(np.load(staging / "train_images.npy"), in_memory.train_images)

@@ -10,17 +10,16 @@ chunks. The pixels a model sees are the same either way.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from pipelines.machine.device import Runtime
+from pipelines.machine.memory import memory_mapped
 from pipelines.stages.prepare import Folds, Prepared
 
 
-MEMMAP_SHARE = 0.25  # arrays above this share of the machine's memory stay memory-mapped (KPIPE_MEMMAP=auto)
 MATERIALISE_ROWS = 4096  # a selection of more rows stays a lazy view; batches are read when indexed
 STATS_CHUNK = 4096
 
@@ -54,14 +53,6 @@ class MappedImages:
         if self.device.type == "cuda":
             return batch.pin_memory().to(self.device, non_blocking=True)
         return batch.to(self.device)
-
-
-def memory_mapped(nbytes: int) -> bool:
-    """Whether arrays of `nbytes` stay on disk: KPIPE_MEMMAP=1 / 0, or (auto) above MEMMAP_SHARE of memory."""
-    choice = os.environ.get("KPIPE_MEMMAP", "auto")
-    if choice in ("0", "1"):
-        return choice == "1"
-    return nbytes > MEMMAP_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -20,6 +23,7 @@ from competition import atomic
 from competition.errors import DataError
 from competition.paths import competition_root
 from competition.spec import CompetitionSpec
+from pipelines.machine.memory import memory_mapped
 from pipelines.stages.artifacts import atomic_output, build_once, output_key, read_manifest
 from pipelines.stages.download import raw_dir, raw_is_complete
 from pipelines.stages.readers import CanonicalData, read_competition
@@ -107,14 +111,38 @@ def prepare(spec: CompetitionSpec, force: bool = False) -> Prepared:
                       lambda: _write_prepared(spec, raw, folder, key, config, inputs, force), up_to_date, force)
 
 
+def image_allocator(staging: Path) -> Callable[[tuple[int, ...]], np.ndarray]:
+    """Arrays for the readers: in memory, or (larger than memory: machine/memory.py) .npy files in the
+    staging folder, memory-mapped, that become the prepared arrays without a copy."""
+    made = itertools.count()
+
+    def allocate(shape: tuple[int, ...]) -> np.ndarray:
+        if not memory_mapped(int(np.prod(shape))):
+            return np.empty(shape, dtype=np.uint8)
+        return np.lib.format.open_memmap(staging / f"scratch-{next(made)}.npy", mode="w+", dtype=np.uint8, shape=shape)
+
+    return allocate
+
+
+def _store(array: np.ndarray, path: Path) -> None:
+    """`array` as the .npy file `path`: a memory-mapped scratch file beside it is renamed, not copied."""
+    if isinstance(array, np.memmap) and array.filename and Path(array.filename).parent == path.parent:
+        array.flush()
+        os.replace(array.filename, path)
+    else:
+        np.save(path, array)
+
+
 def _write_prepared(spec: CompetitionSpec, raw: Path, folder: Path, key: str, config: dict, inputs: dict,
                     replace: bool) -> Prepared:
-    data = read_competition(spec, raw)
     summary: dict = {}
     with atomic_output(folder, "prepare", config, inputs, extra=summary, replace=replace) as staging:
-        np.save(staging / "train_images.npy", data.train_images)
+        data = read_competition(spec, raw, image_allocator(staging))
+        _store(data.train_images, staging / "train_images.npy")
         np.save(staging / "train_labels.npy", data.train_labels)
-        np.save(staging / "test_images.npy", data.test_images)
+        _store(data.test_images, staging / "test_images.npy")
+        for leftover in staging.glob("scratch-*.npy"):  # the rows a dataset's holdout copied elsewhere
+            leftover.unlink()
         if data.test_labels is not None:  # `source: dataset`: the held-out rows' labels, for the local score
             np.save(staging / "test_labels.npy", data.test_labels)
         _write_rows(staging / "train.csv", ["id", "label"],

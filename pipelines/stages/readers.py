@@ -22,6 +22,11 @@ from pipelines.recipe.image_fit import fit_image
 if TYPE_CHECKING:
     import pandas as pd
 
+# Where a reader puts N×H×W×C uint8 images: np.empty (memory), or prepare's arrays on disk for data larger
+# than memory (stages/prepare.py: image_allocator).
+Allocate = Callable[[tuple[int, ...]], np.ndarray]
+COPY_CHUNK = 4096  # rows copied at a time into an allocated array
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 MAX_CSV_FIELD_CHARS = 4096  # ids and labels are short; a longer cell is a broken or hostile file
 MAX_IMAGE_FILE_BYTES = 64 << 20
@@ -166,15 +171,20 @@ def load_image(path: Path, spec: CompetitionSpec, where: str, resize: bool = Fal
         raise DataError(f"{path}: unreadable image ({where}): {str(exc)[:200]}") from None
 
 
-def load_images(paths: list[Path], spec: CompetitionSpec, where: list[str], desc: str, **options) -> np.ndarray:
-    """`load_image` for each path (`options`: its resize and size_fix), into one N×H×W×C array."""
-    out = np.empty((len(paths), spec.image.height, spec.image.width, spec.image.channels), dtype=np.uint8)
+def empty_images(shape: tuple[int, ...]) -> np.ndarray:
+    return np.empty(shape, dtype=np.uint8)
+
+
+def load_images(paths: list[Path], spec: CompetitionSpec, where: list[str], desc: str,
+                allocate: Allocate = empty_images, **options) -> np.ndarray:
+    """`load_image` for each path (`options`: its resize and size_fix), into one N×H×W×C array from `allocate`."""
+    out = allocate((len(paths), spec.image.height, spec.image.width, spec.image.channels))
     for i, path in enumerate(tqdm(paths, desc=desc, unit="img", mininterval=1.0, disable=len(paths) < 2000)):
         out[i] = load_image(path, spec, where[i], **options)
     return out
 
 
-def as_nhwc(array: np.ndarray, spec: CompetitionSpec, path: Path) -> np.ndarray:
+def as_nhwc(array: np.ndarray, spec: CompetitionSpec, path: Path, allocate: Allocate = empty_images) -> np.ndarray:
     if array.dtype != np.uint8:
         raise DataError(f"{path}: dtype {array.dtype}, expected uint8 images (0..255)")
     if array.ndim == 3:
@@ -183,7 +193,10 @@ def as_nhwc(array: np.ndarray, spec: CompetitionSpec, path: Path) -> np.ndarray:
     if array.ndim != 4 or array.shape[1:] != expected:
         raise DataError(f"{path}: array shape {array.shape}, expected N×{expected[0]}×{expected[1]}"
                         f"{'' if expected[2] == 1 else '×3'}; fix the file or `image:` in the competition YAML")
-    return np.array(array, order="C")  # a copy: the input may be a memory map of a file
+    out = allocate(array.shape)  # a copy, in chunks: the input may be a memory map of a file of any size
+    for start in range(0, len(array), COPY_CHUNK):
+        out[start:start + COPY_CHUNK] = array[start:start + COPY_CHUNK]
+    return out
 
 
 def open_npy(path: Path) -> np.ndarray:
@@ -195,20 +208,20 @@ def open_npy(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not a readable .npy array ({str(exc)[:200]})") from None
 
 
-def load_npy(path: Path, spec: CompetitionSpec, what: str) -> np.ndarray:
+def load_npy(path: Path, spec: CompetitionSpec, what: str, allocate: Allocate = empty_images) -> np.ndarray:
     _require(path, what)
-    return as_nhwc(open_npy(path), spec, path)
+    return as_nhwc(open_npy(path), spec, path, allocate)
 
 
 # --- one reader per layout ---------------------------------------------------------------------------
 
 
-def read_npy(spec: CompetitionSpec, raw: Path) -> CanonicalData:
+def read_npy(spec: CompetitionSpec, raw: Path, allocate: Allocate = empty_images) -> CanonicalData:
     layout = spec.layout
     train_ids, train_labels, classes = read_labelled_ids(raw / layout.train_csv, spec)
     test_ids = read_test_ids(raw / layout.sample_submission, spec)
-    train_images = load_npy(raw / layout.train_images, spec, "training images")
-    test_images = load_npy(raw / layout.test_images, spec, "test images")
+    train_images = load_npy(raw / layout.train_images, spec, "training images", allocate)
+    test_images = load_npy(raw / layout.test_images, spec, "test images", allocate)
     for images, ids, array_name, csv_name in ((train_images, train_ids, layout.train_images, layout.train_csv),
                                               (test_images, test_ids, layout.test_images, layout.sample_submission)):
         if len(images) != len(ids):
@@ -229,7 +242,7 @@ def image_paths(folder: Path, pattern: str, ids: list[str], table: str) -> list[
     return paths
 
 
-def _test_images_by_id(spec: CompetitionSpec, raw: Path, test_ids: list[str]) -> np.ndarray:
+def _test_images_by_id(spec: CompetitionSpec, raw: Path, test_ids: list[str], allocate: Allocate = empty_images) -> np.ndarray:
     """The sample submission's images, found by `filename` in the test folder (or folders: each image in
     one of them); an image no id names, or one name in two folders, is a DataError."""
     layout = spec.layout
@@ -255,17 +268,18 @@ def _test_images_by_id(spec: CompetitionSpec, raw: Path, test_ids: list[str]) ->
         return np.empty((0, spec.image.height, spec.image.width, spec.image.channels), dtype=np.uint8)
     paths = [found.get(name, folders[0]) / name for name in names]
     where = [f"{layout.sample_submission} row {row + 2}, id '{i}'" for row, i in enumerate(test_ids)]
-    return load_images(paths, spec, where, "test images")
+    return load_images(paths, spec, where, "test images", allocate)
 
 
-def read_csv_images(spec: CompetitionSpec, raw: Path) -> CanonicalData:
+def read_csv_images(spec: CompetitionSpec, raw: Path, allocate: Allocate = empty_images) -> CanonicalData:
     layout = spec.layout
     train_ids, train_labels, classes = read_labelled_ids(raw / layout.train_csv, spec)
     test_ids = read_test_ids(raw / layout.sample_submission, spec)
     paths = image_paths(raw / layout.train_dir, layout.filename, train_ids, str(raw / layout.train_csv))
     where = [f"{layout.train_csv} row {row + 2}, id '{i}'" for row, i in enumerate(train_ids)]
-    train_images = load_images(paths, spec, where, "train images")
-    return CanonicalData(train_images, train_labels, train_ids, _test_images_by_id(spec, raw, test_ids), test_ids, classes)
+    train_images = load_images(paths, spec, where, "train images", allocate)
+    return CanonicalData(train_images, train_labels, train_ids, _test_images_by_id(spec, raw, test_ids, allocate), test_ids,
+                         classes)
 
 
 def _unique_ids(paths: list[Path], ids: list[str]) -> None:
@@ -280,7 +294,7 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def read_class_folders(spec: CompetitionSpec, raw: Path) -> CanonicalData:
+def read_class_folders(spec: CompetitionSpec, raw: Path, allocate: Allocate = empty_images) -> CanonicalData:
     layout = spec.layout
     train_dir = raw / layout.train_dir
     if not train_dir.is_dir():
@@ -301,9 +315,9 @@ def read_class_folders(spec: CompetitionSpec, raw: Path) -> CanonicalData:
         raise DataError(f"{train_dir}: no training images found in the class folders")
     ids = [path.stem for path in paths]
     _unique_ids(paths, ids)
-    train_images = load_images(paths, spec, [f"class folder '{classes[c]}'" for c in labels], "train images")
+    train_images = load_images(paths, spec, [f"class folder '{classes[c]}'" for c in labels], "train images", allocate)
     test_ids = read_test_ids(raw / layout.sample_submission, spec)
-    return CanonicalData(train_images, np.array(labels, dtype=np.int64), ids, _test_images_by_id(spec, raw, test_ids),
+    return CanonicalData(train_images, np.array(labels, dtype=np.int64), ids, _test_images_by_id(spec, raw, test_ids, allocate),
                          test_ids, classes)
 
 
@@ -320,7 +334,7 @@ def file_name_pattern(pattern: str) -> re.Pattern:
     return re.compile("".join(parts) + r"\Z", re.IGNORECASE)
 
 
-def read_file_labels(spec: CompetitionSpec, raw: Path) -> CanonicalData:
+def read_file_labels(spec: CompetitionSpec, raw: Path, allocate: Allocate = empty_images) -> CanonicalData:
     layout = spec.layout
     train_dir = raw / layout.train_dir
     if not train_dir.is_dir():
@@ -345,9 +359,9 @@ def read_file_labels(spec: CompetitionSpec, raw: Path) -> CanonicalData:
     ids = [path.name.rsplit(".", 1)[0] for path in paths]
     _unique_ids(paths, ids)
     labels = np.array([index_of[label] for label in found], dtype=np.int64)
-    train_images = load_images(paths, spec, [f"label '{label}' from its name" for label in found], "train images")
+    train_images = load_images(paths, spec, [f"label '{label}' from its name" for label in found], "train images", allocate)
     test_ids = read_test_ids(raw / layout.sample_submission, spec)
-    return CanonicalData(train_images, labels, ids, _test_images_by_id(spec, raw, test_ids), test_ids, classes)
+    return CanonicalData(train_images, labels, ids, _test_images_by_id(spec, raw, test_ids, allocate), test_ids, classes)
 
 
 MAX_PIXEL_CSV_BYTES = 4 << 30  # 4 GiB of text: about 1.6 million 28x28 images
@@ -397,7 +411,7 @@ def read_pixel_rows(path: Path, spec: CompetitionSpec, what: str, extra: list[st
     return images, table[wanted]
 
 
-def read_pixel_csv(spec: CompetitionSpec, raw: Path) -> CanonicalData:
+def read_pixel_csv(spec: CompetitionSpec, raw: Path, allocate: Allocate = empty_images) -> CanonicalData:
     layout = spec.layout
     train_path = raw / layout.train_csv
     train_images, columns = read_pixel_rows(train_path, spec, "training pixels and labels",
@@ -434,7 +448,7 @@ def read_pixel_csv(spec: CompetitionSpec, raw: Path) -> CanonicalData:
                          classes, test_labels)
 
 
-READERS: dict[str, Callable[[CompetitionSpec, Path], CanonicalData]] = {
+READERS: dict[str, Callable[..., CanonicalData]] = {  # (spec, raw folder, allocate) -> the data
     "npy": read_npy,
     "csv_images": read_csv_images,
     "class_folders": read_class_folders,
@@ -443,7 +457,7 @@ READERS: dict[str, Callable[[CompetitionSpec, Path], CanonicalData]] = {
 }
 
 
-def held_out(spec: CompetitionSpec, data: CanonicalData) -> CanonicalData:
+def held_out(spec: CompetitionSpec, data: CanonicalData, allocate: Allocate = empty_images) -> CanonicalData:
     """`source: dataset`: the labelled test split it ships, else a seeded stratified `holdout.fraction` of the
     training rows moved to the test side (they never train); the unlabelled test images a dataset may hold
     are dropped, having nothing to be scored against."""
@@ -461,16 +475,22 @@ def held_out(spec: CompetitionSpec, data: CanonicalData) -> CanonicalData:
     train_rows, test_rows = np.sort(train_rows), np.sort(test_rows)
     print(f"prepare: {spec.name}: {len(test_rows):,} of {len(rows):,} labelled rows held out ({spec.holdout.fraction:g}, "
           f"seed {spec.holdout.seed}) and scored locally; they never train")
-    images = np.asarray(data.train_images)
-    return CanonicalData(images[train_rows], data.train_labels[train_rows], [data.train_ids[i] for i in train_rows],
-                         images[test_rows], [data.train_ids[i] for i in test_rows], data.classes,
+    def rows_of(rows: np.ndarray) -> np.ndarray:
+        out = allocate((len(rows), *data.train_images.shape[1:]))
+        for start in range(0, len(rows), COPY_CHUNK):
+            out[start:start + COPY_CHUNK] = data.train_images[rows[start:start + COPY_CHUNK]]
+        return out
+
+    return CanonicalData(rows_of(train_rows), data.train_labels[train_rows], [data.train_ids[i] for i in train_rows],
+                         rows_of(test_rows), [data.train_ids[i] for i in test_rows], data.classes,
                          data.train_labels[test_rows])
 
 
-def read_competition(spec: CompetitionSpec, raw: Path) -> CanonicalData:
-    data = READERS[spec.layout.kind](spec, raw)
+def read_competition(spec: CompetitionSpec, raw: Path, allocate: Allocate = empty_images) -> CanonicalData:
+    """The competition's data, its images in arrays from `allocate` (memory, unless prepare says disk)."""
+    data = READERS[spec.layout.kind](spec, raw, allocate)
     if spec.source == "dataset":
-        data = held_out(spec, data)
+        data = held_out(spec, data, allocate)
     overlap = set(data.train_ids) & set(data.test_ids)
     if overlap:
         raise DataError(f"{raw}: id '{sorted(overlap)[0]}' is both a training and a test id; ids must be unique across both")
