@@ -25,6 +25,8 @@ $(call check_whole,THREADS,threads this command may use; e.g. THREADS=2)
 $(call check_whole,GPUS,devices each run is spread over; e.g. GPUS=2)
 $(call check_whole,FOLD,folds count from 0; e.g. FOLD=0)
 $(call check_whole,PORT,a TCP port; e.g. PORT=8080)
+$(call check_whole,IMAGES,images in the memory benchmark; e.g. IMAGES=40000)
+$(call check_whole,SIDE,the memory benchmark's image side in pixels; e.g. SIDE=128)
 
 # A storage URL may hold a password: it reaches the tuner through the environment, never a recipe line,
 # so make's echo of the command cannot show it.
@@ -52,7 +54,7 @@ endif
 # A fixed profile (PROFILE=quick|full), a time budget (BUDGET=15m) or a replayed plan (PLAN=file).
 RECIPE = $(if $(PROFILE),--profile $(PROFILE)) $(if $(BUDGET),--budget=$(BUDGET)) $(if $(PLAN),--plan=$(PLAN))
 
-.PHONY: help install system-run system-test test test-fast serve stop-host init download prepare train tune report submit scores predict export bench prune clean
+.PHONY: help install system-run system-test test test-fast serve stop-host init download prepare train tune report submit scores predict export bench bench-memory prune clean
 
 help:
 	@echo "make init COMP=<slug>            draft competition/<slug>.yaml from the Kaggle API and the download [HOST=, FORCE=1]"
@@ -144,6 +146,10 @@ export: install
 
 bench: install
 	$(PY) -m pipelines.tools.bench
+
+# Data larger than memory: memory-mapped against in memory (IMAGES=170000 SIDE=128: 8.4 GB of arrays).
+bench-memory: install
+	$(PY) -m pipelines.tools.bench_memory --images $(or $(IMAGES),170000) --side $(or $(SIDE),128)
 
 clean:
 	rm -rf .data/$(COMP)

@@ -33,7 +33,7 @@ def test_mapped_images_index_as_the_tensor_does(tmp_path, monkeypatch):
 
 def test_statistics_in_chunks_match_the_whole_array(tmp_path, monkeypatch):
     array = _array(tmp_path, n=37)
-    monkeypatch.setattr(device_data, "STATS_CHUNK", 5)
+    monkeypatch.setattr(device_data, "STATS_CHUNK_BYTES", 5 * 6 * 5 * 3 * 8)  # five images a chunk
     mean, std = channel_stats(array)
     pixels = torch.from_numpy(np.array(array)).permute(3, 0, 1, 2).reshape(3, -1).float()
     assert np.allclose(mean, pixels.mean(dim=1).tolist(), rtol=1e-6)

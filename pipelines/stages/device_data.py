@@ -21,7 +21,7 @@ from pipelines.stages.prepare import Folds, Prepared
 
 
 MATERIALISE_ROWS = 4096  # a selection of more rows stays a lazy view; batches are read when indexed
-STATS_CHUNK = 4096
+STATS_CHUNK_BYTES = 32 << 20  # float64 pixels summed at a time: memory for the statistics stays this size
 
 
 class MappedImages:
@@ -59,9 +59,10 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and (unbiased) std of N×H×W×C uint8 images, 0..255 scale, in chunks: memory for one
     chunk, however large the array."""
     channels = images.shape[-1]
+    rows = max(1, STATS_CHUNK_BYTES // (8 * int(np.prod(images.shape[1:]))))
     total, squares, count = np.zeros(channels), np.zeros(channels), 0
-    for start in range(0, len(images), STATS_CHUNK):
-        chunk = np.asarray(images[start:start + STATS_CHUNK], dtype=np.float64).reshape(-1, channels)
+    for start in range(0, len(images), rows):
+        chunk = np.asarray(images[start:start + rows], dtype=np.float64).reshape(-1, channels)
         total += chunk.sum(axis=0)
         squares += (chunk ** 2).sum(axis=0)
         count += len(chunk)
