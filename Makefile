@@ -147,9 +147,9 @@ export: install
 bench: install
 	$(PY) -m pipelines.tools.bench
 
-# Data larger than memory: memory-mapped against in memory (IMAGES=170000 SIDE=128: 8.4 GB of arrays).
+# Data larger than memory: memory-mapped against in memory (IMAGES=66500 SIDE=208: 9.1 GB of arrays).
 bench-memory: install
-	$(PY) -m pipelines.tools.bench_memory --images $(or $(IMAGES),170000) --side $(or $(SIDE),128)
+	$(PY) -m pipelines.tools.bench_memory --images $(or $(IMAGES),66500) --side $(or $(SIDE),208)
 
 clean:
 	rm -rf .data/$(COMP)

@@ -22,6 +22,7 @@ MAX_DISTANCE = 4  # bits of 64
 MAX_PIXEL_DIFFERENCE = 6.0  # mean |difference| in grey levels (of 255), brightness removed
 BANDS = 4
 MAX_BUCKET = 256  # a band value shared by more images is not searched pairwise (the other bands still are)
+PAIR_CHUNK_BYTES = 64 << 20
 
 
 def perceptual_hashes(images: np.ndarray, desc: str) -> np.ndarray:
@@ -124,8 +125,10 @@ def pixels_agree(pairs: list[tuple[int, int, int]], first: np.ndarray, second: n
     """The pairs (rows of `first`, rows of `second`) whose brightness-centred pixels differ by at most
     `limit` grey levels on average."""
     kept = []
-    for start in range(0, len(pairs), 4096):
-        chunk = pairs[start:start + 4096]
+    # Pairs at a time: 4,096, or fewer where images are large, so that the float copies stay near 64 MiB.
+    step = max(1, min(4096, PAIR_CHUNK_BYTES // (4 * int(np.prod(first.shape[1:])))))
+    for start in range(0, len(pairs), step):
+        chunk = pairs[start:start + step]
         a = _centred(first[[i for i, _, _ in chunk]])
         b = _centred(second[[j for _, j, _ in chunk]])
         close = np.abs(a - b).mean(axis=1) <= limit
