@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import os
 
-MEMMAP_SHARE = 0.25  # arrays above this share of the machine's memory stay on disk (KPIPE_MEMMAP=auto)
+# Arrays above this share of the machine's memory stay on disk (KPIPE_MEMMAP=auto). Loaded into memory they
+# peak near ten times their size (a second uint8 layout, float32 statistics over a transposed copy), so
+# 5% keeps that peak under half the memory.
+MEMMAP_SHARE = 0.05
 
 
 def memory_mapped(nbytes: int) -> bool:

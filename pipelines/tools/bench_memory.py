@@ -139,7 +139,7 @@ def main() -> None:
         spec_path.write_text(yaml.safe_dump(spec))
         nbytes = args.images * args.side * args.side * 3
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        modes = ["1"] + (["0"] if 3 * nbytes < total / 2 else [])  # in memory only where it fits with room
+        modes = ["1"] + (["0"] if 10 * nbytes < total / 2 else [])  # in memory only where its ~10x peak fits
         results = []
         for mode in modes:
             env = {**os.environ, "KPIPE_DATA": str(root), "KPIPE_MEMMAP": mode}
