@@ -84,3 +84,20 @@ def test_prepare_writes_images_larger_than_memory_straight_to_disk(tmp_path, mon
     _store(on_disk.train_images, staging / "train_images.npy")  # renamed, not copied
     assert sorted(p.name for p in staging.iterdir()) == ["scratch-1.npy", "train_images.npy"]
     assert np.array_equal(np.load(staging / "train_images.npy"), in_memory.train_images)
+
+
+def test_a_disk_too_small_for_the_arrays_is_an_error_before_any_write(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from pipelines.stages import prepare as prepare_stage
+
+    monkeypatch.setenv("KPIPE_MEMMAP", "1")
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(OSError) as refused:
+        prepare_stage.image_allocator(tmp_path)((10, 8, 8, 1))
+    assert refused.value.errno == errno.ENOSPC

@@ -119,7 +119,13 @@ def image_allocator(staging: Path) -> Callable[[tuple[int, ...]], np.ndarray]:
     def allocate(shape: tuple[int, ...]) -> np.ndarray:
         if not memory_mapped(int(np.prod(shape))):
             return np.empty(shape, dtype=np.uint8)
-        return np.lib.format.open_memmap(staging / f"scratch-{next(made)}.npy", mode="w+", dtype=np.uint8, shape=shape)
+        path = staging / f"scratch-{next(made)}.npy"
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+        # Blocks reserved now: a full disk is an OSError here (one line, the disk handler's), not a
+        # SIGBUS later when a write through the map finds no block.
+        with open(path, "r+b") as fh:
+            os.posix_fallocate(fh.fileno(), 0, path.stat().st_size)
+        return array
 
     return allocate
 
