@@ -76,7 +76,7 @@ def setup(spec: CompetitionSpec, profile_name: str, share: CoreShare | None = No
     if resolve_tuned:  # `params: best` -> the study's best parameters, before anything is hashed
         profile = profile.model_copy(update={"models": [resolve_params(spec, run) for run in profile.models]})
     inputs = load_inputs(spec, share)
-    runtime = inputs.runtime
+    spec, runtime = inputs.spec, inputs.runtime  # the spec with `classes: auto` filled in by prepare
     print(f"run: {spec.name}, profile '{profile_name}' on {runtime.device}"
           f"{'' if runtime.amp_dtype is None else f' with {runtime.amp_dtype} autocast'}; "
           f"folds {spec.fold_indices(profile)} of {spec.folds.n_splits}")
@@ -94,6 +94,7 @@ def setup_budget(spec: CompetitionSpec, budget: float, plan_path: str | None = N
 
     started = time.monotonic()
     inputs = load_inputs(spec, share)
+    spec = inputs.spec  # with `classes: auto` filled in by prepare: the probes build models for its classes
     plan, record, replay = obtain_plan(spec, budget, plan_path, inputs.runtime, inputs.data,
                                        lambda: time.monotonic() - started, need_record)
     label = "plan" if replay else f"budget-{round(budget / 60)}m" if budget % 60 == 0 else f"budget-{round(budget)}s"

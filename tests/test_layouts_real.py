@@ -205,3 +205,20 @@ def test_test_images_spread_over_several_folders(tmp_path):
     _jpg(tmp_path / "test2" / "1.jpg", 5)
     with pytest.raises(DataError, match=r"test2/1.jpg: also in .*test; a test image must be in one folder"):
         read_competition(_spec(layout, resize="stretch"), tmp_path)
+
+
+@pytest.mark.slow
+def test_a_planned_run_probes_and_trains_for_the_classes_auto_found(pipeline_env, host, tmp_path):
+    # Ten classes found at prepare: a probe built for the spec as written (`auto`) would have had 4 outputs.
+    import yaml
+
+    from competition.spec import SPEC_DIR, load_spec
+    from pipelines.context import setup_budget
+
+    raw = yaml.safe_load((SPEC_DIR / "digits.yaml").read_text())
+    raw["classes"] = "auto"
+    raw.pop("class_names", None)
+    path = tmp_path / "digits-auto.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    ctx = setup_budget(load_spec(str(path)), 60.0)
+    assert ctx.spec.classes == [str(i) for i in range(10)] and ctx.plan is not None
