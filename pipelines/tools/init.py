@@ -66,7 +66,8 @@ def metric_entry(kaggle_name: str, draft: Draft) -> str | dict | None:
         return None
     draft.found.append(f"metric: {name if k is None else f'{name} (k={k})'} (the competition's '{kaggle_name}')")
     columns, classes = len(draft.prediction_columns), len(draft.classes)
-    if metrics.KINDS[name].submission == "probabilities" and classes and columns not in (classes, 1 if classes == 2 else classes):
+    allowed = {classes, 1} if classes == 2 else {classes}  # two classes: one column, P(the second), may do
+    if metrics.KINDS[name].submission == "probabilities" and classes and columns not in allowed:
         draft.questions.append(Question("metric", f"{name} is scored on one probability column per class, but the sample "
                                         f"submission has {columns} columns for {classes} classes"))
     return name if k is None else {"name": name, "k": k}
