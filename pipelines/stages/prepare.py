@@ -71,7 +71,8 @@ def content_digest(folder: Path, names: list[str]) -> str:
     """A hash of the files' bytes (not their names and sizes only): a file edited in place changes it.
     Computed once: while every file keeps the size and modification time it had then (kept beside the
     files, in DIGEST_CACHE), a command reuses it instead of reading gigabytes again."""
-    stats = {name: [(folder / name).stat().st_size, (folder / name).stat().st_mtime_ns] for name in sorted(names)}
+    stats = {name: [status.st_size, status.st_mtime_ns]
+             for name, status in ((name, (folder / name).stat()) for name in sorted(names))}
     cache = folder / DIGEST_CACHE
     try:
         cached = json.loads(cache.read_text())
