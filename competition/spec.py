@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import string
 import typing
 from pathlib import Path
@@ -205,6 +206,9 @@ class CompetitionSpec(_Strict):
     holdout: HoldoutConfig = HoldoutConfig()
     # The code-competition variant these models can enter through a kernel (`make export` attaches it).
     code_competition: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+    # This competition is itself a code competition (Kaggle's `isKernelsSubmissionsOnly`): its download
+    # holds a few test rows only, and `make submit` enters it through an inference kernel it publishes.
+    kernels_only: bool = False
     synthetic: bool = False
     layout: Layout
     id_column: str = "id"
@@ -247,8 +251,12 @@ class CompetitionSpec(_Strict):
         if self.source == "competition" and "/" in self.kaggle_slug:
             raise ValueError(f"kaggle_slug: '{self.kaggle_slug}' names a dataset; set `source: dataset`, or give the "
                              "competition's slug")
-        if self.source == "dataset" and self.code_competition:
-            raise ValueError("code_competition: a dataset has no competition to enter; remove it")
+        if self.source == "dataset" and (self.code_competition or self.kernels_only):
+            raise ValueError(f"{'kernels_only' if self.kernels_only else 'code_competition'}: a dataset has no "
+                             "competition to enter; remove it")
+        if self.kernels_only and self.code_competition:
+            raise ValueError("code_competition: this competition is a code competition itself (kernels_only: true); "
+                             "remove code_competition")
         listed = self.classes != "auto"
         if listed and len(set(self.classes)) != len(self.classes):
             raise ValueError("classes: duplicate labels")
@@ -396,12 +404,35 @@ def _read_yaml(path: Path) -> dict:
     return raw
 
 
+MAX_EXTENDS_DEPTH = 3
+
+
+def _read_spec(path: Path, within: tuple[Path, ...] = ()) -> dict:
+    """The spec's keys, over those of the spec it `extends:` (a spec in the same folder, by name): a key
+    written here replaces the base's whole value, so a variant states exactly what differs."""
+    raw = _read_yaml(path)
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]*", base):
+        raise SpecError(f"{path}: extends: name one spec beside it, e.g. `extends: digits` (got {base!r})")
+    base_path = path.parent / f"{base}.yaml"
+    if not base_path.is_file():
+        known = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
+        raise SpecError(f"{path}: extends: no spec '{base}' beside it (there are: {known})")
+    chain = (*within, path.resolve())
+    if base_path.resolve() in chain or len(chain) > MAX_EXTENDS_DEPTH:
+        raise SpecError(f"{path}: extends: '{base}' leads back to itself or goes more than {MAX_EXTENDS_DEPTH} "
+                        "specs deep; extend a spec that extends nothing")
+    return {**_read_spec(base_path, chain), **raw}
+
+
 def load_spec(name: str) -> CompetitionSpec:
     """Load `competition/<name>.yaml` (or a path to a YAML file); any problem is a one-line SpecError."""
     path = spec_path(name)
     if not path.is_file():
         raise SpecError(f"{path}: no such competition spec; known competitions: {', '.join(available())}")
-    raw = _read_yaml(path)
+    raw = _read_spec(path)
     try:
         return CompetitionSpec.model_validate(raw)
     except ValidationError as exc:

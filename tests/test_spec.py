@@ -55,3 +55,27 @@ def test_invalid_yaml_names_the_line(tmp_path):
     path.write_text("name: x\nclasses: [0, 1\n")
     with pytest.raises(SpecError, match=r"broken.yaml line \d+: not valid YAML"):
         load_spec(str(path))
+
+
+def test_a_variant_extends_a_spec_and_replaces_whole_keys(tmp_path):
+    code = load_spec("digits-code")
+    digits = load_spec("digits")
+    assert code.kernels_only and code.code_competition is None and code.kaggle_slug == "digits-code"
+    assert code.data_hash() == digits.data_hash() and code.pool == digits.pool  # the rest is the base's
+    base = (load_spec.__globals__["SPEC_DIR"] / "digits.yaml").read_text()
+    (tmp_path / "base.yaml").write_text(base)
+    (tmp_path / "child.yaml").write_text("extends: base\nname: child\nflips: {vflip: false}\n")
+    child = load_spec(str(tmp_path / "child.yaml"))
+    assert not digits.flips.hflip
+    assert child.name == "child" and child.flips.hflip  # the whole key replaced (hflip back to its default), not merged
+
+    for text, message in [("extends: nowhere\n", "extends: no spec 'nowhere' beside it (there are: base, child, loop"),
+                          ("extends: loop\n", "extends: 'loop' leads back to itself"),
+                          ("extends: [base]\n", "extends: name one spec beside it")]:
+        (tmp_path / "loop.yaml").write_text(text)
+        with pytest.raises(SpecError) as info:
+            load_spec(str(tmp_path / "loop.yaml"))
+        assert message in str(info.value) and "\n" not in str(info.value)
+    (tmp_path / "kernels.yaml").write_text("extends: base\nkernels_only: true\n")
+    with pytest.raises(SpecError, match="code_competition: this competition is a code competition itself"):
+        load_spec(str(tmp_path / "kernels.yaml"))
