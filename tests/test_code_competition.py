@@ -3,10 +3,13 @@ kernels run offline with a Kaggle-like /kaggle/input, and submissions of a kerne
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
 import pytest
+
+from competition.host.code_store import CodeHost
 
 pytestmark = pytest.mark.slow  # every test here runs a kernel or builds its venv
 
@@ -70,7 +73,8 @@ def test_a_kernel_runs_offline_on_the_hidden_test_set_and_its_output_is_scored(r
     assert "already in use" in again.stdout + again.stderr
 
     script = KERNEL_SCRIPT.format(dataset="kernel-test-notes", port=host.port, label="7")
-    _kernel(tmp_path / "k", owner, "kernel-test-run", script, dataset_sources=[f"{owner}/kernel-test-notes"])
+    _kernel(tmp_path / "k", owner, "kernel-test-run", script, dataset_sources=[f"{owner}/kernel-test-notes"],
+            enable_gpu=True)
     pushed = run_kaggle("kernels", "push", "-p", str(tmp_path / "k"))
     assert "Kernel version 1 successfully pushed" in pushed.stdout, pushed.stdout + pushed.stderr
     assert 'KernelWorkerStatus.COMPLETE' in _wait(run_kaggle, f"{owner}/kernel-test-run")
@@ -79,7 +83,11 @@ def test_a_kernel_runs_offline_on_the_hidden_test_set_and_its_output_is_scored(r
     assert fetched.returncode == 0, fetched.stderr
     # The kernel saw the whole hidden test set (450 rows; a download holds 20), its dataset, and no network.
     assert (out / "facts.txt").read_text() == "rows=450 note=hello from a dataset network=blocked"
-    assert "kernel done" in (out / "kernel-test-run.log").read_text()
+    log = (out / "kernel-test-run.log").read_text()
+    assert "kernel done" in log
+    # It asked for a GPU: recorded, and its log says what it ran on.
+    assert CodeHost(host.store).kernel(owner, "kernel-test-run")["accelerator"] == "gpu"
+    assert ("this machine has no GPU, so it runs on CPU" in log) != ("runs on this machine's GPU" in log), log
     downloaded = run_kaggle("competitions", "files", "digits-code").stdout
     assert "sample_submission.csv" in downloaded
 
@@ -126,3 +134,46 @@ def test_kernels_are_refused_or_stopped_with_kaggle_like_messages(run_kaggle, ho
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         opener.open(f"http://127.0.0.1:{host.port}/outputs/{'x' * 32}/submission.csv", timeout=10)
     assert refused.value.code == 404
+
+
+HOSTILE_SCRIPT = """
+import os
+from pathlib import Path
+
+solution = Path({solution!r})
+Path("facts.txt").write_text(f"uid={{os.getuid()}} host_root={{sorted(os.listdir({root!r}))}}")
+print(solution.read_text()[:100])
+"""
+
+
+@pytest.fixture
+def enterable_host_root(host):
+    """Every folder above the host's enterable by any user, as a host under a careless home would be, so
+    that what stops a kernel is its sandbox and not the test's temporary folders (restored after)."""
+    changed = []
+    for folder in host.root.parents:
+        mode = folder.stat().st_mode
+        if not mode & 0o001:
+            folder.chmod((mode & 0o7777) | 0o011)
+            changed.append((folder, mode & 0o7777))
+    yield
+    for folder, mode in changed:
+        folder.chmod(mode)
+
+
+def test_a_kernel_cannot_read_the_hosts_solution(run_kaggle, host, tmp_path, owner, monkeypatch, enterable_host_root):
+    monkeypatch.setenv("KPIPE_KERNEL_PYTHON", sys.executable)
+    solution = host.store.competition_dir("digits-code") / "solution.csv"
+    assert solution.is_file()
+    _kernel(tmp_path / "k", owner, "kernel-test-hostile", HOSTILE_SCRIPT.format(solution=str(solution), root=str(host.root)))
+    assert "successfully pushed" in run_kaggle("kernels", "push", "-p", str(tmp_path / "k")).stdout
+    status = _wait(run_kaggle, f"{owner}/kernel-test-hostile")
+    assert "ERROR" in status, status
+    out = tmp_path / "out"
+    assert run_kaggle("kernels", "output", f"{owner}/kernel-test-hostile", "-p", str(out)).returncode == 0
+    # The host's folder is an empty mount in the kernel's view (not a folder it merely may not read), and a
+    # host running as root runs the kernel as another user.
+    facts = (out / "facts.txt").read_text()
+    assert "host_root=[]" in facts, facts
+    assert (facts.startswith("uid=61000") if os.geteuid() == 0 else True), facts
+    assert "FileNotFoundError" in (out / "kernel-test-hostile.log").read_text()

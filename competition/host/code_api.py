@@ -1,8 +1,8 @@
 """The RPCs of a Kaggle code competition, as the unmodified `kaggle` client (2.2.x) calls them:
 
     blobs.BlobApiService         StartBlobUpload                     a dataset file's upload slot
-    datasets.DatasetApiService   CreateDataset, CreateDatasetVersion, GetDatasetStatus, ListDatasets,
-                                 GetDatasetMetadata, DownloadDataset
+    datasets.DatasetApiService   CreateDataset, CreateDatasetVersion, GetDatasetStatus, GetDataset,
+                                 ListDatasets, GetDatasetMetadata, DownloadDataset
     kernels.KernelsApiService    SaveKernel (`kernels push`), GetKernelSessionStatus, ListKernelSessionOutput
     competitions.CompetitionApiService  CreateCodeSubmission (`competitions submit -k owner/slug -v N`)
 
@@ -103,14 +103,24 @@ def GetDatasetStatus(handler, request: dict, user: str) -> None:
     handler._send_json({"status": "READY"})
 
 
+def _dataset_row(handler, d: dict) -> dict:
+    return {"ref": f"{d['owner']}/{d['slug']}", "title": d["title"], "totalBytes": d["total_bytes"],
+            "lastUpdated": d["created"], "downloadCount": 0, "voteCount": 0, "usabilityRating": 0.0,
+            "currentVersionNumber": d["version"], "ownerName": d["owner"], "ownerRef": d["owner"],
+            "licenseName": d["license"], "isPrivate": True, "url": f"{handler._base_url()}/datasets/{d['owner']}/{d['slug']}"}
+
+
+@rpc(DATASETS)
+def GetDataset(handler, request: dict, user: str) -> None:
+    handler._send_json(_dataset_row(handler, handler.code.dataset(_text(request, "ownerSlug"), _text(request, "datasetSlug"))))
+
+
 @rpc(DATASETS)
 def ListDatasets(handler, request: dict, user: str) -> None:
     mine = str(request.get("group") or "").endswith("_MY")
     owner = user if mine else (str(request.get("user") or "") or None)
     found = handler.code.datasets(owner, str(request.get("search") or ""))
-    rows = [{"ref": f"{d['owner']}/{d['slug']}", "title": d["title"], "totalBytes": d["total_bytes"],
-             "lastUpdated": d["created"], "downloadCount": 0, "voteCount": 0, "usabilityRating": 0.0,
-             "currentVersionNumber": d["version"]} for d in found]
+    rows = [_dataset_row(handler, d) for d in found]
     page, next_token = page_of(rows, request)
     handler._send_json({"datasets": page, "nextPageToken": next_token})
 
@@ -156,10 +166,22 @@ def SaveKernel(handler, request: dict, user: str) -> None:
         version = handler.code.save_kernel(owner, slug, str(request.get("newTitle") or slug), _text(request, "text"),
                                            datasets, competitions, internet,
                                            run=request.get("kernelExecutionType") != "QUICK_SAVE",
-                                           timeout_s=float(timeout) if timeout else None)
+                                           timeout_s=float(timeout) if timeout else None,
+                                           accelerator=_accelerator(request))
     except (SubmissionRejected, InvalidName, NotFound) as exc:
         return handler._send_json({**reply, "error": str(exc)})
     handler._send_json({**reply, "versionNumber": version, "url": f"{handler._base_url()}/code/{owner}/{slug}"})
+
+
+def _accelerator(request: dict) -> str:
+    """What the kernel asked to run on: `machine_shape` (`kernels push --accelerator`) over the metadata's
+    enable_gpu / enable_tpu; '' for none."""
+    shape = str(request.get("machineShape") or "")[:60]
+    if shape:
+        return shape
+    if str(request.get("enableGpu", False)).lower() == "true":
+        return "gpu"
+    return "tpu" if str(request.get("enableTpu", False)).lower() == "true" else ""
 
 
 def _kernel_ref(request: dict) -> tuple[str, str, int | None]:

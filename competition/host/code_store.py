@@ -6,7 +6,8 @@ Layout under the host root (beside store.py's):
     host.db                              tables `datasets` and `kernels`
 
 A pushed kernel is queued and run on a background thread, one at a time (they would fight over the
-cores), by kernel_runner.py. Its output can then be submitted to a code competition it attached; the
+cores), by kernel_runner.py, in a sandbox that hides this folder from it. The accelerator it asked for
+(`enable_gpu`, `--accelerator`) is recorded; the runner says in its log what it ran on. Its output can then be submitted to a code competition it attached; the
 score is recorded as any submission (store.record_submission). A kernel that was running when the host
 stopped is marked ERROR when it starts again.
 """
@@ -33,7 +34,8 @@ CREATE TABLE IF NOT EXISTS datasets (
 CREATE TABLE IF NOT EXISTS kernels (
     owner TEXT NOT NULL, slug TEXT NOT NULL, version INTEGER NOT NULL, title TEXT NOT NULL, created TEXT NOT NULL,
     status TEXT NOT NULL, failure TEXT NOT NULL, datasets TEXT NOT NULL, competitions TEXT NOT NULL,
-    internet INTEGER NOT NULL, output_token TEXT NOT NULL, PRIMARY KEY (owner, slug, version));
+    internet INTEGER NOT NULL, output_token TEXT NOT NULL, accelerator TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (owner, slug, version));
 """
 DATASET_SLUG = re.compile(r"[a-z0-9][a-z0-9-]{4,48}[a-z0-9]")  # 6-50 characters, as kaggle.com asks
 KERNEL_SLUG = re.compile(r"[a-z0-9][a-z0-9-]{3,48}[a-z0-9]")  # at least 5
@@ -68,6 +70,13 @@ class CodeHost:
         self.root = store.root
         with store._db() as db:
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(kernels)")}
+            if "accelerator" not in columns:  # a host folder from before kernels recorded it
+                db.execute("ALTER TABLE kernels ADD COLUMN accelerator TEXT NOT NULL DEFAULT ''")
+        try:  # the host's folder is its own: no other user (a kernel's, above all) may enter it
+            self.root.chmod(0o700)
+        except OSError:
+            pass
 
     def recover(self) -> None:
         """Kernels left QUEUED or RUNNING by a host that stopped will never finish: say so."""
@@ -151,7 +160,7 @@ class CodeHost:
     # --- kernels -------------------------------------------------------------------------------
 
     def save_kernel(self, owner: str, slug: str, title: str, script: str, datasets: list[str], competitions: list[str],
-                    internet: bool, run: bool, timeout_s: float | None) -> int:
+                    internet: bool, run: bool, timeout_s: float | None, accelerator: str = "") -> int:
         check_kernel_slug(slug)
         if not isinstance(script, str) or not script.strip():
             raise SubmissionRejected("The kernel's code file is empty")
@@ -173,9 +182,11 @@ class CodeHost:
             with self.store._db() as db:
                 latest = db.execute("SELECT MAX(version) FROM kernels WHERE owner=? AND slug=?", (owner, slug)).fetchone()[0]
                 version = (latest or 0) + 1
-                db.execute("INSERT INTO kernels VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                db.execute("INSERT INTO kernels (owner, slug, version, title, created, status, failure, datasets, "
+                           "competitions, internet, output_token, accelerator) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                            (owner, slug, version, title[:200], iso(utcnow()), "QUEUED" if run else "COMPLETE", "",
-                            json.dumps(datasets), json.dumps(competitions), int(bool(internet)), secrets.token_urlsafe(24)))
+                            json.dumps(datasets), json.dumps(competitions), int(bool(internet)), secrets.token_urlsafe(24),
+                            accelerator))
             folder = self.kernel_folder(owner, slug, version)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "script.py").write_text(script, encoding="utf-8")
@@ -216,7 +227,8 @@ class CodeHost:
                     folder = self.store.competition_dir(competition)
                     inputs[competition] = [folder / "data"] + ([folder / "hidden"] if (folder / "hidden").is_dir() else [])
                 folder = self.kernel_folder(owner, slug, version)
-                result = run_kernel((folder / "script.py").read_text(encoding="utf-8"), inputs, folder / "output", timeout_s)
+                result = run_kernel((folder / "script.py").read_text(encoding="utf-8"), inputs, folder / "output", timeout_s,
+                                    accelerator=kernel["accelerator"], hide=[self.root])
                 (folder / "log.txt").write_text(result.log, encoding="utf-8")
                 self._set_status(owner, slug, version, result.status, result.failure)
         except Exception as exc:  # noqa: BLE001 - a kernel's failure must be its status, never a dead thread

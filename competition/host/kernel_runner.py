@@ -1,11 +1,17 @@
 """Run a pushed script kernel as Kaggle would: offline, time- and memory-limited, with /kaggle/input.
 
-The script runs in a subprocess in a new network namespace (`unshare --net`: it has no network at all,
-not even the host's loopback), as its own process group so that a time-out kills everything it started,
-with an address-space limit and a limit on the size of each file it writes (`prlimit`). Its input is a temporary
-folder laid out like Kaggle's /kaggle/input: one sub-folder per attached competition (its data, with a
-code competition's hidden test set laid over it) and per attached dataset; `KAGGLE_INPUT_ROOT` names it.
-Its working directory (Kaggle's /kaggle/working) becomes the kernel's output.
+The script runs in a subprocess, as its own process group so that a time-out kills everything it
+started, with an address-space limit and a limit on the size of each file it writes (`prlimit`), in a
+sandbox (`sandbox_command`):
+- a new network namespace: no network at all, not even the host's loopback;
+- a new mount namespace in which the host's own folder (competitions, solutions, accounts) is an empty
+  tmpfs (kernel_jail.py);
+- its own unprivileged user (uid KERNEL_UID) when the host runs as root, and no capabilities either way.
+Its input is a temporary folder laid out like Kaggle's /kaggle/input: one sub-folder per attached
+competition (its data, with a code competition's hidden test set laid over it) and per attached dataset;
+`KAGGLE_INPUT_ROOT` names it. Its working directory (Kaggle's /kaggle/working) becomes the kernel's output.
+A kernel that asked for a GPU runs on this machine's GPUs if it has any, else on its CPU, and its log
+says which; one that did not ask sees no GPU, as on Kaggle.
 
 Settings, read when a kernel runs:
     KPIPE_KERNEL_PYTHON      the interpreter (default: the host's own), e.g. a venv with only the
@@ -29,6 +35,10 @@ MAX_LOG_BYTES = 1 << 20  # the tail of the log that is kept
 MAX_OUTPUT_FILE_BYTES = 1 << 30
 DEFAULT_TIMEOUT_S = 3600
 DEFAULT_MEMORY_GB = 16
+# The kernel's own user and group when the host runs as root: no account on this machine owns anything
+# under them, so a kernel can read only what every user may.
+KERNEL_UID = KERNEL_GID = 61000
+JAIL = Path(__file__).with_name("kernel_jail.py")
 
 
 @dataclass
@@ -47,11 +57,12 @@ def _setting(name: str, default: float) -> float:
 
 
 def isolation_command() -> list[str] | None:
-    """The prefix that gives a process its own, empty network namespace; None when this machine allows none."""
+    """The prefix that gives a process its own, empty network namespace and its own mount namespace;
+    None when this machine allows neither."""
     unshare = shutil.which("unshare")
     if unshare is None:
         return None
-    for prefix in ([unshare, "--net"], [unshare, "--net", "--map-root-user"]):
+    for prefix in ([unshare, "--net", "--mount"], [unshare, "--net", "--mount", "--map-root-user"]):
         try:
             if subprocess.run([*prefix, "true"], capture_output=True, timeout=10).returncode == 0:
                 return prefix
@@ -71,20 +82,68 @@ def limits_command(memory_bytes: int) -> list[str]:
 
 def build_input(inputs: dict[str, list[Path]], root: Path) -> None:
     """root/<name>/ for each attached source: the folders' files copied in order (later ones win), so
-    the kernel can neither see nor change the host's own copies."""
+    the kernel can neither see nor change the host's own copies; readable by any user."""
     for name, folders in inputs.items():
         for folder in folders:
             shutil.copytree(folder, root / name, dirs_exist_ok=True)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
-def run_kernel(script: str, inputs: dict[str, list[Path]], output: Path, timeout_s: float | None = None) -> KernelResult:
-    """Run `script` with `inputs` under /kaggle/input-like names; its working directory's files end up in `output`."""
+def reachable_by_others(path: Path) -> bool:
+    """Whether a user other than the owner may enter every folder down to `path`."""
+    return all(parent.stat().st_mode & 0o001 for parent in Path(path).absolute().parents)
+
+
+def kernel_python(python: str, root: Path, drop_user: bool) -> tuple[str, list[str]]:
+    """(the interpreter path the kernel runs, the jail's --bind options): a venv the kernel's user could not
+    reach (under /root, say) is lent to it read-only at root/python."""
+    prefix = Path(python).parent.parent
+    if not drop_user or reachable_by_others(Path(python)) or not (prefix / "pyvenv.cfg").is_file():
+        return python, []
+    (root / "python").mkdir()
+    return str(root / "python" / "bin" / Path(python).name), ["--bind", f"{prefix}={root / 'python'}"]
+
+
+def has_gpu() -> bool:
+    return Path("/dev/nvidia0").exists()
+
+
+def accelerator_note(accelerator: str) -> tuple[str, dict]:
+    """(the log's first line, the environment the kernel gets) for the accelerator it asked for."""
+    if not accelerator:
+        return "", {"CUDA_VISIBLE_DEVICES": ""}  # as on Kaggle: a CPU session sees no GPU
+    if has_gpu():
+        return f"[local host] this kernel asked for {accelerator}: it runs on this machine's GPU(s)\n", {}
+    return (f"[local host] this kernel asked for {accelerator}: this machine has no GPU, so it runs on CPU\n",
+            {"CUDA_VISIBLE_DEVICES": ""})
+
+
+def sandbox_command(isolation: list[str], python: str, root: Path, hide: list[Path]) -> tuple[list[str], str]:
+    """The command that runs root/code/script.py in the sandbox, and the log line that says how."""
+    drop_user = os.geteuid() == 0
+    interpreter, binds = kernel_python(python, root, drop_user)
+    jail = [sys.executable, str(JAIL), *binds, *[a for folder in hide for a in ("--hide", str(folder))], "--"]
+    setpriv = [shutil.which("setpriv") or "setpriv", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
+    if drop_user:
+        setpriv += [f"--reuid={KERNEL_UID}", f"--regid={KERNEL_GID}", "--clear-groups"]
+        for sub in ("working", "home"):
+            os.chown(root / sub, KERNEL_UID, KERNEL_GID)
+    for sub in ("", "code", "input"):
+        (root / sub).chmod(0o755)
+    who = f"uid {KERNEL_UID}" if drop_user else "the host's user, with no capabilities"
+    return [*isolation, *jail, *setpriv, "--", interpreter, str(root / "code" / "script.py")], who
+
+
+def run_kernel(script: str, inputs: dict[str, list[Path]], output: Path, timeout_s: float | None = None,
+               accelerator: str = "", hide: list[Path] = ()) -> KernelResult:
+    """Run `script` with `inputs` under /kaggle/input-like names, with the folders `hide` hidden; its
+    working directory's files end up in `output`."""
     started = time.monotonic()
     isolation = isolation_command()
     if isolation is None:
-        return KernelResult("ERROR", "The local host cannot run kernels without network access on this machine "
-                            "(`unshare --net` is not permitted); run the host as root or allow user namespaces",
-                            "", 0.0)
+        return KernelResult("ERROR", "The local host cannot sandbox kernels on this machine (`unshare --net "
+                            "--mount` is not permitted); run the host as root or allow user namespaces", "", 0.0)
     limit_s = min(timeout_s or DEFAULT_TIMEOUT_S, _setting("KPIPE_KERNEL_TIMEOUT_S", DEFAULT_TIMEOUT_S))
     memory = int(_setting("KPIPE_KERNEL_MEMORY_GB", DEFAULT_MEMORY_GB) * (1 << 30))
     python = os.environ.get("KPIPE_KERNEL_PYTHON") or sys.executable
@@ -94,12 +153,16 @@ def run_kernel(script: str, inputs: dict[str, list[Path]], output: Path, timeout
             (root / sub).mkdir()
         build_input(inputs, root / "input")
         (root / "code" / "script.py").write_text(script, encoding="utf-8")
+        note, gpu_env = accelerator_note(accelerator)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(root / "home"), "LANG": "C.UTF-8",
-               "KAGGLE_INPUT_ROOT": str(root / "input"), "KAGGLE_KERNEL_RUN_TYPE": "Batch", "PYTHONNOUSERSITE": "1",
-               "PYTHONUNBUFFERED": "1"}
+               "USER": "kaggle", "LOGNAME": "kaggle", "KAGGLE_INPUT_ROOT": str(root / "input"),
+               "KAGGLE_KERNEL_RUN_TYPE": "Batch", "PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1", **gpu_env}
         log_path = root / "log.txt"
+        sandbox, who = sandbox_command(isolation, python, root, [Path(p) for p in hide])
         with open(log_path, "wb") as log:
-            command = [*limits_command(memory), *isolation, python, str(root / "code" / "script.py")]
+            log.write(f"{note}[local host] the kernel runs offline as {who}\n".encode())
+            log.flush()
+            command = [*limits_command(memory), *sandbox]
             process = subprocess.Popen(command, cwd=root / "working", env=env, stdin=subprocess.DEVNULL, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True)
             try:

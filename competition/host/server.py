@@ -421,6 +421,7 @@ class KaggleHostHandler(BaseHTTPRequestHandler):
                 "userHasEntered": team in teams, "userRank": self._rank(meta["slug"], team) if team in teams else None,
                 "maxDailySubmissions": meta["max_daily_submissions"],
                 "evaluationMetric": kaggle_metric_name(meta.get("metric", "accuracy")), "tags": [],
+                "isKernelsSubmissionsOnly": bool(meta.get("code_competition")),
             })
         self._send_json({"competitions": competitions, "nextPageToken": next_token})
 
