@@ -17,6 +17,7 @@ import numpy as np
 
 from competition.errors import UserError
 from competition.spec import stable_hash
+from pipelines.after_run.code_submit import submit_through_kernel
 from pipelines.after_run.prune import report_disk_usage
 from pipelines.context import Context
 from pipelines.execution.executors import open_executor
@@ -26,7 +27,7 @@ from pipelines.planning.records import Clock, PlanOfRecord, Shortening, executio
 from pipelines.report.page import model_summaries, write_report
 from pipelines.stages.artifacts import git_commit, is_complete, read_manifest
 from pipelines.stages.ensemble import ensemble
-from pipelines.stages.lineage import member_sources
+from pipelines.stages.lineage import LoggedRun, member_sources
 from pipelines.stages.predict import FoldOutput
 from pipelines.stages.submit import Submission, submit
 from pipelines.stages.train import FoldJob
@@ -156,7 +157,12 @@ def submit_all(ctx: Context, dry_run: bool = False, resubmit: bool = False) -> d
     submission = Submission(ctx.profile_name, prepared.test_ids, test_probs, cv, config_hash(ctx),
                             read_manifest(folder)["digest"], git_commit(), ensemble=folder.name,
                             held_out_labels=prepared.test_labels)
-    result = submit(ctx.spec, submission, dry_run=dry_run, resubmit=resubmit)
+    if ctx.spec.kernels_only:  # a code competition: the run enters through a kernel on the host
+        manifest = read_manifest(folder)
+        logged = LoggedRun(submission.config_hash, folder, manifest["lineage"], {"git_commit": submission.git_commit})
+        result = submit_through_kernel(ctx.spec, submission, logged, dry_run=dry_run, resubmit=resubmit)
+    else:
+        result = submit(ctx.spec, submission, dry_run=dry_run, resubmit=resubmit)
     ctx.stage_seconds["submit"] = time.monotonic() - started
     # A cached rerun keeps the first run's minutes in the plan of record.
     measured = ctx.plan is not None and (ctx.trained_any or not ctx.plan.actual)

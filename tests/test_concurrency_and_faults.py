@@ -420,7 +420,7 @@ def write_tuning_spec(tmp_path: Path) -> Path:
 def _good_row(**changes) -> list[str]:
     row = {"time": "2026-01-01T00:00:00+00:00", "competition": "digits", "profile": "quick", "config_hash": "abc",
            "git_commit": "0" * 40, "predictions_digest": "0123456789abcdef", "ensemble": "", "cv_score": "0.90000", "metric": "accuracy",
-           "public_score": "0.91000", "private_score": "0.92000", "status": "COMPLETE", "ref": "3", "file": "x.csv", "data": "real"}
+           "public_score": "0.91000", "private_score": "0.92000", "status": "COMPLETE", "ref": "3", "file": "x.csv", "data": "real", "kernel": ""}
     row.update(changes)
     return [row[c] for c in LOG_COLUMNS]
 
@@ -431,8 +431,8 @@ def _csv_text(rows: list[list[str]]) -> str:
 
 LOG_CASES = {
     "bad-header": (_csv_text([["time", "cv"], _good_row()]), "row 1: the header must be time,competition"),
-    "truncated-row": (_csv_text([LOG_COLUMNS, _good_row()]) + "2026-01-02T00:00:00+00:00,digits,qui", "row 3: 3 fields, expected 15"),
-    "extra-field": (_csv_text([LOG_COLUMNS, _good_row() + ["surprise"]]), "row 2: 16 fields, expected 15"),
+    "truncated-row": (_csv_text([LOG_COLUMNS, _good_row()]) + "2026-01-02T00:00:00+00:00,digits,qui", "row 3: 3 fields, expected 16"),
+    "extra-field": (_csv_text([LOG_COLUMNS, _good_row() + ["surprise"]]), "row 2: 17 fields, expected 16"),
     "bad-status": (_csv_text([LOG_COLUMNS, _good_row(status="DONE")]), "row 2: status 'DONE' is not one of"),
     "bad-score": (_csv_text([LOG_COLUMNS, _good_row(public_score="great")]), "row 2: public_score 'great' is not a number"),
     "bad-digest": (_csv_text([LOG_COLUMNS, _good_row(predictions_digest="zz")]), "row 2: predictions_digest 'zz'"),
@@ -462,7 +462,8 @@ def test_a_log_from_before_metrics_is_read_as_accuracy_and_rewritten(pipeline_en
     path = log_path(spec)
     path.parent.mkdir(parents=True)
     row = dict(zip(LOG_COLUMNS, _good_row()))
-    old = {**{k: v for k, v in row.items() if k not in ("cv_score", "metric", "ensemble", "data")}, "cv_accuracy": "0.95000"}
+    old = {**{k: v for k, v in row.items() if k not in ("cv_score", "metric", "ensemble", "data", "kernel")},
+           "cv_accuracy": "0.95000"}
     path.write_text(_csv_text([ACCURACY_LOG_COLUMNS, [old[c] for c in ACCURACY_LOG_COLUMNS]]))
     [entry] = read_log(spec)
     assert entry["cv_score"] == "0.95000" and entry["metric"] == "accuracy" and "cv_accuracy" not in entry
@@ -505,3 +506,19 @@ def test_prune_removes_what_no_submission_needs_and_keeps_the_rest(pipeline_env,
     assert pipelines_main(["submit", "--comp", str(kept_spec), "--dry-run"]) == 0
     assert " epoch 1/" not in capsys.readouterr().out, "prune removed something the logged run needed"
     shutil.rmtree(tmp_path / "submissions")
+
+
+def test_a_log_from_before_code_competitions_is_read_and_rewritten_with_the_kernel_column(pipeline_env, tmp_path,
+                                                                                         monkeypatch):
+    from pipelines.stages.submit import DATA_LOG_COLUMNS, read_log, write_log
+
+    monkeypatch.setenv("KPIPE_SUBMISSIONS", str(tmp_path / "submissions"))
+    spec = load_spec("digits")
+    path = log_path(spec)
+    path.parent.mkdir(parents=True)
+    row = dict(zip(LOG_COLUMNS, _good_row()))
+    path.write_text(_csv_text([DATA_LOG_COLUMNS, [row[c] for c in DATA_LOG_COLUMNS]]))
+    [entry] = read_log(spec)
+    assert entry["kernel"] == "" and entry["public_score"] == "0.91000"
+    write_log(spec, [entry])
+    assert path.read_text().splitlines()[0] == ",".join(LOG_COLUMNS)

@@ -120,6 +120,10 @@ def test_make_init_drafts_a_spec_from_the_api_and_the_download(pipeline_env, hos
     assert (specs / "init-dogs.yaml").read_text() == written
     assert init_tool.init("init-dogs", None, True, specs) == 0
 
+    # A code competition (the API's isKernelsSubmissionsOnly) is drafted as one: make submit enters it by kernel.
+    assert init_tool.init("digits-code", None, False, specs) == 0
+    assert load_spec(str(specs / "digits-code.yaml")).kernels_only
+
 
 def test_an_unknown_slug_and_a_metric_it_cannot_map_are_one_line_each(pipeline_env, host, tmp_path, capsys, monkeypatch):
     specs = tmp_path / "specs"

@@ -3,8 +3,11 @@ reproduce the pipeline's own submission (real training on digits, the real `kagg
 script in a venv holding only what it declares)."""
 from __future__ import annotations
 
+import copy
 import csv
+import dataclasses
 import json
+import re
 import subprocess
 import time
 
@@ -14,6 +17,7 @@ from PIL import Image
 
 from competition.spec import load_spec
 from pipelines.__main__ import main as pipelines_main
+from pipelines.after_run.export import write_package
 from pipelines.stages.lineage import find_run
 from tests.test_train_submit import TINY_RUN, write_digits_variant
 
@@ -86,11 +90,12 @@ def test_export_runs_offline_and_enters_the_code_competition_with_the_same_score
     assert "kaggle kernels push -p" in capsys.readouterr().out
     package = pipeline_env / "digits" / "export" / logged.config_hash
     dataset, kernel = package / "dataset", package / "kernel"
-    assert sorted(p.name for p in dataset.glob("*.safetensors")) == [f"{m}-fold{k}.safetensors" for m in ("cnn3", "fast")
+    shipped = sorted(m["name"] for m in logged.lineage["members"] if m["weight"] > 0)  # weight 0: left out
+    assert sorted(p.name for p in dataset.glob("*.safetensors")) == [f"{m}-fold{k}.safetensors" for m in shipped
                                                                       for k in (0, 1)]
     metadata = json.loads((kernel / "kernel-metadata.json").read_text())
     owner = host.store.credentials()["username"]
-    slug = f"kpipe-digits-{logged.config_hash}"
+    slug = "kpipe-digits-code"  # kpipe's entry to the competition the kernel enters
     assert metadata["id"] == f"{owner}/{slug}" and metadata["competition_sources"] == ["digits-code"]
     assert metadata["enable_internet"] is False and metadata["dataset_sources"] == [f"{owner}/{slug}"]
     assert (dataset / "requirements.txt").read_text().split() == ["numpy", "pandas", "pillow", "safetensors", "torch"]
@@ -107,14 +112,17 @@ def test_export_runs_offline_and_enters_the_code_competition_with_the_same_score
     # Published and pushed with the stock CLI; the kernel runs on the host, offline, on the hidden test set.
     monkeypatch.setenv("KPIPE_KERNEL_PYTHON", kernel_python)
     created = run_kaggle("datasets", "create", "-p", str(dataset))
+    if "already in use" in created.stdout + created.stderr:  # another test of this session entered digits-code
+        created = run_kaggle("datasets", "version", "-p", str(dataset), "-m", "this run")
     assert "is being created" in created.stdout, created.stdout + created.stderr
     pushed = run_kaggle("kernels", "push", "-p", str(kernel))
-    assert "Kernel version 1 successfully pushed" in pushed.stdout, pushed.stdout + pushed.stderr
+    version = re.search(r"Kernel version (\d+) successfully pushed", pushed.stdout)
+    assert version, pushed.stdout + pushed.stderr
     deadline = time.monotonic() + 300
     while "COMPLETE" not in (status := run_kaggle("kernels", "status", f"{owner}/{slug}").stdout):
         assert "ERROR" not in status and time.monotonic() < deadline, status
         time.sleep(1)
-    entered = run_kaggle("competitions", "submit", "digits-code", "-k", f"{owner}/{slug}", "-v", "1",
+    entered = run_kaggle("competitions", "submit", "digits-code", "-k", f"{owner}/{slug}", "-v", version.group(1),
                          "-f", "submission.csv", "-m", f"kpipe {logged.config_hash}")
     assert "Successfully submitted" in entered.stdout, entered.stdout + entered.stderr
     [code_route] = [s for s in host.store.submissions("digits-code") if s["description"] == f"kpipe {logged.config_hash}"]
@@ -123,3 +131,12 @@ def test_export_runs_offline_and_enters_the_code_competition_with_the_same_score
     assert code_route["status"] == "COMPLETE"
     assert (code_route["public_score"], code_route["private_score"]) == (csv_route["public_score"],
                                                                          csv_route["private_score"])
+
+    # A member the ensemble gave weight 0 adds nothing to the blend: it is left out of the package.
+    zeroed = copy.deepcopy(logged.lineage)
+    zeroed["members"][0]["weight"], zeroed["members"][1]["weight"] = 1.0, 0.0
+    package = write_package(spec, dataclasses.replace(logged, lineage=zeroed))
+    assert package.members == ["cnn3"] and package.left_out == ["fast"]
+    assert sorted(p.name for p in package.dataset.glob("*.safetensors")) == ["cnn3-fold0.safetensors",
+                                                                            "cnn3-fold1.safetensors"]
+    assert [m["name"] for m in json.loads((package.dataset / "ensemble.json").read_text())["members"]] == ["cnn3"]

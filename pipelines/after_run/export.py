@@ -1,27 +1,38 @@
 """export: `make export` — a logged run packaged for a Kaggle code competition.
 
 Writes .data/<comp>/export/<config hash>/ (rewritten whole, or not at all):
-    dataset/    what `kaggle datasets create -p dataset` publishes (top-level files only, as the client uploads):
+    dataset/    what `kaggle datasets create|version -p dataset` publishes (top-level files only, as the
+                client uploads):
         ensemble.json             the lineage the script replays: members, views, weights, temperatures,
                                   class weights, class order, image shape, the competition's layout
-        <member>-fold<k>.safetensors   each fold model's state dict (fp32, no pickled objects)
+        <member>-fold<k>.safetensors   each fold model's state dict (fp32, no pickled objects); members the
+                                  ensemble gave weight 0 are left out (they add nothing to the blend)
         kpipe_models.zip          the model code (models/) and the image fitting, imported from the zip
         inference.py              the script (pipelines/recipe/kernel_inference.py), also runnable by hand
         requirements.txt          the packages the script imports
+        kpipe-package.json        each file's SHA-256 and the package's digest: whether the dataset on
+                                  the host already holds this package (then nothing is uploaded)
         dataset-metadata.json     id <owner>/<slug>, title, licence
     kernel/     what `kaggle kernels push -p kernel` sends:
-        inference.py, kernel-metadata.json (a script kernel, internet off, the dataset and the competition
+        inference.py (with the package's digest written in: the kernel refuses any other dataset
+        version), kernel-metadata.json (a script kernel, internet off, the dataset and the competition
         attached)
     manifest.json   the stage's manifest: the run, the lineage, versions, commit
+
+One dataset and one kernel per competition entered (`kpipe-<competition>`): each run is a new version
+of both, so the account holds kpipe's entry to a competition and its history, not a dataset per run.
 
 The script reads the competition's test data from Kaggle's input layout (/kaggle/input/<slug>/) and
 writes submission.csv; `make predict` and the pipeline's own submission compute the same numbers.
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import shutil
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,9 +53,51 @@ LIBRARY_PREFIXES = {"timm:": "timm", "tv:": "torchvision"}
 ZIP_TIME = (2020, 1, 1, 0, 0, 0)  # fixed, so the same code zips to the same bytes
 
 
-def package_slug(spec: CompetitionSpec, config_hash: str) -> str:
-    """The dataset's and kernel's slug: 6-50 characters of letters, digits and hyphens."""
-    return f"kpipe-{spec.name[:30].rstrip('-')}-{config_hash}"
+PACKAGE_FILE = "kpipe-package.json"
+EXPECTED_LINE = "EXPECTED_PACKAGE = None"  # in kernel_inference.py; the kernel's copy names its package
+
+
+@dataclass(frozen=True)
+class Package:
+    """An exported run: what `make submit` publishes for a code competition."""
+
+    folder: Path  # export/<config hash>/, holding dataset/ and kernel/
+    owner: str
+    slug: str  # the dataset's and the kernel's
+    target: str  # the competition the kernel enters
+    digest: str  # of the dataset's files (kpipe-package.json)
+    members: list[str]  # the members shipped
+    left_out: list[str]  # members at weight 0, not shipped
+
+    @property
+    def ref(self) -> str:
+        return f"{self.owner}/{self.slug}"
+
+    @property
+    def dataset(self) -> Path:
+        return self.folder / "dataset"
+
+    @property
+    def kernel(self) -> Path:
+        return self.folder / "kernel"
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def package_slug(target: str) -> str:
+    """The dataset's and kernel's slug for entries to `target`: 6-50 characters of letters, digits and hyphens."""
+    return f"kpipe-{target.lower()[:44].rstrip('-')}"
+
+
+def file_digests(folder: Path) -> dict:
+    """{"files": each published file's SHA-256, "digest": one over them all} (the metadata file aside:
+    it names the account, not the package)."""
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
+             if p.is_file() and p.name not in ("dataset-metadata.json", PACKAGE_FILE)}
+    digest = hashlib.sha256("".join(f"{name}:{sha}\n" for name, sha in files.items()).encode()).hexdigest()[:16]
+    return {"files": files, "digest": digest}
 
 
 def requirements(lineage: dict) -> list[str]:
@@ -74,6 +127,8 @@ def write_weights(spec: CompetitionSpec, lineage: dict, dataset: Path) -> list[d
 
     members = []
     for member in lineage["members"]:
+        if member["weight"] == 0:  # adds exactly nothing to the blend: shipping it would only cost the kernel time
+            continue
         folds = []
         for fold in member["folds"]:
             name = f"{member['name']}-fold{fold['fold']}.safetensors"
@@ -92,9 +147,18 @@ def write_weights(spec: CompetitionSpec, lineage: dict, dataset: Path) -> list[d
 
 def export(spec: CompetitionSpec, run: str | None = None, competition: str | None = None,
            owner: str | None = None) -> Path:
+    """`make export`: package a logged run and print the CLI commands that enter the competition with it."""
     if spec.source == "dataset" and competition is None:
         raise UserError(f"{spec.name} is a Kaggle dataset: there is no competition to enter; name one with TARGET=<slug>")
-    logged = find_run(spec, run)
+    package = write_package(spec, find_run(spec, run), competition, owner)
+    _print_next_steps(spec, package)
+    return package.folder
+
+
+def write_package(spec: CompetitionSpec, logged: LoggedRun, competition: str | None = None,
+                  owner: str | None = None) -> Package:
+    """The run's package under export/<config hash>/ (rewritten whole each time: the same run writes the
+    same bytes, so its digest only moves when the weights or the code do)."""
     target = competition or spec.code_competition or spec.kaggle_slug
     owner = owner or kaggle_username(spec)
     if owner is None:
@@ -108,12 +172,14 @@ def export(spec: CompetitionSpec, run: str | None = None, competition: str | Non
     final = competition_root(spec.name) / "export" / logged.config_hash
     with locks.hold(final, f"the export of {logged.config_hash}"):
         _write_export(spec, logged, target, owner, final)
-    _print_next_steps(spec, logged, target, owner, final)
-    return final
+    shipped = [m["name"] for m in logged.lineage["members"] if m["weight"] != 0]
+    left_out = [m["name"] for m in logged.lineage["members"] if m["weight"] == 0]
+    digest = read_json(final / "dataset" / PACKAGE_FILE)["digest"]
+    return Package(final, owner, package_slug(target), target, digest, shipped, left_out)
 
 
 def _write_export(spec: CompetitionSpec, logged: LoggedRun, target: str, owner: str, final: Path) -> None:
-    lineage, slug = logged.lineage, package_slug(spec, logged.config_hash)
+    lineage, slug = logged.lineage, package_slug(target)
     config = {"run": logged.config_hash, "ensemble": logged.ensemble.name, "competition": target, "owner": owner}
     with atomic_output(final, "export", config, {"ensemble": logged.ensemble.name}, {"lineage": lineage},
                        replace=True) as staging:
@@ -131,13 +197,18 @@ def _write_export(spec: CompetitionSpec, logged: LoggedRun, target: str, owner: 
         atomic.write_json(dataset / "ensemble.json", script)
         (dataset / "kpipe_models.zip").write_bytes(models_zip())
         shutil.copyfile(SCRIPT, dataset / "inference.py")
-        shutil.copyfile(SCRIPT, kernel / "inference.py")
         (dataset / "requirements.txt").write_text("".join(f"{r}\n" for r in requirements(lineage)))
-        title = f"kpipe {spec.name[:24]} {logged.config_hash}"
+        digests = file_digests(dataset)
+        atomic.write_json(dataset / PACKAGE_FILE, {**digests, "run": logged.config_hash})
+        code = SCRIPT.read_text(encoding="utf-8")
+        if code.count(EXPECTED_LINE) != 1:
+            raise AssertionError(f"{SCRIPT} must hold the line '{EXPECTED_LINE}' once")
+        (kernel / "inference.py").write_text(code.replace(EXPECTED_LINE, f'EXPECTED_PACKAGE = "{digests["digest"]}"'),
+                                             encoding="utf-8")
         atomic.write_json(dataset / "dataset-metadata.json", {
-            "title": title, "id": f"{owner}/{slug}", "licenses": [{"name": "CC0-1.0"}],
-            "description": f"Weights and code of kpipe run {logged.config_hash} on {spec.name} "
-                           f"({len(script['members'])} model(s)); inference.py writes submission.csv."})
+            "title": f"kpipe {target[:40]}", "id": f"{owner}/{slug}", "licenses": [{"name": "CC0-1.0"}],
+            "description": f"kpipe's entry to {target}: weights and code of the run in ensemble.json "
+                           "(a new version each run); inference.py writes submission.csv."})
         atomic.write_json(kernel / "kernel-metadata.json", {
             "id": f"{owner}/{slug}", "title": slug, "code_file": "inference.py", "language": "python",
             "kernel_type": "script", "is_private": True, "enable_gpu": False, "enable_tpu": False,
@@ -145,20 +216,28 @@ def _write_export(spec: CompetitionSpec, logged: LoggedRun, target: str, owner: 
             "kernel_sources": [], "model_sources": []})
 
 
-def _print_next_steps(spec: CompetitionSpec, logged: LoggedRun, target: str, owner: str, final: Path) -> None:
-    slug = package_slug(spec, logged.config_hash)
-    size = sum(p.stat().st_size for p in (final / "dataset").iterdir())
-    folds = sum(len(m["folds"]) for m in logged.lineage["members"])
-    print(f"export: run {logged.config_hash} ({len(logged.lineage['members'])} model(s), {folds} fold models, "
-          f"{size / 1e6:.1f} MB) -> {final}")
+def describe(package: Package) -> str:
+    """One line: what the package holds."""
+    size = sum(p.stat().st_size for p in package.dataset.iterdir())
+    folds = len(list(package.dataset.glob("*.safetensors")))
+    left = (f"; left out at ensemble weight 0: {', '.join(package.left_out)}" if package.left_out else "")
+    return (f"{len(package.members)} model(s) ({', '.join(package.members)}), {folds} fold models, {size / 1e6:.1f} MB, "
+            f"package {package.digest}{left}")
+
+
+def _print_next_steps(spec: CompetitionSpec, package: Package) -> None:
+    run = read_json(package.dataset / PACKAGE_FILE)["run"]
+    print(f"export: run {run}: {describe(package)} -> {package.folder}")
     setup = ""
     if spec.host == "local":
         setup = (f"  export KAGGLE_API_ENVIRONMENT=LOCALHOST KAGGLE_CONFIG_DIR={host_root() / 'client'}"
                  "   # the local host's account\n")
-    print("publish it and enter the code competition with the kaggle CLI:\n" + setup +
-          f"  kaggle datasets create -p {final / 'dataset'}\n"
-          f"  kaggle kernels push -p {final / 'kernel'}\n"
-          f"  kaggle kernels status {owner}/{slug}          # until COMPLETE\n"
-          f"  kaggle competitions submit {target} -k {owner}/{slug} -v <version push printed> -f submission.csv "
-          f"-m 'kpipe {logged.config_hash}'")
-    print(f"try the script here first: python {final / 'dataset' / 'inference.py'} --data <folder with the test data>")
+    print("publish it and enter the code competition with the kaggle CLI (or let `make submit` do all of it on a "
+          "spec with `kernels_only: true`):\n" + setup +
+          f"  kaggle datasets create -p {package.dataset}      # the first time; then: kaggle datasets version -p "
+          f"{package.dataset} -m 'run {run}'\n"
+          f"  kaggle kernels push -p {package.kernel}\n"
+          f"  kaggle kernels status {package.ref}          # until COMPLETE\n"
+          f"  kaggle competitions submit {package.target} -k {package.ref} -v <version push printed> -f submission.csv "
+          f"-m 'kpipe {run}'")
+    print(f"try the script here first: python {package.dataset / 'inference.py'} --data <folder with the test data>")

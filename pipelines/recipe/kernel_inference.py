@@ -36,6 +36,9 @@ import torch.nn.functional as F
 
 BATCH = 512
 CHUNK = 16 * BATCH  # test images held at once; a multiple of BATCH, so batches are as if read whole
+# The kernel's copy of this script names the package it was pushed for (`make export` writes it in), so
+# that it refuses to run on any other version of the attached dataset.
+EXPECTED_PACKAGE = None
 
 
 # --- where things are --------------------------------------------------------------------------------
@@ -48,6 +51,17 @@ def find_package(input_root: Path, given: str | None) -> Path:
             return folder
     sys.exit(f"error: no ensemble.json in {', '.join(str(c) for c in candidates[:3])}; attach the exported dataset "
              "or pass --package DIR")
+
+
+def check_package(package: Path) -> None:
+    """Refuse a package other than the one this script was pushed for (none named: any will do)."""
+    if EXPECTED_PACKAGE is None:
+        return
+    listed = package / "kpipe-package.json"
+    found = json.loads(listed.read_text())["digest"] if listed.is_file() else "none"
+    if found != EXPECTED_PACKAGE:
+        sys.exit(f"error: {package} holds package {found}, but this kernel was pushed for package {EXPECTED_PACKAGE}; "
+                 "attach the dataset version that holds it (`make submit` pushes a kernel per version)")
 
 
 def find_data(input_root: Path, slug: str, sample_name: str, given: str | None) -> Path:
@@ -224,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     input_root = Path(args.input_root)
     package = find_package(input_root, args.package)
+    check_package(package)
     config = json.loads((package / "ensemble.json").read_text())
     sys.path.insert(0, str(package / "kpipe_models.zip"))
     data = find_data(input_root, config["competition"], config["layout"]["sample_submission"], args.data)

@@ -33,12 +33,15 @@ from pipelines.stages.download import raw_dir
 # `ensemble`: the ensemble's output folder under .data/<comp>/ensemble/ (its manifest holds the lineage
 # that `make predict` and `make export` replay).
 # `data`: "synthetic" where the competition's data is a synthetic stand-in (its scores are not real ones).
-LOG_COLUMNS = ["time", "competition", "profile", "config_hash", "git_commit", "predictions_digest", "ensemble",
-               "cv_score", "metric", "public_score", "private_score", "status", "ref", "file", "data"]
+# `kernel`: for a code competition, the kernel version whose output was submitted and the dataset
+# version it read ("owner/slug v3, dataset v2").
+DATA_LOG_COLUMNS = ["time", "competition", "profile", "config_hash", "git_commit", "predictions_digest", "ensemble",
+                    "cv_score", "metric", "public_score", "private_score", "status", "ref", "file", "data"]
+LOG_COLUMNS = DATA_LOG_COLUMNS + ["kernel"]
 # Logs of earlier versions, read with the missing columns empty and rewritten in today's columns at the
-# next write: before `data`, before lineage (no `ensemble`), and before metrics other than accuracy
-# (`cv_accuracy`, read as cv_score with metric `accuracy`).
-LINEAGE_LOG_COLUMNS = [c for c in LOG_COLUMNS if c != "data"]
+# next write: before `kernel`, before `data`, before lineage (no `ensemble`), and before metrics other
+# than accuracy (`cv_accuracy`, read as cv_score with metric `accuracy`).
+LINEAGE_LOG_COLUMNS = [c for c in DATA_LOG_COLUMNS if c != "data"]
 METRIC_LOG_COLUMNS = [c for c in LINEAGE_LOG_COLUMNS if c != "ensemble"]
 ACCURACY_LOG_COLUMNS = ["time", "competition", "profile", "config_hash", "git_commit", "predictions_digest",
                         "cv_accuracy", "public_score", "private_score", "status", "ref", "file"]
@@ -56,7 +59,7 @@ class SubmissionInvalid(UserError):
 
 
 
-def _read_rows(path: Path) -> list[list[str]]:
+def read_rows(path: Path) -> list[list[str]]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             return [row for row in csv.reader(fh) if row]
@@ -73,7 +76,7 @@ def submission_header(spec: CompetitionSpec) -> list[str]:
         if spec.metric.bind().submission == "probabilities":
             return [spec.submission_id, *(f"class_{label}" for label in spec.classes)]
         return [spec.submission_id, spec.submission_label]
-    return _read_rows(raw_dir(spec) / spec.layout.sample_submission)[0]
+    return read_rows(raw_dir(spec) / spec.layout.sample_submission)[0]
 
 
 def submission_format(spec: CompetitionSpec) -> SubmissionFormat:
@@ -99,7 +102,7 @@ def write_submission(spec: CompetitionSpec, test_ids: list[str], test_probs: np.
 
 def validate_submission(path: Path, sample: Path, fmt: SubmissionFormat) -> int:
     """Raise SubmissionInvalid naming the first problem; returns the number of rows."""
-    rows, sample_rows = _read_rows(path), _read_rows(sample)
+    rows, sample_rows = read_rows(path), read_rows(sample)
     if not rows:
         raise SubmissionInvalid(f"{path}: empty file")
     if rows[0] != sample_rows[0]:
@@ -167,7 +170,7 @@ def log_path(spec: CompetitionSpec) -> Path:
     return submissions_root() / spec.name / "log.csv"
 
 
-def _check_log_row(row: dict) -> str | None:
+def _checklog_row(row: dict) -> str | None:
     """What is wrong with one row of the log, or None."""
     if row["status"] not in LOG_STATUSES:
         return f"status '{row['status']}' is not one of {', '.join(LOG_STATUSES)}"
@@ -200,7 +203,7 @@ def read_log(spec: CompetitionSpec) -> list[dict]:
         raise DataError(f"{path}: not a readable CSV ({exc}); {fix}") from None
     if not rows:
         return []
-    if rows[0] not in (LOG_COLUMNS, LINEAGE_LOG_COLUMNS, METRIC_LOG_COLUMNS, ACCURACY_LOG_COLUMNS):
+    if rows[0] not in (LOG_COLUMNS, DATA_LOG_COLUMNS, LINEAGE_LOG_COLUMNS, METRIC_LOG_COLUMNS, ACCURACY_LOG_COLUMNS):
         raise DataError(f"{path} row 1: the header must be {','.join(LOG_COLUMNS)}; {fix}")
     columns = rows[0]
     entries = []
@@ -213,7 +216,7 @@ def read_log(spec: CompetitionSpec) -> list[dict]:
         entry = {**dict.fromkeys(LOG_COLUMNS, ""), **dict(zip(columns, fields))}
         if "cv_accuracy" in entry:
             entry["cv_score"], entry["metric"] = entry.pop("cv_accuracy"), "accuracy"
-        problem = _check_log_row(entry)
+        problem = _checklog_row(entry)
         if problem:
             raise DataError(f"{path} row {number}: {problem}; {fix}")
         entries.append(entry)
@@ -237,8 +240,9 @@ def write_log_naming(spec: CompetitionSpec, rows: list[dict], path: Path) -> Non
         raise
 
 
-def _log_row(spec: CompetitionSpec, submission: Submission, result: SubmissionResult, path: Path) -> dict:
-    return {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "competition": spec.name,
+def log_row(spec: CompetitionSpec, submission: Submission, result: SubmissionResult, path: Path,
+             kernel: str = "") -> dict:
+    return {"kernel": kernel, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "competition": spec.name,
             "profile": submission.profile_name, "config_hash": submission.config_hash,
             "git_commit": submission.git_commit, "predictions_digest": submission.predictions_digest,
             "ensemble": submission.ensemble, "cv_score": f"{submission.cv_score:.5f}", "metric": str(spec.metric), "public_score": _score_text(result.public_score),
@@ -390,30 +394,42 @@ def submit(spec: CompetitionSpec, submission: Submission, dry_run: bool = False,
     if spec.source == "dataset":
         return score_locally(spec, submission)
     with locks.hold(log_path(spec), f"the submissions log of {spec.name}"):
-        rows = read_log(spec)
-        waiting = any(r["status"] == "PENDING" for r in rows) or awaiting_private(rows)
-        api = kaggle_api(spec) if not dry_run and waiting else None
-        if api is not None:
-            settle_pending(spec, api, rows)
-            if filled := fill_private_scores(spec, api, rows):
-                print(f"submit: {filled} private score{'s' * (filled > 1)} now shown by {host_description(spec)} "
-                      f"(the competition has closed) filled into {log_path(spec)}")
+        rows, api = settled_log(spec, dry_run)
 
         def new_row(result: SubmissionResult, path: Path) -> dict:
-            return _log_row(spec, submission, result, path)
+            return log_row(spec, submission, result, path)
 
         if not dry_run:
-            earlier = _earlier_result(spec, rows, submission.predictions_digest, resubmit, new_row)
+            earlier = earlier_result(spec, rows, submission.predictions_digest, resubmit, new_row)
             if earlier is not None:
                 return earlier
-        path = _checked_submission_file(spec, submission.test_ids, submission.test_probs, submission.config_hash)
+        path = checked_submission_file(spec, submission.test_ids, submission.test_probs, submission.config_hash)
         if dry_run:
             rows.append(new_row(SubmissionResult("dry-run"), path))
             write_log_naming(spec, rows, path)
             return SubmissionResult("dry-run")
-        message = (f"CV {spec.metric} {submission.cv_score:.4f} | config {submission.config_hash} | git "
-                   f"{submission.git_commit[:12]} | {submission.profile_name} | digest {submission.predictions_digest}")
-        return _upload(spec, api or kaggle_api(spec), rows, new_row(SubmissionResult("PENDING"), path), message)
+        return upload(spec, api or kaggle_api(spec), rows, new_row(SubmissionResult("PENDING"), path),
+                       description(spec, submission))
+
+
+def settled_log(spec: CompetitionSpec, dry_run: bool) -> tuple[list[dict], object]:
+    """The log's rows (under its lock, held by the caller), with what an interrupted run left PENDING and
+    the private scores the host shows now filled in; and the API client when that needed one."""
+    rows = read_log(spec)
+    waiting = any(r["status"] == "PENDING" for r in rows) or awaiting_private(rows)
+    api = kaggle_api(spec) if not dry_run and waiting else None
+    if api is not None:
+        settle_pending(spec, api, rows)
+        if filled := fill_private_scores(spec, api, rows):
+            print(f"submit: {filled} private score{'s' * (filled > 1)} now shown by {host_description(spec)} "
+                  f"(the competition has closed) filled into {log_path(spec)}")
+    return rows, api
+
+
+def description(spec: CompetitionSpec, submission: Submission) -> str:
+    """The submission's description on the host: CV, config, commit, and the digest a rerun finds it by."""
+    return (f"CV {spec.metric} {submission.cv_score:.4f} | config {submission.config_hash} | git "
+            f"{submission.git_commit[:12]} | {submission.profile_name} | digest {submission.predictions_digest}")
 
 
 def score_locally(spec: CompetitionSpec, submission: Submission) -> SubmissionResult:
@@ -424,19 +440,19 @@ def score_locally(spec: CompetitionSpec, submission: Submission) -> SubmissionRe
                         f"run `make prepare COMP={spec.name}` again (FORCE=1)")
     with locks.hold(log_path(spec), f"the submissions log of {spec.name}"):
         rows = read_log(spec)
-        path = _checked_submission_file(spec, submission.test_ids, submission.test_probs, submission.config_hash)
+        path = checked_submission_file(spec, submission.test_ids, submission.test_probs, submission.config_hash)
         fmt = submission_format(spec)
-        predictions = [fmt.parse(row[1:]) for row in _read_rows(path)[1:]]
+        predictions = [fmt.parse(row[1:]) for row in read_rows(path)[1:]]
         value = score(spec.metric.bind(), fmt, predictions, submission.held_out_labels)
         result = SubmissionResult("LOCAL", value)
-        rows.append(_log_row(spec, submission, result, path))
+        rows.append(log_row(spec, submission, result, path))
         write_log_naming(spec, rows, path)
     print(f"submit: {spec.name} is a Kaggle dataset: nothing uploaded; {spec.metric} {value:.5f} on its "
           f"{len(predictions):,} held-out rows (logged as LOCAL in {log_path(spec)})")
     return result
 
 
-def _earlier_result(spec: CompetitionSpec, rows: list[dict], digest: str, resubmit: bool, new_row) -> SubmissionResult | None:
+def earlier_result(spec: CompetitionSpec, rows: list[dict], digest: str, resubmit: bool, new_row) -> SubmissionResult | None:
     """The result of an earlier upload of the same predictions, if it stands in for this one."""
     same = [r for r in rows if r["predictions_digest"] == digest]
     scored = [r for r in same if r["status"] == "COMPLETE" and Path(r["file"]).is_file()]
@@ -455,7 +471,7 @@ def _earlier_result(spec: CompetitionSpec, rows: list[dict], digest: str, resubm
     return None
 
 
-def _checked_submission_file(spec: CompetitionSpec, test_ids: list[str], test_probs: np.ndarray, config_hash: str) -> Path:
+def checked_submission_file(spec: CompetitionSpec, test_ids: list[str], test_probs: np.ndarray, config_hash: str) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     path = submissions_root() / spec.name / f"{stamp}-{config_hash}.csv"
     write_submission(spec, test_ids, test_probs, path)
@@ -470,9 +486,12 @@ def _checked_submission_file(spec: CompetitionSpec, test_ids: list[str], test_pr
     return path
 
 
-def _upload(spec: CompetitionSpec, api, rows: list[dict], row: dict, message: str) -> SubmissionResult:
-    """Upload once and wait for the score, keeping `row` (PENDING before the upload) up to date in the log."""
+def upload(spec: CompetitionSpec, api, rows: list[dict], row: dict, message: str,
+            create=None) -> SubmissionResult:
+    """Upload once and wait for the score, keeping `row` (PENDING before the upload) up to date in the log.
+    `create()` makes the submission ((ref, None) or (None, the failure)); by default it uploads row's file."""
     path = Path(row["file"])
+    create = create or (lambda: create_submission(spec, api, path, message))
     try:
         limits = call(spec, f"reading the submission limits of '{spec.kaggle_slug}'",
                       lambda: api.competition_get_submission_limits(spec.kaggle_slug))
@@ -486,7 +505,7 @@ def _upload(spec: CompetitionSpec, api, rows: list[dict], row: dict, message: st
         return SubmissionResult("limit")
     rows.append(row)
     write_log_naming(spec, rows, path)  # PENDING before the upload: a rerun completes it instead of uploading again
-    ref, failure = create_submission(spec, api, path, message)
+    ref, failure = create()
     if ref is not None:
         row["ref"] = str(ref)
         write_log(spec, rows)

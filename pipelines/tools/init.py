@@ -46,7 +46,8 @@ def competition_metadata(endpoint: Endpoint, api) -> dict:
                    lambda: api.competitions_list(search=endpoint.kaggle_slug, page_size=200))
     for competition in getattr(listing, "competitions", None) or []:
         if str(competition.ref).rstrip("/").rsplit("/", 1)[-1] == endpoint.kaggle_slug:
-            return {"title": competition.title, "metric": competition.evaluation_metric or ""}
+            return {"title": competition.title, "metric": competition.evaluation_metric or "",
+                    "kernels_only": bool(competition.is_kernels_submissions_only)}
     raise UserError(f"'{endpoint.kaggle_slug}': no such competition on {host_description(endpoint)}; check the slug "
                     "(the last part of the competition's URL)")
 
@@ -98,8 +99,10 @@ def render(slug: str, host: str, metadata: dict, draft: Draft, metric) -> str:
     lines = [f"# Drafted by `make init COMP={slug}` on {time.strftime('%Y-%m-%d')} from what "
              f"{'the local host' if host == 'local' else 'kaggle.com'} says about the competition and what its download "
              "holds.", "# Check it, then `make submit COMP=" + slug + "`.",
-             f"name: {slug}", f"title: {_flow(metadata['title'] or slug)}", f"kaggle_slug: {slug}", f"host: {host}",
-             "layout:"]
+             f"name: {slug}", f"title: {_flow(metadata['title'] or slug)}", f"kaggle_slug: {slug}", f"host: {host}"]
+    if metadata.get("kernels_only"):
+        lines.append("kernels_only: true                   # a code competition: make submit enters it through a kernel")
+    lines.append("layout:")
     layout = {"kind": draft.layout.get("kind"), **draft.layout}
     lines += [f"  {key}: {_flow(value)}" for key, value in layout.items()]
     lines += [f"id_column: {_flow(draft.id_column)}", f"label_column: {_flow(draft.label_column)}"]
