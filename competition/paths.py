@@ -7,9 +7,29 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+KAGGLE_INPUT = Path("/kaggle/input")
+
+
+def in_kaggle_kernel() -> bool:
+    """Whether this process runs in a Kaggle notebook or script kernel (Kaggle sets KAGGLE_KERNEL_RUN_TYPE;
+    so does the local host's kernel runner)."""
+    return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE"))
+
+
+def kaggle_input_root() -> Path | None:
+    """Where a kernel finds its attached competitions and datasets: $KAGGLE_INPUT_ROOT, else /kaggle/input
+    when it exists; None elsewhere."""
+    if os.environ.get("KAGGLE_INPUT_ROOT"):
+        return Path(os.environ["KAGGLE_INPUT_ROOT"])
+    return KAGGLE_INPUT if KAGGLE_INPUT.is_dir() else None
+
+
 def data_root() -> Path:
-    """Root of downloaded and derived data ($KPIPE_DATA, default <repo>/.data)."""
-    return Path(os.environ.get("KPIPE_DATA") or REPO_ROOT / ".data")
+    """Root of downloaded and derived data ($KPIPE_DATA; in a Kaggle kernel kpipe-data/ in its working
+    directory, which becomes the kernel's output; else <repo>/.data)."""
+    if os.environ.get("KPIPE_DATA"):
+        return Path(os.environ["KPIPE_DATA"])
+    return Path.cwd() / "kpipe-data" if in_kaggle_kernel() else REPO_ROOT / ".data"
 
 
 def host_root() -> Path:
@@ -26,4 +46,7 @@ def competition_root(name: str) -> Path:
 
 
 def submissions_root() -> Path:
-    return Path(os.environ.get("KPIPE_SUBMISSIONS") or REPO_ROOT / "submissions")
+    """$KPIPE_SUBMISSIONS; in a Kaggle kernel submissions/ in its working directory; else <repo>/submissions."""
+    if os.environ.get("KPIPE_SUBMISSIONS"):
+        return Path(os.environ["KPIPE_SUBMISSIONS"])
+    return Path.cwd() / "submissions" if in_kaggle_kernel() else REPO_ROOT / "submissions"

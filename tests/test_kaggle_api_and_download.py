@@ -82,6 +82,30 @@ def test_download_stage_unzips_and_then_skips(pipeline_env, capsys):
     assert not raw_is_complete(folder)
 
 
+def test_in_a_kernel_the_attached_competition_is_linked_not_downloaded(pipeline_env, host, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from competition.paths import data_root, submissions_root
+
+    attached = tmp_path / "input" / "digits"
+    shutil.copytree(host.store.competition_dir("digits") / "data", attached)
+    with zipfile.ZipFile(attached / "extra.zip", "w") as zf:  # as a real competition may ship archives inside
+        zf.writestr("notes/readme.txt", "unpacked in place")
+    monkeypatch.setenv("KAGGLE_INPUT_ROOT", str(tmp_path / "input"))
+    monkeypatch.setenv("KPIPE_LOCAL_HOST_PORT", "9")  # nothing listens there: a download would fail
+    folder = download(load_spec("digits"), start_local_host=False)
+    assert "using the files attached to this kernel" in capsys.readouterr().out
+    assert (folder / "train.csv").is_symlink() and len(list((folder / "test").glob("*.png"))) == 450
+    assert (folder / "notes" / "readme.txt").read_text() == "unpacked in place" and not (folder / "extra.zip").exists()
+    assert raw_is_complete(folder) and list(attached.glob("extra.zip"))  # the attached files are left as they were
+    # Inside a kernel, what kpipe writes goes to the working directory, which becomes the kernel's output.
+    monkeypatch.delenv("KPIPE_DATA")
+    monkeypatch.delenv("KPIPE_SUBMISSIONS", raising=False)
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    monkeypatch.chdir(tmp_path)
+    assert data_root() == tmp_path / "kpipe-data" and submissions_root() == tmp_path / "submissions"
+
+
 def test_safe_extract_refuses_entries_escaping_the_folder(tmp_path):
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as zf:

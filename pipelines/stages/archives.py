@@ -282,6 +282,26 @@ def unpack_all(path: Path, dest: Path, budget: Budget | None = None) -> dict[str
     of the archive (up to MAX_DEPTH levels); returns {file relative to dest: size} of what remains."""
     budget = budget or Budget()
     budget.files.update(unpack(path, dest, budget))
+    return unpack_nested(dest, budget)
+
+
+def link_all(source: Path, dest: Path, budget: Budget | None = None) -> dict[str, int]:
+    """The files of a folder that is read-only and already unpacked once (a Kaggle notebook's
+    /kaggle/input/<competition>/) linked into `dest`, not copied; the archives among them unpacked in place
+    as `unpack_all` unpacks a download's. Returns {file relative to dest: size}."""
+    budget = budget or Budget()
+    for path in sorted(source.rglob("*")):
+        if path.is_file():
+            name = path.relative_to(source).as_posix()
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            (dest / name).symlink_to(path)
+            budget.files[name] = path.stat().st_size
+    return unpack_nested(dest, budget)  # Kaggle unpacked the download itself: its files are the first level
+
+
+def unpack_nested(dest: Path, budget: Budget) -> dict[str, int]:
+    """Unpack every archive among `budget.files` (the download's files, under `dest`) into the folder it
+    lies in, in place of the archive, and then those they held, up to MAX_DEPTH levels in all."""
     for depth in range(1, MAX_DEPTH + 1):
         nested = sorted(name for name in budget.files if is_archive(name))
         if not nested:

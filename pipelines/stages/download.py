@@ -1,6 +1,8 @@
 """download: fetch a competition's files through the Kaggle API into <data>/<comp>/raw/, safely unpacked.
 
-Skipped when raw/ holds a manifest whose listed files are all present with their recorded sizes.
+Skipped when raw/ holds a manifest whose listed files are all present with their recorded sizes. In a
+Kaggle kernel that has the competition attached (/kaggle/input/<slug>/), raw/ links those files instead
+of downloading them.
 The archive is untrusted, and so are the archives inside it (stages/archives.py unpacks them all): any
 problem is refused with one line, before or while unpacking, leaving no raw/ behind.
 """
@@ -11,8 +13,8 @@ from pathlib import Path
 
 from competition.errors import KaggleError
 from competition.kaggle_adapter import Competition, call, host_description, kaggle_api
-from competition.paths import competition_root
-from pipelines.stages.archives import unpack_all
+from competition.paths import competition_root, kaggle_input_root
+from pipelines.stages.archives import link_all, unpack_all
 from pipelines.stages.artifacts import atomic_output, build_once, read_manifest
 
 RAW = "raw"
@@ -41,7 +43,32 @@ def download(spec: Competition, force: bool = False, start_local_host: bool = Tr
                       up_to_date, force, complete=raw_is_complete)
 
 
+def attached_input(spec: Competition) -> Path | None:
+    """The competition's (or dataset's) files as a Kaggle kernel has them attached, under
+    /kaggle/input/<slug>/; None outside a kernel or when they are not attached."""
+    root = kaggle_input_root()
+    if root is None:
+        return None
+    folder = root / spec.kaggle_slug.rsplit("/", 1)[-1]
+    return folder if folder.is_dir() and any(folder.iterdir()) else None
+
+
+def _link_attached(spec: Competition, source: Path, folder: Path) -> Path:
+    """raw/ from the attached files: linked, not copied (they are read-only and may be large), archives
+    among them unpacked as a download's are."""
+    print(f"download: {spec.name}: using the files attached to this kernel in {source}; nothing downloaded")
+    listing: dict = {"attached": str(source)}
+    with atomic_output(folder, "download", {"kaggle_slug": spec.kaggle_slug, "attached": str(source)}, inputs={},
+                       extra=listing, replace=True) as staging:
+        listing["files"] = files = link_all(source, staging)
+    print(f"download: {spec.name}: {len(files)} files in {folder}")
+    return folder
+
+
 def _fetch(spec: Competition, folder: Path, start_local_host: bool) -> Path:
+    attached = attached_input(spec)
+    if attached is not None:
+        return _link_attached(spec, attached, folder)
     api = kaggle_api(spec, start_local_host=start_local_host)
     # The archive is fetched beside raw/ (same file system, counted by the disk check) and removed after.
     folder.parent.mkdir(parents=True, exist_ok=True)
