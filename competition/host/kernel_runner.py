@@ -6,7 +6,10 @@ sandbox (`sandbox_command`):
 - a new network namespace: no network at all, not even the host's loopback;
 - a new mount namespace in which the host's own folder (competitions, solutions, accounts) is an empty
   tmpfs (kernel_jail.py);
-- its own unprivileged user (uid KERNEL_UID) when the host runs as root, and no capabilities either way.
+- its own unprivileged user (uid KERNEL_UID) when the host runs as root, and no capabilities either way;
+  the folders its interpreter needs and that user could not enter (a venv or a pyenv under /root) are lent
+  to it read-only at the same paths, everything else beside them hidden;
+- its own venv over the interpreter (`writable_env`), so that `pip install` works in it as in a notebook.
 Its input is a temporary folder laid out like Kaggle's /kaggle/input: one sub-folder per attached
 competition (its data, with a code competition's hidden test set laid over it) and per attached dataset;
 `KAGGLE_INPUT_ROOT` names it. Its working directory (Kaggle's /kaggle/working) becomes the kernel's output.
@@ -92,17 +95,42 @@ def build_input(inputs: dict[str, list[Path]], root: Path) -> None:
 
 def reachable_by_others(path: Path) -> bool:
     """Whether a user other than the owner may enter every folder down to `path`."""
-    return all(parent.stat().st_mode & 0o001 for parent in Path(path).absolute().parents)
+    return all(parent.stat().st_mode & 0o001 for parent in [*Path(path).absolute().parents][::-1][1:] + [Path(path)])
 
 
-def kernel_python(python: str, root: Path, drop_user: bool) -> tuple[str, list[str]]:
-    """(the interpreter path the kernel runs, the jail's --bind options): a venv the kernel's user could not
-    reach (under /root, say) is lent to it read-only at root/python."""
-    prefix = Path(python).parent.parent
-    if not drop_user or reachable_by_others(Path(python)) or not (prefix / "pyvenv.cfg").is_file():
-        return python, []
-    (root / "python").mkdir()
-    return str(root / "python" / "bin" / Path(python).name), ["--bind", f"{prefix}={root / 'python'}"]
+def interpreter_folders(python: str) -> list[Path]:
+    """What the kernel's interpreter reads: its prefix (a venv), its base installation, every folder on its
+    sys.path (.pth files included), and the folders of $KPIPE_KERNEL_LEND (os.pathsep-separated: what its
+    packages link to)."""
+    found = subprocess.run([python, "-c", "import sys; print(sys.prefix, sys.base_prefix, *sys.path[1:], sep='\\n')"],
+                           check=True, capture_output=True, text=True, timeout=60)
+    folders = [Path(line) for line in found.stdout.splitlines() if line]
+    folders += [Path(p) for p in os.environ.get("KPIPE_KERNEL_LEND", "").split(os.pathsep) if p]
+    return [f.resolve() for f in folders if f.exists()]
+
+
+def lent_folders(python: str, drop_user: bool) -> list[Path]:
+    """The interpreter's folders the kernel's user could not reach (a venv or pyenv under /root): the jail
+    lends them to it read-only, at the same paths."""
+    if not drop_user:
+        return []
+    needed = [f for f in interpreter_folders(python) if not reachable_by_others(f)]
+    return [f for f in needed if not any(other in f.parents for other in needed)]
+
+
+def writable_env(python: str, root: Path) -> str:
+    """A venv at root/env over the kernel's interpreter, the interpreter's packages read through a .pth:
+    `pip install` in the kernel installs into it, as a Kaggle notebook's does into its image, and packages
+    already there count as installed. Returns the python the kernel runs."""
+    env = root / "env"
+    subprocess.run([python, "-m", "venv", "--without-pip", str(env)], check=True, capture_output=True, timeout=120)
+    found = subprocess.run([python, "-c", "import site; print(*site.getsitepackages(), sep='\\n')"],
+                           check=True, capture_output=True, text=True, timeout=60).stdout.splitlines()
+    [site_packages] = env.glob("lib/python*/site-packages")
+    # addsitedir, not a plain path line: the .pth files in those folders count too, as they do for the interpreter.
+    (site_packages / "kaggle-image.pth").write_text(
+        "import site; " + "; ".join(f"site.addsitedir({p!r})" for p in found if p) + "\n")
+    return str(env / "bin" / "python")
 
 
 def has_gpu() -> bool:
@@ -122,13 +150,15 @@ def accelerator_note(accelerator: str) -> tuple[str, dict]:
 def sandbox_command(isolation: list[str], python: str, root: Path, hide: list[Path]) -> tuple[list[str], str]:
     """The command that runs root/code/script.py in the sandbox, and the log line that says how."""
     drop_user = os.geteuid() == 0
-    interpreter, binds = kernel_python(python, root, drop_user)
-    jail = [sys.executable, str(JAIL), *binds, *[a for folder in hide for a in ("--hide", str(folder))], "--"]
+    interpreter = writable_env(python, root)
+    lend = [a for folder in lent_folders(python, drop_user) for a in ("--lend", str(folder))]
+    jail = [sys.executable, str(JAIL), "--scratch", str(root / "lent"), *lend,
+            *[a for folder in hide for a in ("--hide", str(folder))], "--"]
     setpriv = [shutil.which("setpriv") or "setpriv", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
     if drop_user:
         setpriv += [f"--reuid={KERNEL_UID}", f"--regid={KERNEL_GID}", "--clear-groups"]
-        for sub in ("working", "home"):
-            os.chown(root / sub, KERNEL_UID, KERNEL_GID)
+        for path in [root / "working", root / "home", root / "env", *(root / "env").rglob("*")]:
+            os.chown(path, KERNEL_UID, KERNEL_GID, follow_symlinks=False)
     for sub in ("", "code", "input"):
         (root / sub).chmod(0o755)
     who = f"uid {KERNEL_UID}" if drop_user else "the host's user, with no capabilities"
@@ -156,7 +186,8 @@ def run_kernel(script: str, inputs: dict[str, list[Path]], output: Path, timeout
         note, gpu_env = accelerator_note(accelerator)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(root / "home"), "LANG": "C.UTF-8",
                "USER": "kaggle", "LOGNAME": "kaggle", "KAGGLE_INPUT_ROOT": str(root / "input"),
-               "KAGGLE_KERNEL_RUN_TYPE": "Batch", "PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1", **gpu_env}
+               "KAGGLE_KERNEL_RUN_TYPE": "Batch", "PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1",
+               "PIP_CONFIG_FILE": os.devnull, **gpu_env}  # pip as offline as the kernel: not this machine's indexes
         log_path = root / "log.txt"
         sandbox, who = sandbox_command(isolation, python, root, [Path(p) for p in hide])
         with open(log_path, "wb") as log:
