@@ -54,7 +54,7 @@ endif
 # A fixed profile (PROFILE=quick|full), a time budget (BUDGET=15m) or a replayed plan (PLAN=file).
 RECIPE = $(if $(PROFILE),--profile $(PROFILE)) $(if $(BUDGET),--budget=$(BUDGET)) $(if $(PLAN),--plan=$(PLAN))
 
-.PHONY: help install system-run system-test test test-fast serve stop-host init download prepare train tune report submit scores predict export bench bench-memory prune clean
+.PHONY: help install system-run system-test test test-fast serve stop-host init download prepare train tune report submit scores predict export wheelhouse bench bench-memory prune clean
 
 help:
 	@echo "make init COMP=<slug>            draft competition/<slug>.yaml from the Kaggle API and the download [HOST=, FORCE=1]"
@@ -62,6 +62,7 @@ help:
 	@echo "  [BUDGET=15m | PLAN=plan.json | PROFILE=quick]   time budget (default: the spec's), replay, fixed recipe"
 	@echo "  [WORKERS=n | SCHEDULER=tcp://host:8786]          train the (model, fold) runs on Dask workers"
 	@echo "  [GPUS=n] [DETERMINISTIC=1]                       each run data-parallel on n devices; reproducible kernels"
+	@echo "  [ON=kaggle [GPU=0]]                              train in a kernel on the host's machine, then submit from here"
 	@echo "make test                        run the whole test suite and the import contracts (what CI runs)"
 	@echo "make test-fast                   the quick tier while working: the contracts and the tests not marked slow"
 	@echo "make prepare COMP=digits         download + cached arrays + stratified folds"
@@ -71,6 +72,7 @@ help:
 	@echo "make predict COMP=x INPUT=<folder|.npy|.csv> [OUT=preds.csv] [RUN=<config hash>] [RESIZE=1] [PROBS=1]"
 	@echo "                                 a logged run's ensemble on new images"
 	@echo "make export COMP=x [RUN=<config hash>] [TARGET=<code competition>]   package a run for a Kaggle code competition"
+	@echo "make wheelhouse [PUBLISH=local|kaggle] [PYTHON_VERSION=3.12]   kpipe + its wheels (but torch) as a dataset for offline notebooks"
 	@echo "make scores COMP=x              fill the log's pending and (after the deadline) private scores"
 	@echo "make prune COMP=x [DRY_RUN=1]    remove outputs that no logged submission, plan or study needs"
 	@echo "make bench                       data-path, training, inference and concurrency benchmark"
@@ -118,8 +120,14 @@ prepare: install
 train: install
 	$(PY) -m pipelines train --comp $(COMP) $(RECIPE) $(CLUSTER) $(if $(MODEL),--model $(MODEL)) $(if $(FOLD),--fold $(FOLD))
 
+# ON=kaggle: train in a kernel on the competition's host (GPU=0: without a GPU), then submit from here.
 submit: install
+ifeq ($(ON),kaggle)
+	$(PY) -m pipelines.tools.on_kaggle --comp $(COMP) $(if $(BUDGET),--budget=$(BUDGET)) \
+		$(if $(filter 0,$(GPU)),--no-gpu) $(if $(filter-out 0,$(DRY_RUN)),--dry-run)
+else
 	$(PY) -m pipelines submit --comp $(COMP) $(RECIPE) $(CLUSTER) $(if $(filter-out 0,$(DRY_RUN)),--dry-run)
+endif
 
 tune: install
 	$(PY) -m pipelines tune --comp $(COMP) $(if $(PROFILE),--profile $(PROFILE)) $(if $(MODEL),--model $(MODEL)) \
@@ -146,6 +154,11 @@ export: install
 
 bench: install
 	$(PY) -m pipelines.tools.bench
+
+# kpipe and the wheels it needs besides torch, as a Kaggle dataset (PUBLISH=local|kaggle; PYTHON_VERSION=3.12 for a
+# notebook whose Python differs from this one).
+wheelhouse: install
+	$(PY) -m pipelines.tools.wheelhouse $(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION)) $(if $(PUBLISH),--publish $(PUBLISH))
 
 # Data larger than memory: memory-mapped against in memory (IMAGES=66500 SIDE=208: 9.1 GB of arrays).
 bench-memory: install
