@@ -407,7 +407,7 @@ def _read_yaml(path: Path) -> dict:
 MAX_EXTENDS_DEPTH = 3
 
 
-def _read_spec(path: Path, within: tuple[Path, ...] = ()) -> dict:
+def read_spec_keys(path: Path, within: tuple[Path, ...] = ()) -> dict:
     """The spec's keys, over those of the spec it `extends:` (a spec in the same folder, by name): a key
     written here replaces the base's whole value, so a variant states exactly what differs."""
     raw = _read_yaml(path)
@@ -424,7 +424,7 @@ def _read_spec(path: Path, within: tuple[Path, ...] = ()) -> dict:
     if base_path.resolve() in chain or len(chain) > MAX_EXTENDS_DEPTH:
         raise SpecError(f"{path}: extends: '{base}' leads back to itself or goes more than {MAX_EXTENDS_DEPTH} "
                         "specs deep; extend a spec that extends nothing")
-    return {**_read_spec(base_path, chain), **raw}
+    return {**read_spec_keys(base_path, chain), **raw}
 
 
 def load_spec(name: str) -> CompetitionSpec:
@@ -432,7 +432,7 @@ def load_spec(name: str) -> CompetitionSpec:
     path = spec_path(name)
     if not path.is_file():
         raise SpecError(f"{path}: no such competition spec; known competitions: {', '.join(available())}")
-    raw = _read_spec(path)
+    raw = read_spec_keys(path)
     try:
         return CompetitionSpec.model_validate(raw)
     except ValidationError as exc:

@@ -235,3 +235,30 @@ def kernel_python() -> str:
                 subprocess.run([*pip, "torch", *KERNEL_VENV_PACKAGES], check=True, timeout=1200)
             (folder / ".complete").write_text("")
     return str(python)
+
+
+@pytest.fixture(scope="session")
+def kaggle_image_python(tmp_path_factory) -> str:
+    """A stand-in for a Kaggle notebook's Python: a venv that holds torch, torchvision and the rest of this
+    environment except kpipe and everything kpipe needs (linked, not installed: a second), so that kpipe
+    only runs there once installed from its wheelhouse. Its links point into this environment, which a
+    kernel's user may not enter when it lies under /root: KPIPE_KERNEL_LEND lends it (set by the test)."""
+    import importlib.metadata as metadata
+
+    from pipelines.tools.wheelhouse import _key, pinned_requirements
+
+    kpipe_needs = {pin.split("==")[0] for pin in pinned_requirements()} | {"kpipe"}
+    root = tmp_path_factory.mktemp("kaggle-image")
+    layer = root / "image-site"
+    layer.mkdir()
+    for dist in metadata.distributions():
+        if _key(dist.metadata["Name"]) in kpipe_needs:
+            continue
+        for top in {f.parts[0] for f in dist.files or [] if f.parts[0] not in ("..", "bin")}:
+            source = Path(dist.locate_file(top))
+            if source.exists() and not (layer / top).exists():
+                (layer / top).symlink_to(source)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True, timeout=120)
+    [site_packages] = (root / "venv" / "lib").glob("python*/site-packages")
+    (site_packages / "kaggle-image.pth").write_text(f"{layer}\n")
+    return str(root / "venv" / "bin" / "python")
