@@ -97,6 +97,11 @@ def merge_outputs(pulled: Path, spec: CompetitionSpec) -> list[str]:
         raise UserError(f"{pulled}: the kernel wrote no kpipe-data/{spec.name}/; its log says why")
     added = []
     for stage in sorted(p for p in source.iterdir() if p.name not in SKIPPED):
+        if stage.name == "plans":  # records, not outputs named by their inputs: the kernel's run is the latest
+            (target / "plans").mkdir(parents=True, exist_ok=True)
+            for plan in stage.glob("*.json"):
+                shutil.copy2(plan, target / "plans" / plan.name)
+            continue
         if stage.is_file():
             if not (target / stage.name).exists():
                 target.mkdir(parents=True, exist_ok=True)
@@ -111,9 +116,9 @@ def merge_outputs(pulled: Path, spec: CompetitionSpec) -> list[str]:
 
 
 def plan_of_record(pulled: Path, spec: CompetitionSpec) -> Path | None:
-    """The plan the kernel ran, as merged here; None when it ran a fixed recipe (PROFILE, or no `pool:`)."""
+    """The plan the kernel ran (in its pulled output); None when it ran a fixed recipe (no `pool:`)."""
     plans = sorted((pulled / "kpipe-data" / spec.name / "plans").glob("*.json"), key=lambda p: p.stat().st_mtime)
-    return competition_root(spec.name) / "plans" / plans[-1].name if plans else None
+    return plans[-1] if plans else None
 
 
 def train_on_kaggle(comp: str, budget: str | None, gpu: bool) -> Path | None:
