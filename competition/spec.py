@@ -52,6 +52,20 @@ class PixelCsvLayout(_Strict):
     pixel_prefix: str = Field(default="pixel", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def pattern_fields(value: str, allowed: tuple[str, ...], example: str) -> list[str]:
+    """The placeholders of a file name pattern, in order; ValueError for a malformed pattern or a placeholder
+    other than `allowed`."""
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(value) if field is not None]
+    except ValueError as exc:  # an unbalanced brace
+        raise ValueError(f"is not a file name pattern ({exc}); write it like '{example}'") from None
+    unknown = [f for f in fields if f not in allowed]
+    if unknown:
+        names = " and ".join(f"'{{{name}}}'" for name in allowed)
+        raise ValueError(f"unknown placeholder '{{{unknown[0]}}}': use {names}, e.g. '{example}'")
+    return fields
+
+
 class _ImageFilesLayout(_Strict):
     """Layouts with one image file per sample; `filename` names a test image (and a train image) by its id."""
 
@@ -67,13 +81,7 @@ class _ImageFilesLayout(_Strict):
     @field_validator("filename")
     @classmethod
     def _has_id(cls, value: str) -> str:
-        try:
-            fields = [field for _, field, _, _ in string.Formatter().parse(value) if field is not None]
-        except ValueError as exc:  # an unbalanced brace
-            raise ValueError(f"is not a file name pattern ({exc}); write it like '{{id}}.png'") from None
-        unknown = [f for f in fields if f != "id"]
-        if unknown:
-            raise ValueError(f"unknown placeholder '{{{unknown[0]}}}': the only one is '{{id}}', e.g. '{{id}}.png'")
+        fields = pattern_fields(value, ("id",), "{id}.png")
         if "id" not in fields:
             raise ValueError("must contain '{id}', e.g. '{id}.png'")
         if "/" in value.replace("{id}", "") or "\\" in value or ".." in value:
@@ -105,13 +113,7 @@ class FileLabelsLayout(_ImageFilesLayout):
     @field_validator("train_filename")
     @classmethod
     def _has_label(cls, value: str) -> str:
-        try:
-            fields = [field for _, field, _, _ in string.Formatter().parse(value) if field is not None]
-        except ValueError as exc:
-            raise ValueError(f"is not a file name pattern ({exc}); write it like '{{label}}.{{n}}.jpg'") from None
-        unknown = [f for f in fields if f not in ("label", "n")]
-        if unknown:
-            raise ValueError(f"unknown placeholder '{{{unknown[0]}}}': use '{{label}}' and '{{n}}', e.g. '{{label}}.{{n}}.jpg'")
+        fields = pattern_fields(value, ("label", "n"), "{label}.{n}.jpg")
         if fields.count("label") != 1 or fields.count("n") > 1:
             raise ValueError("must hold '{label}' once (and '{n}' at most once), e.g. '{label}.{n}.jpg'")
         if "/" in value or "\\" in value or value.replace("{label}", "x").replace("{n}", "0") in (".", ".."):
