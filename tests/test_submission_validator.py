@@ -7,6 +7,7 @@ import pytest
 
 from competition.formats import SubmissionFormat, score
 from competition.metrics import metric
+from competition.spec import load_spec
 from pipelines.stages.submit import SubmissionInvalid, validate_submission
 
 CLASSES = ["0", "1", "2"]
@@ -95,3 +96,31 @@ def test_each_format_writes_what_it_reads_and_scores_like_the_metric():
 def test_a_sample_submission_that_does_not_fit_the_metric_is_named(name, header, message):
     with pytest.raises(ValueError, match=message.replace("(", "\\(").replace(")", "\\)")):
         SubmissionFormat.of(metric(name), "id", "label", CLASSES, header)
+
+
+def test_a_kernels_output_is_checked_before_anything_is_submitted(pipeline_env, host, tmp_path, capsys):
+    from pipelines.after_run.code_submit import _check_output
+    from pipelines.stages.download import download
+
+    spec = load_spec("digits")
+    download(spec)
+    visible = tmp_path / "visible.csv"  # the pipeline's own predictions for the rows the download holds
+    visible.write_text("id,label\na,1\nb,2\n")
+    output = tmp_path / "v3" / "submission.csv"
+    output.parent.mkdir()
+    (output.parent / "kernel.log").write_text("ran\n")
+    cases = [(None, "the kernel wrote no submission.csv (its output: nothing)"),
+             ("id,prediction\na,1\n", "header id,prediction differs from the sample's id,label"),
+             ("id,label\na,1\nb,3\nc,4\n", "predictions for 1 of the 2 visible test rows differ from the pipeline's "
+                                           "(first: id 'b')"),
+             ("id,label\na,1\nb,2\nb,4\n", "row 4: a duplicate id"),
+             ("id,label\na,1\nb,2\nc,eleven\n", "row 4 (id 'c')")]
+    for text, message in cases:
+        if text is not None:
+            output.write_text(text)
+        with pytest.raises(SubmissionInvalid) as refused:
+            _check_output(spec, output, visible)
+        assert message in str(refused.value) and "nothing was submitted" in str(refused.value), str(refused.value)
+    output.write_text("id,label\na,1\nb,2\nc,4\n")
+    assert _check_output(spec, output, visible) == 3
+    assert "the kernel agrees with the pipeline on the 2 visible test rows" in capsys.readouterr().out
