@@ -10,6 +10,7 @@ Kaggle's machine) takes, every call through `kaggle_adapter.call`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import tempfile
@@ -24,6 +25,15 @@ PACKAGE_FILE = "kpipe-package.json"
 DATASET_READY_TIMEOUT_S = 600
 KERNEL_POLL_MAX_S = 30.0
 FINISHED = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")
+
+
+def file_digests(folder: Path) -> dict:
+    """What PACKAGE_FILE holds for a folder to publish: {"files": each file's SHA-256, "digest": one over
+    them all} (the metadata file aside: it names the account, not the package)."""
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
+             if p.is_file() and p.name not in ("dataset-metadata.json", PACKAGE_FILE)}
+    digest = hashlib.sha256("".join(f"{name}:{sha}\n" for name, sha in files.items()).encode()).hexdigest()[:16]
+    return {"files": files, "digest": digest}
 
 
 def _not_found(exc: Exception) -> bool:

@@ -10,11 +10,11 @@ import yaml
 
 from competition.host.code_store import CodeHost
 from competition.host.store import NotFound
-from competition.kaggle_kernels import publish_dataset
+from competition.kaggle_kernels import file_digests, publish_dataset
 from competition.kaggle_adapter import kaggle_api
 from competition.spec import load_spec
 from pipelines.__main__ import main as pipelines_main
-from pipelines.after_run.export import file_digests, write_package
+from pipelines.after_run.export import write_package
 from pipelines.stages.lineage import find_run
 from pipelines.stages.submit import read_log
 from tests.test_train_submit import TINY_RUN, write_digits_variant

@@ -27,7 +27,6 @@ writes submission.csv; `make predict` and the pipeline's own submission compute 
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shutil
@@ -40,6 +39,7 @@ import torch
 from competition import atomic, locks
 from competition.errors import UserError
 from competition.kaggle_adapter import kaggle_username
+from competition.kaggle_kernels import PACKAGE_FILE, file_digests
 from competition.paths import REPO_ROOT, competition_root, host_root
 from competition.spec import CompetitionSpec
 from pipelines.recipe import image_fit, kernel_inference
@@ -53,7 +53,6 @@ LIBRARY_PREFIXES = {"timm:": "timm", "tv:": "torchvision"}
 ZIP_TIME = (2020, 1, 1, 0, 0, 0)  # fixed, so the same code zips to the same bytes
 
 
-PACKAGE_FILE = "kpipe-package.json"
 EXPECTED_LINE = "EXPECTED_PACKAGE = None"  # in kernel_inference.py; the kernel's copy names its package
 
 
@@ -89,15 +88,6 @@ def read_json(path: Path) -> dict:
 def package_slug(target: str) -> str:
     """The dataset's and kernel's slug for entries to `target`: 6-50 characters of letters, digits and hyphens."""
     return f"kpipe-{target.lower()[:44].rstrip('-')}"
-
-
-def file_digests(folder: Path) -> dict:
-    """{"files": each published file's SHA-256, "digest": one over them all} (the metadata file aside:
-    it names the account, not the package)."""
-    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
-             if p.is_file() and p.name not in ("dataset-metadata.json", PACKAGE_FILE)}
-    digest = hashlib.sha256("".join(f"{name}:{sha}\n" for name, sha in files.items()).encode()).hexdigest()[:16]
-    return {"files": files, "digest": digest}
 
 
 def requirements(lineage: dict) -> list[str]:

@@ -38,9 +38,9 @@ from competition import atomic, disk, locks
 from competition.cli import OneLineParser
 from competition.errors import KaggleError, UserError
 from competition.kaggle_adapter import Endpoint, kaggle_api, kaggle_username
-from competition.kaggle_kernels import Published, publish_dataset
+from competition.kaggle_kernels import PACKAGE_FILE, Published, file_digests, publish_dataset
 from competition.paths import REPO_ROOT, data_root
-from pipelines.after_run.export import PACKAGE_FILE, file_digests, read_json
+from pipelines.after_run.export import read_json
 
 SLUG = "kpipe-wheelhouse"
 PROVIDED_BY_KAGGLE = ("torch", "torchvision")  # and what only they need
