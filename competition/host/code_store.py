@@ -7,9 +7,10 @@ Layout under the host root (beside store.py's):
 
 A pushed kernel is queued and run on a background thread, one at a time (they would fight over the
 cores), by kernel_runner.py, in a sandbox that hides this folder from it. The accelerator it asked for
-(`enable_gpu`, `--accelerator`) is recorded; the runner says in its log what it ran on. Its output can then be submitted to a code competition it attached; the
-score is recorded as any submission (store.record_submission). A kernel that was running when the host
-stopped is marked ERROR when it starts again.
+(`enable_gpu`, `--accelerator`) is recorded; the runner says in its log what it ran on. Its output can
+then be submitted to a code competition it attached; the score is recorded as any submission
+(store.record_submission). A kernel that was running when the host stopped is marked ERROR when it
+starts again.
 """
 from __future__ import annotations
 

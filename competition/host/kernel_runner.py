@@ -24,6 +24,7 @@ Settings, read when a kernel runs:
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -98,38 +99,38 @@ def reachable_by_others(path: Path) -> bool:
     return all(parent.stat().st_mode & 0o001 for parent in [*Path(path).absolute().parents][::-1][1:] + [Path(path)])
 
 
-def interpreter_folders(python: str) -> list[Path]:
-    """What the kernel's interpreter reads: its prefix (a venv), its base installation, every folder on its
-    sys.path (.pth files included), and the folders of $KPIPE_KERNEL_LEND (os.pathsep-separated: what its
-    packages link to)."""
-    found = subprocess.run([python, "-c", "import sys; print(sys.prefix, sys.base_prefix, *sys.path[1:], sep='\\n')"],
+def interpreter_paths(python: str) -> dict:
+    """The kernel's interpreter, asked once: its prefix (a venv), its base installation, its sys.path (.pth
+    files included) and its site-packages folders."""
+    found = subprocess.run([python, "-c", "import json, site, sys; print(json.dumps({'prefix': sys.prefix, "
+                                          "'base_prefix': sys.base_prefix, 'path': sys.path[1:], "
+                                          "'site': site.getsitepackages()}))"],
                            check=True, capture_output=True, text=True, timeout=60)
-    folders = [Path(line) for line in found.stdout.splitlines() if line]
-    folders += [Path(p) for p in os.environ.get("KPIPE_KERNEL_LEND", "").split(os.pathsep) if p]
-    return [f.resolve() for f in folders if f.exists()]
+    return json.loads(found.stdout)
 
 
-def lent_folders(python: str, drop_user: bool) -> list[Path]:
-    """The interpreter's folders the kernel's user could not reach (a venv or pyenv under /root): the jail
-    lends them to it read-only, at the same paths."""
+def lent_folders(paths: dict, drop_user: bool) -> list[Path]:
+    """The interpreter's folders (and those of $KPIPE_KERNEL_LEND, os.pathsep-separated: what its packages
+    link to) that the kernel's user could not reach (a venv or pyenv under /root): the jail lends them to
+    it read-only, at the same paths."""
     if not drop_user:
         return []
-    needed = [f for f in interpreter_folders(python) if not reachable_by_others(f)]
+    folders = [Path(p) for p in (paths["prefix"], paths["base_prefix"], *paths["path"]) if p]
+    folders += [Path(p) for p in os.environ.get("KPIPE_KERNEL_LEND", "").split(os.pathsep) if p]
+    needed = [f.resolve() for f in folders if f.exists() and not reachable_by_others(f.resolve())]
     return [f for f in needed if not any(other in f.parents for other in needed)]
 
 
-def writable_env(python: str, root: Path) -> str:
+def writable_env(python: str, paths: dict, root: Path) -> str:
     """A venv at root/env over the kernel's interpreter, the interpreter's packages read through a .pth:
     `pip install` in the kernel installs into it, as a Kaggle notebook's does into its image, and packages
     already there count as installed. Returns the python the kernel runs."""
     env = root / "env"
     subprocess.run([python, "-m", "venv", "--without-pip", str(env)], check=True, capture_output=True, timeout=120)
-    found = subprocess.run([python, "-c", "import site; print(*site.getsitepackages(), sep='\\n')"],
-                           check=True, capture_output=True, text=True, timeout=60).stdout.splitlines()
     [site_packages] = env.glob("lib/python*/site-packages")
     # addsitedir, not a plain path line: the .pth files in those folders count too, as they do for the interpreter.
     (site_packages / "kaggle-image.pth").write_text(
-        "import site; " + "; ".join(f"site.addsitedir({p!r})" for p in found if p) + "\n")
+        "import site; " + "; ".join(f"site.addsitedir({p!r})" for p in paths["site"] if p) + "\n")
     return str(env / "bin" / "python")
 
 
@@ -150,8 +151,9 @@ def accelerator_note(accelerator: str) -> tuple[str, dict]:
 def sandbox_command(isolation: list[str], python: str, root: Path, hide: list[Path]) -> tuple[list[str], str]:
     """The command that runs root/code/script.py in the sandbox, and the log line that says how."""
     drop_user = os.geteuid() == 0
-    interpreter = writable_env(python, root)
-    lend = [a for folder in lent_folders(python, drop_user) for a in ("--lend", str(folder))]
+    paths = interpreter_paths(python)
+    interpreter = writable_env(python, paths, root)
+    lend = [a for folder in lent_folders(paths, drop_user) for a in ("--lend", str(folder))]
     jail = [sys.executable, str(JAIL), "--scratch", str(root / "lent"), *lend,
             *[a for folder in hide for a in ("--hide", str(folder))], "--"]
     setpriv = [shutil.which("setpriv") or "setpriv", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
