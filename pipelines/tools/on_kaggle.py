@@ -98,21 +98,27 @@ def merge_outputs(pulled: Path, spec: CompetitionSpec) -> list[str]:
     added = []
     for stage in sorted(p for p in source.iterdir() if p.name not in SKIPPED):
         if stage.name == "plans":  # records, not outputs named by their inputs: the kernel's run is the latest
-            (target / "plans").mkdir(parents=True, exist_ok=True)
             for plan in stage.glob("*.json"):
-                shutil.copy2(plan, target / "plans" / plan.name)
-            continue
-        if stage.is_file():
-            if not (target / stage.name).exists():
-                target.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(stage, target / stage.name)
-            continue
-        for item in sorted(stage.iterdir()):
-            if not (target / stage.name / item.name).exists():
-                (target / stage.name).mkdir(parents=True, exist_ok=True)
-                (shutil.copytree if item.is_dir() else shutil.copy2)(item, target / stage.name / item.name)
-                added.append(f"{stage.name}/{item.name}")
+                atomic.write_bytes(target / "plans" / plan.name, plan.read_bytes())
+        elif stage.is_file():
+            _place(stage, target / stage.name)
+        else:
+            added += [f"{stage.name}/{item.name}" for item in sorted(stage.iterdir())
+                      if _place(item, target / stage.name / item.name)]
     return added
+
+
+def _place(item: Path, final: Path) -> bool:
+    """`item` copied to `final` unless something is there already; staged and renamed, so that a command
+    running beside this one never meets a half-copied folder (it would train that unit again)."""
+    if final.exists():
+        return False
+    if item.is_file():
+        atomic.write_bytes(final, item.read_bytes())
+        return True
+    with atomic.staged_folder(final) as staging:
+        shutil.copytree(item, staging, dirs_exist_ok=True)
+        return atomic.publish_folder(staging, final)
 
 
 def plan_of_record(pulled: Path, spec: CompetitionSpec) -> Path | None:
