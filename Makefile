@@ -54,7 +54,7 @@ endif
 # A fixed profile (PROFILE=quick|full), a time budget (BUDGET=15m) or a replayed plan (PLAN=file).
 RECIPE = $(if $(PROFILE),--profile $(PROFILE)) $(if $(BUDGET),--budget=$(BUDGET)) $(if $(PLAN),--plan=$(PLAN))
 
-.PHONY: help install system-run system-test test test-fast serve stop-host init download prepare train tune report submit scores predict export wheelhouse bench bench-memory prune clean
+.PHONY: help install system-run system-test test test-fast serve stop-host init download prepare train tune report submit scores predict export wheelhouse bench bench-curve bench-memory prune clean
 
 help:
 	@echo "make init COMP=<slug>            draft competition/<slug>.yaml from the Kaggle API and the download [HOST=, FORCE=1]"
@@ -76,6 +76,7 @@ help:
 	@echo "make scores COMP=x              fill the log's pending and (after the deadline) private scores"
 	@echo "make prune COMP=x [DRY_RUN=1]    remove outputs that no logged submission, plan or study needs"
 	@echo "make bench                       data-path, training, inference and concurrency benchmark"
+	@echo "make bench-curve COMP=x [SECONDS=60,120]   accuracy after N seconds of training, per pool candidate"
 	@echo "  any computing command: [CORES=share|wait] [THREADS=n]   beside other kpipe runs: fair share or queue"
 	@echo "make serve [PORT=80]             run the local Kaggle-compatible host in the foreground"
 	@echo "make stop-host                   stop a host started in the background"
@@ -154,6 +155,9 @@ export: install
 
 bench: install
 	$(PY) -m pipelines.tools.bench
+
+bench-curve: install
+	$(PY) -m pipelines.tools.bench_curve --comp $(COMP) $(if $(SECONDS),--seconds $(SECONDS))
 
 # kpipe and the wheels it needs besides torch, as a Kaggle dataset (PUBLISH=local|kaggle; PYTHON_VERSION=3.12 for a
 # notebook whose Python differs from this one).

@@ -48,9 +48,13 @@ class AugmentConfig(_Strict):
     shift: int = Field(default=2, ge=0, le=16)  # light and up: random translation in pixels
     ops: int | None = Field(default=None, ge=1, le=6)  # randaugment: N, ops per image (unset: 2)
     magnitude: int | None = Field(default=None, ge=0, le=30)  # randaugment: M of 30 (unset: 9)
+    # alternating: each image flipped at random in the first epoch, then the other way every epoch after
+    # (pipelines/recipe/augment.py); random (unset): a fresh coin every epoch.
+    flip_order: Literal["random", "alternating"] | None = None
 
 
-UNSET_NOT_KEYED = ("loss", "augment.ops", "augment.magnitude")
+UNSET_NOT_KEYED = ("loss", "augment.ops", "augment.magnitude", "augment.flip_order", "bn_bias_lr_scale", "bn_freeze_weights",
+                   "lookahead")
 
 
 class ModelRun(_Strict):
@@ -69,6 +73,12 @@ class ModelRun(_Strict):
     mixup_alpha: float = Field(default=0.0, ge=0)  # timm Mixup; 0 = off
     cutmix_alpha: float = Field(default=0.0, ge=0)  # timm Mixup's CutMix; 0 = off
     ema_decay: float | None = Field(default=None, gt=0, lt=1)  # EMA of weights, evaluated instead of the raw model
+    # BatchNorm biases learn this many times faster than the other weights (pipelines/recipe/optim.py).
+    bn_bias_lr_scale: float | None = Field(default=None, ge=1, le=1000)
+    bn_freeze_weights: bool | None = None  # BatchNorm scales stay at 1: the next layer's weights scale instead
+    # Every this many steps, a slow copy of the weights moves toward them and they jump back to it, more
+    # strongly as training ends (pipelines/recipe/optim.py: Lookahead). Not with ema_decay.
+    lookahead: int | None = Field(default=None, ge=1, le=100)
     early_stopping: int | None = Field(default=None, ge=1)  # stop after this many epochs without a better val metric
     pretrained: bool = False
     pretrained_file: str | None = None
@@ -81,6 +91,12 @@ class ModelRun(_Strict):
     # Train through torch.compile (inductor). The planner sets it where its probe measured that the
     # faster steps repay the compile time; evaluation and prediction stay eager.
     compile: bool = False
+
+    @model_validator(mode="after")
+    def _one_weight_average(self):
+        if self.lookahead and self.ema_decay:
+            raise ValueError("lookahead and ema_decay both average the weights; set one of them")
+        return self
 
     @property
     def name(self) -> str:

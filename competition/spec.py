@@ -286,9 +286,10 @@ class CompetitionSpec(_Strict):
             raise ValueError(f"{key}: fold {missing} does not exist; {self.folds.numbering()}")
 
     def _check_views(self, key: str, views: list[str]) -> None:
-        for view, allowed in (("hflip", self.flips.hflip), ("vflip", self.flips.vflip)):
+        for view, allowed in (("hflip", self.flips.hflip), ("hflip_shift", self.flips.hflip), ("vflip", self.flips.vflip)):
             if view in views and not allowed:
-                raise ValueError(f"{key}: '{view}' changes this competition's classes (flips.{view} is false)")
+                raise ValueError(f"{key}: '{view}' changes this competition's classes "
+                                 f"(flips.{view.split('_')[0]} is false)")
 
     def profile(self, name: str) -> Profile:
         if name not in self.profiles:

@@ -8,7 +8,7 @@ from models.registry import (LIBRARY_EXAMPLES, arguments, check_name, create, li
                              register_prefix, revision_key)
 
 # Importing a family runs its registrations (timm and torchvision themselves load only when used).
-from models import classic, resnets, small_cnns, timm_models, torchvision_models  # noqa: E402,F401  isort: skip
+from models import classic, resnets, small_cnns, speedrun, timm_models, torchvision_models  # noqa: E402,F401  isort: skip
 
 __all__ = ["LIBRARY_EXAMPLES", "ModelError", "arguments", "UnknownModel", "check_name", "create", "list_models", "register_model",
            "register_prefix", "revision_key"]

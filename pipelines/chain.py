@@ -168,24 +168,28 @@ def submit_all(ctx: Context, dry_run: bool = False, resubmit: bool = False) -> d
     measured = ctx.plan is not None and (ctx.trained_any or not ctx.plan.actual)
     started = time.monotonic()
     if measured:
-        record_actual(ctx)  # so that the report shows the training minutes
+        record_actual(ctx, report)  # so that the report shows the training minutes
     write_report(ctx, trained, folder, report)
     ctx.stage_seconds["report"] = time.monotonic() - started
     print_summary(ctx, trained, report, result, time.monotonic() - ctx.started)
     if measured:
-        record_actual(ctx)
+        record_actual(ctx, report)
     if ctx.plan is not None:
         print(planned_vs_actual(ctx))
     print(report_disk_usage(ctx.spec))
     return {"report": report, "result": result}
 
 
-def record_actual(ctx: Context) -> None:
-    """Write the measured minutes into the plan of record."""
+def record_actual(ctx: Context, report: dict) -> None:
+    """Write the measured minutes, and the outcome a later plan learns from (each run's ensemble weight
+    and held-out score, the cross-fitted CV), into the plan of record."""
     plan = ctx.plan
     plan.status = "ran"
     plan.actual = {"seconds": {k: round(v, 1) for k, v in ctx.stage_seconds.items()},
-                   "total_seconds": round(time.monotonic() - ctx.started, 1)}
+                   "total_seconds": round(time.monotonic() - ctx.started, 1),
+                   "weights": {m["name"]: m["weight"] for m in report["models"]},
+                   "val_scores": {m["name"]: round(m["oof_score"], 5) for m in report["models"]},
+                   "cross_fitted": round(report["cross_fitted"]["oof_score"], 5)}
     save_plan(plan, ctx.plan_path)
 
 
@@ -193,7 +197,9 @@ def planned_vs_actual(ctx: Context) -> str:
     """The end-of-run table: planned and actual minutes per stage and per run, and the precision chosen."""
     plan, seconds = ctx.plan, ctx.stage_seconds
     rows = [("stage / run", "planned min", "actual min", "precision (why)")]
-    rows.append(("setup (download, prepare, load, probe)", f"{plan.setup_seconds / 60:.2f}", f"{seconds.get('setup', 0) / 60:.2f}", ""))
+    parts = ", ".join(f"{k.removeprefix('setup: ')} {v:.0f} s" for k, v in seconds.items() if k.startswith("setup: "))
+    rows.append(("setup (download, prepare, load, probe)", f"{plan.setup_seconds / 60:.2f}", f"{seconds.get('setup', 0) / 60:.2f}",
+                 parts))
     if plan.study is not None:
         study = plan.study
         found = f"best {study.best_value:.4f} vs own recipe {study.own_recipe_value}" if study.best_params else ""

@@ -16,7 +16,7 @@ from competition.recipe import LossConfig, ModelRun
 from competition.spec import CompetitionSpec
 from pipelines.machine import cores
 from pipelines.machine.device import AUTO, PRECISIONS
-from pipelines.recipe.augment import POLICIES, colour_problem
+from pipelines.recipe.augment import POLICIES, alternation_problem, colour_problem
 from pipelines.recipe.losses import LOSSES
 from pipelines.recipe.optim import OPTIMIZERS, SCHEDULES
 from pipelines.recipe.registry import Registry
@@ -55,6 +55,8 @@ def check_model_run(spec: CompetitionSpec, key: str, run: ModelRun) -> None:
             raise _refuse(spec, f"{key}.{path}", problem)
     if colour_problem(spec, run.augment.policy):
         raise _refuse(spec, f"{key}.augment.policy", colour_problem(spec, run.augment.policy))
+    if alternation_problem(run.augment, spec):
+        raise _refuse(spec, f"{key}.augment.flip_order", alternation_problem(run.augment, spec))
     if run.precision != AUTO and run.precision not in PRECISIONS:
         raise _refuse(spec, f"{key}.precision", f"unknown precision '{run.precision}'; "
                                                 f"use auto or one of {', '.join(PRECISIONS)}")

@@ -102,4 +102,6 @@ def setup_budget(spec: CompetitionSpec, budget: float, plan_path: str | None = N
           + plan_table(plan), flush=True)
     ctx = Context(inputs, label, plan.profile(), plan=plan, plan_path=record, replay=replay, started=started)
     ctx.stage_seconds["setup"] = time.monotonic() - started
+    parts = {f"setup: {name}": seconds for name, seconds in inputs.seconds.items()}
+    ctx.stage_seconds.update(parts, **{"setup: plan": ctx.stage_seconds["setup"] - sum(parts.values())})
     return ctx

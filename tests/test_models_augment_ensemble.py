@@ -17,7 +17,7 @@ from pipelines.stages.ensemble import find_weights
 from pipelines.stages.predict import VIEWS
 
 
-@pytest.mark.parametrize("name", ["fastcnn", "cnn3", "cnn5", "timm:resnet18"])
+@pytest.mark.parametrize("name", ["fastcnn", "cnn3", "cnn5", "speedrun", "timm:resnet18"])
 @pytest.mark.parametrize("comp", ["digits", "fashion-mnist", "tiny-image-challenge"])
 def test_registry_builds_models_for_each_competition_shape(name, comp):
     spec = load_spec(comp)
@@ -50,6 +50,80 @@ def test_pretrained_file_loads_and_refuses_mismatched_shapes(tmp_path):
         load_weights_file(target, str(tmp_path / "missing.pth"))
 
 
+def test_whitening_stem_whitens_the_patches_it_was_fitted_on():
+    from models.speedrun import Whitening
+
+    generator = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.avg_pool2d(torch.randn(512, 3, 18, 18, generator=generator), 3, 1)  # correlated pixels
+    stem = Whitening(3, kernel=2, eps=1e-6)
+    stem.fit(smooth)
+    out = stem(smooth)[:, :12]  # the filters (the other half: their negations)
+    assert torch.allclose(stem(smooth)[:, 12:], -out)
+    flat = out.permute(0, 2, 3, 1).reshape(-1, 12)
+    covariance = torch.cov(flat.T)
+    assert torch.allclose(covariance, torch.eye(12), atol=0.05)  # decorrelated, unit variance
+    assert "whitening.weight" in models.create("speedrun", 10, 3, 16).state_dict()  # saved with the weights
+
+
+def test_a_whitening_stem_sees_training_rows_only(monkeypatch):
+    from types import SimpleNamespace
+
+    from competition.recipe import ModelRun
+    from models.speedrun import SpeedrunNet
+    from pipelines.machine.device import Runtime
+    from pipelines.stages.train import make_learner
+
+    seen = []
+    monkeypatch.setattr(SpeedrunNet, "fit_whitening", lambda self, images: seen.append(images))
+    images = torch.zeros(100, 1, 8, 8, dtype=torch.uint8)
+    images[50:] = 255  # the held-out rows are bright: any of them in the sample would show
+    data = SimpleNamespace(images=images, labels=torch.zeros(100, dtype=torch.long), mean=[0.0], std=[1.0])
+    spec = load_spec("digits")
+    learner = make_learner(ModelRun(model="speedrun", precision="fp32"), spec, data, Runtime(torch.device("cpu")),
+                           steps_per_epoch=10, init_seed=3, train_rows=torch.arange(50))
+    assert len(seen) == 1 and len(seen[0]) == 50 and seen[0].max() == 0  # all 50 training rows, no held-out one
+    assert learner.model.net.whitening is not None
+
+
+def test_batchnorm_biases_learn_faster_and_frozen_scales_not_at_all():
+    from competition.recipe import ModelRun
+    from pipelines.recipe.optim import make_optimizer, make_scheduler
+
+    net = models.create("speedrun", 10, 1, 28)
+    run = ModelRun(model="speedrun", bn_bias_lr_scale=16, bn_freeze_weights=True, epochs=2)
+    optimizer = make_optimizer(run, net)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    in_groups = [p for group in optimizer.param_groups for p in group["params"]]
+    assert not any(n.weight is p for n in norms for p in in_groups) and not any(n.weight.requires_grad for n in norms)
+    fast = optimizer.param_groups[-1]
+    assert [id(p) for p in fast["params"]] == [id(n.bias) for n in norms] and fast["weight_decay"] == 0.0
+    scheduler, _ = make_scheduler(run, optimizer, steps_per_epoch=10)
+    for _ in range(5):  # to the one-cycle peak (pct_start 0.25 of 20 steps)
+        optimizer.step()
+        scheduler.step()
+    assert fast["lr"] == pytest.approx(16 * optimizer.param_groups[0]["lr"])
+
+
+def test_lookahead_follows_early_and_averages_late():
+    from pipelines.recipe.optim import Lookahead
+
+    net = torch.nn.Linear(2, 1, bias=False)
+    lookahead = Lookahead(net, every=5, total_steps=100)
+    start = net.weight.detach().clone()
+    for _ in range(5):  # 5% of training: decay 0.77 x 0.05^3, nothing held back
+        net.weight.data += 1.0
+        lookahead.step(net)
+    assert torch.allclose(net.weight, start + 5, atol=1e-3)
+    lookahead.steps = 99  # the next step is the last sync: decay 0.95^5
+    before = lookahead.slow[0].clone()
+    net.weight.data += 10.0
+    lookahead.step(net)
+    assert torch.allclose(net.weight, before + 10 * (1 - 0.95 ** 5)) and torch.equal(net.weight, lookahead.slow[0])
+    again = Lookahead(net, every=5, total_steps=1)
+    again.load_state_dict(lookahead.state_dict())
+    assert again.steps == 100 and again.total_steps == 100 and torch.equal(again.slow[0], lookahead.slow[0])
+
+
 def test_light_policy_respects_the_competitions_flips():
     images = torch.zeros(256, 1, 8, 8, dtype=torch.uint8)
     images[:, :, :, :4] = 255  # left half bright: a horizontal flip moves it right
@@ -64,6 +138,34 @@ def test_light_policy_respects_the_competitions_flips():
     assert not torch.equal(shifted, images)
     again = flip_and_shift(images, torch.Generator().manual_seed(1), hflip=False, vflip=False, shift=2)
     assert torch.equal(shifted, again)
+
+
+def test_alternating_flips_show_every_image_both_ways_in_two_epochs():
+    from pipelines.recipe.augment import BatchAugmenter
+
+    spec = load_spec("fashion-mnist")
+    images = torch.zeros(256, 1, 8, 8, dtype=torch.uint8)
+    images[:, :, :, :4] = 255  # left half bright: a horizontal flip moves it right
+    augmenter = BatchAugmenter(AugmentConfig(policy="light", shift=0, flip_order="alternating"), spec, images, None)
+    rows = [torch.arange(0, 128), torch.arange(128, 256)]
+    flipped = {epoch: torch.cat(list(augmenter.batches(rows, seed=epoch, epoch=epoch)))[:, 0, 0, 7] == 255
+               for epoch in (1, 2, 3)}
+    assert 0.35 < flipped[1].float().mean().item() < 0.65  # epoch 1: a coin per image
+    assert torch.equal(flipped[2], ~flipped[1]) and torch.equal(flipped[3], flipped[1])  # then the other way, alternately
+    # The same rows in another order (another epoch's batches) get the same flips: they follow the row, not the batch.
+    shuffled = torch.cat(list(augmenter.batches([torch.arange(255, -1, -1)], seed=9, epoch=1)))[:, 0, 0, 7] == 255
+    assert torch.equal(shuffled, flipped[1].flip(0))
+
+
+@pytest.mark.parametrize("comp, config, message", [
+    ("digits", AugmentConfig(policy="light", flip_order="alternating"), "flips: {hflip: false}"),
+    ("fashion-mnist", AugmentConfig(policy="medium", flip_order="alternating"), "policy 'medium' runs per sample"),
+])
+def test_alternating_flips_where_they_cannot_apply_are_refused(comp, config, message):
+    from pipelines.recipe.augment import alternation_problem
+
+    assert message in alternation_problem(config, load_spec(comp))
+    assert alternation_problem(config.model_copy(update={"flip_order": None}), load_spec(comp)) is None
 
 
 @pytest.mark.parametrize("policy", ["light", "medium", "strong"])

@@ -297,6 +297,114 @@ def test_compile_is_probed_only_where_it_could_pay_and_used_only_where_it_does()
                                       "InductorError: no cc"]
 
 
+def _four_candidate_spec():
+    """Fashion-MNIST with the pool this test reasons about (3 models at most, each only at full length)."""
+    spec = load_spec("fashion-mnist")
+    candidates = [Candidate(model="fastresnet", family="residual", epochs=14, min_epochs=4),
+                  Candidate(model="fastcnn", family="plain-cnn", epochs=14, min_epochs=4, model_args={"width": 24}),
+                  Candidate(model="deeper_cnn", family="flatten-fc", epochs=12, min_epochs=5),
+                  Candidate(model="resnet18", alias="resnet18-w16", family="residual", epochs=14, model_args={"width": 16})]
+    pool = spec.pool.model_copy(update={"candidates": candidates, "max_models": 3, "min_share": 1.0, "study_share": 0.0})
+    return spec.model_copy(update={"pool": pool})
+
+
+# Training images/s on a 2-core AVX2 EPYC (probe.json, 2026-12-03), and forward MFLOP an image (counted).
+MEASURED = {"fastresnet": (1051, 2186, 20.6), "fastcnn": (956, 2738, 24.7), "deeper_cnn": (1681, 3511, 15.5),
+            "resnet18-w16": (415, 1073, 57.1)}
+
+
+def _fake_probes(probed: list):
+    from pipelines.planning.plan import Probes
+    from pipelines.planning.probe import Speed
+
+    def speeds(candidate):
+        probed.append(candidate.name)
+        train, predict, _ = MEASURED[candidate.name]
+        return {"fp32-cl": Speed(train, predict)}
+
+    return Probes(speeds, lambda c, p: {"allowed": True}, None, lambda c: MEASURED[c.name][2] * 1e6)
+
+
+@pytest.mark.parametrize("budget, probed_names, chosen", [
+    (900, ["fastresnet"], ["fastresnet"]),  # fastresnet alone fills 15 minutes: nothing else could join
+    (3600, ["fastresnet", "fastcnn", "deeper_cnn"], ["fastresnet", "fastcnn", "deeper_cnn"]),  # then max_models
+])
+def test_only_candidates_the_plan_could_choose_are_probed(budget, probed_names, chosen):
+    import torch
+
+    from pipelines.machine.device import Runtime
+    from pipelines.planning.plan import ImageCounts, make_plan
+
+    spec, probed = _four_candidate_spec(), []
+    plan = make_plan(spec, budget, Runtime(torch.device("cpu")), _fake_probes(probed), ImageCounts(60_000, 10_000),
+                     lambda: 10.0)
+    assert probed == probed_names
+    assert [p.run.name for p in plan.runs] == chosen
+    assert sorted(plan.speeds) == sorted(probed_names)
+    skipped = [n for n in plan.notes if "not probed" in n]
+    assert len(skipped) == 4 - len(probed_names), plan.notes
+    assert all("MFLOP an image" in n for n in skipped)
+
+
+def test_a_candidate_that_ended_with_zero_weight_is_not_probed_or_trained_again():
+    import torch
+
+    from pipelines.machine.device import Runtime
+    from pipelines.planning.plan import ImageCounts, expected_zero_weight, make_plan
+
+    spec, probed = _four_candidate_spec(), []
+    runtime = Runtime(torch.device("cpu"))
+    first = make_plan(spec, 3600, runtime, _fake_probes(probed), ImageCounts(60_000, 10_000), lambda: 10.0)
+    assert [p.run.name for p in first.runs] == ["fastresnet", "fastcnn", "deeper_cnn"]
+    ran = first.model_copy(update={"status": "ran", "actual": {"weights": {"fastresnet": 0.6, "fastcnn": 0.4, "deeper_cnn": 0.0}}})
+    skip = expected_zero_weight([ran])
+    assert list(skip) == ["deeper_cnn"] and "weight 0.00 after" in skip["deeper_cnn"]
+    probed.clear()
+    second = make_plan(spec, 3600, runtime, _fake_probes(probed), ImageCounts(60_000, 10_000), lambda: 10.0, [ran])
+    assert "deeper_cnn" not in probed and [p.run.name for p in second.runs] == ["fastresnet", "fastcnn", "resnet18-w16"]
+    assert skip["deeper_cnn"] in second.notes
+    # The newest outcome counts: a later plan in which it earned weight lifts the skip; a lone run says nothing.
+    later = ran.model_copy(update={"created": "9999", "actual": {"weights": {"fastresnet": 0.7, "deeper_cnn": 0.3}}})
+    assert expected_zero_weight([later, ran]) == {}
+    alone = ran.model_copy(update={"actual": {"weights": {"deeper_cnn": 0.0}}})
+    assert expected_zero_weight([alone]) == {}
+
+
+def test_a_family_compiled_here_answers_for_its_siblings_without_compiling(tmp_path, monkeypatch):
+    import torch
+
+    from pipelines.machine.device import Runtime
+    from pipelines.planning.probe import Speed, _update_cache, probe_compiled, run_key, stable_hash
+
+    monkeypatch.setenv("KPIPE_DATA", str(tmp_path))
+    spec, runtime = _four_candidate_spec(), Runtime(torch.device("cpu"))
+    fastresnet, resnet18 = spec.pool.candidates[0], spec.pool.candidates[3]  # both of the family 'residual'
+    sibling = resnet18.model_copy(update={"precision": "fp32-cl"})
+    _update_cache(runtime, run_key(spec, sibling), {"run": "resnet18-w16", "speeds": {"fp32-cl": {
+        "train_images_per_second": 400.0, "predict_images_per_second": 1000.0}}})
+    family_key = "compile-family-" + stable_hash({"family": "residual", "precision": "fp32-cl",
+                                                  "image": spec.image.key_dump()})
+    _update_cache(runtime, family_key, {"run": fastresnet.name, "warmup_seconds": 21.0, "ratio": 0.9})
+    # data=None: anything that tried to measure would fail; the family's verdict answers instead.
+    assert probe_compiled(spec, sibling, None, runtime, family="residual") == Speed(360.0, 1000.0, 21.0)
+    _update_cache(runtime, family_key, {"run": fastresnet.name, "failed": "torch.compile failed: X"})
+    assert probe_compiled(spec, sibling, None, runtime, family="residual") == "torch.compile failed: X"
+
+
+def test_the_speed_key_ignores_what_does_not_change_a_step():
+    from pipelines.planning.probe import run_key
+
+    spec = _four_candidate_spec()
+    run = spec.pool.candidates[0]
+    same = run.model_copy(update={"label_smoothing": 0.3, "alias": "other", "epochs": 3,
+                                  "optimizer": run.optimizer.model_copy(update={"lr": 0.01})})
+    assert run_key(spec, same) == run_key(spec, run)
+    assert run_key(spec, run.model_copy(update={"batch_size": 64})) != run_key(spec, run)
+    assert run_key(spec, run.model_copy(update={"model_args": {"width": 48}})) != run_key(spec, run)
+    # Variants of one competition (the same images' shape) share it.
+    assert run_key(load_spec("fashion-mnist-code"), run) == run_key(spec, run)
+
+
 def test_search_space_fits_each_candidate(tmp_path):
     spec = load_spec("fashion-mnist")
     by_model = {c.model: c for c in spec.pool.candidates}
@@ -595,3 +703,28 @@ def test_two_budget_runs_at_once_make_one_plan_and_train_once(pipeline_env, host
     assert sum("reusing the plan of record" in out for out, _ in outputs) == 1
     assert sum(" epoch 1/" in out for out, _ in outputs) == 1, "both processes trained the same fold"
     assert len(list((pipeline_env / "digits" / "plans").glob("*.json"))) == 1
+
+
+@pytest.mark.parametrize("text", ["abc", "", "1", "60,99999"])
+def test_bench_curve_bad_seconds_is_one_line(text, capsys):
+    from pipelines.tools.bench_curve import main
+
+    assert main(["--comp", "digits", "--seconds", text]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"SECONDS={text}:" in err and "e.g. 60,120" in err
+
+
+@pytest.mark.slow
+def test_accuracy_after_n_seconds_trains_each_candidate_for_about_that_long(pipeline_env, host):
+    from competition.paths import competition_root
+    from pipelines.stages.inputs import load_inputs
+    from pipelines.tools.bench_curve import accuracy_by_time
+
+    inputs = load_inputs(load_spec("digits"))
+    rows = accuracy_by_time(inputs, [4.0])
+    assert [r["candidate"] for r in rows] == [c.name for c in inputs.spec.pool.candidates]
+    for row in rows:
+        assert row["epochs"] >= 1 and 0 < row["row_share"] <= 1
+        assert 0 < row["train_seconds"] < 3 * 4.0, row  # about the asked time (digits' epochs are tiny)
+        assert row["val_accuracy"] > 0.5, row  # it really trained
+    assert not (competition_root("digits") / "train").exists()  # scratch runs: nothing joins the real outputs

@@ -140,7 +140,10 @@ def _train_command(spec_path: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_resume_after_kill_mid_fold_matches_uninterrupted_run(pipeline_env, tmp_path):
-    run = {**TINY_RUN, "model_args": {"width": 32}, "epochs": 8}
+    # The speedrun net with lookahead: its fitted whitening stem and the lookahead's slow weights are
+    # part of what a resumed fold must restore.
+    run = {**TINY_RUN, "model": "speedrun", "model_args": {"width": 16}, "epochs": 8, "lookahead": 5,
+           "bn_bias_lr_scale": 16, "bn_freeze_weights": True}
     spec_path = write_digits_variant(tmp_path, [run], folds=(0,))
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     # Download and prepare first, so the killed process spends its time training.
@@ -223,6 +226,8 @@ def test_every_optimizer_schedule_and_regulariser_trains_above_chance(pipeline_e
         {**base, "alias": "trivialaugment", "optimizer": {"name": "sgd", "lr": 0.05}, "augment": {"policy": "trivialaugment"}},
         {**base, "alias": "focal-mixup", "optimizer": {"name": "sgd", "lr": 0.05}, "loss": {"name": "focal"},
          "mixup_alpha": 0.2, "model_args": {"width": 16, "activation": "elu"}},
+        {**base, "alias": "speedrun-recipe", "model": "speedrun", "optimizer": {"name": "sgd", "lr": 0.05},
+         "bn_bias_lr_scale": 16, "bn_freeze_weights": True, "lookahead": 5, "label_smoothing": 0.2},
     ]
     spec_path = write_digits_variant(tmp_path, runs, folds=(0,))
     assert pipelines_main(["train", "--comp", str(spec_path)]) == 0

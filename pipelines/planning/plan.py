@@ -110,14 +110,20 @@ class Decision:
     study_seconds: float = 0.0  # time for an Optuna study on the first run, before training
 
 
-def order_by_family(costs: list[CandidateCost]) -> list[CandidateCost]:
+def family_order(candidates: list[Candidate]) -> list[Candidate]:
     """The first candidate of each family (in pool order), then the rest: diversity before repeats."""
     seen: set[str] = set()
     firsts, rest = [], []
-    for cost in costs:
-        (rest if cost.candidate.family in seen else firsts).append(cost)
-        seen.add(cost.candidate.family)
+    for candidate in candidates:
+        (rest if candidate.family in seen else firsts).append(candidate)
+        seen.add(candidate.family)
     return firsts + rest
+
+
+def order_by_family(costs: list[CandidateCost]) -> list[CandidateCost]:
+    """`family_order` of the costs' candidates."""
+    by_candidate = {id(c.candidate): c for c in costs}
+    return [by_candidate[id(c)] for c in family_order([c.candidate for c in costs])]
 
 
 def tta_passes(view_passes: list[int], views: int) -> int:
@@ -218,18 +224,6 @@ class ImageCounts:
     test: int
 
 
-@dataclass(frozen=True)
-class Probes:
-    """How the planner measures this machine (probe.py; tests stand in for them):
-    `speeds(candidate) -> {precision: Speed}`; `check_precision(candidate, precision) -> {"allowed": bool, ...}`
-    for reduced precisions; `compiled(candidate, precision) -> Speed | why not` (None: torch.compile is not
-    offered here)."""
-
-    speeds: Callable[[Candidate], dict[str, Speed]]
-    check_precision: Callable[[Candidate, str], dict]
-    compiled: Callable[[Candidate, str], "Speed | str"] | None = None
-
-
 def candidate_cost(spec: CompetitionSpec, candidate: Candidate, precision: str, reason: str, speed: Speed,
                    counts: ImageCounts, compile_seconds: float | None = None) -> CandidateCost:
     """`compile_seconds` given: trained through torch.compile, which costs that much per fold (an upper
@@ -315,22 +309,105 @@ def record_path(spec: CompetitionSpec, request: str) -> Path:
     return plans_folder(spec) / f"{request}.json"
 
 
-def make_plan(spec: CompetitionSpec, budget: float, runtime: Runtime, probes: Probes, counts: ImageCounts,
-              elapsed: Callable[[], float]) -> PlanRecord:
-    """Decide with the speeds `probes` measure; `elapsed()`: seconds of the budget used so far (read after
-    probing, which it includes)."""
-    pool = spec.pool
-    _, left_out = offered_precisions(runtime)
-    costs, speeds_table = [], {}
-    for candidate in pool.candidates:
+ZERO_WEIGHT = 0.02  # an ensemble weight below this added nothing measurable to the blend
+
+
+def expected_zero_weight(past: list[PlanRecord]) -> dict[str, str]:
+    """{candidate name: why it is not worth training} from the outcomes of earlier plans of record
+    (newest first): a run that trained at its full epochs beside others and ended in the ensemble with
+    weight ~0 added nothing, and would add nothing again on this data and machine."""
+    skip: dict[str, str] = {}
+    seen: set[str] = set()
+    for plan in past:
+        weights = plan.actual.get("weights") or {}
+        for planned in plan.runs:
+            name = planned.run.name
+            if name in seen or name not in weights or len(weights) < 2:
+                continue
+            seen.add(name)
+            if weights[name] < ZERO_WEIGHT:
+                skip[name] = (f"{name} not probed or trained: it ended with ensemble weight {weights[name]:.2f} "
+                              f"after {planned.run.epochs} epochs in the plan of record {plan.request} "
+                              f"({plan.budget_seconds / 60:g}-minute budget, {plan.created[:10]})")
+    return skip
+
+
+def past_plans(spec: CompetitionSpec, runtime: Runtime) -> list[PlanRecord]:
+    """This competition's plans of record that ran on this machine, newest first (unreadable ones skipped)."""
+    plans = []
+    for path in plans_folder(spec).glob("*.json"):
+        try:
+            plan = read_plan(path, spec)
+        except UserError:
+            continue
+        if plan.status == "ran" and plan.machine_key == machine_key(runtime):
+            plans.append(plan)
+    return sorted(plans, key=lambda p: p.created, reverse=True)
+
+
+FLOP_RATE_MARGIN = 1.5  # a net not yet probed is assumed at most this much faster per FLOP than the best one probed
+
+
+@dataclass(frozen=True)
+class Probes:
+    """How the planner measures this machine (probe.py; tests stand in for them):
+    `speeds(candidate) -> {precision: Speed}`; `check_precision(candidate, precision) -> {"allowed": bool, ...}`
+    for reduced precisions; `compiled(candidate, precision) -> Speed | why not` (None: torch.compile is not
+    offered here); `flops(candidate) -> forward FLOPs per image` (None: every candidate is probed)."""
+
+    speeds: Callable[[Candidate], dict[str, Speed]]
+    check_precision: Callable[[Candidate, str], dict]
+    compiled: Callable[[Candidate, str], "Speed | str"] | None = None
+    flops: Callable[[Candidate], float] | None = None
+
+
+def optimistic_cost(spec: CompetitionSpec, candidate: Candidate, flops: float, probed: list[tuple[CandidateCost, float, Speed]],
+                    counts: ImageCounts) -> CandidateCost:
+    """The candidate's cost if it ran FLOP_RATE_MARGIN times faster per FLOP than the fastest one probed
+    so far: a lower bound on what probing it would find."""
+    train_rate = max(speed.train_images_per_second * f for _, f, speed in probed) * FLOP_RATE_MARGIN
+    predict_rate = max(speed.predict_images_per_second * f for _, f, speed in probed) * FLOP_RATE_MARGIN
+    return candidate_cost(spec, candidate, "", "", Speed(train_rate / flops, predict_rate / flops), counts)
+
+
+def probe_pool(spec: CompetitionSpec, budget: float, probes: Probes, counts: ImageCounts, elapsed: Callable[[], float],
+               skip: dict[str, str]) -> tuple[list[CandidateCost], dict, list[str]]:
+    """(costs, speeds table, notes): the pool's candidates probed in family order, leaving out those `skip`
+    names and those the plan could not choose even at an optimistic speed (`optimistic_cost`)."""
+    probed: list[tuple[CandidateCost, float, Speed]] = []  # (cost, forward FLOPs an image, speed at its precision)
+    speeds_table, notes = {}, []
+    reserve = reserve_seconds(budget, spec.kernels_only)
+    for number, candidate in enumerate(family_order(list(spec.pool.candidates))):
+        if number and candidate.name in skip:
+            notes.append(skip[candidate.name])
+            continue
+        flops = probes.flops(candidate) if probes.flops is not None else None
+        if number and flops and all(f for _, f, _ in probed):
+            costs = [c for c, _, _ in probed]
+            bound = optimistic_cost(spec, candidate, flops, probed, counts)
+            decision = decide(spec, costs + [bound], budget - elapsed() - reserve, budget)
+            if not any(c is bound for c, _, _ in decision.runs):
+                notes.append(f"{candidate.name} not probed: even at {FLOP_RATE_MARGIN:g}x the best speed per FLOP "
+                             f"measured here ({flops / 1e6:.0f} MFLOP an image), the plan could not choose it")
+                continue
         speeds = probes.speeds(candidate)
         speeds_table[candidate.name] = {p: {"train_images_per_second": s.train_images_per_second,
                                             "predict_images_per_second": s.predict_images_per_second}
                                         for p, s in speeds.items()}
         precision, reason = pick_precision(candidate, speeds, probes.check_precision)
-        chosen = speeds[precision]
-        costs.append(candidate_cost(spec, candidate, precision, reason,
-                                    Speed(chosen.train_images_per_second, chosen.predict_images_per_second), counts))
+        chosen = Speed(speeds[precision].train_images_per_second, speeds[precision].predict_images_per_second)
+        probed.append((candidate_cost(spec, candidate, precision, reason, chosen, counts), flops or 0.0, chosen))
+    return [c for c, _, _ in probed], speeds_table, notes
+
+
+def make_plan(spec: CompetitionSpec, budget: float, runtime: Runtime, probes: Probes, counts: ImageCounts,
+              elapsed: Callable[[], float], past: list[PlanRecord] = ()) -> PlanRecord:
+    """Decide with the speeds `probes` measure; `elapsed()`: seconds of the budget used so far (read after
+    probing, which it includes); `past`: earlier plans of record here, newest first, whose outcomes say
+    which candidates are not worth training."""
+    pool = spec.pool
+    _, left_out = offered_precisions(runtime)
+    costs, speeds_table, probe_notes = probe_pool(spec, budget, probes, counts, elapsed, expected_zero_weight(list(past)))
     reserve = reserve_seconds(budget, spec.kernels_only)
     setup_seconds = elapsed()
     offer = None
@@ -346,7 +423,7 @@ def make_plan(spec: CompetitionSpec, budget: float, runtime: Runtime, probes: Pr
         costs = [compiled.get(c.candidate.name, c) for c in costs]
         setup_seconds = elapsed()
         decision = decide(spec, costs, budget - setup_seconds - reserve, budget, offer)
-    notes = list(decision.notes) + compile_notes
+    notes = probe_notes + list(decision.notes) + compile_notes
     notes.append("no refit on all rows: it would cost a whole extra run per model, with no held-out rows to check it")
     study = None
     if decision.study_seconds > 0:
@@ -408,13 +485,17 @@ def obtain_plan(spec: CompetitionSpec, budget: float, plan_path: str | None, run
         if path.is_file():
             print(f"plan: reusing the plan of record {path} (same budget, data and machine: no probing)", flush=True)
             return read_plan(path, spec), path, False
-        from pipelines.planning.probe import check_reduced_precision, probe_compiled, probe_run
+        from pipelines.planning.probe import check_reduced_precision, forward_flops, probe_compiled, probe_run
 
-        print(f"plan: probing {len(spec.pool.candidates)} candidates on {machine_description(runtime)}", flush=True)
+        print(f"plan: probing up to {len(spec.pool.candidates)} candidates on {machine_description(runtime)}", flush=True)
         probes = Probes(lambda c: probe_run(spec, c, data, runtime),
-                        lambda c, p: check_reduced_precision(spec, c, data, runtime, p),
-                        lambda c, p: probe_compiled(spec, c.model_copy(update={"precision": p}), data, runtime))
-        plan = make_plan(spec, budget, runtime, probes, ImageCounts(len(data.labels), len(data.test_images)), elapsed)
+                        lambda c, p: check_reduced_precision(spec, c, data, runtime, p, family=c.family),
+                        lambda c, p: probe_compiled(spec, c.model_copy(update={"precision": p}), data, runtime,
+                                                    family=c.family),
+                        # On a GPU small nets run far from peak, so FLOPs bound nothing there: probe them all.
+                        None if runtime.is_cuda else lambda c: forward_flops(spec, c))
+        plan = make_plan(spec, budget, runtime, probes, ImageCounts(len(data.labels), len(data.test_images)), elapsed,
+                         past_plans(spec, runtime))
         save_plan(plan, path)
     return plan, path, False
 
@@ -429,6 +510,7 @@ def pick_precision(candidate: Candidate, speeds: dict, check_precision) -> tuple
             return precision, f"fastest allowed ({ratio:.2f}x {baseline} training)"
         check = check_precision(candidate, precision)
         if check["allowed"]:
+            where = f" on {check['checked_on']}" if check.get("checked_on") else ""
             return precision, (f"{ratio:.2f}x {baseline} training; accuracy check {check['reduced_accuracy']:.4f} vs "
-                               f"fp32 {check['fp32_accuracy']:.4f} after {check['steps']} steps")
+                               f"fp32 {check['fp32_accuracy']:.4f} after {check['steps']} steps{where}")
     return baseline, "only fp32 measured"

@@ -7,8 +7,15 @@ then batched inference. Precisions this machine cannot run fast are not measured
 short training on the competition's data stays within 0.3 accuracy points of fp32 at the same seed and
 steps (`check_reduced_precision`).
 
-Every figure is cached per machine (processor, features, core count, torch), run and input shape, in
-<data>/machine/<machine key>/probe.json, so a rerun on the same machine does not probe again.
+Every figure is cached per machine (processor, features, core count, torch) in
+<data>/machine/<machine key>/probe.json, so a rerun on the same machine does not probe again:
+- a speed per run and input shape, keyed by what changes the speed only (the net, batch, augmentation,
+  regularisers), so competitions of the same shape share it (fashion-mnist and its variants);
+- the reduced-precision accuracy check per model family: whether bf16 keeps a family's accuracy was
+  measured the same on every competition tried (2026-12-03: within 0.1 point on Fashion-MNIST and the
+  tiny-image stand-in), and it costs two short trainings;
+- the torch.compile verdict per family, precision and input shape: a family that did not gain from it
+  here is not compiled again for a sibling (its ratio applies).
 """
 from __future__ import annotations
 
@@ -46,10 +53,17 @@ def cache_path(runtime: Runtime):
     return data_root() / "machine" / machine_key(runtime) / "probe.json"
 
 
+# Fields of a run that do not change how fast a step runs: left out of the speed key, so runs (and
+# competitions) differing only in them share one probe.
+NOT_SPEED = {"alias", "epochs", "precision", "compile", "early_stopping", "params", "family", "min_epochs",
+             "label_smoothing", "schedule", "pretrained", "pretrained_file"}
+NOT_SPEED_OPTIMIZER = {"lr", "momentum", "nesterov", "weight_decay"}
+
+
 def run_key(spec: CompetitionSpec, run: ModelRun) -> str:
-    """What a run's speed depends on: everything but its length and precision, plus the input shape."""
-    fields = run.model_dump(mode="json", exclude={"epochs", "precision", "compile", "early_stopping", "params",
-                                                  "family", "min_epochs"})
+    """What a run's speed depends on: the net and what each step does, and the input shape."""
+    fields = run.key_dump(exclude=NOT_SPEED)
+    fields["optimizer"] = {k: v for k, v in fields["optimizer"].items() if k not in NOT_SPEED_OPTIMIZER}
     return stable_hash({"run": fields, "image": spec.image.key_dump(), "classes": len(spec.classes)})
 
 
@@ -70,6 +84,23 @@ def _update_cache(runtime: Runtime, key: str, value: dict) -> None:
         cache.setdefault("machine", machine_description(runtime))
         cache[key] = value
         atomic.write_json(path, cache)
+
+
+def forward_flops(spec: CompetitionSpec, run: ModelRun) -> float:
+    """Floating-point operations of one image's forward pass through the run's net (counted, not timed:
+    milliseconds). Across our nets on one machine, training images/s × these FLOPs varied within ±10%
+    (2-core AVX2 EPYC, 2026-12-04: fastresnet, fastcnn, deeper_cnn, resnet18-w16 at 21.7-26 GFLOP/s), so
+    they bound a net's speed before it is probed."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import models
+
+    size = run.input_size or spec.image.height
+    net = models.create(run.model, num_classes=len(spec.classes), in_chans=spec.image.channels, img_size=size,
+                        **run.model_args).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.zeros(2, spec.image.channels, size, run.input_size or spec.image.width))
+    return counter.get_total_flops() / 2
 
 
 def _sample_rows(data: TrainingData, count: int, seed: int) -> torch.Tensor:
@@ -124,23 +155,43 @@ def probe_run(spec: CompetitionSpec, run: ModelRun, data: TrainingData, runtime:
     return speeds
 
 
-def probe_compiled(spec: CompetitionSpec, run: ModelRun, data: TrainingData, runtime: Runtime) -> Speed | str:
-    """The run's speed trained through torch.compile in its precision (cached), or why it cannot run."""
+def probe_compiled(spec: CompetitionSpec, run: ModelRun, data: TrainingData, runtime: Runtime,
+                   family: str | None = None) -> Speed | str:
+    """The run's speed trained through torch.compile in its precision (cached), or why it cannot run.
+    With `family`: where another run of the family (same precision and input shape) was compiled here,
+    its measured ratio to eager speed applies to this run, without compiling again."""
     key = "compile-" + stable_hash({"run": run_key(spec, run), "precision": run.precision})
-    cached = _read_cache(runtime).get(key)
+    family_key = "compile-family-" + stable_hash({"family": family, "precision": run.precision,
+                                                   "image": spec.image.key_dump()}) if family else None
+    cache = _read_cache(runtime)
+    cached = cache.get(key)
     if cached is not None:
         return cached["failed"] if "failed" in cached else Speed(**cached["speed"])
+    sibling = cache.get(family_key) if family_key else None
+    eager = cache.get(run_key(spec, run), {}).get("speeds", {}).get(run.precision)
+    if sibling is not None and eager is not None:
+        if "failed" in sibling:
+            return sibling["failed"]
+        print(f"probe: {run.name} {run.precision} with torch.compile: {sibling['ratio']:.2f}x eager, as measured on "
+              f"{sibling['run']} of the same family here", flush=True)
+        return Speed(round(eager["train_images_per_second"] * sibling["ratio"], 1), eager["predict_images_per_second"],
+                     sibling["warmup_seconds"])
     print(f"probe: {run.name} {run.precision} with torch.compile (the first step compiles)", flush=True)
     try:
         speed = measure(spec, run.model_copy(update={"compile": True}), data, runtime)
     except Exception as exc:  # inductor fails in many ways (compiler, kernels, an unsupported op): not a crash
         reason = f"torch.compile failed: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:160]}"
         _update_cache(runtime, key, {"run": run.name, "failed": reason})
+        if family_key:
+            _update_cache(runtime, family_key, {"run": run.name, "failed": reason})
         return reason
     print(f"probe: {run.name} {run.precision} compiled: train {speed.train_images_per_second:,.0f} img/s after "
           f"{speed.warmup_seconds:.0f} s compiling", flush=True)
     if not runtime.cores.sharing():
         _update_cache(runtime, key, {"run": run.name, "speed": asdict(speed)})
+        if family_key and eager is not None:
+            _update_cache(runtime, family_key, {"run": run.name, "warmup_seconds": speed.warmup_seconds,
+                                                "ratio": round(speed.train_images_per_second / eager["train_images_per_second"], 3)})
     return speed
 
 
@@ -165,12 +216,13 @@ def _short_training(spec: CompetitionSpec, run: ModelRun, data: TrainingData, ru
 
 
 def check_reduced_precision(spec: CompetitionSpec, run: ModelRun, data: TrainingData, runtime: Runtime,
-                            precision: str, steps: int = CHECK_STEPS) -> dict:
+                            precision: str, steps: int = CHECK_STEPS, family: str | None = None) -> dict:
     """Whether `precision` keeps accuracy for this run on this competition's data: fp32 and `precision`
     train the same steps from the same seed; allowed when the latter is at most 0.3 points below.
-    Cached with the probe figures (the key includes the competition's data)."""
-    key = "check-" + stable_hash({"run": run_key(spec, run), "data": spec.data_hash(), "precision": precision,
-                                  "steps": steps})
+    Cached with the probe figures, once per model `family` (else per run): the first competition that
+    checks a family answers for the others."""
+    key = "check-" + stable_hash({"family": family} if family else {"run": run_key(spec, run), "data": spec.data_hash()}
+                                 | {"precision": precision, "steps": steps})
     cached = _read_cache(runtime).get(key)
     if cached is not None:
         return cached
@@ -178,6 +230,6 @@ def check_reduced_precision(spec: CompetitionSpec, run: ModelRun, data: Training
     reference = _short_training(spec, run.model_copy(update={"precision": "fp32-cl"}), data, runtime, steps)
     reduced = _short_training(spec, run.model_copy(update={"precision": precision}), data, runtime, steps)
     result = {"precision": precision, "fp32_accuracy": round(reference, 4), "reduced_accuracy": round(reduced, 4),
-              "steps": steps, "allowed": reduced >= reference - ACCURACY_TOLERANCE}
+              "steps": steps, "allowed": reduced >= reference - ACCURACY_TOLERANCE, "checked_on": f"{spec.name} ({run.name})"}
     _update_cache(runtime, key, result)
     return result

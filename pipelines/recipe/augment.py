@@ -160,8 +160,25 @@ def albumentations_policy(config: AugmentConfig, spec: CompetitionSpec, seed: in
     return A.Compose(POLICIES[config.policy].albumentations_ops(config, spec), seed=seed)
 
 
+def alternation_problem(config: AugmentConfig, spec: CompetitionSpec) -> str | None:
+    """Why `flip_order: alternating` cannot apply here, or None."""
+    if config.flip_order != "alternating":
+        return None
+    if not spec.flips.hflip:
+        return "alternating flips need horizontal flips, and this competition's `flips: {hflip: false}` forbids them"
+    if POLICIES[config.policy].batched is None:
+        batched = ", ".join(name for name in POLICIES if POLICIES[name].batched is not None)
+        return f"alternating flips are drawn on whole batches; policy '{config.policy}' runs per sample: use {batched}"
+    return None
+
+
 class BatchAugmenter:
-    """Yields augmented uint8 N×C×H×W batches for a list of index batches, deterministically from `seed`."""
+    """Yields augmented uint8 N×C×H×W batches for a list of index batches, deterministically from `seed`.
+
+    With `flip_order: alternating` the horizontal flips are not drawn per batch: each training row is
+    flipped at random (seeded by the competition's seed) in epoch 1, and the other way every epoch
+    after, so two consecutive epochs show every image both ways (the speedrun line of work: 8% fewer
+    epochs to a fixed CIFAR-10 accuracy; README, "Accuracy per CPU-minute")."""
 
     def __init__(self, config: AugmentConfig, spec: CompetitionSpec, images_nchw: torch.Tensor, images_nhwc: np.ndarray):
         self.config = config
@@ -169,12 +186,20 @@ class BatchAugmenter:
         self.images = images_nchw  # on the training device
         self.images_nhwc = images_nhwc  # on the host, for albumentations
         self.batched = POLICIES[config.policy].batched
+        self.first_flips = None
+        if config.flip_order == "alternating" and self.batched is not None and spec.flips.hflip:
+            self.first_flips = torch.rand(len(images_nchw), generator=torch.Generator().manual_seed(spec.folds.seed)) < 0.5
+            self.spec = spec.model_copy(update={"flips": spec.flips.model_copy(update={"hflip": False})})
 
-    def batches(self, index_batches: list[torch.Tensor], seed: int) -> Iterator[torch.Tensor]:
+    def batches(self, index_batches: list[torch.Tensor], seed: int, epoch: int = 1) -> Iterator[torch.Tensor]:
         if self.batched is not None:
             generator = torch.Generator().manual_seed(seed)
             for idx in index_batches:
-                yield self.batched(self.images[idx.to(self.images.device)], generator, self.config, self.spec)
+                images = self.images[idx.to(self.images.device)]
+                if self.first_flips is not None:
+                    flip = (self.first_flips[idx] ^ (epoch % 2 == 0)).to(images.device)
+                    images = torch.where(flip[:, None, None, None], images.flip(3), images)
+                yield self.batched(images, generator, self.config, self.spec)
         else:
             yield from self._albumentations_batches(index_batches, seed)
 

@@ -40,6 +40,16 @@ class ImageClassifier(nn.Module):
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
             return self.net(x)  # logits in the autocast dtype: the loss and the softmax take .float()
 
+    @property
+    def fits_to_images(self) -> bool:
+        """Whether the net sets a layer from the data (`fit_whitening`: models/speedrun.py)."""
+        return hasattr(self.net, "fit_whitening")
+
+    def fit_to_images(self, images: torch.Tensor) -> None:
+        """Show such a net `images` (uint8 N×C×H×W, training rows only), normalised as the forward pass
+        normalises them."""
+        self.net.fit_whitening((images.float().to(self.mean.device) - self.mean) / self.std)
+
 
 def build_model(run: ModelRun, spec: CompetitionSpec, mean: list[float], std: list[float],
                 runtime: Runtime) -> ImageClassifier:

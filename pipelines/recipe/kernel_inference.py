@@ -175,6 +175,8 @@ VIEWS = {
     "hflip": [lambda x: x.flip(3)],
     "vflip": [lambda x: x.flip(2)],
     "shift": [lambda x, d=d: shift_by(x, *d) for d in ((1, 0), (-1, 0), (0, 1), (0, -1))],
+    # the mirror image moved one pixel four ways: with identity, hflip and shift, every flip x shift
+    "hflip_shift": [lambda x, d=d: shift_by(x.flip(3), *d) for d in ((1, 0), (-1, 0), (0, 1), (0, -1))],
 }
 
 

@@ -102,12 +102,16 @@ def overlaid_curves(trained: dict, metric_label: str) -> str:
     """Every model's validation score per epoch (mean over its folds) and its training loss per step
     (fold by fold, smoothed over ~1% of the steps), on shared axes."""
     plt = _pyplot()
-    figure, (steps_axes, score_axes) = plt.subplots(1, 2, figsize=(12, 3.8))
+    figure, (steps_axes, score_axes, time_axes) = plt.subplots(1, 3, figsize=(15, 3.8))
     for colour, (name, folds) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4, trained.items()):
         per_epoch: dict[int, list[float]] = {}
+        minutes: dict[int, list[float]] = {}  # training minutes at the end of each epoch
         for number, output in enumerate(folds):
+            elapsed = 0.0
             for row in _rows(output.folder / "history.csv"):
                 per_epoch.setdefault(int(row["epoch"]), []).append(float(row["val_score"] or row["val_accuracy"]))
+                elapsed += float(row["seconds"]) / 60
+                minutes.setdefault(int(row["epoch"]), []).append(elapsed)
             losses = np.array([float(r["train_loss"]) for r in _rows(output.folder / "iterations.csv")])
             if len(losses):
                 window = max(len(losses) // 100, 1)
@@ -116,15 +120,20 @@ def overlaid_curves(trained: dict, metric_label: str) -> str:
                                 label=name if number == 0 else None)
         epochs = sorted(per_epoch)
         score_axes.plot(epochs, [np.mean(per_epoch[e]) for e in epochs], "-o", ms=3, color=colour, label=name)
+        time_axes.plot([np.mean(minutes[e]) for e in epochs], [np.mean(per_epoch[e]) for e in epochs], "-o", ms=3,
+                       color=colour, label=name)
     steps_axes.set(xlabel="training step", ylabel="training loss", title="Training loss per step (every fold)")
     score_axes.set(xlabel="epoch", ylabel=f"validation {metric_label}", title="Validation score per epoch (mean of folds)")
-    for axes in (steps_axes, score_axes):
+    time_axes.set(xlabel="training minutes (one fold)", ylabel=f"validation {metric_label}",
+                  title="Validation score by training time")
+    for axes in (steps_axes, score_axes, time_axes):
         if axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize=8)
     return img(figure_png(figure), "learning curves of every model",
                "Left: the training loss of every optimisation step, one line per fold, smoothed over about 1% of "
-               "the steps (runs trained before per-step logging have none). Right: each model's validation score "
-               "per epoch, averaged over its folds.")
+               "the steps (runs trained before per-step logging have none). Middle: each model's validation score "
+               "per epoch, averaged over its folds. Right: the same scores against the minutes of training steps "
+               "it took to reach them on this machine: which model buys the most score per minute.")
 
 
 # --- what the augmentation does ------------------------------------------------------------------------------

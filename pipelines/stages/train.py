@@ -43,7 +43,7 @@ from pipelines.machine.device import Runtime
 from pipelines.recipe.augment import BatchAugmenter
 from pipelines.recipe.classifier import ImageClassifier, build_model
 from pipelines.recipe.losses import LOSSES
-from pipelines.recipe.optim import make_optimizer, make_scheduler
+from pipelines.recipe.optim import Lookahead, make_optimizer, make_scheduler
 from pipelines.stages.artifacts import build_once, is_complete, output_key, publish
 from pipelines.stages.device_data import TrainingData
 from pipelines.stages.inputs import TrainingInputs
@@ -94,6 +94,7 @@ class Learner:
     scheduler_unit: str  # when the scheduler steps: 'step' | 'epoch' | 'plateau'
     scaler: torch.amp.GradScaler
     ema: nn.Module | None  # timm ModelEmaV3: evaluated instead of the raw weights
+    lookahead: Lookahead | None
     mixup: Callable | None  # timm Mixup (with CutMix)
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     forward: Callable[[torch.Tensor], torch.Tensor]  # the training step's forward: the model, or torch.compile of it
@@ -105,7 +106,8 @@ class Learner:
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                "ema": self.ema.state_dict() if self.ema is not None else None, "scaler": self.scaler.state_dict()}
+                "ema": self.ema.state_dict() if self.ema is not None else None, "scaler": self.scaler.state_dict(),
+                "lookahead": self.lookahead.state_dict() if self.lookahead is not None else None}
 
     def load_state(self, saved: dict) -> None:
         self.model.load_state_dict(saved["model"])
@@ -116,6 +118,8 @@ class Learner:
             self.scheduler.load_state_dict(saved["scheduler"])
         if self.ema is not None:
             self.ema.load_state_dict(saved["ema"])
+        if self.lookahead is not None:
+            self.lookahead.load_state_dict(saved["lookahead"])
         self.scaler.load_state_dict(saved["scaler"])
 
 
@@ -126,13 +130,25 @@ def anneal(learner: Learner, steps: int) -> None:
         group["initial_lr"] = group["lr"]
     learner.scheduler = torch.optim.lr_scheduler.LambdaLR(learner.optimizer, lambda step: max(0.0, 1 - step / steps))
     learner.scheduler_unit = "step"
+    if learner.lookahead is not None:  # its averaging strengthens toward the new end
+        learner.lookahead.total_steps = learner.lookahead.steps + steps
+
+
+FIT_ROWS = 4096  # training images a data-fitted layer (a whitening stem) is set from
 
 
 def make_learner(run: ModelRun, spec: CompetitionSpec, data: TrainingData, runtime: Runtime, steps_per_epoch: int,
-                 init_seed: int) -> Learner:
+                 init_seed: int, train_rows: torch.Tensor | None = None) -> Learner:
+    """`train_rows`: the rows the model may learn from (a fold's training rows); a layer set from the data
+    sees a seeded sample of them, never a held-out row. None (probes): any rows."""
     torch.manual_seed(init_seed)  # the same initial weights for the same seed and fold
+    classifier = build_model(run, spec, data.mean, data.std, runtime)
+    if classifier.fits_to_images:
+        rows = train_rows if train_rows is not None else torch.arange(len(data.labels))
+        sample = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(init_seed))[:FIT_ROWS]]
+        classifier.fit_to_images(data.images[sample.sort().values.to(runtime.device)])
     # Under DDP, BatchNorm synchronised over the global batch.
-    model = ddp.synchronised(build_model(run, spec, data.mean, data.std, runtime), runtime.device)
+    model = ddp.synchronised(classifier, runtime.device)
     optimizer = make_optimizer(run, model)
     scheduler, scheduler_unit = make_scheduler(run, optimizer, steps_per_epoch)
     scaler = torch.amp.GradScaler(enabled=model.precision.amp_dtype == torch.float16)
@@ -141,6 +157,7 @@ def make_learner(run: ModelRun, spec: CompetitionSpec, data: TrainingData, runti
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(model, decay=run.ema_decay, use_warmup=True)
+    lookahead = Lookahead(model, run.lookahead, run.epochs * steps_per_epoch) if run.lookahead else None
     mixup = None
     if run.mixup_alpha or run.cutmix_alpha:
         from timm.data import Mixup
@@ -162,7 +179,7 @@ def make_learner(run: ModelRun, spec: CompetitionSpec, data: TrainingData, runti
     # evaluation use the model itself.
     forward = ddp.wrapped(model, runtime.device)
     forward = torch.compile(forward) if run.compile else forward
-    return Learner(model, optimizer, scheduler, scheduler_unit, scaler, ema, mixup, loss, forward)
+    return Learner(model, optimizer, scheduler, scheduler_unit, scaler, ema, lookahead, mixup, loss, forward)
 
 
 @dataclass(frozen=True)
@@ -226,14 +243,15 @@ def epoch_batches(train_rows: torch.Tensor, batch_size: int, steps: int, seed: i
 
 
 def train_one_epoch(learner: Learner, augmenter: BatchAugmenter, labels: torch.Tensor, batches: list[torch.Tensor],
-                    seed: int, runtime: Runtime, desc: str, step_losses: list[float] | None = None) -> float:
+                    seed: int, runtime: Runtime, desc: str, step_losses: list[float] | None = None,
+                    epoch: int = 1) -> float:
     """One pass over `batches`; returns the mean training loss, and appends each step's to `step_losses`
     (read once at the end of the epoch: no device sync per step). Under DDP every rank draws, augments
     and mixes the same global batch and computes on its slice of it (pipelines/machine/ddp.py). The probe
     and the concurrency benchmark call it too, on their own batches: so it takes the pieces, not a FoldJob."""
     learner.model.train()
     losses = []
-    progress = tqdm(augmenter.batches(batches, seed), total=len(batches), leave=False, mininterval=2, desc=desc, unit="batch",
+    progress = tqdm(augmenter.batches(batches, seed, epoch), total=len(batches), leave=False, mininterval=2, desc=desc, unit="batch",
                     disable=len(batches) < 50 or not ddp.is_main())  # a probe's few steps need no bar
     for idx, images in zip(batches, progress):
         runtime.cores.follow()  # another kpipe process started or ended: take up the new share of the cores
@@ -249,6 +267,8 @@ def train_one_epoch(learner: Learner, augmenter: BatchAugmenter, labels: torch.T
         learner.scaler.update()
         if learner.ema is not None:
             learner.ema.update(learner.model)
+        if learner.lookahead is not None:
+            learner.lookahead.step(learner.model)
         if learner.scheduler is not None and learner.scheduler_unit == "step":
             learner.scheduler.step()
         losses.append(loss.detach().float())
@@ -400,7 +420,7 @@ def _train_fold(job: FoldJob, final: Path, options: FoldOptions) -> FoldOutput |
     if run.batch_size % ddp.world_size():
         raise UserError(f"{run.name}: batch_size {run.batch_size} does not split evenly over {ddp.world_size()} "
                         "devices (GPUS=); make it a multiple of the device count")
-    learner = make_learner(run, spec, data, runtime, steps, init_seed=epoch_seed(seed, fold, -1))
+    learner = make_learner(run, spec, data, runtime, steps, init_seed=epoch_seed(seed, fold, -1), train_rows=train_rows)
     augmenter = BatchAugmenter(run.augment, spec, data.images, data.images_nhwc)
     progress = resume(work / "last.pt", learner, runtime)
     if progress.epoch:
@@ -424,7 +444,8 @@ def _train_fold(job: FoldJob, final: Path, options: FoldOptions) -> FoldOutput |
         batches = epoch_batches(train_rows, run.batch_size, steps, this_seed)
         started = time.perf_counter()
         train_loss = train_one_epoch(learner, augmenter, data.labels, batches, this_seed, runtime,
-                                     f"{what} epoch {epoch}/{progress.end_epoch or run.epochs}", progress.step_losses)
+                                     f"{what} epoch {epoch}/{progress.end_epoch or run.epochs}", progress.step_losses,
+                                     epoch)
         seconds = time.perf_counter() - started
         val_probs = ddp.gathered(lambda images: predict_probs(learner.evaluated, images, share=runtime.cores), val_images)
         epoch_seconds = time.perf_counter() - started  # with the validation pass: what the guard plans with

@@ -1,7 +1,7 @@
 """TTA: average a fold model's probabilities over augmented views of each image.
 
 Views are registered in predict.py (identity, hflip, vflip — only where the competition allows the flip
-— and shift, the mean over the four one-pixel translations). With only the identity view this stage is
+— shift, the mean over the four one-pixel translations, and hflip_shift, the same of the mirror image). With only the identity view this stage is
 a pass-through of the train stage's predictions. Otherwise it writes, per model run and fold,
 <data>/<comp>/tta/<run>-<key>/fold<k>/ with oof_probs.npy, oof_index.npy, test_probs.npy, manifest.json.
 """

@@ -12,6 +12,8 @@ Rows:
   (measured afresh, not from the probe cache), with the speed-up over fp32.
 - planner accuracy: a real time-budget run of digits (BENCH_PLAN_BUDGET, default 60s, dry run), then
   actual / planned wall time of every plan of record on this machine.
+- accuracy after N seconds (pipelines/tools/bench_curve.py): every pool candidate trained from scratch on fold 0
+  for schedules of BENCH_CURVE seconds each (default 60; comma-separated for several).
 - concurrency (pipelines/tools/bench_concurrency.py): one training process alone, two at once taking every core
   each, two sharing the cores, and the same work in one process or two; for the benchmark's model and for
   digits' small `cnn3` (small steps, where threads fighting over cores costs most).
@@ -40,6 +42,8 @@ from pipelines.recipe.augment import BatchAugmenter
 from pipelines.stages.inputs import load_inputs
 from pipelines.stages.train import FoldJob, FoldOptions, train_fold
 from pipelines.tools.bench_concurrency import concurrency_table, print_tune, tune_workers
+from pipelines.tools.bench_curve import accuracy_by_time, parse_seconds
+from pipelines.tools.bench_curve import print_table as print_curve
 from pipelines.tools.bench_concurrency import print_table as print_concurrency
 
 
@@ -195,6 +199,7 @@ def main() -> None:
     inference_rows = inference_table(spec, output.folder, data, runtime)
     precision_rows = precision_table(spec, data, runtime)
     planner_rows = planner_accuracy(runtime, os.environ.get("BENCH_PLAN_BUDGET", "60s"))
+    curve_rows = accuracy_by_time(inputs, parse_seconds(os.environ.get("BENCH_CURVE", "60"))) if spec.pool else []
     runtime.cores.leave()  # from here this process only starts others and waits for them
     concurrency = [concurrency_table(comp, model_name, batch), concurrency_table("digits", "cnn3", 64)]
     tune = tune_workers()
@@ -223,6 +228,8 @@ def main() -> None:
     for r in planner_rows:
         print(f"{r['competition']:<22} {r['budget_minutes']:>10.2f} {r['planned_minutes']:>12.2f} {r['actual_minutes']:>11.2f} "
               f"{r['actual_over_planned']:>15.2f} {r['actual_over_budget']:>14.2f}")
+    if curve_rows:
+        print_curve(curve_rows, machine_description(runtime), comp)
     for table in concurrency:
         print_concurrency(table)
     print_tune(tune)
@@ -230,7 +237,7 @@ def main() -> None:
                       "device": str(runtime.device), "machine": machine_description(runtime),
                       "threads": torch.get_num_threads(), "results": results, "target_met": verdict == "PASS",
                       "inference": inference_rows, "precision_probe": precision_rows, "planner": planner_rows,
-                      "concurrency": concurrency, "tune_workers": tune}))
+                      "accuracy_by_time": curve_rows, "concurrency": concurrency, "tune_workers": tune}))
 
 
 if __name__ == "__main__":
