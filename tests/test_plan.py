@@ -564,7 +564,7 @@ def test_shortened_run_ends_its_schedule_and_replays_exactly(pipeline_env, host,
 
     output = train_fold(FoldJob(ctx.inputs, run, 0), FoldOptions(epochs_allowed=epochs_allowed))
     manifest = read_manifest(output.folder)
-    assert manifest["shortened"] == {"from_epoch": 2, "epochs": 4} and manifest["epochs_run"] == 4
+    assert manifest["shortened"] == {"from_epoch": 2, "epochs": 4, "rescheduled": False} and manifest["epochs_run"] == 4
     assert asked == [1, 2]  # not asked again once shortened
     history = (output.folder / "history.csv").read_text().splitlines()
     lrs = [float(row["lr"]) for row in csv.DictReader(history)]
@@ -573,8 +573,18 @@ def test_shortened_run_ends_its_schedule_and_replays_exactly(pipeline_env, host,
     first = np.load(output.folder / "oof_probs.npy")
 
     # Replayed from the plan's record, with no guard: the same predictions.
-    again = train_fold(FoldJob(ctx.inputs, run, 0), FoldOptions(force=True, shortening=(2, 4)))
+    again = train_fold(FoldJob(ctx.inputs, run, 0), FoldOptions(force=True, shortening=(2, 4, False)))
     assert np.array_equal(np.load(again.folder / "oof_probs.npy"), first)
+
+    # Cut after epoch 1, while the one-cycle rate still rises (its peak: epoch 2 of 8): the schedule is
+    # rebuilt for 5 epochs, so the rate still reaches about its peak (0.05) before it falls.
+    early = train_fold(FoldJob(ctx.inputs, run, 0), FoldOptions(force=True, epochs_allowed=lambda done, s: 5))
+    assert read_manifest(early.folder)["shortened"] == {"from_epoch": 1, "epochs": 5, "rescheduled": True}
+    lrs = [float(row["lr"]) for row in csv.DictReader((early.folder / "history.csv").read_text().splitlines())]
+    assert len(lrs) == 5 and max(lrs) > 0.04 and lrs[-1] < lrs[-2] < max(lrs), lrs  # a linear fall would stay below 0.03
+    early_oof = np.load(early.folder / "oof_probs.npy")
+    replayed = train_fold(FoldJob(ctx.inputs, run, 0), FoldOptions(force=True, shortening=(1, 5, True)))
+    assert np.array_equal(np.load(replayed.folder / "oof_probs.npy"), early_oof)
 
 
 @pytest.mark.slow

@@ -48,7 +48,7 @@ class Unit:
         return f"{self.run.name} fold {self.fold}"
 
     @property
-    def shortening(self) -> tuple[int, int] | None:
+    def shortening(self) -> tuple[int, int, bool] | None:
         """(after epoch, to epochs) where the plan records that the guard shortened this fold before."""
         return self.planned.replayed_shortening(self.fold) if self.planned is not None else None
 

@@ -35,6 +35,8 @@ class Shortening(_Strict):
     fold: int
     from_epoch: int = Field(ge=0)
     epochs: int = Field(ge=1)
+    # Shortened before a one-cycle peak: the run's own schedule rebuilt for `epochs` instead of the fall.
+    rescheduled: bool = False
 
 
 class PlannedRun(_Strict):
@@ -49,11 +51,11 @@ class PlannedRun(_Strict):
     shortened: list[Shortening] = Field(default_factory=list)
     dropped_folds: list[int] = Field(default_factory=list)  # planned, then dropped by the guard
 
-    def replayed_shortening(self, fold: int) -> tuple[int, int] | None:
-        """(after epoch, to epochs) where the plan records that the guard shortened this fold: a replay
-        shortens it the same way (and the guard does not watch it again)."""
+    def replayed_shortening(self, fold: int) -> tuple[int, int, bool] | None:
+        """(after epoch, to epochs, rescheduled) where the plan records that the guard shortened this fold:
+        a replay shortens it the same way (and the guard does not watch it again)."""
         cut = next((s for s in self.shortened if s.fold == fold), None)
-        return (cut.from_epoch, cut.epochs) if cut else None
+        return (cut.from_epoch, cut.epochs, cut.rescheduled) if cut else None
 
     @property
     def estimated_seconds(self) -> float:

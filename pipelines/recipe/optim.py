@@ -48,14 +48,16 @@ def make_optimizer(run: ModelRun, model: nn.Module) -> torch.optim.Optimizer:
     groups = [{"params": [p for p in trained if p.ndim > 1], "weight_decay": cfg.weight_decay},
               {"params": [p for p in trained if p.ndim <= 1], "weight_decay": 0.0}]
     if fast:
-        groups.append({"params": fast, "weight_decay": 0.0, "lr": cfg.lr * run.bn_bias_lr_scale})
+        groups.append({"params": fast, "weight_decay": 0.0, "lr": cfg.lr * run.bn_bias_lr_scale,
+                       "lr_scale": run.bn_bias_lr_scale})
     return OPTIMIZERS[cfg.name](groups, cfg)
 
 
 @SCHEDULES.register("onecycle")
 def onecycle(optimizer: torch.optim.Optimizer, run: ModelRun, steps_per_epoch: int):
-    # Each group peaks at its own rate (a BatchNorm-bias group's is a multiple of the others').
-    max_lr = [group["lr"] for group in optimizer.param_groups]
+    # Each group peaks at its own rate (a BatchNorm-bias group's is a multiple of the others'), from the
+    # recipe: a schedule rebuilt mid-run (train.reschedule) must not take the current rate for the peak.
+    max_lr = [run.optimizer.lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=run.epochs * steps_per_epoch,
                                                pct_start=run.schedule.pct_start, div_factor=10, final_div_factor=100), "step"
 
