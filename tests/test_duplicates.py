@@ -86,3 +86,18 @@ def test_a_group_column_on_a_layout_without_train_csv_is_refused(tmp_path):
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(SpecError, match="folds.group_column: this layout has no train.csv"):
         load_spec(str(path))
+
+
+def test_mostly_single_rows_get_exactly_stratified_folds_with_their_groups_kept():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, 2000)
+    groups = np.arange(2000)
+    for first in range(0, 60, 3):  # 20 near-duplicate groups of three rows among 1,940 single ones
+        groups[first + 1] = groups[first + 2] = first
+    fold = assign_folds(labels, 5, 42, groups)
+    assert all(len(set(fold[groups == g].tolist())) == 1 for g in range(0, 60, 3))
+    for label in range(4):  # every class within a row of its even share in every fold
+        per_fold = np.bincount(fold[labels == label], minlength=5)
+        assert per_fold.max() - per_fold.min() <= 1, (label, per_fold)
+    assert np.array_equal(fold, assign_folds(labels, 5, 42, groups))  # the seed fixes them
+    assert not np.array_equal(fold, assign_folds(labels, 5, 7, groups))

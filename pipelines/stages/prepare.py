@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -229,6 +230,11 @@ def assign_folds(labels: np.ndarray, n_splits: int, seed: int, groups: np.ndarra
         if len(np.unique(sub_groups)) < n_splits:
             raise DataError(f"only {len(np.unique(sub_groups))} groups of rows for folds.n_splits={n_splits}; lower "
                             "n_splits, or check folds.group_column")
+        _, inverse, sizes = np.unique(sub_groups, return_inverse=True, return_counts=True)
+        alone = sizes[inverse] == 1
+        if alone.sum() > len(split) // 2:  # mostly single rows (near-duplicates are rare): see _deal_single_rows
+            fold[split] = _deal_single_rows(labels[split], sub_groups, alone, n_splits, seed)
+            return fold
         splits = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(
             np.zeros(len(split)), labels[split], sub_groups)
     else:
@@ -236,6 +242,41 @@ def assign_folds(labels: np.ndarray, n_splits: int, seed: int, groups: np.ndarra
                                                                                             labels[split])
     for k, (_, held_out) in enumerate(splits):
         fold[split[held_out]] = k
+    return fold
+
+
+def _deal_single_rows(labels: np.ndarray, groups: np.ndarray, alone: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
+    """Folds for rows of which most stand alone: the rows in groups of two or more go first, through
+    StratifiedGroupKFold (a few hundred rows at most: fast); then each class's single rows, in a seeded
+    order, fill the folds that are furthest below that class's even share. The same stratification and
+    groups as StratifiedGroupKFold on every row, which took 45 s for Fashion-MNIST's 60,000 rows (all but
+    82 alone) on a 2-core CPU; this takes well under a second."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    fold = np.zeros(len(labels), dtype=np.int64)
+    grouped = np.flatnonzero(~alone)
+    counts = np.zeros((n_splits, labels.max() + 1), dtype=np.int64)  # rows of each class in each fold so far
+    if len(np.unique(groups[grouped])) >= n_splits:
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        with warnings.catch_warnings():  # a class with fewer grouped rows than folds: the single rows even it out
+            warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+            held_out_rows = [held_out for _, held_out in splitter.split(np.zeros(len(grouped)), labels[grouped],
+                                                                        groups[grouped])]
+        for k, held_out in enumerate(held_out_rows):
+            fold[grouped[held_out]] = k
+    else:  # fewer groups than folds: one group a fold, in a seeded order
+        order = np.random.default_rng(seed).permutation(np.unique(groups[grouped]))
+        for k, group in enumerate(order):
+            fold[grouped[groups[grouped] == group]] = k
+    np.add.at(counts, (fold[grouped], labels[grouped]), 1)
+    rng = np.random.default_rng(seed)
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(alone & (labels == label)))
+        share = np.count_nonzero(labels == label) / n_splits
+        for row in rows:  # the fold with the most missing; ties: the fold after the last one filled
+            k = int(np.argmin(counts[:, label] - share + 1e-9 * ((np.arange(n_splits) - row) % n_splits)))
+            fold[row] = k
+            counts[k, label] += 1
     return fold
 
 
@@ -273,8 +314,12 @@ def group_values(spec: CompetitionSpec, train_ids: list[str]) -> list[str]:
     return [by_id[i] for i in train_ids]
 
 
+# 2: data sets of mostly single rows get their folds from _deal_single_rows (fold contents differ from 1's).
+FOLD_ASSIGNMENT_REVISION = 2
+
+
 def make_folds(spec: CompetitionSpec, prepared: Prepared, force: bool = False) -> Folds:
-    config = spec.folds.model_dump()
+    config = {**spec.folds.model_dump(), "assignment": FOLD_ASSIGNMENT_REVISION}
     key = output_key(config, {"prepared": prepared.key})
     folder = competition_root(spec.name) / "folds" / key
 
