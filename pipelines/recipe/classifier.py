@@ -16,6 +16,19 @@ from competition.spec import CompetitionSpec
 from pipelines.machine.device import PRECISIONS, Precision, Runtime
 
 
+def in_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """`x` laid out as the precision asks. With one channel both layouts count as contiguous, so
+    `.contiguous(memory_format=...)` changes nothing, and the convolutions pick their kernels from
+    whichever strides the batch happened to have: a shifted TTA view ran at half the speed of the
+    identity view of the same images (2-core AVX2 EPYC, speedrun). The strides are set outright (a view:
+    no copy)."""
+    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if x.shape[1] == 1:
+        height, width = x.shape[2:]
+        x = x.as_strided(x.shape, (x.stride(0), 1, width, 1) if channels_last else (x.stride(0), height * width, width, 1))
+    return x
+
+
 class ImageClassifier(nn.Module):
     """Takes images with values 0..255 (uint8 or float), normalises them, resizes if asked, classifies.
 
@@ -34,8 +47,7 @@ class ImageClassifier(nn.Module):
         x = (x.float() - self.mean) / self.std
         if self.input_size and x.shape[-1] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        if self.precision.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = in_layout(x, self.precision.channels_last)
         dtype = self.precision.amp_dtype
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
             return self.net(x)  # logits in the autocast dtype: the loss and the softmax take .float()
