@@ -481,7 +481,7 @@ def test_budget_run_plans_trains_and_reuses_its_plan(pipeline_env, host, tmp_pat
     monkeypatch.setenv("DRY_RUN", "1")
     assert pipelines_main(["submit", "--comp", "digits", "--budget", "40s"]) == 0
     out = capsys.readouterr().out
-    assert "plan: probing 3 candidates" in out and "planned vs actual" in out
+    assert "plan: probing up to 4 candidates" in out and "planned vs actual" in out
     [record] = (pipeline_env / "digits" / "plans").glob("*.json")
     plan = json.loads(record.read_text())
     assert plan["status"] == "ran" and plan["budget_seconds"] == 40 and plan["runs"]
@@ -730,9 +730,13 @@ def test_accuracy_after_n_seconds_trains_each_candidate_for_about_that_long(pipe
     from pipelines.stages.inputs import load_inputs
     from pipelines.tools.bench_curve import accuracy_by_time
 
+    from dataclasses import replace
+
     inputs = load_inputs(load_spec("digits"))
+    two = inputs.spec.pool.model_copy(update={"candidates": inputs.spec.pool.candidates[:2]})  # to keep CI short
+    inputs = replace(inputs, spec=inputs.spec.model_copy(update={"pool": two}))
     rows = accuracy_by_time(inputs, [4.0])
-    assert [r["candidate"] for r in rows] == [c.name for c in inputs.spec.pool.candidates]
+    assert [r["candidate"] for r in rows] == ["cnn3", "lenet"]
     for row in rows:
         assert row["epochs"] >= 1 and 0 < row["row_share"] <= 1
         assert 0 < row["train_seconds"] < 3 * 4.0, row  # about the asked time (digits' epochs are tiny)
