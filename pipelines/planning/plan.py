@@ -370,13 +370,12 @@ def optimistic_cost(spec: CompetitionSpec, candidate: Candidate, flops: float, p
     return candidate_cost(spec, candidate, "", "", Speed(train_rate / flops, predict_rate / flops), counts)
 
 
-def probe_pool(spec: CompetitionSpec, budget: float, probes: Probes, counts: ImageCounts, elapsed: Callable[[], float],
-               skip: dict[str, str]) -> tuple[list[CandidateCost], dict, list[str]]:
+def probe_pool(spec: CompetitionSpec, budget: float, reserve: float, probes: Probes, counts: ImageCounts,
+               elapsed: Callable[[], float], skip: dict[str, str]) -> tuple[list[CandidateCost], dict, list[str]]:
     """(costs, speeds table, notes): the pool's candidates probed in family order, leaving out those `skip`
     names and those the plan could not choose even at an optimistic speed (`optimistic_cost`)."""
     probed: list[tuple[CandidateCost, float, Speed]] = []  # (cost, forward FLOPs an image, speed at its precision)
     speeds_table, notes = {}, []
-    reserve = reserve_seconds(budget, spec.kernels_only)
     for number, candidate in enumerate(family_order(list(spec.pool.candidates))):
         if number and candidate.name in skip:
             notes.append(skip[candidate.name])
@@ -407,8 +406,9 @@ def make_plan(spec: CompetitionSpec, budget: float, runtime: Runtime, probes: Pr
     which candidates are not worth training."""
     pool = spec.pool
     _, left_out = offered_precisions(runtime)
-    costs, speeds_table, probe_notes = probe_pool(spec, budget, probes, counts, elapsed, expected_zero_weight(list(past)))
     reserve = reserve_seconds(budget, spec.kernels_only)
+    costs, speeds_table, probe_notes = probe_pool(spec, budget, reserve, probes, counts, elapsed,
+                                                  expected_zero_weight(list(past)))
     setup_seconds = elapsed()
     offer = None
     if spec.tuning is not None and pool.study_share > 0:
