@@ -40,6 +40,25 @@ def test_planted_near_duplicates_are_found_within_train_and_against_test():
     assert report.summary()["train_pairs"] == len(report.train_pairs)
 
 
+@pytest.mark.parametrize("shape", [(28, 28, 1), (64, 64, 3), (20, 45, 3), (32, 32, 1), (160, 120, 1)])
+def test_batched_hashes_are_imagehash_phash_bit_for_bit(shape):
+    """The batched hash reproduces Pillow's grey conversion and LANCZOS resampling in fixed point: the same
+    bits as imagehash image by image, on real Fashion-MNIST pixels (tiled and tinted to the shape)."""
+    import imagehash
+    from PIL import Image
+
+    from competition.host.builders import FASHION_MNIST_DIR, read_idx
+
+    fashion = read_idx(FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz")[:200]
+    height, width, channels = shape
+    tiled = np.tile(fashion, (1, height // 28 + 1, width // 28 + 1))[:, :height, :width]
+    tint = np.array([1.0, 0.8, 0.6][:channels])
+    images = np.clip(tiled[..., None] * tint + np.arange(channels) * 20, 0, 255).astype(np.uint8)
+    expected = [int("".join("1" if b else "0" for b in imagehash.phash(Image.fromarray(i[..., 0] if channels == 1 else i))
+                            .hash.flatten()), 2) for i in images]
+    assert perceptual_hashes(images, "test").tolist() == expected
+
+
 def test_hash_distance_is_counted_in_bits():
     hashes = np.array([0b1011, 0b1000, 0xFFFF_0000_0000_0000], dtype=np.uint64)
     assert near_pairs(hashes, max_distance=2) == [(0, 1, 2)]
