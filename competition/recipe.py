@@ -53,8 +53,32 @@ class AugmentConfig(_Strict):
     flip_order: Literal["random", "alternating"] | None = None
 
 
+class PseudoLabels(_Strict):
+    """Test images an earlier run of the same recipe (the teacher) is confident about join this run's
+    training, labelled with the teacher's class (pipelines/stages/pseudo.py). Fold k takes the teacher's
+    fold-k predictions, whose model never saw fold k's held-out rows, so this run's held-out score stays
+    honest."""
+
+    teacher: str = Field(pattern=r"^[A-Za-z0-9_.:-]+$")  # the name of a run listed before this one
+    # The teacher's top probability an image needs, or `auto`: the lowest at which the teacher's own
+    # held-out rows above it are `precision` right (label smoothing keeps every top probability low, so a
+    # fixed value means little: on 100 classes with smoothing 0.1, 8% of rows reached 0.9).
+    threshold: float | Literal["auto"] = "auto"
+    precision: float = Field(default=0.95, gt=0.5, le=1)  # auto: how often the chosen labels should be right
+    max_share: float = Field(default=0.5, gt=0, le=2)  # at most this many pseudo-labelled images per training row
+    # The teacher's run as trained, filled from the profile or plan (`with_teachers`), never written by hand:
+    # it keys this run's outputs, so a retrained teacher means a retrained student.
+    teacher_run: "ModelRun | None" = None
+
+    @model_validator(mode="after")
+    def _threshold_in_range(self):
+        if self.threshold != "auto" and not 0.5 <= self.threshold < 1:
+            raise ValueError(f"pseudo_labels.threshold: {self.threshold} is not in [0.5, 1); give one there, or `auto`")
+        return self
+
+
 UNSET_NOT_KEYED = ("loss", "augment.ops", "augment.magnitude", "augment.flip_order", "bn_bias_lr_scale", "bn_freeze_weights",
-                   "lookahead")
+                   "lookahead", "seed", "pseudo_labels")
 
 
 class ModelRun(_Strict):
@@ -79,6 +103,9 @@ class ModelRun(_Strict):
     # Every this many steps, a slow copy of the weights moves toward them and they jump back to it, more
     # strongly as training ends (pipelines/recipe/optim.py: Lookahead). Not with ema_decay.
     lookahead: int | None = Field(default=None, ge=1, le=100)
+    # Another member of the same recipe: a different initialisation and batch order (unset: the folds' seed).
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    pseudo_labels: PseudoLabels | None = None
     early_stopping: int | None = Field(default=None, ge=1)  # stop after this many epochs without a better val metric
     pretrained: bool = False
     pretrained_file: str | None = None
@@ -96,6 +123,8 @@ class ModelRun(_Strict):
     def _one_weight_average(self):
         if self.lookahead and self.ema_decay:
             raise ValueError("lookahead and ema_decay both average the weights; set one of them")
+        if self.pseudo_labels and self.pseudo_labels.teacher == self.name:
+            raise ValueError(f"pseudo_labels.teacher: '{self.name}' cannot teach itself; name a run listed before it")
         return self
 
     @property
@@ -134,6 +163,28 @@ class Candidate(ModelRun):
     def as_run(self, epochs: int, precision: str, compile: bool = False) -> ModelRun:
         fields = self.model_dump(exclude={"family", "min_epochs"})
         return ModelRun.model_validate({**fields, "epochs": epochs, "precision": precision, "compile": compile})
+
+
+PseudoLabels.model_rebuild()
+
+
+def with_teachers(key: str, runs: list[ModelRun]) -> list[ModelRun]:
+    """`runs` with each student's `pseudo_labels.teacher_run` set to its teacher as listed; a teacher must
+    come before its student (it trains first) and learn from labels alone (no chains of teachers)."""
+    resolved: list[ModelRun] = []
+    for run in runs:
+        pseudo = run.pseudo_labels
+        if pseudo is not None:
+            teacher = next((r for r in resolved if r.name == pseudo.teacher), None)
+            if teacher is None:
+                raise ValueError(f"{key}: {run.name}'s pseudo_labels.teacher '{pseudo.teacher}' is not a run listed "
+                                 f"before it; list the teacher first")
+            if teacher.pseudo_labels is not None:
+                raise ValueError(f"{key}: {run.name}'s teacher '{teacher.name}' learns from pseudo-labels itself; "
+                                 "name a run that trains on the labels alone")
+            run = run.model_copy(update={"pseudo_labels": pseudo.model_copy(update={"teacher_run": teacher})})
+        resolved.append(run)
+    return resolved
 
 
 def parse_duration(value) -> float:
@@ -190,6 +241,7 @@ class Pool(_Strict):
     @model_validator(mode="after")
     def _unique_names(self):
         check_unique_names("candidates", self.candidates)
+        with_teachers("candidates", list(self.candidates))  # a teacher must be a candidate before its student
         if self.tta[0] != "identity":
             raise ValueError("tta: the first view must be `identity` (the others are added when time allows)")
         return self
@@ -205,6 +257,7 @@ class Profile(_Strict):
     @model_validator(mode="after")
     def _unique_names(self):
         check_unique_names("models", self.models)
+        object.__setattr__(self, "models", with_teachers("models", self.models))
         if self.folds != "all" and len(set(self.folds)) != len(self.folds):
             raise ValueError("folds: listed twice")
         return self

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from competition.recipe import ModelRun, Profile
+from competition.recipe import ModelRun, Profile, with_teachers
 from competition.spec import CompetitionSpec
 from pipelines.machine.cores import CoreShare
 from pipelines.machine.device import Runtime
@@ -74,7 +74,8 @@ def setup(spec: CompetitionSpec, profile_name: str, share: CoreShare | None = No
     started = time.monotonic()
     profile = spec.profile(profile_name)
     if resolve_tuned:  # `params: best` -> the study's best parameters, before anything is hashed
-        profile = profile.model_copy(update={"models": [resolve_params(spec, run) for run in profile.models]})
+        tuned = [resolve_params(spec, run) for run in profile.models]
+        profile = profile.model_copy(update={"models": with_teachers("models", tuned)})  # students follow tuned teachers
     inputs = load_inputs(spec, share)
     spec, runtime = inputs.spec, inputs.runtime  # the spec with `classes: auto` filled in by prepare
     print(f"run: {spec.name}, profile '{profile_name}' on {runtime.device}"

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from competition.recipe import ModelRun
-from pipelines.planning.records import Clock, PlannedRun, PlanRecord
+from pipelines.planning.records import Clock, PlannedRun, PlanRecord, resolve_teachers
 from pipelines.stages.predict import FoldOutput
 from pipelines.stages.train import FoldOptions
 
@@ -158,6 +158,7 @@ class DeadlineGuard:
                     saved = (planned.run.epochs - epochs) * planned.seconds_per_epoch
                     planned.seconds_per_fold = round(planned.seconds_per_fold - saved, 1)
                     planned.run = planned.run.model_copy(update={"epochs": epochs})
+            resolve_teachers(plan.runs)
         kept = list(remaining)
         while len(kept) > 1 and sum(self.unit_seconds(u.planned) for u in kept) > left + self.slack * slots:
             dropped = kept.pop()
@@ -184,6 +185,13 @@ class DeadlineGuard:
 OnDone = Callable[[Unit, FoldOutput, "float | None"], None]
 
 
+def waits_for_teacher(unit: Unit, in_flight) -> bool:
+    """Whether `unit` learns from pseudo-labels of a fold still training (units go fold-major, teachers
+    before students, so with one slot this never waits)."""
+    pseudo = unit.run.pseudo_labels
+    return pseudo is not None and any(u.run.name == pseudo.teacher and u.fold == unit.fold for u in in_flight)
+
+
 def run_units(units: list[Unit], executor: Executor, guard: DeadlineGuard | None = None,
               on_done: OnDone = lambda unit, output, seconds: None) -> dict[str, list[FoldOutput]]:
     """Train (or reuse) every unit, `executor.slots` at a time, in the order given; the guard, if any,
@@ -200,6 +208,8 @@ def run_units(units: list[Unit], executor: Executor, guard: DeadlineGuard | None
                 if index >= len(units):
                     break
             unit = units[index]
+            if waits_for_teacher(unit, in_flight.values()):
+                break  # its teacher's fold is still training: the student starts once it is done
             started.add(unit.run.name)
             limit = guard.epoch_limit(unit, executor.clock) if guard is not None else None
             in_flight[executor.submit(unit, limit)] = unit

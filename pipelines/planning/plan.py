@@ -51,7 +51,8 @@ from competition.recipe import Candidate
 from competition.spec import CompetitionSpec, stable_hash
 from pipelines.machine.device import Runtime, compile_offered, machine_description, machine_key, offered_precisions
 from pipelines.planning.probe import Speed
-from pipelines.planning.records import PLAN_VERSION, PlannedRun, PlannedStudy, PlanRecord, read_plan, save_plan
+from pipelines.planning.records import (PLAN_VERSION, PlannedRun, PlannedStudy, PlanRecord, read_plan, resolve_teachers,
+                                        save_plan)
 
 MAX_STRETCH = 1.5  # time that buys no further fold lengthens schedules, up to this many times `epochs`
 TTA_SHARE = 0.05  # TTA views are added while all their passes cost under this share of the budget
@@ -183,6 +184,10 @@ def choose(costs: list[CandidateCost], seconds: float, n_splits: int, max_models
     for cost in ordered if first_share >= min_share else []:
         if len(chosen) == max_models:
             break
+        teacher = cost.candidate.pseudo_labels.teacher if cost.candidate.pseudo_labels else None
+        if teacher is not None and teacher not in {c.candidate.name for c in chosen}:
+            notes.append(f"{cost.candidate.name} left out: its pseudo-label teacher {teacher} is not in the plan")
+            continue
         trial = chosen + [cost]
         share = _fit_epochs(trial, 1, seconds, 0, 1.0)
         if share >= min_share and all(_epochs(c, share) >= c.candidate.min_epochs for c in trial):
@@ -192,8 +197,9 @@ def choose(costs: list[CandidateCost], seconds: float, n_splits: int, max_models
                          f"epochs (the planner wants {min_share:.0%})")
     if not chosen:  # the preferred candidate is short of time: it alone (if it gets min_epochs), else the
         # next that does, else the fastest
-        fits = [c for c in ordered if _epochs(c, _fit_epochs([c], 1, seconds, 0, 1.0)) >= c.candidate.min_epochs]
-        pick = fits[0] if fits else min(costs, key=lambda c: c.seconds_per_epoch * c.candidate.min_epochs)
+        alone = [c for c in ordered if c.candidate.pseudo_labels is None]  # a student needs its teacher beside it
+        fits = [c for c in alone if _epochs(c, _fit_epochs([c], 1, seconds, 0, 1.0)) >= c.candidate.min_epochs]
+        pick = fits[0] if fits else min(alone, key=lambda c: c.seconds_per_epoch * c.candidate.min_epochs)
         views = _views([pick], view_passes, budget)
         epochs = _epochs(pick, _fit_epochs([pick], 1, seconds, tta_passes(view_passes, views), 1.0))
         notes.append(f"budget too small for {min_share:.0%} of {ordered[0].candidate.name}'s epochs: "
@@ -231,7 +237,9 @@ def candidate_cost(spec: CompetitionSpec, candidate: Candidate, precision: str, 
     n_train, n_test = counts.train, counts.test
     train_ips, predict_ips = speed.train_images_per_second, speed.predict_images_per_second
     val_rows = n_train / spec.folds.n_splits
-    steps = int(n_train - val_rows) // candidate.batch_size
+    # A pseudo-labelling student trains on up to `max_share` more rows, from the test set: planned at the most.
+    pseudo = min(candidate.pseudo_labels.max_share * (n_train - val_rows), n_test) if candidate.pseudo_labels else 0
+    steps = int(n_train - val_rows + pseudo) // candidate.batch_size
     training = steps * candidate.batch_size / train_ips
     return CandidateCost(candidate, precision, reason,
                          seconds_per_epoch=training + val_rows / predict_ips + EPOCH_OVERHEAD_S,
@@ -461,6 +469,7 @@ def planned_runs(spec: CompetitionSpec, decision: Decision) -> list[PlannedRun]:
             seconds_per_fold=round(epochs * cost.seconds_per_epoch + cost.seconds_fixed_per_fold, 1),
             tta_seconds_per_fold=round(cost.seconds_per_view_per_fold * passes, 1),
             precision_reason=cost.precision_reason))
+    resolve_teachers(runs)
     return runs
 
 

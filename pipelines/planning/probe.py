@@ -55,8 +55,8 @@ def cache_path(runtime: Runtime):
 
 # Fields of a run that do not change how fast a step runs: left out of the speed key, so runs (and
 # competitions) differing only in them share one probe.
-NOT_SPEED = {"alias", "epochs", "precision", "compile", "early_stopping", "params", "family", "min_epochs",
-             "label_smoothing", "schedule", "pretrained", "pretrained_file"}
+NOT_SPEED = {"alias", "epochs", "precision", "compile", "early_stopping", "params", "family", "min_epochs", "seed",
+             "pseudo_labels", "label_smoothing", "schedule", "pretrained", "pretrained_file"}
 NOT_SPEED_OPTIMIZER = {"lr", "momentum", "nesterov", "weight_decay"}
 
 

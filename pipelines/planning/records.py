@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 import models
 from competition import atomic
 from competition.errors import UserError
-from competition.recipe import ModelRun, Profile
+from competition.recipe import ModelRun, Profile, with_teachers
 from competition.spec import CompetitionSpec
 
 PLAN_VERSION = 1
@@ -60,6 +60,13 @@ class PlannedRun(_Strict):
     @property
     def estimated_seconds(self) -> float:
         return len(self.folds) * (self.seconds_per_fold + self.tta_seconds_per_fold)
+
+
+def resolve_teachers(runs: list[PlannedRun]) -> None:
+    """Point each student run at its teacher as now planned: after planning, and after the deadline guard
+    changed a teacher's epochs (the student's outputs are keyed by the teacher it learns from)."""
+    for planned, run in zip(runs, with_teachers("runs", [p.run for p in runs])):
+        planned.run = run
 
 
 class PlannedStudy(_Strict):

@@ -154,6 +154,33 @@ def _models_table(summaries: list[ModelSummary]) -> str:
                    "OOF accuracy, with TTA (%)", "TTA gain (points)", "ensemble weight"], rows, "models-table")
 
 
+def pseudo_label_section(trained: dict) -> list[str]:
+    """Per student fold: how many test images its teacher labelled, at which threshold, and how far the
+    teacher's confident predictions held on its own held-out rows."""
+    rows = []
+    for name, folds in trained.items():
+        for output in folds:
+            manifest = read_manifest(output.folder)
+            pseudo = manifest.get("pseudo_labels")
+            if pseudo:
+                accuracy = pseudo["teacher_accuracy_above_threshold"]
+                rows.append([name, str(manifest["fold"]), pseudo["teacher"], f"{pseudo['threshold']:.4g}" + (" (auto)" if pseudo.get("threshold_rule", "fixed") != "fixed" else ""),
+                             f"{pseudo['rows']:,} of {pseudo['test_images']:,}",
+                             f"{100 * pseudo['share_of_training_rows']:.1f}",
+                             f"{100 * pseudo['teacher_held_out_above_threshold']:.1f}",
+                             "" if accuracy is None else f"{100 * accuracy:.2f}"])
+    if not rows:
+        return []
+    return ["<h2>Pseudo-labels</h2>",
+            '<p class="note">Test images the teacher\'s model of the same fold gave at least the threshold\'s top '
+            "probability joined the student's training, labelled with the teacher's class. That teacher never saw the "
+            "fold's held-out rows, so the student's held-out score stays honest. The last two columns are the teacher's "
+            "own held-out rows: how many reached the threshold, and how many of those it got right.</p>",
+            _table(["model", "fold", "teacher", "threshold (top probability)", "test images used",
+                    "added to the training rows (%)", "teacher's held-out rows at the threshold (%)",
+                    "teacher's accuracy there (%)"], rows, "pseudo-labels-table")]
+
+
 def _study_images(spec) -> list[str]:
     images = []
     for study_dir in sorted((competition_root(spec.name) / "tuning").glob("*/")):
@@ -339,6 +366,7 @@ def write_report(ctx: Context, trained: dict, ensemble_folder: Path, report: dic
         "images of the trained folds that each fold model never saw (out of fold). TTA gain is the OOF accuracy with the "
         "test-time-augmentation views minus without. Weight is the model's share in the ensemble.</p>",
         _models_table(summaries),
+        *pseudo_label_section(trained),
         "<h2>Ensemble</h2>",
         '<p class="note">Cross-fitted: the weights (and temperatures) fitted on the other groups of rows (folds, or '
         "sub-splits of one fold) and scored on the held-out group, so nothing is scored on the rows it was fitted on: "

@@ -50,6 +50,8 @@ from pipelines.stages.inputs import TrainingInputs
 from pipelines.stages.predict import (FoldOutput, best_weights, file_digest, load_checkpoint, load_fold_model,
                                       predict_probs, save_checkpoint)
 from pipelines.stages.prepare import Folds, Prepared
+from pipelines.stages.pseudo import (PseudoRows, choose_rows, describe, require_in_memory, teacher_output,
+                                    with_pseudo_rows, without_held_out_copies)
 
 # --- where a fold's outputs live ----------------------------------------------------------------------
 
@@ -444,8 +446,14 @@ def _train_fold(job: FoldJob, final: Path, options: FoldOptions) -> FoldOutput |
     on_epoch, epochs_allowed, shortening = options.on_epoch, options.epochs_allowed, options.shortening
     work = final.with_name(f".{final.name}.partial")
     work.mkdir(parents=True, exist_ok=True)
-    seed, what, metric = spec.folds.seed, job.what, spec.metric.bind()
+    seed, what, metric = spec.folds.seed if run.seed is None else run.seed, job.what, spec.metric.bind()
     train_rows, val_rows = fold_rows(data, fold, seed, options.subsample)
+    pseudo = None
+    if run.pseudo_labels is not None:  # test images the teacher's fold-k model is sure of join the training rows
+        pseudo = pseudo_rows(job, len(train_rows))
+        data, added = with_pseudo_rows(data, pseudo)
+        train_rows = torch.cat([train_rows, added])
+        print(f"train: {what}: {describe(pseudo)}", flush=True)
     steps = len(train_rows) // run.batch_size
     if steps == 0:
         raise UserError(f"{run.name}: batch_size {run.batch_size} is larger than fold {fold}'s {len(train_rows)} "
@@ -505,11 +513,28 @@ def _train_fold(job: FoldJob, final: Path, options: FoldOptions) -> FoldOutput |
     log.close()
     if not ddp.is_main():
         return None  # rank 0 publishes
-    return publish_fold(job, work, final, progress, val_rows, replace=options.force)
+    return publish_fold(job, work, final, progress, val_rows, replace=options.force,
+                        pseudo=pseudo.summary if pseudo is not None else None)
+
+
+def pseudo_rows(job: FoldJob, train_rows: int) -> PseudoRows:
+    """The pseudo-labelled test images of a student's fold, from its teacher's same fold."""
+    run, inputs = job.run, job.inputs
+    teacher = run.pseudo_labels.teacher_run
+    if teacher is None:
+        raise UserError(f"{run.name}: pseudo_labels.teacher '{run.pseudo_labels.teacher}' was not resolved to a run; "
+                        "list the teacher before it in the same profile or pool")
+    folder = fold_folder(inputs.spec, teacher, inputs.prepared, inputs.folds, job.fold)
+    output = teacher_output(folder, teacher.name, run.name, job.fold)
+    data = inputs.data
+    require_in_memory(data, job.what)
+    rows = choose_rows(run.pseudo_labels, output, data.labels_host(), train_rows)
+    chosen = data.test_images[torch.from_numpy(rows.test_rows).to(data.test_images.device)].permute(0, 2, 3, 1).cpu().numpy()
+    return without_held_out_copies(rows, np.asarray(data.images_nhwc[np.flatnonzero(data.fold_of_row == job.fold)]), chosen)
 
 
 def publish_fold(job: FoldJob, work: Path, final: Path, progress: Progress, val_rows: torch.Tensor,
-                 replace: bool) -> FoldOutput:
+                 replace: bool, pseudo: dict | None = None) -> FoldOutput:
     """The fold is done: predict the test set with the best weights and publish the outputs."""
     spec, run, fold, inputs = job.inputs.spec, job.run, job.fold, job.inputs
     data, runtime = inputs.data, inputs.runtime
@@ -528,6 +553,7 @@ def publish_fold(job: FoldJob, work: Path, final: Path, progress: Progress, val_
                    "ranks": ddp.world_size(), "deterministic": torch.are_deterministic_algorithms_enabled(),
                    "shortened": {"from_epoch": progress.anneal_from, "epochs": progress.end_epoch,
                                  "rescheduled": progress.rescheduled} if progress.end_epoch else None,
+                   "pseudo_labels": pseudo,
                    "val_accuracy": progress.best_accuracy, "val_loss": progress.best_loss,
                    "metric": str(spec.metric), "val_score": progress.best_score,
                    "parameters": sum(p.numel() for p in best_model.net.parameters()),
