@@ -232,6 +232,9 @@ class Pool(_Strict):
     # A model is added only while every chosen model keeps this share of its `epochs`: how this data set
     # trades models against epochs, measured (1.0: never give up epochs for another model).
     min_share: float = Field(default=0.85, gt=0, le=1)
+    # Time that buys no further fold lengthens the schedules, up to this many times `epochs` (unset: the
+    # planner's 1.5). 1.0 where longer training overfits (measured on the tiny-image stand-in).
+    max_stretch: float | None = Field(default=None, ge=1, le=3)
     # An Optuna study (the spec's `tuning:`) on the first chosen candidate, planned only from time left
     # after every chosen model's full `epochs`: at most this share of the budget, and only when it buys
     # at least `min_trials` unpruned trials (fewer are a random search that rarely beats a tuned recipe).

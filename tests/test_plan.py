@@ -63,6 +63,13 @@ def test_large_budget_buys_folds_then_longer_schedules():
     assert decision.views == 3  # every view is cheap here
 
 
+def test_a_pool_can_forbid_longer_schedules_where_they_overfit():
+    costs = [cost("a", "cnn", 1), cost("c", "resnet", 1)]
+    # Time for 1.5x the epochs but not for a second fold: stretched by default, not with max_stretch 1.0.
+    assert [e for _, e, _ in choose(costs, 40, 5, 3, [1], 10_000).runs] == [15, 15]
+    assert [(e, f) for _, e, f in choose(costs, 40, 5, 3, [1], 10_000, max_stretch=1.0).runs] == [(10, 1), (10, 1)]
+
+
 def test_tiny_budget_trains_the_first_candidate_that_fits_its_min_epochs():
     costs = [cost("slow", "resnet", 100), cost("fast", "cnn", 10)]
     decision = choose(costs, 40, n_splits=5, max_models=3, view_passes=[1], budget=60)
@@ -445,12 +452,13 @@ def test_candidate_min_epochs_above_epochs_is_refused(tmp_path):
 
 def test_colour_changing_augmentation_is_refused_where_colour_defines_the_class(tmp_path, capsys):
     spec = yaml.safe_load((SPEC_DIR / "tiny-image-challenge.yaml").read_text())
-    spec["pool"]["candidates"][1]["augment"]["policy"] = "medium"
+    number = next(i for i, c in enumerate(spec["pool"]["candidates"]) if c["model"] == "fastcnn")
+    spec["pool"]["candidates"][number]["augment"]["policy"] = "medium"
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(spec))
     assert pipelines_main(["prepare", "--comp", str(path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: competition/tiny-image-challenge.yaml: key 'pool.candidates.1.augment.policy': "
+    assert err.startswith(f"error: competition/tiny-image-challenge.yaml: key 'pool.candidates.{number}.augment.policy': "
                           "policy 'medium' changes colour"), err
     assert "geometric" in err and "\n" not in err
 

@@ -14,7 +14,7 @@ How the time is split (`choose`, a pure function of costs, so tests can feed it 
    on the tiny-image stand-in two families at 90-100% gained a point over the best one (0.85).
 2. Time left once every chosen model has all its `epochs` buys more folds (each fold model also
    averages into the test prediction); what buys no whole fold lengthens the schedules, up to
-   MAX_STRETCH × `epochs`.
+   MAX_STRETCH × `epochs` (the pool's `max_stretch`, where it sets one).
 3. TTA views are added left to right while all their passes cost under TTA_SHARE of the budget
    (measured: hflip +0.18 points on Fashion-MNIST, flips and shifts +1.2 on the tiny-image stand-in
    for one of its models); the epochs are then fitted again.
@@ -170,7 +170,8 @@ def study_time(chosen: list[CandidateCost], seconds: float, passes: int, offer: 
 
 
 def choose(costs: list[CandidateCost], seconds: float, n_splits: int, max_models: int, view_passes: list[int],
-           budget: float, min_share: float = 0.85, offer: StudyOffer | None = None) -> Decision:
+           budget: float, min_share: float = 0.85, offer: StudyOffer | None = None,
+           max_stretch: float = MAX_STRETCH) -> Decision:
     """Which candidates, how many epochs and folds each, how many TTA views, whether to study first: see
     the module docstring. `view_passes` are the model passes of each of the pool's views (identity 1,
     hflip 1, shift 4); `offer`: what a study would cost (None: no study). A pure function of numbers,
@@ -213,7 +214,7 @@ def choose(costs: list[CandidateCost], seconds: float, n_splits: int, max_models
     folds = 1
     while folds < n_splits and _fit_epochs(chosen, folds + 1, seconds, passes, 1.0) >= 1.0:
         folds += 1
-    share = _fit_epochs(chosen, folds, seconds, passes, MAX_STRETCH)  # time that buys no fold lengthens schedules
+    share = _fit_epochs(chosen, folds, seconds, passes, max_stretch)  # time that buys no fold lengthens schedules
     if folds > 1:
         notes.append(f"{folds} folds: time was left after every model's full `epochs` on one fold")
     return Decision([(c, _epochs(c, share), folds) for c in chosen], views, notes, studying)
@@ -302,7 +303,7 @@ def request_key(spec: CompetitionSpec, budget: float, runtime: Runtime) -> str:
     newer options left out, a changed net's revision in), so adding an option does not plan again."""
     pool = None
     if spec.pool:
-        pool = {**spec.pool.model_dump(mode="json"),
+        pool = {**spec.pool.model_dump(mode="json", exclude={"max_stretch"} if spec.pool.max_stretch is None else set()),
                 "candidates": [{**c.key_dump(), **models.revision_key(c.model)} for c in spec.pool.candidates]}
     return stable_hash({"pool": pool, "budget": round(budget),
                         "data": spec.data_hash(), "folds": spec.folds.model_dump(), "flips": spec.flips.model_dump(),
@@ -455,7 +456,7 @@ def decide(spec: CompetitionSpec, costs: list[CandidateCost], seconds: float, bu
     """`choose` with the pool's settings."""
     pool = spec.pool
     return choose(costs, seconds, spec.folds.n_splits, pool.max_models, [view_passes(v) for v in pool.tta], budget,
-                  pool.min_share, offer)
+                  pool.min_share, offer, pool.max_stretch or MAX_STRETCH)
 
 
 def planned_runs(spec: CompetitionSpec, decision: Decision) -> list[PlannedRun]:

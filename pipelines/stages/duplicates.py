@@ -29,7 +29,7 @@ PAIR_CHUNK_BYTES = 64 << 20
 
 HASH_SIZE, HASH_IMAGE = 8, 32  # imagehash.phash's defaults: an 8x8 block of the DCT of a 32x32 grey image
 PRECISION_BITS = 22  # Pillow's fixed-point resampling of 8-bit images (libImaging/Resample.c)
-HASH_CHUNK_BYTES = 16 << 20  # of images hashed at once: their float copies stay near 128 MiB
+HASH_CHUNK_BYTES = 1 << 20  # of images hashed at once: their float copies (about 8x) are reused, not paged in anew
 
 
 def _lanczos(x: float) -> float:
@@ -62,8 +62,12 @@ def _resample_matrix(in_size: int, out_size: int) -> np.ndarray:
 def _resample(pixels: np.ndarray, matrix: np.ndarray, axis: int) -> np.ndarray:
     """One Pillow resampling pass over `axis` of uint8 (N, H, W), rounded to uint8 as Pillow does. In
     float64 the products (< 2^31) and their sums are exact integers."""
-    out = np.moveaxis(np.tensordot(pixels.astype(np.float64), matrix, axes=([axis], [1])), -1, axis)
-    return np.clip(np.floor((out + (1 << (PRECISION_BITS - 1))) / (1 << PRECISION_BITS)), 0, 255).astype(np.uint8)
+    out = np.tensordot(pixels.astype(np.float64), matrix, axes=([axis], [1]))
+    out += 1 << (PRECISION_BITS - 1)  # in place: fresh pages cost more than the arithmetic on a small VM
+    out /= 1 << PRECISION_BITS
+    np.floor(out, out=out)
+    np.clip(out, 0, 255, out=out)
+    return np.moveaxis(out, -1, axis).astype(np.uint8)
 
 
 def _grey(images: np.ndarray) -> np.ndarray:
@@ -78,7 +82,8 @@ def _grey(images: np.ndarray) -> np.ndarray:
 def perceptual_hashes(images: np.ndarray, desc: str) -> np.ndarray:
     """One 64-bit perceptual hash per image (N, H, W, C uint8), as uint64: `imagehash.phash` of each image
     (grey, LANCZOS-resized to 32x32, DCT, the 8x8 lowest frequencies against their median), computed in
-    batches as matrix products: about 20x faster than image by image, with the same bits (a test compares)."""
+    batches as matrix products: 5x faster than image by image (60,000 Fashion-MNIST images: 2.3 s against 11.9 s
+    on a 2-core AVX2 EPYC), with the same bits (a test compares)."""
     import scipy.fftpack
 
     hashes = np.empty(len(images), dtype=np.uint64)
