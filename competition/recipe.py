@@ -142,6 +142,9 @@ class ModelRun(_Strict):
                 section = section.get(key) or {}
             if leaf in section and section[leaf] is None:
                 del section[leaf]
+        teacher = self.pseudo_labels.teacher_run if self.pseudo_labels is not None else None
+        if teacher is not None and isinstance(dumped.get("pseudo_labels"), dict):  # the teacher as its own outputs are keyed
+            dumped["pseudo_labels"]["teacher_run"] = teacher.key_dump()
         return dumped
 
 

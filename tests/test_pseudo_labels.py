@@ -41,6 +41,8 @@ def test_a_student_is_keyed_by_its_teacher_as_listed():
     assert longer.models[1].key_dump() != student.key_dump()  # a retrained teacher: a retrained student
     assert ModelRun(model="cnn3").key_dump() == ModelRun.model_validate(ModelRun(model="cnn3").key_dump()).key_dump()
     assert "pseudo_labels" not in ModelRun(model="cnn3").key_dump() and "seed" not in ModelRun(model="cnn3").key_dump()
+    # The teacher inside is keyed as its own outputs are: an option added later, unset, changes neither.
+    assert student.key_dump()["pseudo_labels"]["teacher_run"] == teacher.key_dump()
 
 
 @pytest.mark.parametrize("models, message", [
