@@ -164,7 +164,8 @@ def pseudo_label_section(trained: dict) -> list[str]:
             pseudo = manifest.get("pseudo_labels")
             if pseudo:
                 accuracy = pseudo["teacher_accuracy_above_threshold"]
-                rows.append([name, str(manifest["fold"]), pseudo["teacher"], f"{pseudo['threshold']:.4g}" + (" (auto)" if pseudo.get("threshold_rule", "fixed") != "fixed" else ""),
+                auto = " (auto)" if pseudo.get("threshold_rule", "fixed") != "fixed" else ""
+                rows.append([name, str(manifest["fold"]), pseudo["teacher"], f"{pseudo['threshold']:.4g}{auto}",
                              f"{pseudo['rows']:,} of {pseudo['test_images']:,}",
                              f"{100 * pseudo['share_of_training_rows']:.1f}",
                              f"{100 * pseudo['teacher_held_out_above_threshold']:.1f}",

@@ -450,7 +450,7 @@ def _train_fold(job: FoldJob, final: Path, options: FoldOptions) -> FoldOutput |
     train_rows, val_rows = fold_rows(data, fold, seed, options.subsample)
     pseudo = None
     if run.pseudo_labels is not None:  # test images the teacher's fold-k model is sure of join the training rows
-        pseudo = pseudo_rows(job, len(train_rows))
+        pseudo = pseudo_rows(job, len(train_rows), val_rows)
         data, added = with_pseudo_rows(data, pseudo)
         train_rows = torch.cat([train_rows, added])
         print(f"train: {what}: {describe(pseudo)}", flush=True)
@@ -517,8 +517,9 @@ def _train_fold(job: FoldJob, final: Path, options: FoldOptions) -> FoldOutput |
                         pseudo=pseudo.summary if pseudo is not None else None)
 
 
-def pseudo_rows(job: FoldJob, train_rows: int) -> PseudoRows:
-    """The pseudo-labelled test images of a student's fold, from its teacher's same fold."""
+def pseudo_rows(job: FoldJob, train_rows: int, val_rows: torch.Tensor) -> PseudoRows:
+    """The pseudo-labelled test images of a student's fold, from its teacher's same fold; `val_rows`: the
+    fold's held-out rows, whose near-copies are left out."""
     run, inputs = job.run, job.inputs
     teacher = run.pseudo_labels.teacher_run
     if teacher is None:
@@ -530,7 +531,7 @@ def pseudo_rows(job: FoldJob, train_rows: int) -> PseudoRows:
     require_in_memory(data, job.what)
     rows = choose_rows(run.pseudo_labels, output, data.labels_host(), train_rows)
     chosen = data.test_images[torch.from_numpy(rows.test_rows).to(data.test_images.device)].permute(0, 2, 3, 1).cpu().numpy()
-    return without_held_out_copies(rows, np.asarray(data.images_nhwc[np.flatnonzero(data.fold_of_row == job.fold)]), chosen)
+    return without_held_out_copies(rows, np.asarray(data.images_nhwc[val_rows.numpy()]), chosen)
 
 
 def publish_fold(job: FoldJob, work: Path, final: Path, progress: Progress, val_rows: torch.Tensor,
