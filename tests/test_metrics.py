@@ -67,12 +67,16 @@ def test_log_loss_clips_like_kaggle():
 
 def test_each_metric_knows_its_direction_and_submission():
     assert not metric("log_loss").greater_is_better and metric("log_loss").better(0.2, 0.3)
-    assert all(KINDS[name].greater_is_better for name in KINDS if name != "log_loss")
+    assert all(KINDS[name].greater_is_better for name in KINDS if name not in ("log_loss", "multilabel_log_loss"))
     assert metric("log_loss").signed(0.3) == -0.3 and metric("accuracy").signed(0.9) == 0.9
     assert {name: kind.submission for name, kind in KINDS.items()} == {
         "accuracy": "label", "balanced_accuracy": "label", "f1_macro": "label", "f1_micro": "label",
         "f1_weighted": "label", "quadratic_weighted_kappa": "label", "log_loss": "probabilities",
-        "roc_auc": "probabilities", "top_k_accuracy": "ranked_labels", "map_at_k": "ranked_labels"}
+        "roc_auc": "probabilities", "top_k_accuracy": "ranked_labels", "map_at_k": "ranked_labels",
+        "f_beta_samples": "tags", "f_beta_micro": "tags", "f_beta_macro": "tags", "mean_column_auc": "probabilities",
+        "multilabel_log_loss": "probabilities"}
+    assert {name for name, kind in KINDS.items() if kind.task == "multi_label"} == {
+        "f_beta_samples", "f_beta_micro", "f_beta_macro", "mean_column_auc", "multilabel_log_loss"}
     assert metric("map_at_k", 3).label == "map@3"
 
 
@@ -119,6 +123,9 @@ def test_bad_metric_is_one_line(tmp_path, value, message):
     ("Micro-averaged F1-Score", ("f1_micro", None)),
     ("MAP@{K}", ("map_at_k", None)),
     ("MAP@5", ("map_at_k", 5)),
+    ("Mean F2 Score", ("f_beta_samples", 2.0)),  # planet's: the beta is in the name
+    ("F2 Score", ("f_beta_samples", 2.0)),
+    ("Mean Columnwise Area Under Receiver Operating Characteristic Curve", ("mean_column_auc", None)),
     ("Root Mean Squared Error", None),
     ("", None),
 ])

@@ -55,13 +55,41 @@ def write_competition(dest: Path, meta: dict, test_ids: list[str], test_labels: 
     id_column, label_column = meta["id_column"], meta["label_column"]
     write_csv(dest / "solution.csv", [id_column, label_column, "Usage"], zip(test_ids, test_labels, usage))
     labels = meta["labels"]
-    if metrics.KINDS[metrics.parse(meta["metric"])[0]].submission == "probabilities" and meta.get("positive_column"):
+    chosen = metrics.bound(meta["metric"])
+    if chosen.submission == "probabilities" and chosen.multi_label:  # one column per label, named as it
+        header, cells = [id_column, *labels], ["0.5"] * len(labels)
+    elif chosen.submission == "probabilities" and meta.get("positive_column"):
         header, cells = [id_column, label_column], ["0.5"]  # two classes: P(the second), as dogs-vs-cats asks
-    elif metrics.KINDS[metrics.parse(meta["metric"])[0]].submission == "probabilities":
+    elif chosen.submission == "probabilities":
         header, cells = [id_column, *(f"class_{label}" for label in labels)], [f"{1 / len(labels):.6g}"] * len(labels)
     else:
         header, cells = [id_column, label_column], [labels[0]]
     write_csv(dest / "data" / "sample_submission.csv", header, ((i, *cells) for i in test_ids))
+
+
+def write_multilabel_baseline(dest: Path, meta: dict, test_ids: list[str], train_images: np.ndarray,
+                              train_sets: np.ndarray, test_images: np.ndarray) -> None:
+    """A simple multi-label model's test predictions (baselines/label-templates.csv), entered on the
+    leaderboard as a benchmark: per label, the difference between the mean image of the training images
+    that hold it and of those that do not, as a linear score on raw pixels; its offset puts as many test
+    images above 0.5 as the label's share of the training images."""
+    from competition.formats import SubmissionFormat
+
+    train = train_images.reshape(len(train_images), -1).astype(np.float32) / 255
+    test = test_images.reshape(len(test_images), -1).astype(np.float32) / 255
+    probs = np.zeros((len(test), train_sets.shape[1]))
+    for c in range(train_sets.shape[1]):
+        has = train_sets[:, c] == 1
+        template = train[has].mean(0) - train[~has].mean(0)
+        score = test @ template
+        score = (score - score.mean()) / (score.std() + 1e-6)
+        probs[:, c] = 1 / (1 + np.exp(-(score - np.quantile(score, 1 - has.mean()))))
+    header = (dest / "data" / "sample_submission.csv").read_text().splitlines()[0].split(",")
+    fmt = SubmissionFormat.of(metrics.bound(meta["metric"]), meta["id_column"], meta["label_column"], meta["labels"],
+                              header)
+    (dest / "baselines").mkdir(exist_ok=True)
+    write_csv(dest / "baselines" / "label-templates.csv", fmt.header,
+              ([sample_id, *fmt.cells(row)] for sample_id, row in zip(test_ids, probs)))
 
 
 def class_centroids(images: np.ndarray, label_index: np.ndarray, classes: int) -> np.ndarray:
@@ -82,7 +110,7 @@ def write_baseline(dest: Path, meta: dict, test_ids: list[str], centroids: np.nd
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     header = (dest / "data" / "sample_submission.csv").read_text().splitlines()[0].split(",")
-    fmt = SubmissionFormat.of(metrics.metric(*metrics.parse(meta["metric"])), meta["id_column"], meta["label_column"],
+    fmt = SubmissionFormat.of(metrics.bound(meta["metric"]), meta["id_column"], meta["label_column"],
                               meta["labels"], header)
     (dest / "baselines").mkdir(exist_ok=True)
     write_csv(dest / "baselines" / "nearest-centroid.csv", fmt.header,
@@ -383,6 +411,73 @@ def build_aptos_replica(dest: Path, slug: str = "aptos-replica") -> None:
 # --- digits: scikit-learn's bundled 8x8 digits as PNG files + CSV ------------------------------------
 
 
+# --- fashion-mosaic-*: planet-like multi-label replicas, 2x2 mosaics of Fashion-MNIST garments ---------
+
+MOSAIC_TAGS = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
+MOSAIC_ROWS = (10_000, 4_000)
+MOSAIC_FILL = 0.6  # each of the four cells holds a garment with this chance (at least one always does)
+
+
+def fashion_mosaics(images: np.ndarray, labels: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n 56x56 mosaics of four 28x28 cells, each a garment (drawn without repeats while they last) or black,
+    and each mosaic's 0/1 set of the garments' classes."""
+    filled = rng.random((n, 4)) < MOSAIC_FILL
+    filled[~filled.any(axis=1), rng.integers(0, 4, size=int((~filled.any(axis=1)).sum()))] = True
+    order = rng.permutation(len(images))
+    mosaics = np.zeros((n, 56, 56), dtype=np.uint8)
+    sets = np.zeros((n, 10), dtype=np.int64)
+    used = 0
+    for row, cell in zip(*np.nonzero(filled)):
+        source = order[used % len(order)]
+        used += 1
+        y, x = divmod(int(cell), 2)
+        mosaics[row, 28 * y:28 * y + 28, 28 * x:28 * x + 28] = images[source]
+        sets[row, labels[source]] = 1
+    return mosaics, sets
+
+
+def _png(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def build_fashion_mosaic(dest: Path, slug: str) -> None:
+    """A planet-like multi-label competition: each image a 2x2 mosaic of Fashion-MNIST garments, its
+    labels the garments it holds (1 to 4 cells filled, so 1 to 4 labels). `fashion-mosaic-tags` is
+    planet-understanding-the-amazon-from-space's layout: train_v2.csv (`image_name`, `tags` separated by
+    spaces), train-jpg.zip and test-jpg.zip of JPEGs, scored by mean F2 per image. `fashion-mosaic-auc` is
+    the medical competitions' layout: train.csv with one 0/1 column per label, PNG folders, one probability
+    column per label, scored by mean column-wise ROC AUC. The same images and labels in both."""
+    train_images, train_labels, test_images, test_labels = fashion_mnist_arrays()
+    rng = np.random.default_rng(SPLIT_SEED)
+    train, train_sets = fashion_mosaics(train_images, train_labels, MOSAIC_ROWS[0], rng)
+    test, test_sets = fashion_mosaics(test_images, test_labels, MOSAIC_ROWS[1], rng)
+    meta = BUILTIN_META[slug]
+    tags = meta["labels"]
+    train_ids, test_ids = [f"train_{i}" for i in range(len(train))], [f"test_{i}" for i in range(len(test))]
+    def joined(sets: np.ndarray) -> list[str]:
+        return [" ".join(tags[c] for c in np.flatnonzero(row)) for row in sets]
+
+    write_competition(dest, meta, test_ids, joined(test_sets))
+    write_multilabel_baseline(dest, meta, test_ids, train, train_sets, test)
+    if slug == "fashion-mosaic-tags":
+        write_csv(dest / "data" / "train_v2.csv", ["image_name", "tags"], zip(train_ids, joined(train_sets)))
+        for name, ids, images in (("train-jpg", train_ids, train), ("test-jpg", test_ids, test)):
+            _zip_of(dest / "data" / f"{name}.zip", {f"{name}/{i}.jpg": _image_file(image, (56, 56))
+                                                     for i, image in zip(ids, images)})
+    else:
+        write_csv(dest / "data" / "train.csv", ["id", *tags], ([i, *row.tolist()] for i, row in zip(train_ids, train_sets)))
+        for name, ids, images in (("train", train_ids, train), ("test", test_ids, test)):
+            (dest / "data" / name).mkdir(parents=True, exist_ok=True)
+            for i, image in zip(ids, images):
+                (dest / "data" / name / f"{i}.png").write_bytes(_png(image))
+
+
 def _save_png(array: np.ndarray, path: Path) -> None:
     from PIL import Image
 
@@ -586,6 +681,25 @@ BUILTIN_META: dict[str, dict] = {
         synthetic=True),
 }
 
+BUILTIN_META.update({
+    "fashion-mosaic-tags": _meta(
+        "fashion-mosaic-tags", "planet-understanding-the-amazon-from-space, replicated (Fashion-MNIST mosaics)",
+        MOSAIC_TAGS,
+        "A multi-label REPLICA of planet-understanding-the-amazon-from-space's layout, built from real "
+        "Fashion-MNIST pixels: each 56x56 image is a 2x2 mosaic of garments (1 to 4 cells filled), tagged with "
+        "the garments it holds. train_v2.csv lists `image_name` and `tags` (separated by spaces); train-jpg.zip "
+        "and test-jpg.zip hold the JPEGs. Submit `image_name,tags`; scored by the mean F2 score per image. "
+        "10,000 training and 4,000 test images.",
+        metric={"name": "f_beta_samples", "beta": 2}, columns=("image_name", "tags")),
+    "fashion-mosaic-auc": _meta(
+        "fashion-mosaic-auc", "Fashion-MNIST mosaics, scored by mean column-wise AUC", MOSAIC_TAGS,
+        "A multi-label REPLICA of the medical competitions' layout (one probability column per finding), built "
+        "from real Fashion-MNIST pixels: the images of fashion-mosaic-tags as PNGs in train/ and test/, "
+        "train.csv with `id` and one 0/1 column per garment. Submit `id` and one probability column per "
+        "garment; scored by the mean column-wise ROC AUC. 10,000 training and 4,000 test images.",
+        metric="mean_column_auc", columns=("id", "tags")),
+})
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "fashion-mnist": build_fashion_mnist,
     "fashion-mnist-logloss": lambda dest: build_fashion_mnist(dest, "fashion-mnist-logloss"),
@@ -599,4 +713,6 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "aerial-cactus-replica": build_aerial_cactus_replica,
     "plant-seedlings-replica": build_plant_seedlings_replica,
     "aptos-replica": build_aptos_replica,
+    "fashion-mosaic-tags": lambda dest: build_fashion_mosaic(dest, "fashion-mosaic-tags"),
+    "fashion-mosaic-auc": lambda dest: build_fashion_mosaic(dest, "fashion-mosaic-auc"),
 }

@@ -26,7 +26,7 @@ class SubmissionRejected(Exception):
 class Solution:
     id_column: str
     label_column: str
-    labels: dict[str, str]  # id -> true label
+    labels: dict[str, str]  # id -> true label (multi-label: the true labels, separated by spaces)
     usage: dict[str, str]  # id -> "Public" | "Private"
     allowed_labels: frozenset[str]
     metric: metrics.Metric
@@ -38,7 +38,7 @@ class Solution:
         """`metric` as competition.json writes it (a name or {name, k}); `sample_header`: the sample
         submission's header (default: id and label columns)."""
         try:
-            chosen = metrics.metric(*metrics.parse(metric))
+            chosen = metrics.bound(metric)
             fmt = SubmissionFormat.of(chosen, id_column, label_column, [str(x) for x in allowed_labels],
                                       sample_header or [id_column, label_column])
         except ValueError as exc:
@@ -67,8 +67,10 @@ class Solution:
                 raise ValueError(f"{path} row {row_number}: duplicate id {sample_id!r}")
             if row["Usage"] not in ("Public", "Private"):
                 raise ValueError(f"{path} row {row_number}: Usage must be Public or Private (got {row['Usage']!r})")
-            if row[label_column] not in allowed_labels:
-                raise ValueError(f"{path} row {row_number}: label {row[label_column]!r} is not an allowed label")
+            true = row[label_column].split() if chosen.multi_label else [row[label_column]]
+            unknown = [label for label in true if label not in allowed_labels]
+            if unknown:
+                raise ValueError(f"{path} row {row_number}: label {unknown[0]!r} is not an allowed label")
             labels[sample_id] = row[label_column]
             usage[sample_id] = row["Usage"]
         if not labels:
@@ -155,6 +157,11 @@ def score_submission(data: bytes, solution: Solution) -> Score:
     parts = {}
     for part in ("Public", "Private"):
         ids = [i for i, usage in solution.usage.items() if usage == part]
-        labels = np.array([index[solution.labels[i]] for i in ids])
+        if solution.metric.multi_label:
+            labels = np.zeros((len(ids), len(index)), dtype=np.int64)
+            for row, sample_id in enumerate(ids):
+                labels[row, [index[label] for label in solution.labels[sample_id].split()]] = 1
+        else:
+            labels = np.array([index[solution.labels[i]] for i in ids])
         parts[part] = score(solution.metric, solution.format, [predictions[i] for i in ids], labels)
     return Score(public=parts["Public"], private=parts["Private"])

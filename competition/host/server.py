@@ -56,7 +56,7 @@ class ApiError(Exception):
 
 def kaggle_metric_name(value) -> str:
     """competition.json's metric as kaggle.com names it in `evaluationMetric` ('Categorization Accuracy')."""
-    return metrics.metric(*metrics.parse(value)).kaggle_name
+    return metrics.bound(value).kaggle_name
 
 
 def _score_text(value) -> str | None:
