@@ -41,6 +41,9 @@ class ScheduleConfig(_Strict):
 class LossConfig(_Strict):
     name: str = "cross_entropy"  # pipelines/recipe/losses.py: LOSSES
     gamma: float = Field(default=2.0, ge=0, le=10)  # focal: how much easy examples are down-weighted
+    # Weigh each class by its rarity in the fold's training rows (N / (classes x its images)); multi-label:
+    # each label's positives by its negatives over its positives. Unset: every row weighs the same.
+    balanced: bool | None = None
 
 
 class AugmentConfig(_Strict):
@@ -77,7 +80,7 @@ class PseudoLabels(_Strict):
         return self
 
 
-UNSET_NOT_KEYED = ("loss", "augment.ops", "augment.magnitude", "augment.flip_order", "bn_bias_lr_scale", "bn_freeze_weights",
+UNSET_NOT_KEYED = ("loss", "loss.balanced", "augment.ops", "augment.magnitude", "augment.flip_order", "bn_bias_lr_scale", "bn_freeze_weights",
                    "lookahead", "seed", "pseudo_labels")
 
 

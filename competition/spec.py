@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 from competition import metrics
 from competition.errors import SpecError
@@ -176,24 +177,32 @@ class HoldoutConfig(_Strict):
 
 
 class MetricChoice(_Strict):
-    """The competition's metric (competition/metrics.py), written `accuracy` or `{name: map_at_k, k: 3}`."""
+    """The competition's metric (competition/metrics.py), written `accuracy`, `{name: map_at_k, k: 3}` or
+    `{name: f_beta_samples, beta: 2}`."""
 
     name: str
     k: int | None = None
+    beta: float | None = None
+    allow_empty: bool | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _parse(cls, value):
         if isinstance(value, MetricChoice):
             return value
-        name, k = metrics.parse(value)
-        return {"name": name, "k": k}
+        name, args = metrics.parse(value)
+        return {"name": name, "k": None, **args}
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # beta and allow_empty only where given: the keys of single-label competitions' outputs stay as they were
+        return {key: value for key, value in handler(self).items() if key in ("name", "k") or value is not None}
 
     def __str__(self) -> str:
         return self.bind().label
 
     def bind(self) -> metrics.Metric:
-        return metrics.metric(self.name, self.k)
+        return metrics.metric(self.name, self.k, self.beta, self.allow_empty)
 
 
 class CompetitionSpec(_Strict):
@@ -215,6 +224,11 @@ class CompetitionSpec(_Strict):
     layout: Layout
     id_column: str = "id"
     label_column: str = "label"
+    # `multi_label`: each image has a set of labels (planet, protein atlas); the metric must be one of the
+    # multi-label ones (competition/metrics.py). `label_format` says how train.csv holds the sets: `tags`,
+    # the labels separated by spaces in `label_column`; `columns`, one 0/1 column per label, named as it.
+    task: Literal["single_label", "multi_label"] = "single_label"
+    label_format: Literal["tags", "columns"] = "tags"
     # The sample submission's columns where they are named otherwise than train.csv's (digit-recognizer:
     # `ImageId`, `Label` against train.csv's `label`); unset, the same names.
     submission_id_column: str | None = None
@@ -259,6 +273,7 @@ class CompetitionSpec(_Strict):
         if self.kernels_only and self.code_competition:
             raise ValueError("code_competition: this competition is a code competition itself (kernels_only: true); "
                              "remove code_competition")
+        self._check_task()
         listed = self.classes != "auto"
         if listed and len(set(self.classes)) != len(self.classes):
             raise ValueError("classes: duplicate labels")
@@ -279,6 +294,29 @@ class CompetitionSpec(_Strict):
         if self.pool is not None:
             self._check_views("pool.tta", self.pool.tta)
         return self
+
+    def _check_task(self) -> None:
+        bound = self.metric.bind()
+        if bound.task != self.task:
+            several = bound.multi_label
+            raise ValueError(f"metric: {bound.label} scores {'a set of labels' if several else 'one class'} per image, "
+                             f"but task is {self.task}; set `task: {bound.task}` or choose a "
+                             f"{'single' if not several else 'multi'}-label metric")
+        if self.task == "single_label":
+            if self.label_format != "tags":
+                raise ValueError("label_format: only multi-label competitions (task: multi_label) have one; remove it")
+            return
+        if self.layout.kind not in ("csv_images", "npy"):
+            raise ValueError(f"task: multi_label needs a train.csv that holds each image's labels (layout kind csv_images "
+                             f"or npy), not layout kind {self.layout.kind}")
+        if self.source == "dataset":
+            raise ValueError("task: multi_label is not supported for `source: dataset` yet; enter it as a competition")
+        runs = [(f"profiles.{name}", run) for name, profile in self.profiles.items() for run in profile.models]
+        runs += [("pool.candidates", run) for run in (self.pool.candidates if self.pool is not None else [])]
+        for key, run in runs:
+            if run.pseudo_labels is not None:
+                raise ValueError(f"{key}: {run.name}: pseudo_labels take one class per image; a multi-label "
+                                 "competition cannot use them yet, remove it")
 
     def _check_folds(self, key: str, folds: list[int]) -> None:
         missing = self.folds.missing_fold(folds)
@@ -332,6 +370,8 @@ class CompetitionSpec(_Strict):
     def data_hash(self) -> str:
         """Hash of the fields that decide what `prepare` produces (not the folds, not the title)."""
         fields = self.model_dump(include={"layout", "id_column", "label_column", "classes"})
+        if self.task == "multi_label":  # keyed only when set: what was prepared before keeps its key
+            fields.update(task=self.task, label_format=self.label_format)
         fields["image"] = self.image.key_dump()
         if self.submission_id_column is not None:  # keyed only when set: what was prepared before keeps its key
             fields["submission_id_column"] = self.submission_id_column

@@ -251,7 +251,9 @@ def print_summary(ctx: Context, trained: dict, report: dict, result, seconds: fl
     if "decision_rule" in report:
         rule = report["decision_rule"]
         verdict = "applied" if rule["applied"] else "not applied: it did not hold up on held-out rows"
-        print(f"decision rule: per-class weights {rule['class_weights']}; cross-fitted {metric.label} "
+        fitted = (f"per-label thresholds {rule['thresholds']} (against a flat 0.5)" if "thresholds" in rule
+                  else f"per-class weights {rule['class_weights']}")
+        print(f"decision rule: {fitted}; cross-fitted {metric.label} "
               f"{rule['cross_fitted_without']:.4f} without, {rule['cross_fitted_with']:.4f} with "
               f"({rule['cross_fitted_gain'] * 100:+.2f} points): {verdict}")
     if "calibration" in report:

@@ -184,6 +184,9 @@ def _write_export(spec: CompetitionSpec, logged: LoggedRun, target: str, owner: 
             "submission": {"kind": lineage["submission"], "k": spec.metric.bind().k},
             "members": write_weights(spec, lineage, dataset),
             "ensemble_temperature": lineage["ensemble_temperature"], "class_weights": lineage["class_weights"]}
+        if lineage.get("multi_label"):  # a sigmoid per label, each label's threshold, empty label sets or not
+            script.update(multi_label=True, thresholds=lineage.get("thresholds"))
+            script["submission"]["allow_empty"] = spec.metric.bind().allow_empty
         atomic.write_json(dataset / "ensemble.json", script)
         (dataset / "kpipe_models.zip").write_bytes(models_zip())
         shutil.copyfile(SCRIPT, dataset / "inference.py")

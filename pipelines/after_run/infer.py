@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from competition import atomic
 from competition.errors import DataError
+from competition.metrics import label_sets
 from competition.paths import competition_root
 from competition.spec import CompetitionSpec
 from pipelines.machine.cores import CoreShare
@@ -144,12 +145,18 @@ def write_predictions(spec: CompetitionSpec, ids: list[str], probs: np.ndarray, 
 def run_predict(spec: CompetitionSpec, source: Path, out: Path | None = None, run: str | None = None,
                 resize: bool = False, with_probs: bool = False, share: CoreShare | None = None) -> Path:
     logged = find_run(spec, run)
+    spec = spec.with_classes(logged.lineage["classes"])  # `classes: auto`: the classes the run was trained on
     ids, images = read_input(spec, source, resize)
     runtime = pick_runtime(share)
     probs = predict_ensemble(spec, logged, images, runtime)
     out = out or competition_root(spec.name) / "predictions" / f"{source.stem}-{logged.config_hash}.csv"
     write_predictions(spec, ids, probs, out, with_probs)
-    counts = np.bincount(probs.argmax(axis=1), minlength=len(spec.classes))
+    from pipelines.stages.submit import submission_format
+
+    fmt = submission_format(spec)
+    # Single-label: each image's class; multi-label: each label's images (as the submission cuts the sets).
+    counts = (np.sum([fmt.parse(fmt.cells(p)) for p in probs], axis=0) if fmt.kind == "tags" else
+              label_sets(probs).sum(axis=0) if fmt.multi_label else np.bincount(probs.argmax(axis=1), minlength=len(spec.classes)))
     common = ", ".join(f"{spec.classes[c]}: {counts[c]}" for c in np.argsort(-counts)[:3] if counts[c])
     print(f"predict: {len(ids):,} images through run {logged.config_hash} ({len(logged.lineage['members'])} model(s), "
           f"{sum(len(m['folds']) for m in logged.lineage['members'])} fold models) on {runtime.device.type} -> {out}"

@@ -32,12 +32,15 @@ def in_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
 class ImageClassifier(nn.Module):
     """Takes images with values 0..255 (uint8 or float), normalises them, resizes if asked, classifies.
 
-    The forward pass runs in `precision` (autocast dtype, memory layout)."""
+    The forward pass runs in `precision` (autocast dtype, memory layout) and returns logits;
+    `probabilities` turns them into what the pipeline predicts: a softmax over the classes, or
+    (`multi_label`) an independent sigmoid per label."""
 
     def __init__(self, net: nn.Module, mean: list[float], std: list[float], input_size: int | None = None,
-                 precision: Precision = PRECISIONS["fp32-cl"]):
+                 precision: Precision = PRECISIONS["fp32-cl"], multi_label: bool = False):
         super().__init__()
         self.net = net
+        self.multi_label = multi_label
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
         self.input_size = input_size
@@ -51,6 +54,9 @@ class ImageClassifier(nn.Module):
         dtype = self.precision.amp_dtype
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
             return self.net(x)  # logits in the autocast dtype: the loss and the softmax take .float()
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().sigmoid() if self.multi_label else logits.float().softmax(dim=1)
 
     @property
     def fits_to_images(self) -> bool:
@@ -71,5 +77,5 @@ def build_model(run: ModelRun, spec: CompetitionSpec, mean: list[float], std: li
                         img_size=run.input_size or spec.image.height, pretrained=run.pretrained,
                         pretrained_file=run.pretrained_file, **run.model_args)
     precision = runtime.precision(run.precision)
-    model = ImageClassifier(net, mean, std, run.input_size, precision).to(runtime.device)
+    model = ImageClassifier(net, mean, std, run.input_size, precision, spec.task == "multi_label").to(runtime.device)
     return model.to(memory_format=torch.channels_last) if precision.channels_last else model

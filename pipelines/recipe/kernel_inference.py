@@ -17,7 +17,8 @@ Where it looks, as on Kaggle (each overridable):
 
 What it computes is what the pipeline's ensemble stage computed for the test set: each fold model
 (normalisation and resizing included) through its member's test-time views, the mean over folds, each
-member's temperature, the weighted sum, the blend's temperature and the decision rule's class weights.
+member's temperature, the weighted sum, the blend's temperature and the decision rule's class weights;
+for a multi-label competition a sigmoid per label and each label's fitted threshold.
 """
 from __future__ import annotations
 
@@ -130,9 +131,10 @@ def read_test(data: Path, config: dict) -> tuple[list[str], np.ndarray, list[str
 class Classifier(nn.Module):
     """The pipeline's ImageClassifier in fp32: 0..255 images, normalised, resized if asked, classified."""
 
-    def __init__(self, net: nn.Module, channels: int, input_size: int | None):
+    def __init__(self, net: nn.Module, channels: int, input_size: int | None, multi_label: bool = False):
         super().__init__()
         self.net = net
+        self.multi_label = multi_label  # a sigmoid per label, not a softmax over classes
         self.register_buffer("mean", torch.zeros(1, channels, 1, 1))
         self.register_buffer("std", torch.ones(1, channels, 1, 1))
         self.input_size = input_size
@@ -152,7 +154,7 @@ def build(config: dict, member: dict, fold: dict, package: Path, device: torch.d
     run, shape = member["run"], config["image"]
     net = models.create(run["model"], num_classes=len(config["classes"]), in_chans=shape["channels"],
                         img_size=run.get("input_size") or shape["height"], **run.get("model_args", {}))
-    model = Classifier(net, shape["channels"], run.get("input_size"))
+    model = Classifier(net, shape["channels"], run.get("input_size"), config.get("multi_label", False))
     model.load_state_dict(load_file(str(package / fold["weights"])))
     return model.to(device).eval()
 
@@ -184,7 +186,8 @@ VIEWS = {
 def probabilities(model: nn.Module, images: torch.Tensor, transform) -> np.ndarray:
     chunks = []
     for start in range(0, len(images), BATCH):
-        chunks.append(model(transform(images[start:start + BATCH])).float().softmax(dim=1).cpu())
+        logits = model(transform(images[start:start + BATCH])).float()
+        chunks.append((logits.sigmoid() if model.multi_label else logits.softmax(dim=1)).cpu())
     return torch.cat(chunks).numpy()
 
 
@@ -196,24 +199,46 @@ def with_views(model: nn.Module, images: torch.Tensor, views: list[str]) -> np.n
 # --- the blend, as the ensemble stage made it -----------------------------------------------------------
 
 
-def with_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+def logit(probs: np.ndarray) -> np.ndarray:
+    clipped = np.clip(np.asarray(probs, dtype=np.float64), 1e-15, 1 - 1e-15)  # float64: 1 - 1e-15 is 1 in float32
+    return np.log(clipped) - np.log1p(-clipped)
+
+
+def sigmoid(values: np.ndarray) -> np.ndarray:
+    return 0.5 * (1 + np.tanh(0.5 * values))  # without overflow for large negative values
+
+
+def with_temperature(probs: np.ndarray, temperature: float, multi_label: bool = False) -> np.ndarray:
+    """Class probabilities with their log divided by `temperature`, renormalised; multi-label: each
+    label's logit divided by it."""
+    if multi_label:
+        return sigmoid(logit(probs) / temperature)
     logits = np.log(np.clip(probs, 1e-15, 1.0)) / temperature
     logits -= logits.max(axis=1, keepdims=True)
     scaled = np.exp(logits)
     return scaled / scaled.sum(axis=1, keepdims=True)
 
 
+def at_thresholds(probs: np.ndarray, thresholds) -> np.ndarray:
+    """Each label's probabilities moved (in logit space, keeping their order) so that its threshold falls
+    at 0.5, where a multi-label submission's label sets are cut."""
+    return sigmoid(logit(probs) - logit(np.asarray(thresholds, dtype=np.float64)))
+
+
 def combine(config: dict, member_probs: list[np.ndarray]) -> np.ndarray:
+    multi_label = config.get("multi_label", False)
     blend = 0.0
     for member, probs in zip(config["members"], member_probs):
         if member["temperature"] is not None:
-            probs = with_temperature(probs, member["temperature"])
+            probs = with_temperature(probs, member["temperature"], multi_label)
         blend = blend + member["weight"] * probs
     if config["ensemble_temperature"] is not None:
-        blend = with_temperature(blend, config["ensemble_temperature"])
+        blend = with_temperature(blend, config["ensemble_temperature"], multi_label)
     if config["class_weights"] is not None:
         scaled = blend * np.asarray(config["class_weights"])
         blend = scaled / scaled.sum(axis=1, keepdims=True)
+    if config.get("thresholds") is not None:
+        blend = at_thresholds(blend, config["thresholds"])
     return np.asarray(blend)
 
 
@@ -224,7 +249,12 @@ def cells(config: dict, columns: list[str], probs: np.ndarray) -> list[str]:
     if kind == "ranked_labels":
         order = np.argsort(-probs[None, :], axis=1, kind="stable")[0, :config["submission"]["k"]]
         return [" ".join(classes[i] for i in order)]
-    values = probs[1:] if len(columns) == 1 else probs
+    if kind == "tags":  # the labels above 0.5 (thresholds already applied); never empty unless allowed
+        chosen = list(np.flatnonzero(probs > 0.5))
+        if not chosen and not config["submission"].get("allow_empty", False):
+            chosen = [int(probs.argmax())]
+        return [" ".join(classes[i] for i in chosen)]
+    values = probs[1:] if len(columns) == 1 and not config.get("multi_label", False) else probs
     return [f"{float(p):.6g}" for p in values]
 
 

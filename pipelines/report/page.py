@@ -23,6 +23,8 @@ from pipelines.planning.records import execution
 from pipelines.recipe.auto_augment import SEARCHED
 from pipelines.report.insight_sections import (PREVIEW_IMAGES, augmentation_preview, cv_vs_leaderboard,
                                                high_loss_gallery, insight_section, overlaid_curves, per_class_table)
+from pipelines.report.multilabel import multilabel_sections
+from pipelines.report.parts import count_heatmap
 from pipelines.report.parts import figure_png as _figure_png
 from pipelines.report.parts import img as _img
 from pipelines.report.parts import table as _table
@@ -80,16 +82,7 @@ def confusion(labels: np.ndarray, predicted: np.ndarray, class_names: list[str])
     np.add.at(matrix, (labels, predicted), 1)
     size = min(4 + 0.35 * k, 16)
     figure, axes = plt.subplots(figsize=(size, size * 0.85))
-    image = axes.imshow(matrix, cmap="Blues")
-    figure.colorbar(image, ax=axes, label="images (count)")
-    if k <= 30:
-        axes.set_xticks(range(k), class_names, rotation=60, ha="right", fontsize=8)
-        axes.set_yticks(range(k), class_names, fontsize=8)
-        for i in range(k):
-            for j in range(k):
-                if matrix[i, j]:
-                    axes.text(j, i, matrix[i, j], ha="center", va="center", fontsize=7,
-                              color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+    count_heatmap(axes, matrix, class_names)
     axes.set(xlabel="predicted class", ylabel="true class", title="Out-of-fold confusion matrix (ensemble)")
     off_diagonal = [(matrix[i, j], i, j) for i in range(k) for j in range(k) if i != j and matrix[i, j]]
     pairs = [[class_names[i], class_names[j], int(n), f"{100 * n / max(matrix[i].sum(), 1):.1f}"]
@@ -211,6 +204,16 @@ def reliability_png(calibration: dict) -> str:
 def calibration_section(report: dict) -> list[str]:
     """Temperatures, log loss and calibration error before and after, and the reliability diagram."""
     rule, calibration = report.get("decision_rule"), report.get("calibration")
+    if rule and "thresholds" in rule:
+        values = ", ".join(f"{t:.3f}" for t in rule["thresholds"])
+        return ["<h2>Label thresholds</h2>",
+                '<p class="note">The metric scores label sets, so each label got its own threshold, fitted on out-of-fold '
+                f"rows for the metric: {html.escape(values)} (in label order; a label is in an image's set above it). They "
+                "are kept only when they beat a flat 0.5 on rows they were not fitted on.</p>",
+                _table(["cross-fitted CV", "score"],
+                       [["flat 0.5", f"{rule['cross_fitted_without']:.4f}"],
+                        ["fitted thresholds", f"{rule['cross_fitted_with']:.4f}"]], "decision-table"),
+                f'<p class="note">The thresholds were {"applied" if rule["applied"] else "<b>not applied</b>: they lost on held-out rows"}.</p>']
     if rule:
         weights = ", ".join(f"{w:.2f}" for w in rule["class_weights"])
         return ["<h2>Decision rule</h2>",
@@ -333,6 +336,24 @@ def _insight(ctx: Context, trained: dict, summaries: list) -> list[str]:
     return []
 
 
+def single_label_sections(ctx: Context, trained: dict, summaries: list, labels: np.ndarray, oof_index: np.ndarray,
+                          oof_probs: np.ndarray) -> list[str]:
+    """Where the ensemble errs, one class per image: the confusion matrix, the most confused pairs, per-class
+    scores, the highest-loss images, and what the best model looks at."""
+    names = ctx.spec.display_names
+    confusion_png, pairs = confusion(labels[oof_index], oof_probs.argmax(1), names)
+    return [
+        "<h2>Where the ensemble errs</h2>",
+        _img(confusion_png, "confusion matrix", "Rows: true class; columns: predicted class; counts of out-of-fold images."),
+        "<p>Most confused pairs (out of fold):</p>",
+        _table(["true class", "predicted as", "images (count)", "share of the true class (%)"], pairs, "confused-table"),
+        "<p>Per class (out of fold, the ensemble's decisions):</p>",
+        per_class_table(labels[oof_index], oof_probs.argmax(1), names),
+        high_loss_gallery(ctx.data.images_nhwc, labels, oof_probs, oof_index, names),
+        *_insight(ctx, trained, summaries),
+    ]
+
+
 def write_report(ctx: Context, trained: dict, ensemble_folder: Path, report: dict) -> Path:
     """Render the page for a finished run; returns its path."""
     spec = ctx.spec
@@ -345,7 +366,11 @@ def write_report(ctx: Context, trained: dict, ensemble_folder: Path, report: dic
     oof_index = np.load(ensemble_folder / "oof_index.npy")
     oof_probs = np.load(ensemble_folder / "oof_probs.npy")
     labels = ctx.data.labels_host()
-    confusion_png, pairs = confusion(labels[oof_index], oof_probs.argmax(1), spec.display_names)
+    if spec.task == "multi_label":  # per-label scores, co-occurrence and reliability (report/multilabel.py)
+        errors = multilabel_sections(labels[oof_index], oof_probs, spec.display_names, spec.metric.bind().allow_empty,
+                                     read_manifest(ensemble_folder)["lineage"].get("thresholds"))
+    else:
+        errors = single_label_sections(ctx, trained, summaries, labels, oof_index, oof_probs)
     study_images = _study_images(spec)
     synthetic = {"synthetic": " (synthetic data)"}
     log_rows = [[r["time"], r["profile"], r["config_hash"], r["git_commit"][:12], f'{r["metric"]} {r["cv_score"]}',
@@ -382,14 +407,7 @@ def write_report(ctx: Context, trained: dict, ensemble_folder: Path, report: dic
         _img(comparison_bars(bar_rows), "model comparison", "Models side by side: OOF accuracy with TTA, size, and total "
              "training time over all trained folds."),
         "<h2>Learning curves</h2>", overlaid_curves(trained, spec.metric.bind().label), *sections,
-        "<h2>Where the ensemble errs</h2>",
-        _img(confusion_png, "confusion matrix", "Rows: true class; columns: predicted class; counts of out-of-fold images."),
-        "<p>Most confused pairs (out of fold):</p>",
-        _table(["true class", "predicted as", "images (count)", "share of the true class (%)"], pairs, "confused-table"),
-        "<p>Per class (out of fold, the ensemble's decisions):</p>",
-        per_class_table(labels[oof_index], oof_probs.argmax(1), spec.display_names),
-        high_loss_gallery(ctx.data.images_nhwc, labels, oof_probs, oof_index, spec.display_names),
-        *_insight(ctx, trained, summaries),
+        *errors,
         "<h2>Augmentation</h2>",
         augmentation_preview(spec, list(dict.fromkeys([run.augment.policy for run, _ in ctx.work()] + list(SEARCHED))),
                              ctx.data.images_nhwc[oof_index[:PREVIEW_IMAGES]], spec.folds.seed),

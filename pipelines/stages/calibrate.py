@@ -14,6 +14,12 @@ Decision rules (for metrics scored on one label that reward rare classes: macro-
 kappa): the predicted class is the argmax of the probabilities times one weight per class, the
 weights fitted on OOF rows by coordinate ascent on the metric. Accuracy's best rule is the plain
 argmax, so it gets none.
+
+Thresholds (multi-label metrics scored on label sets: F-beta): a label is in an image's set when its
+probability is above that label's threshold, fitted on OOF rows by coordinate ascent on the metric (F2
+rewards recall, so its best thresholds sit well below 0.5, and rare labels want their own). Applied as
+`at_thresholds`: each label's probabilities moved in logit space so that its threshold falls at 0.5.
+With a multi-label metric, temperature scaling divides each label's logit by T.
 """
 from __future__ import annotations
 
@@ -21,10 +27,10 @@ from typing import Callable
 
 import numpy as np
 
-from competition.metrics import Metric, kaggle_log_loss
+from competition.metrics import Metric, f_beta_of_sets, kaggle_log_loss
 
 # Temperature scaling as the exported script applies it (the script runs without kpipe, so it holds it).
-from pipelines.recipe.kernel_inference import with_temperature  # noqa: F401  (re-exported)
+from pipelines.recipe.kernel_inference import at_thresholds, logit, with_temperature  # noqa: F401  (re-exported)
 
 CROSS_FIT_GROUPS = 5  # sub-splits when every OOF row comes from one fold
 LOG_T_BOUNDS = (np.log(0.05), np.log(20.0))
@@ -51,30 +57,41 @@ def cross_fit(groups: np.ndarray, fit: Callable[[np.ndarray], object], apply: Ca
 
 
 def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
-    """The T in [0.05, 20] that minimises the log loss of `probs` with temperature T."""
+    """The T in [0.05, 20] that minimises the log loss of `probs` with temperature T (a label matrix:
+    the multi-label log loss, each label's logit divided by T)."""
     from scipy.optimize import minimize_scalar
 
-    result = minimize_scalar(lambda log_t: kaggle_log_loss(with_temperature(probs, float(np.exp(log_t))), labels),
+    multi_label = labels.ndim == 2
+    result = minimize_scalar(lambda log_t: kaggle_log_loss(with_temperature(probs, float(np.exp(log_t)), multi_label),
+                                                           labels),
                              bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-4})
     return float(np.exp(result.x))
 
 
+def _confidence_and_correct(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row its top probability and whether that class is right; with a label matrix, per (row, label)
+    cell its probability and whether the label is there (the reliability of every label at once)."""
+    if labels.ndim == 2:
+        return probs.ravel(), labels.ravel().astype(bool)
+    return probs.max(axis=1), probs.argmax(axis=1) == labels
+
+
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """Mean |accuracy - confidence| over equal-width confidence bins, weighted by the rows in each."""
-    confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
+    confidence, correct = _confidence_and_correct(probs, labels)
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
     total = 0.0
     for b in range(bins):
         rows = which == b
         if rows.any():
-            total += rows.mean() * abs((predicted[rows] == labels[rows]).mean() - confidence[rows].mean())
+            total += rows.mean() * abs(correct[rows].mean() - confidence[rows].mean())
     return float(total)
 
 
 def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> list[dict]:
     """Per confidence bin: mean confidence, accuracy and rows (the reliability diagram's points)."""
-    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
+    confidence, correct = _confidence_and_correct(probs, labels)
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
     return [{"confidence": float(confidence[which == b].mean()), "accuracy": float(correct[which == b].mean()),
@@ -106,3 +123,41 @@ def fit_class_weights(probs: np.ndarray, labels: np.ndarray, metric: Metric) -> 
                     best, base = score, weights[c]
             weights[c] = base
     return weights / weights.mean()
+
+
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.025), 3)  # the thresholds tried per label and round
+THRESHOLD_ROUNDS = 2
+
+
+def fit_thresholds(probs: np.ndarray, labels: np.ndarray, metric: Metric) -> np.ndarray:
+    """Per-label thresholds that maximise the F-beta metric of the label sets they cut: each
+    label in turn tries each of THRESHOLD_GRID with the others held, for THRESHOLD_ROUNDS rounds. Ties
+    keep the threshold nearest 0.5 (the flat default): a plateau of equal scores says nothing."""
+    average = metric.name.removeprefix("f_beta_")
+
+    logits = logit(probs)
+    rows = np.arange(len(probs))
+
+    def score_at(thresholds: np.ndarray) -> float:
+        # label_sets(at_thresholds(probs, thresholds)) without the sigmoid: a label is in when its logit is
+        # above its threshold's; scikit-learn's figure, computed in numpy (metrics.py)
+        shifted = logits - logit(thresholds)
+        chosen = shifted > 0
+        if not metric.allow_empty:
+            empty = ~chosen.any(axis=1)
+            chosen[rows[empty], shifted[empty].argmax(axis=1)] = True
+        return f_beta_of_sets(chosen, labels, metric.beta, average)
+
+    thresholds = np.full(probs.shape[1], 0.5)
+    best = score_at(thresholds)
+    grid = sorted(THRESHOLD_GRID, key=lambda t: abs(t - 0.5))
+    for _ in range(THRESHOLD_ROUNDS):
+        for c in range(probs.shape[1]):
+            kept = thresholds[c]
+            for value in grid:
+                thresholds[c] = value
+                score = score_at(thresholds)
+                if score > best + 1e-12:
+                    best, kept = score, value
+            thresholds[c] = kept
+    return thresholds

@@ -2,7 +2,8 @@
 
 Where the metric scores probabilities (log loss, AUC), each model and then the blend get a temperature
 (pipelines/stages/calibrate.py), fitted on OOF rows and applied to the test set; where it scores one label but
-rewards rare classes (macro-F1, balanced accuracy, kappa), the blend gets per-class decision weights. Besides the in-sample CV, the
+rewards rare classes (macro-F1, balanced accuracy, kappa), the blend gets per-class decision weights; where it
+scores label sets (multi-label F-beta), per-label thresholds. Besides the in-sample CV, the
 report holds the cross-fitted one: weights and temperatures fitted on the other folds' rows (or
 sub-splits), scored on the held-out ones; that is the CV logged and shown first.
 
@@ -31,8 +32,9 @@ from competition.paths import competition_root
 from competition.spec import CompetitionSpec
 from pipelines.recipe.registry import Registry
 from pipelines.stages.artifacts import atomic_output, build_once, output_key, read_manifest
-from pipelines.stages.calibrate import (cross_fit, expected_calibration_error, fit_class_weights, fit_temperature,
-                                        groups_of, reliability, reweighted, with_temperature)
+from pipelines.stages.calibrate import (at_thresholds, cross_fit, expected_calibration_error, fit_class_weights,
+                                        fit_temperature, fit_thresholds, groups_of, reliability, reweighted,
+                                        with_temperature)
 from pipelines.stages.lineage import LINEAGE_VERSION, combine
 from pipelines.stages.predict import FoldOutput, file_digest
 
@@ -139,6 +141,8 @@ def ensemble(spec: CompetitionSpec, method: str, per_model: dict[str, list[FoldO
     final = competition_root(spec.name) / "ensemble" / output_key(config, inputs)
     head = {"competition": spec.name, "classes": list(spec.classes), "image": spec.image.key_dump(),
             "submission": spec.metric.bind().submission}
+    if spec.task == "multi_label":  # a sigmoid per label (single-label lineages stay as they were)
+        head["multi_label"] = True
     output = EnsembleOutput(final, config, inputs, head)
     return build_once(final, f"the ensemble of {spec.name}",
                       lambda: _write_ensemble(output, spec.metric.bind(), per_model, train_labels, row_folds,
@@ -151,7 +155,9 @@ def _calibrated(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> tu
     def fit(rows):
         return fit_temperature(probs[rows], labels[rows])
 
-    return fit_temperature(probs, labels), cross_fit(groups, fit, lambda t, rows: with_temperature(probs[rows], t),
+    multi_label = labels.ndim == 2
+    return fit_temperature(probs, labels), cross_fit(groups, fit,
+                                                     lambda t, rows: with_temperature(probs[rows], t, multi_label),
                                                      *probs.shape)
 
 
@@ -174,35 +180,41 @@ def _write_ensemble(output: EnsembleOutput, metric: Metric, per_model: dict[str,
             temperatures[m.name], oof[i] = _calibrated(oof[i], labels, groups)
     weights = find_weights(method, oof, labels, metric)
     oof_blend = sum(w * p for w, p in zip(weights, oof))
+    multi_label = metric.multi_label
     if calibrating:
         temperatures["ensemble"] = fit_temperature(oof_blend, labels)
-        oof_blend = with_temperature(oof_blend, temperatures["ensemble"])
+        oof_blend = with_temperature(oof_blend, temperatures["ensemble"], multi_label)
     # Macro-F1, balanced accuracy, kappa: a decision rule (per-class weights on the probabilities).
-    deciding = metric.submission == "label" and metric.name != "accuracy"
-    class_weights = fit_class_weights(oof_blend, labels, metric) if deciding else None
+    # Multi-label F-beta: per-label thresholds, the decision rule of label sets.
+    thresholding = metric.submission == "tags"
+    deciding = (metric.submission == "label" and metric.name != "accuracy") or thresholding
+    fit_rule, apply_rule = (fit_thresholds, at_thresholds) if thresholding else (fit_class_weights, reweighted)
+    class_weights = fit_rule(oof_blend, labels, metric) if deciding else None
 
     def fit_on(rows: np.ndarray, with_rule: bool = deciding):  # everything fitted on OOF rows, on `rows` only
         fitted = find_weights(method, [p[rows] for p in oof], labels[rows], metric)
         blend = sum(w * p[rows] for w, p in zip(fitted, oof))
         temperature = fit_temperature(blend, labels[rows]) if calibrating else 1.0
-        rule = fit_class_weights(blend, labels[rows], metric) if with_rule else None
+        if calibrating:
+            blend = with_temperature(blend, temperature, multi_label)
+        rule = fit_rule(blend, labels[rows], metric) if with_rule else None
         return fitted, temperature, rule
 
     def apply(fitted, rows: np.ndarray) -> np.ndarray:
         blend = sum(w * p[rows] for w, p in zip(fitted[0], oof))
-        blend = with_temperature(blend, fitted[1]) if calibrating else blend
-        return reweighted(blend, fitted[2]) if fitted[2] is not None else blend
+        blend = with_temperature(blend, fitted[1], multi_label) if calibrating else blend
+        return apply_rule(blend, fitted[2]) if fitted[2] is not None else blend
 
     cross_fitted = cross_fit(groups, fit_on, apply, *oof_blend.shape)
     rule = None
     if deciding:  # kept only when it holds up cross-fitted: on few rows of the rare classes it overfits
         without_rule = cross_fit(groups, lambda rows: fit_on(rows, with_rule=False), apply, *oof_blend.shape)
         gain = metric.signed(metric.score(cross_fitted, labels)) - metric.signed(metric.score(without_rule, labels))
-        rule = {"class_weights": [round(float(w), 4) for w in class_weights], "applied": gain > 0,
-                "cross_fitted_with": metric.score(cross_fitted, labels),
+        rule = {"thresholds" if thresholding else "class_weights": [round(float(w), 4) for w in class_weights],
+                "applied": gain > 0, "cross_fitted_with": metric.score(cross_fitted, labels),
                 "cross_fitted_without": metric.score(without_rule, labels), "cross_fitted_gain": gain}
         if gain > 0:
-            oof_blend = reweighted(oof_blend, class_weights)
+            oof_blend = apply_rule(oof_blend, class_weights)
         else:
             cross_fitted = without_rule
     # Everything the test set's blend needs, in the form `make predict` and `make export` replay.
@@ -210,7 +222,10 @@ def _write_ensemble(output: EnsembleOutput, metric: Metric, per_model: dict[str,
         {"name": m.name, "weight": float(w), "temperature": temperatures.get(m.name), **(sources or {}).get(m.name, {})}
         for m, w in zip(models, weights)],
         "ensemble_temperature": temperatures.get("ensemble"),
-        "class_weights": [float(w) for w in class_weights] if rule is not None and rule["applied"] else None}
+        "class_weights": [float(w) for w in class_weights] if rule is not None and rule["applied"] and not thresholding
+        else None}
+    if thresholding:  # the labels' thresholds, where they held up cross-fitted (else the flat 0.5)
+        lineage["thresholds"] = [float(t) for t in class_weights] if rule["applied"] else None
     test_blend = combine(lineage, [m.test_probs for m in models])
 
     def scores(probs: np.ndarray) -> dict:

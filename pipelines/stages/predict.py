@@ -5,7 +5,7 @@ stages, tuning, and (to come) `make predict` all use it; none of them needs the 
     FoldOutput      a fold's predictions on disk (oof_probs.npy, oof_index.npy, test_probs.npy, best.pt)
     checkpoints     `save_checkpoint` / `load_checkpoint` (weights_only: a checkpoint cannot run code)
     VIEWS           the test-time-augmentation views by name; `register_view` adds one
-    predict_probs   batched softmax probabilities, optionally through a view
+    predict_probs   batched probabilities (softmax; multi-label: sigmoid per label), optionally through a view
 """
 from __future__ import annotations
 
@@ -103,7 +103,8 @@ def load_fold_model(folder: Path, spec: CompetitionSpec, runtime: Runtime, preci
 @torch.no_grad()
 def predict_probs(model: nn.Module, images: torch.Tensor, view: Transform | None = None,
                   share: CoreShare | None = None) -> np.ndarray:
-    """Softmax probabilities (float32, N×classes) for uint8 images, optionally through a TTA view;
+    """Probabilities (float32, N×classes: the model's `probabilities`, a softmax or a sigmoid per label)
+    for uint8 images, optionally through a TTA view;
     between batches it takes up a changed `share` of the cores (the runtime's)."""
     model.eval()
     chunks = []
@@ -114,7 +115,7 @@ def predict_probs(model: nn.Module, images: torch.Tensor, view: Transform | None
         if view is not None:
             batch = view(batch)
         logits = model(batch)  # in the model's own precision (classifier.py)
-        chunks.append(logits.float().softmax(dim=1).cpu())
+        chunks.append(model.probabilities(logits).cpu())
     return torch.cat(chunks).numpy()
 
 

@@ -27,7 +27,7 @@ from competition.spec import CompetitionSpec
 from pipelines.machine.memory import memory_mapped
 from pipelines.stages.artifacts import atomic_output, build_once, output_key, read_manifest
 from pipelines.stages.download import raw_dir, raw_is_complete
-from pipelines.stages.readers import CanonicalData, read_competition
+from pipelines.stages.readers import CanonicalData, label_counts, label_text, read_competition
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ def _write_prepared(spec: CompetitionSpec, raw: Path, folder: Path, key: str, co
         if data.test_labels is not None:  # `source: dataset`: the held-out rows' labels, for the local score
             np.save(staging / "test_labels.npy", data.test_labels)
         _write_rows(staging / "train.csv", ["id", "label"],
-                    ((i, data.classes[c]) for i, c in zip(data.train_ids, data.train_labels)))
+                    ((i, label_text(c, data.classes)) for i, c in zip(data.train_ids, data.train_labels)))
         _write_rows(staging / "test_ids.csv", ["id"], ((i,) for i in data.test_ids))
         summary.update({
             "classes": data.classes,
@@ -162,7 +162,7 @@ def _write_prepared(spec: CompetitionSpec, raw: Path, folder: Path, key: str, co
             "class_names": spec.with_classes(data.classes).display_names,
             "train_shape": list(data.train_images.shape),
             "test_shape": list(data.test_images.shape),
-            "class_counts": np.bincount(data.train_labels, minlength=len(data.classes)).tolist(),
+            "class_counts": label_counts(data.train_labels, len(data.classes)).tolist(),
         })
     counts = summary["class_counts"]
     found = f" ({', '.join(data.classes[:6])}{', ...' if len(data.classes) > 6 else ''}, read from the data)" \
@@ -243,6 +243,60 @@ def assign_folds(labels: np.ndarray, n_splits: int, seed: int, groups: np.ndarra
     for k, (_, held_out) in enumerate(splits):
         fold[split[held_out]] = k
     return fold
+
+
+def iterative_stratification(sets: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
+    """fold[i] for the rows of a 0/1 label matrix, by iterative stratification (Sechidis, Tsoumakas and
+    Vlahavas, 2011): the label with the fewest rows still unassigned goes first; each of its rows joins the
+    fold that most lacks that label (ties: the fold that most lacks rows, then a seeded draw), so every
+    label's share, the rare ones first, ends close to even across folds. Rows with no label fill the
+    folds that lack rows. (The `iterative-stratification` package implements the same, but its wheel
+    installs a top-level `tests` package over the project's own.)"""
+    rng = np.random.default_rng(seed)
+    n_rows = len(sets)
+    order = rng.permutation(n_rows)  # a seeded order of the rows: ties among them are broken by it
+    sets = sets[order].astype(bool)
+    wanted_rows = np.full(n_splits, n_rows / n_splits)
+    wanted_labels = np.tile(sets.sum(axis=0) / n_splits, (n_splits, 1))  # [fold, label]
+    fold = np.full(n_rows, -1, dtype=np.int64)
+    left = sets.sum(axis=0).astype(np.int64)  # unassigned rows holding each label
+    for _ in range(sets.shape[1]):
+        if not left.any():
+            break
+        label = int(np.argmin(np.where(left > 0, left, np.iinfo(np.int64).max)))
+        for row in np.flatnonzero((fold < 0) & sets[:, label]):
+            need = wanted_labels[:, label]
+            candidates = np.flatnonzero(need == need.max())
+            if len(candidates) > 1:
+                candidates = candidates[wanted_rows[candidates] == wanted_rows[candidates].max()]
+            k = int(candidates[0] if len(candidates) == 1 else rng.choice(candidates))
+            fold[row] = k
+            wanted_rows[k] -= 1
+            wanted_labels[k, sets[row]] -= 1
+            left[sets[row]] -= 1
+    for row in np.flatnonzero(fold < 0):  # rows holding no label
+        k = int(np.argmax(wanted_rows))
+        fold[row] = k
+        wanted_rows[k] -= 1
+    out = np.empty(n_rows, dtype=np.int64)
+    out[order] = fold
+    return out
+
+
+def assign_multilabel_folds(labels: np.ndarray, n_splits: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """fold[i] for a 0/1 label matrix: `iterative_stratification`. Rows of one group (near-copies,
+    folds.group_column) are stratified as one row holding the union of their labels, so a group never
+    spans two folds."""
+    if groups is None:
+        groups = np.arange(len(labels))
+    _, group_of_row = np.unique(groups, return_inverse=True)
+    n_groups = group_of_row.max() + 1
+    if n_groups < n_splits:
+        raise DataError(f"only {n_groups} groups of rows for folds.n_splits={n_splits}; lower n_splits, or check "
+                        "folds.group_column")
+    union = np.zeros((n_groups, labels.shape[1]), dtype=np.int64)
+    np.maximum.at(union, group_of_row, labels.astype(np.int64))
+    return iterative_stratification(union, n_splits, seed)[group_of_row]
 
 
 def _deal_single_rows(labels: np.ndarray, groups: np.ndarray, alone: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
@@ -334,7 +388,8 @@ def make_folds(spec: CompetitionSpec, prepared: Prepared, force: bool = False) -
 def _write_folds(spec: CompetitionSpec, prepared: Prepared, folder: Path, key: str, config: dict, replace: bool) -> Folds:
     data = prepared.load()
     groups, found = fold_groups(spec, data)
-    fold = assign_folds(data.train_labels, spec.folds.n_splits, spec.folds.seed, groups)
+    assign = assign_multilabel_folds if data.train_labels.ndim == 2 else assign_folds
+    fold = assign(data.train_labels, spec.folds.n_splits, spec.folds.seed, groups)
     table = fold_class_counts(data.train_labels, fold, len(data.classes))
     if "duplicates" in found:
         dups = found["duplicates"]
@@ -350,22 +405,31 @@ def _write_folds(spec: CompetitionSpec, prepared: Prepared, folder: Path, key: s
         shown = ", ".join(f"{label} ({n})" for label, n in list(found["never_held_out"]["classes"].items())[:6])
         print(f"folds: {spec.name}: {int(never.sum())} rows always train and are never held out: their class has "
               f"fewer than {spec.folds.n_splits} images ({shown}); out-of-fold scores leave them out")
+    if data.train_labels.ndim == 2:  # multi-label: each fold's images holding each label
+        found["label_counts"] = {label: table[:, c].tolist() for c, label in enumerate(data.classes)}
+    sizes = np.bincount(fold[fold != NEVER_HELD_OUT], minlength=spec.folds.n_splits)
     with atomic_output(folder, "folds", config, {"prepared": prepared.key},
-                       extra={"fold_sizes": table.sum(axis=1).tolist(), **found}, replace=replace) as staging:
+                       extra={"fold_sizes": sizes.tolist(), **found}, replace=replace) as staging:
         _write_rows(staging / "folds.csv", ["id", "label", "fold"],
-                    ((i, data.classes[c], f) for i, c, f in zip(data.train_ids, data.train_labels, fold)))
+                    ((i, label_text(c, data.classes), f) for i, c, f in zip(data.train_ids, data.train_labels, fold)))
     deviation = max_deviation_from_ideal(table)
-    print(f"folds: {spec.name}: {spec.folds.n_splits} stratified{' group' if groups is not None else ''} folds "
+    how = "iteratively stratified (multi-label)" if data.train_labels.ndim == 2 else "stratified"
+    print(f"folds: {spec.name}: {spec.folds.n_splits} {how}{' group' if groups is not None else ''} folds "
           f"(seed {spec.folds.seed}), sizes "
-          f"{table.sum(axis=1).tolist()}, per-class counts within {deviation:.2f} of ideal -> {folder / 'folds.csv'}")
+          f"{sizes.tolist()}, per-{'label' if data.train_labels.ndim == 2 else 'class'} counts within "
+          f"{deviation:.2f} of ideal -> {folder / 'folds.csv'}")
     return Folds(folder, key, spec.folds.n_splits)
 
 
 def fold_class_counts(labels: np.ndarray, fold: np.ndarray, num_classes: int) -> np.ndarray:
-    """counts[k, c] = images of class c held out in fold k (rows never held out count in none)."""
+    """counts[k, c] = images of class c (multi-label: holding label c) held out in fold k (rows never held
+    out count in none)."""
     held = fold != NEVER_HELD_OUT
     counts = np.zeros((fold.max() + 1, num_classes), dtype=np.int64)
-    np.add.at(counts, (fold[held], labels[held]), 1)
+    if labels.ndim == 2:
+        np.add.at(counts, fold[held], labels[held].astype(np.int64))
+    else:
+        np.add.at(counts, (fold[held], labels[held]), 1)
     return counts
 
 

@@ -35,7 +35,8 @@ MAX_IMAGE_FILE_BYTES = 64 << 20
 @dataclass
 class CanonicalData:
     """Decoded images as uint8 N×H×W×C, labels as indices into `classes` (the spec's list, or the labels
-    found in the data when it says `auto`), ids as text."""
+    found in the data when it says `auto`), ids as text. Multi-label (`task: multi_label`): labels as a
+    uint8 N×classes matrix, 1 where the image holds that label."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -121,8 +122,79 @@ def label_indices(labels: pd.Series, classes: list[str], spec: CompetitionSpec, 
     return labels.map(index_of).to_numpy(dtype=np.int64)
 
 
+def label_text(labels: np.ndarray, classes: list[str]) -> str:
+    """One row's labels as train.csv-style text: the class, or (multi-label) the labels separated by spaces."""
+    if np.ndim(labels) == 0:
+        return classes[int(labels)]
+    return " ".join(classes[c] for c in np.flatnonzero(labels))
+
+
+def label_counts(labels: np.ndarray, classes: int) -> np.ndarray:
+    """Images of each class (multi-label: images holding each label)."""
+    if labels.ndim == 2:
+        return labels.sum(axis=0, dtype=np.int64)
+    return np.bincount(labels, minlength=classes)
+
+
+def _tag_sets(table: pd.DataFrame, spec: CompetitionSpec, path: Path) -> tuple[np.ndarray, list[str]]:
+    """`label_format: tags`: the label column's labels, separated by spaces, as a 0/1 matrix."""
+    if spec.label_column not in table.columns:
+        raise DataError(f"{path}: missing column '{spec.label_column}' (found: {', '.join(map(str, table.columns))}); "
+                        "fix the file or `label_column` in the competition YAML")
+    sets = [cell.split() for cell in table[spec.label_column]]
+    empty = [row for row, tags in enumerate(sets) if not tags]
+    if empty and not spec.metric.allow_empty:
+        raise DataError(f"{path} row {empty[0] + 2}: no labels in '{spec.label_column}'; every image needs at least one "
+                        "(or set `allow_empty: true` in the metric, where the competition allows an empty set)")
+    classes = class_list(spec, [tag for tags in sets for tag in tags], path)
+    index_of = {label: i for i, label in enumerate(classes)}
+    matrix = np.zeros((len(sets), len(classes)), dtype=np.uint8)
+    for row, tags in enumerate(sets):
+        unknown = [tag for tag in tags if tag not in index_of]
+        if unknown:
+            raise DataError(f"{path} row {row + 2}: label '{unknown[0]}' is not in the class list of "
+                            f"competition/{spec.name}.yaml")
+        matrix[row, [index_of[tag] for tag in tags]] = 1
+    return matrix, classes
+
+
+def _label_columns(table: pd.DataFrame, spec: CompetitionSpec, path: Path) -> tuple[np.ndarray, list[str]]:
+    """`label_format: columns`: one 0/1 column per label, named as the label (with `classes: auto`, every
+    column but the id and the group column)."""
+    others = [c for c in table.columns if c not in (spec.id_column, spec.folds.group_column)]
+    classes = list(spec.classes) if spec.classes != "auto" else others
+    if len(classes) < 2:
+        raise DataError(f"{path}: {len(classes)} label column(s) besides '{spec.id_column}'; a multi-label competition "
+                        "needs one 0/1 column per label")
+    missing = [c for c in classes if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: no column '{missing[0]}' for the label of that name (columns: "
+                        f"{', '.join(map(str, table.columns))[:200]}); fix `classes:` in competition/{spec.name}.yaml")
+    cells = table[classes].apply(lambda column: column.str.strip())
+    bad = ~cells.isin(["0", "1"])
+    if bad.to_numpy().any():
+        row, column = np.argwhere(bad.to_numpy())[0]
+        raise DataError(f"{path} row {row + 2}: column '{classes[column]}' holds '{cells.iat[row, column][:40]}'; a label "
+                        "column holds 0 or 1" + ("" if spec.classes != "auto" else
+                                                 " (with `classes: auto` every column but the id is a label; list "
+                                                 "`classes:` to leave others out)"))
+    matrix = (cells.to_numpy() == "1").astype(np.uint8)
+    if not spec.metric.allow_empty and not matrix.any(axis=1).all():
+        row = int(np.flatnonzero(~matrix.any(axis=1))[0])
+        raise DataError(f"{path} row {row + 2}: no label column is 1; every image needs at least one (or set "
+                        "`allow_empty: true` in the metric)")
+    return matrix, [str(c) for c in classes]
+
+
 def read_labelled_ids(path: Path, spec: CompetitionSpec) -> tuple[list[str], np.ndarray, list[str]]:
-    """(ids, label indices, classes) of a train.csv."""
+    """(ids, label indices, classes) of a train.csv; multi-label: (ids, 0/1 label matrix, classes)."""
+    if spec.task == "multi_label":
+        table = read_table(path, [spec.id_column], "training labels")
+        ids = table[spec.id_column].str.strip()
+        check_unique_ids(ids, path)
+        read = _tag_sets if spec.label_format == "tags" else _label_columns
+        matrix, classes = read(table, spec, path)
+        return ids.tolist(), matrix, classes
     table = read_table(path, [spec.id_column, spec.label_column], "training labels")
     ids = table[spec.id_column].str.strip()
     check_unique_ids(ids, path)

@@ -42,7 +42,7 @@ from pipelines.machine import ddp
 from pipelines.machine.device import Runtime
 from pipelines.recipe.augment import BatchAugmenter
 from pipelines.recipe.classifier import ImageClassifier, build_model
-from pipelines.recipe.losses import LOSSES
+from pipelines.recipe.losses import LOSSES, MULTI_LABEL_LOSSES, balanced_weights
 from pipelines.recipe.optim import Lookahead, make_optimizer, make_scheduler
 from pipelines.stages.artifacts import build_once, is_complete, output_key, publish
 from pipelines.stages.device_data import TrainingData
@@ -182,19 +182,26 @@ def make_learner(run: ModelRun, spec: CompetitionSpec, data: TrainingData, runti
 
         ema = ModelEmaV3(model, decay=run.ema_decay, use_warmup=True)
     lookahead = Lookahead(model, run.lookahead, run.epochs * steps_per_epoch) if run.lookahead else None
+    multi_label = spec.task == "multi_label"
     mixup = None
     if run.mixup_alpha or run.cutmix_alpha:
         from timm.data import Mixup
 
+        # Label sets mix as the images do: each label's target is the share of the mixed image that holds it.
         mixup = Mixup(mixup_alpha=run.mixup_alpha, cutmix_alpha=run.cutmix_alpha, label_smoothing=run.label_smoothing,
-                      num_classes=len(spec.classes))
+                      num_classes=len(spec.classes), **({"multi_label": True} if multi_label else {}))
 
     loss_config = run.loss or LossConfig()
-    chosen_loss = LOSSES[loss_config.name]
+    chosen_loss = (MULTI_LABEL_LOSSES if multi_label else LOSSES)[loss_config.name]
+    weights = None
+    if loss_config.balanced:  # from the rows this model learns from, never the held-out ones
+        rows = train_rows if train_rows is not None else torch.arange(len(data.labels))
+        weights = balanced_weights(data.labels[rows.to(data.labels.device)], len(spec.classes)).to(runtime.device)
 
     def base_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # With Mixup the targets are soft and already smoothed; else smoothed here.
-        return chosen_loss(logits.float(), targets, 0.0 if mixup is not None else run.label_smoothing, loss_config)
+        return chosen_loss(logits.float(), targets, 0.0 if mixup is not None else run.label_smoothing, loss_config,
+                           weights)
 
     # Models with several heads (multi_output_resnet) say how their heads' losses combine.
     heads_loss = getattr(model.net, "training_loss", None)
