@@ -60,10 +60,17 @@ def metric_entry(kaggle_name: str, draft: Draft) -> str | dict | None:
         draft.questions.append(Question("metric", f"the competition's metric '{kaggle_name or '(none given)'}' is none "
                                         f"kpipe scores; choose the nearest of: {choices}"))
         return None
-    name, k = mapped
+    name, number = mapped
+    if draft.task == "multi_label":
+        return multi_label_metric(kaggle_name, name, number, draft)
+    k = number
     if "k" in metrics.KINDS[name].arguments and k is None:
         draft.questions.append(Question("metric", f"'{kaggle_name}' takes k (how many labels a row lists): write "
                                         f"{{name: {name}, k: 5}} with the k of the competition's rules"))
+        return None
+    if metrics.KINDS[name].task == "multi_label":
+        draft.questions.append(Question("metric", f"'{kaggle_name}' scores label sets, but the training labels hold one "
+                                        "class per image; choose a single-label metric, or check label_column"))
         return None
     draft.found.append(f"metric: {name if k is None else f'{name} (k={k})'} (the competition's '{kaggle_name}')")
     columns, classes = len(draft.prediction_columns), len(draft.classes)
@@ -72,6 +79,33 @@ def metric_entry(kaggle_name: str, draft: Draft) -> str | dict | None:
         draft.questions.append(Question("metric", f"{name} is scored on one probability column per class, but the sample "
                                         f"submission has {columns} columns for {classes} classes"))
     return name if k is None else {"name": name, "k": k}
+
+
+# Single-label names kaggle.com gives metrics that, on label sets, mean these multi-label ones (beta 1).
+AS_MULTI_LABEL = {"f1_micro": ("f_beta_micro", 1.0), "f1_macro": ("f_beta_macro", 1.0), "roc_auc": ("mean_column_auc", None),
+                  "log_loss": ("multilabel_log_loss", None)}
+
+
+def multi_label_metric(kaggle_name: str, name: str, beta: float | None, draft: Draft) -> str | dict | None:
+    """Ours for a multi-label competition's metric, checked against the sample submission."""
+    name, beta = AS_MULTI_LABEL.get(name, (name, beta))
+    if metrics.KINDS[name].task != "multi_label":
+        draft.questions.append(Question("metric", f"'{kaggle_name}' scores one class per image, but the training labels "
+                                        "hold a set per image; choose one of: " + ", ".join(
+                                            n for n, kind in metrics.KINDS.items() if kind.task == "multi_label")))
+        return None
+    if "beta" in metrics.KINDS[name].arguments and beta is None:
+        draft.questions.append(Question("metric", f"'{kaggle_name}' takes beta: write {{name: {name}, beta: 2}} with "
+                                        "the beta of the competition's rules"))
+        return None
+    columns = draft.prediction_columns
+    if metrics.KINDS[name].submission == "probabilities" and columns != draft.classes:
+        draft.questions.append(Question("metric", f"{name} is scored on one probability column per label, but the "
+                                        f"sample submission's columns ({', '.join(columns[:6])}) are not the labels "
+                                        f"({', '.join(draft.classes[:6])})"))
+    entry = {"name": name, "beta": int(beta) if float(beta).is_integer() else beta} if beta is not None else name
+    draft.found.append(f"metric: {_flow(entry)} (the competition's '{kaggle_name}', on label sets)")
+    return entry
 
 
 def pool_source(draft: Draft) -> str:
@@ -105,7 +139,14 @@ def render(slug: str, host: str, metadata: dict, draft: Draft, metric) -> str:
     lines.append("layout:")
     layout = {"kind": draft.layout.get("kind"), **draft.layout}
     lines += [f"  {key}: {_flow(value)}" for key, value in layout.items()]
-    lines += [f"id_column: {_flow(draft.id_column)}", f"label_column: {_flow(draft.label_column)}"]
+    lines.append(f"id_column: {_flow(draft.id_column)}")
+    if draft.label_format != "columns":
+        lines.append(f"label_column: {_flow(draft.label_column)}")
+    if draft.task == "multi_label":
+        lines.append("task: multi_label                    # each image holds a set of labels")
+        lines.append(f"label_format: {draft.label_format}" + ("                  # the labels separated by spaces"
+                                                              if draft.label_format == "tags" else
+                                                              "               # one 0/1 column per label"))
     if draft.submission_id_column:
         lines.append(f"submission_id_column: {_flow(draft.submission_id_column)}   # the sample submission's name")
     if draft.submission_label_column:
@@ -120,8 +161,10 @@ def render(slug: str, host: str, metadata: dict, draft: Draft, metric) -> str:
     lines.append(f"# Pool and budget from competition/{source.name}.yaml, whose images are the nearest in size.")
     budget = {device: f"{seconds / 60:g}m" for device, seconds in source.budget.model_dump(mode="json").items()}
     lines.append(f"budget: {_flow(budget)}")
-    pool = yaml.safe_dump({"pool": source.pool.model_dump(mode="json", exclude_defaults=True)}, sort_keys=False,
-                          default_flow_style=None, width=110)
+    pool = source.pool.model_dump(mode="json", exclude_defaults=True)
+    if draft.task == "multi_label":  # pseudo-labels take one class per image
+        pool["candidates"] = [c for c in pool["candidates"] if not c.get("pseudo_labels")]
+    pool = yaml.safe_dump({"pool": pool}, sort_keys=False, default_flow_style=None, width=110)
     return "\n".join(lines) + "\n" + pool
 
 

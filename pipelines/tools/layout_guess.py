@@ -19,6 +19,7 @@ from pipelines.stages.readers import IMAGE_SUFFIXES, natural_order
 
 SAMPLE_SUBMISSION = re.compile(r"sample_?submission.*\.csv$", re.IGNORECASE)
 TRAIN_TABLES = ("train.csv", "train_labels.csv", "trainlabels.csv", "labels.csv")
+VERSIONED_TRAIN_TABLE = re.compile(r"train[_-]?v\d+\.csv$", re.IGNORECASE)  # planet's train_v2.csv
 LABEL_NAMES = ("label", "labels", "target", "class", "category", "diagnosis", "species", "y")
 PIXEL_COLUMN = re.compile(r"^([A-Za-z_]+?)(\d+)$")
 SAMPLED_IMAGES = 300  # image headers read for the size distribution (a seeded, spread-out sample)
@@ -42,7 +43,9 @@ class Draft:
     submission_id_column: str | None = None
     submission_label_column: str | None = None
     classes: list[str] = field(default_factory=list)
-    class_counts: list[int] = field(default_factory=list)
+    class_counts: list[int] = field(default_factory=list)  # images of each class (multi-label: holding each label)
+    task: str = "single_label"
+    label_format: str | None = None  # multi-label: `tags` (separated by spaces) or `columns` (one 0/1 column a label)
     image: dict = field(default_factory=dict)
     prediction_columns: list[str] = field(default_factory=list)
     found: list[str] = field(default_factory=list)
@@ -151,11 +154,41 @@ def _csv_images(raw: Path, train: Path, folders: dict[Path, list[Path]], draft: 
                          "filename": filename})
     draft.found.append(f"layout: csv_images ({train.name} names the images in {_relative(raw, folder)}/ by "
                        f"'{id_column}', files '{filename}')")
-    label = _pick_label([c for c in table.columns if c != id_column], draft)
-    if label is not None:
-        draft.label_column = label
-        _classes_from(table[label], draft, f"{train.name} column '{label}'")
+    _labels_of(table, id_column, train.name, draft)
     return True
+
+
+def _labels_of(table, id_column: str, where: str, draft: Draft) -> None:
+    """The label column and classes of a train.csv; a multi-label one is told by its cells: labels separated
+    by spaces in one column (planet's tags), or two or more 0/1 columns that some rows hold more or fewer
+    than one of, or that the sample submission asks a probability for (the medical competitions)."""
+    others = [c for c in table.columns if c != id_column]
+    bits = [c for c in others if set(table[c].str.strip()) <= {"0", "1"}]
+    if len(bits) >= 2 and len(bits) == len(others):
+        counts = table[bits].apply(lambda column: column.str.strip() == "1").sum(axis=1)
+        if (counts != 1).any() or set(bits) <= set(draft.prediction_columns):
+            draft.task, draft.label_format = "multi_label", "columns"
+            draft.classes = bits
+            draft.class_counts = [int((table[c].str.strip() == "1").sum()) for c in bits]
+            draft.found.append(f"labels: multi-label, one 0/1 column per label in {where} ({len(bits)}: "
+                               f"{', '.join(bits[:8])}{', ...' if len(bits) > 8 else ''}); "
+                               f"{int(counts.min())}..{int(counts.max())} labels an image")
+            return
+    label = _pick_label(others, draft)
+    if label is None:
+        return
+    draft.label_column = label
+    cells = table[label].str.split()
+    if (cells.str.len() > 1).mean() >= 0.01:  # a label set per image, its labels separated by spaces
+        draft.task, draft.label_format = "multi_label", "tags"
+        counts = collections.Counter(tag for tags in cells for tag in set(tags))
+        draft.classes = natural_order(counts)
+        draft.class_counts = [counts[c] for c in draft.classes]
+        draft.found.append(f"labels: multi-label, {len(draft.classes)} labels separated by spaces in {where} column "
+                           f"'{label}' ({', '.join(draft.classes[:8])}{', ...' if len(draft.classes) > 8 else ''}); "
+                           f"{int(cells.str.len().min())}..{int(cells.str.len().max())} labels an image")
+        return
+    _classes_from(table[label], draft, f"{where} column '{label}'")
 
 
 def _class_folders(raw: Path, folders: dict[Path, list[Path]], draft: Draft) -> bool:
@@ -255,16 +288,14 @@ def guess(raw: Path) -> Draft:
                        f"{', '.join(header)})")
     folders = _image_folders(raw)
     tables = [p for p in sorted(raw.glob("*.csv")) if p.name.lower() in TRAIN_TABLES]
+    tables += [p for p in sorted(raw.glob("*.csv")) if VERSIONED_TRAIN_TABLE.fullmatch(p.name)]
     train = tables[0] if tables else None
     if (raw / "train_images.npy").is_file() and train is not None:
         draft.layout = {"kind": "npy", "train_csv": train.name}
         draft.found.append("layout: npy (train_images.npy, test_images.npy)")
         shape = np.load(raw / "train_images.npy", mmap_mode="r").shape
         draft.image = {"height": shape[1], "width": shape[2], "channels": shape[3] if len(shape) == 4 else 1}
-        label = _pick_label([c for c in _header(train) if c != "id"], draft)
-        if label:
-            draft.label_column = label
-            _classes_from(_table(train)[label], draft, f"{train.name} column '{label}'")
+        _labels_of(_table(train), "id", train.name, draft)
     elif train is not None and _pixel_layout(raw, train, draft):
         pass
     else:
@@ -297,5 +328,7 @@ def _columns(header: list[str], draft: Draft) -> None:
         return
     if header[0] != draft.id_column:
         draft.submission_id_column = header[0]
+    if draft.label_format == "columns":  # the submission's columns are the labels
+        return
     if len(header) == 2 and header[1] != draft.label_column:
         draft.submission_label_column = header[1]
