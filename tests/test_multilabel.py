@@ -322,13 +322,17 @@ def test_auc_replica_submits_one_probability_column_per_label(pipeline_env, host
     from pipelines.__main__ import main as pipelines_main
 
     monkeypatch.setenv("KPIPE_SUBMISSIONS", str(tmp_path / "submissions"))
-    assert pipelines_main(["submit", "--comp", _variant(tmp_path, "fashion-mosaic-auc", epochs=1, tta=["identity"])]) == 0
+    spec_path = _variant(tmp_path, "fashion-mosaic-auc", epochs=1, tta=["identity"])
+    assert pipelines_main(["submit", "--comp", spec_path]) == 0
     assert "calibration: temperatures" in capsys.readouterr().out
     [scored] = host.store.submissions("fashion-mosaic-auc")[:1]
     assert scored["status"] == "COMPLETE" and scored["public_score"] > _benchmark(host, "fashion-mosaic-auc") + 0.1
     [submission] = [p for p in (tmp_path / "submissions" / "fashion-mosaic-auc").glob("*.csv") if p.name != "log.csv"]
     header = submission.read_text().splitlines()[0]
     assert header == "id,tshirt,trouser,pullover,dress,coat,sandal,shirt,sneaker,bag,boot"  # train.csv's columns
+    assert pipelines_main(["predict", "--comp", spec_path, "--input", str(pipeline_env / "fashion-mosaic-auc" / "raw" / "test"),
+                           "--out", str(tmp_path / "preds.csv")]) == 0
+    assert _rows(tmp_path / "preds.csv") == _rows(submission)  # every probability to its last written digit
 
 
 # --- make init ---------------------------------------------------------------------------------------------

@@ -121,7 +121,8 @@ def predict_ensemble(spec: CompetitionSpec, run: LoggedRun, images: np.ndarray, 
             passes.update()
         member_probs.append(np.mean(fold_probs, axis=0))
     passes.close()
-    return combine(run.lineage, member_probs)
+    # float32, as the ensemble stage stores the test set's blend: the same cells as the submission's
+    return combine(run.lineage, member_probs).astype(np.float32)
 
 
 # --- output ----------------------------------------------------------------------------------------------
@@ -155,7 +156,7 @@ def run_predict(spec: CompetitionSpec, source: Path, out: Path | None = None, ru
 
     fmt = submission_format(spec)
     # Single-label: each image's class; multi-label: each label's images (as the submission cuts the sets).
-    counts = (np.sum([fmt.parse(fmt.cells(p)) for p in probs], axis=0) if fmt.kind == "tags" else
+    counts = (np.sum([fmt.parse(fmt.cells(p)) for p in probs], axis=0).astype(int) if fmt.kind == "tags" else
               label_sets(probs).sum(axis=0) if fmt.multi_label else np.bincount(probs.argmax(axis=1), minlength=len(spec.classes)))
     common = ", ".join(f"{spec.classes[c]}: {counts[c]}" for c in np.argsort(-counts)[:3] if counts[c])
     print(f"predict: {len(ids):,} images through run {logged.config_hash} ({len(logged.lineage['members'])} model(s), "

@@ -293,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     if seen != len(ids):
         sys.exit(f"error: {seen:,} test images for {len(ids):,} sample submission rows; they must line up")
     member_probs = [np.concatenate(out) for out in parts]
-    probs = combine(config, member_probs)
+    # float32, as the ensemble stage stores the test set's blend: the cells are written from the same numbers
+    probs = combine(config, member_probs).astype(np.float32)
     with open(args.out, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(header)

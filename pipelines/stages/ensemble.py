@@ -189,7 +189,7 @@ def _write_ensemble(output: EnsembleOutput, metric: Metric, per_model: dict[str,
     thresholding = metric.submission == "tags"
     deciding = (metric.submission == "label" and metric.name != "accuracy") or thresholding
     fit_rule, apply_rule = (fit_thresholds, at_thresholds) if thresholding else (fit_class_weights, reweighted)
-    class_weights = fit_rule(oof_blend, labels, metric) if deciding else None
+    fitted_rule = fit_rule(oof_blend, labels, metric) if deciding else None  # class weights or thresholds
 
     def fit_on(rows: np.ndarray, with_rule: bool = deciding):  # everything fitted on OOF rows, on `rows` only
         fitted = find_weights(method, [p[rows] for p in oof], labels[rows], metric)
@@ -210,11 +210,11 @@ def _write_ensemble(output: EnsembleOutput, metric: Metric, per_model: dict[str,
     if deciding:  # kept only when it holds up cross-fitted: on few rows of the rare classes it overfits
         without_rule = cross_fit(groups, lambda rows: fit_on(rows, with_rule=False), apply, *oof_blend.shape)
         gain = metric.signed(metric.score(cross_fitted, labels)) - metric.signed(metric.score(without_rule, labels))
-        rule = {"thresholds" if thresholding else "class_weights": [round(float(w), 4) for w in class_weights],
+        rule = {"thresholds" if thresholding else "class_weights": [round(float(w), 4) for w in fitted_rule],
                 "applied": gain > 0, "cross_fitted_with": metric.score(cross_fitted, labels),
                 "cross_fitted_without": metric.score(without_rule, labels), "cross_fitted_gain": gain}
         if gain > 0:
-            oof_blend = apply_rule(oof_blend, class_weights)
+            oof_blend = apply_rule(oof_blend, fitted_rule)
         else:
             cross_fitted = without_rule
     # Everything the test set's blend needs, in the form `make predict` and `make export` replay.
@@ -222,10 +222,10 @@ def _write_ensemble(output: EnsembleOutput, metric: Metric, per_model: dict[str,
         {"name": m.name, "weight": float(w), "temperature": temperatures.get(m.name), **(sources or {}).get(m.name, {})}
         for m, w in zip(models, weights)],
         "ensemble_temperature": temperatures.get("ensemble"),
-        "class_weights": [float(w) for w in class_weights] if rule is not None and rule["applied"] and not thresholding
+        "class_weights": [float(w) for w in fitted_rule] if rule is not None and rule["applied"] and not thresholding
         else None}
     if thresholding:  # the labels' thresholds, where they held up cross-fitted (else the flat 0.5)
-        lineage["thresholds"] = [float(t) for t in class_weights] if rule["applied"] else None
+        lineage["thresholds"] = [float(t) for t in fitted_rule] if rule["applied"] else None
     test_blend = combine(lineage, [m.test_probs for m in models])
 
     def scores(probs: np.ndarray) -> dict:
