@@ -285,7 +285,7 @@ def test_tags_replica_submits_and_predict_and_the_exported_script_reproduce_it(p
     from pipelines.stages.lineage import find_run
 
     monkeypatch.setenv("KPIPE_SUBMISSIONS", str(tmp_path / "submissions"))
-    spec_path = _variant(tmp_path, "fashion-mosaic-tags")
+    spec_path = _variant(tmp_path, "fashion-mosaic-tags", epochs=1)
     assert pipelines_main(["submit", "--comp", spec_path]) == 0
     out = capsys.readouterr().out
     assert "iteratively stratified (multi-label)" in out and "decision rule: per-label thresholds" in out
