@@ -21,7 +21,7 @@ from competition.formats import SubmissionFormat, score
 from competition.host.scoring import Solution, SubmissionRejected, score_submission
 from competition.recipe import LossConfig
 from competition.spec import SPEC_DIR, load_spec
-from pipelines.recipe.kernel_inference import at_thresholds, cells, combine
+from pipelines.recipe.kernel_inference import at_thresholds, cells, combine, logit, sigmoid
 from pipelines.recipe.losses import MULTI_LABEL_LOSSES, balanced_weights
 from pipelines.stages.calibrate import fit_thresholds
 from pipelines.stages.prepare import assign_multilabel_folds, fold_class_counts
@@ -383,3 +383,16 @@ def test_make_init_drafts_the_multilabel_replicas(pipeline_env, host, tmp_path, 
     assert all(run.pseudo_labels is None for run in spec.pool.candidates)
     data = read_competition(spec, pipeline_env / slug / "raw")
     assert data.train_labels.shape == (10_000, 10) and set(data.train_labels.sum(axis=1)) == {1, 2, 3, 4}
+
+
+def test_epochs_and_trials_are_chosen_by_the_metric_at_fitted_thresholds(sets):
+    from pipelines.stages.calibrate import selection_score
+
+    probs, labels = sets
+    timid = sigmoid(logit(probs) - 2)  # the same ranking per label, each logit 2 lower (8 steps of the grid)
+    f2 = metrics.bound({"name": "f_beta_samples", "beta": 2})
+    assert f2.score(timid, labels) < f2.score(probs, labels) - 0.04
+    assert selection_score(f2, timid, labels) == pytest.approx(selection_score(f2, probs, labels), abs=1e-9)
+    assert selection_score(f2, timid, labels) > f2.score(probs, labels) + 0.1
+    auc = metrics.bound("mean_column_auc")
+    assert selection_score(auc, probs, labels) == auc.score(probs, labels)  # other metrics as they are

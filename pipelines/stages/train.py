@@ -45,6 +45,7 @@ from pipelines.recipe.classifier import ImageClassifier, build_model
 from pipelines.recipe.losses import LOSSES, MULTI_LABEL_LOSSES, balanced_weights
 from pipelines.recipe.optim import Lookahead, make_optimizer, make_scheduler
 from pipelines.stages.artifacts import build_once, is_complete, output_key, publish
+from pipelines.stages.calibrate import selection_score
 from pipelines.stages.device_data import TrainingData
 from pipelines.stages.inputs import TrainingInputs
 from pipelines.stages.predict import (FoldOutput, best_weights, file_digest, load_checkpoint, load_fold_model,
@@ -222,7 +223,7 @@ class EpochResult:
     train_loss: float
     val_loss: float
     val_accuracy: float
-    val_score: float  # the competition's metric
+    val_score: float  # the competition's metric (label sets: at thresholds fitted on these rows, calibrate.selection_score)
     lr: float
     seconds: float  # training steps only
     images: int  # training images seen
@@ -498,7 +499,7 @@ def _train_fold(job: FoldJob, final: Path, options: FoldOptions) -> FoldOutput |
         val_probs = ddp.gathered(lambda images: predict_probs(learner.evaluated, images, share=runtime.cores), val_images)
         epoch_seconds = time.perf_counter() - started  # with the validation pass: what the guard plans with
         result = EpochResult(epoch, train_loss, val_loss=kaggle_log_loss(val_probs, val_labels),
-                             val_accuracy=accuracy(val_probs, val_labels), val_score=metric.score(val_probs, val_labels),
+                             val_accuracy=accuracy(val_probs, val_labels), val_score=selection_score(metric, val_probs, val_labels),
                              lr=learner.optimizer.param_groups[0]["lr"], seconds=seconds, images=steps * run.batch_size)
         step_after_epoch(learner, metric.signed(result.val_score))
         improved = progress.record(result, val_probs, metric)

@@ -27,6 +27,7 @@ from competition.paths import competition_root
 from competition.recipe import ModelRun, ParamSpec, PrunerConfig, apply_params
 from competition.redaction import redact
 from competition.spec import CompetitionSpec
+from pipelines.stages.calibrate import selection_score
 from pipelines.stages.inputs import TrainingInputs
 from pipelines.stages.train import FoldJob, FoldOptions, train_fold
 from pipelines.tuning.studies import open_storage
@@ -51,7 +52,8 @@ def suggest(trial: optuna.Trial, path: str, spec: ParamSpec):
 
 
 class Objective:
-    """Mean validation score (the competition's metric) over the tuning folds of the run with the trial's parameters
+    """Mean validation score (the competition's metric; label sets at thresholds fitted on the held-out rows, as
+    epochs are chosen) over the tuning folds of the run with the trial's parameters
     (`search_space`: the spec's `tuning.search_space`, or a part of it that fits the run)."""
 
     def __init__(self, inputs: TrainingInputs, base_run: ModelRun, study_dir: Path,
@@ -84,7 +86,8 @@ class Objective:
                 output = train_fold(FoldJob(self.inputs, run, fold),
                                     FoldOptions(out_root=trial_dir, subsample=tuning.subsample, on_epoch=report))
                 index, probs = output.oof()
-                scores.append(self.spec.metric.bind().score(probs, self.inputs.data.labels_host()[index]))
+                # As the epochs were chosen: label sets scored at thresholds fitted on the held-out rows.
+                scores.append(selection_score(self.spec.metric.bind(), probs, self.inputs.data.labels_host()[index]))
         finally:
             # A finished or pruned trial keeps nothing but its numbers in the study: free disk and memory now.
             shutil.rmtree(trial_dir, ignore_errors=True)
