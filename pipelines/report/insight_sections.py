@@ -45,28 +45,51 @@ def _show(axes, image: np.ndarray) -> None:
 # --- the images it gets most wrong ------------------------------------------------------------------------
 
 
+def _gallery(images: np.ndarray, rows: np.ndarray, titles: list[str], alt: str, caption: str) -> str:
+    """`images[rows]` in a grid of eight columns, each titled (in red: these are errors)."""
+    plt = _pyplot()
+    columns = 8
+    grid_rows = max((len(rows) + columns - 1) // columns, 1)
+    figure, axes = plt.subplots(grid_rows, columns, figsize=(columns * 1.55, grid_rows * 1.9), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, row, title in zip(axes.flat, rows, titles):
+        ax.axis("on")
+        _show(ax, images[row])
+        ax.set_title(title, fontsize=7, color="#b22")
+    return img(figure_png(figure), alt, caption)
+
+
 def high_loss_gallery(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, index: np.ndarray,
                       names: list[str], count: int = GALLERY_IMAGES) -> str:
     """The `count` out-of-fold images with the highest loss (-log of the true class's probability)."""
-    plt = _pyplot()
     truth = labels[index]
     loss = -np.log(np.clip(probs[np.arange(len(index)), truth], 1e-15, 1.0))
     worst = np.argsort(-loss, kind="stable")[:count]
-    columns = 8
-    rows = max((len(worst) + columns - 1) // columns, 1)
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.55, rows * 1.9), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, row in zip(axes.flat, worst):
-        ax.axis("on")
-        _show(ax, images[index[row]])
-        predicted = int(probs[row].argmax())
-        ax.set_title(f"true {names[truth[row]][:12]}\npred {names[predicted][:12]} {probs[row, predicted]:.2f}",
-                     fontsize=7, color="#b22")
-    return img(figure_png(figure), "highest-loss out-of-fold images",
-               f"The {len(worst)} out-of-fold images the ensemble gets most wrong (highest loss, -log of the true "
-               "class's probability): the true class, the predicted class and its probability. Often a mislabelled "
-               "image, or a pair of classes the models cannot tell apart.")
+    titles = [f"true {names[truth[row]][:12]}\npred {names[int(probs[row].argmax())][:12]} {probs[row].max():.2f}"
+              for row in worst]
+    return _gallery(images, index[worst], titles, "highest-loss out-of-fold images",
+                    f"The {len(worst)} out-of-fold images the ensemble gets most wrong (highest loss, -log of the true "
+                    "class's probability): the true class, the predicted class and its probability. Often a mislabelled "
+                    "image, or a pair of classes the models cannot tell apart.")
+
+
+def high_loss_sets_gallery(images: np.ndarray, labels: np.ndarray, chosen: np.ndarray, probs: np.ndarray,
+                           index: np.ndarray, names: list[str], count: int = GALLERY_IMAGES) -> str:
+    """Multi-label: the `count` out-of-fold images with the highest binary log loss over their labels, each
+    titled with its true set and the set a submission would give (`labels`, `chosen`, `probs`: rows of `index`)."""
+    clipped = np.clip(probs.astype(np.float64), 1e-15, 1 - 1e-15)
+    loss = -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)).sum(axis=1)
+    worst = np.argsort(-loss, kind="stable")[:count]
+
+    def tags(row: np.ndarray) -> str:
+        return " ".join(names[c][:8] for c in np.flatnonzero(row)) or "-"
+
+    titles = [f"missed {tags(labels[row] & (1 - chosen[row]))}\nwrong {tags(chosen[row] & (1 - labels[row]))}"
+              for row in worst]
+    return _gallery(images, index[worst], titles, "highest-loss out-of-fold images",
+                    f"The {len(worst)} out-of-fold images the ensemble gets most wrong (highest log loss summed over "
+                    "the labels): the labels the submission's set would miss, and those it would give wrongly.")
 
 
 # --- per-class scores --------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The report's error sections for a multi-label competition, in place of the confusion matrix and the
 per-class table: per label its images, precision, recall and F1 at the submitted label sets; the label
-co-occurrence matrix beside the matrix of which label was given where another was missed; and each
-label's reliability (how often a label is there, against the probability it was given).
+co-occurrence matrix beside the matrix of which label was given where another was missed; the images it
+gets most wrong; and each label's reliability (how often a label is there, against the probability it
+was given).
 
 Every figure reads the ensemble's out-of-fold probabilities, thresholds already applied (a label is in a
 set above 0.5), and the 0/1 label matrix of the same rows; reliability undoes the thresholds' shift.
@@ -12,6 +13,7 @@ import numpy as np
 
 from competition.metrics import label_sets
 from pipelines.recipe.kernel_inference import logit, sigmoid
+from pipelines.report.insight_sections import high_loss_sets_gallery
 from pipelines.report.parts import count_heatmap, figure_png, img, table
 
 RELIABILITY_BINS = 10
@@ -77,9 +79,10 @@ def label_reliability_png(labels: np.ndarray, probs: np.ndarray, names: list[str
 
 
 def multilabel_sections(labels: np.ndarray, probs: np.ndarray, names: list[str], allow_empty: bool,
-                        thresholds: list[float] | None) -> list[str]:
+                        thresholds: list[float] | None, images: np.ndarray, index: np.ndarray) -> list[str]:
     """The error sections of the report for out-of-fold `probs` (`thresholds` applied, where there are
-    any) and their label matrix. Reliability is drawn on the probabilities before the thresholds moved them."""
+    any) and their label matrix, the rows `index` of the training `images`. Reliability is drawn on the
+    probabilities before the thresholds moved them."""
     chosen = label_sets(probs, allow_empty)
     before = probs if thresholds is None else sigmoid(logit(probs) + logit(np.asarray(thresholds)))
     co_png, pairs = co_occurrence_png(labels, chosen, names)
@@ -93,6 +96,7 @@ def multilabel_sections(labels: np.ndarray, probs: np.ndarray, names: list[str],
         "<p>Most frequent mix-ups (out of fold):</p>",
         table(["missed label", "wrongly given instead", "images (count)", "share of the missed label's images (%)"], pairs,
               "confused-table"),
+        high_loss_sets_gallery(images, labels, chosen, probs, index, names),
         img(label_reliability_png(labels, before, names), "per-label reliability",
             "Each label's out-of-fold probabilities (before its threshold) in ten bins against the share of those "
             "images that hold the label; a calibrated label lies on the diagonal."),

@@ -368,7 +368,8 @@ def write_report(ctx: Context, trained: dict, ensemble_folder: Path, report: dic
     labels = ctx.data.labels_host()
     if spec.task == "multi_label":  # per-label scores, co-occurrence and reliability (report/multilabel.py)
         errors = multilabel_sections(labels[oof_index], oof_probs, spec.display_names, spec.metric.bind().allow_empty,
-                                     read_manifest(ensemble_folder)["lineage"].get("thresholds"))
+                                     read_manifest(ensemble_folder)["lineage"].get("thresholds"), ctx.data.images_nhwc,
+                                     oof_index)
     else:
         errors = single_label_sections(ctx, trained, summaries, labels, oof_index, oof_probs)
     study_images = _study_images(spec)
