@@ -353,6 +353,48 @@ def test_only_candidates_the_plan_could_choose_are_probed(budget, probed_names, 
     assert all("MFLOP an image" in n for n in skipped)
 
 
+def _bf16_probes(probed: list, checked: list, failing_family: str):
+    """Probes on a machine where bf16 trains twice as fast; `failing_family`'s accuracy check fails."""
+    from pipelines.planning.plan import Probes
+    from pipelines.planning.probe import Speed
+
+    def speeds(candidate):
+        probed.append(candidate.name)
+        train, predict, _ = MEASURED[candidate.name]
+        return {"fp32-cl": Speed(train, predict), "bf16-cl": Speed(2 * train, 2 * predict)}
+
+    def check(candidate, precision):
+        checked.append(candidate.name)
+        return {"allowed": candidate.family != failing_family, "reduced_accuracy": 0.80, "fp32_accuracy": 0.81,
+                "steps": 150}
+
+    return Probes(speeds, check, None, lambda c: MEASURED[c.name][2] * 1e6)
+
+
+@pytest.mark.parametrize("budget, probed_names, checked_names, chosen", [
+    # deeper_cnn is probed (it might have joined) but not chosen: its two short trainings are saved.
+    (600, ["fastresnet", "deeper_cnn"], ["fastresnet"], [("fastresnet", "bf16-cl")]),
+    # fastcnn's check fails: it falls back to fp32 and the time is split again.
+    (1800, ["fastresnet", "fastcnn", "deeper_cnn"], ["fastresnet", "fastcnn", "deeper_cnn"],
+     [("fastresnet", "bf16-cl"), ("fastcnn", "fp32-cl"), ("deeper_cnn", "bf16-cl")]),
+])
+def test_only_the_runs_a_plan_chooses_have_their_reduced_precision_checked(budget, probed_names, checked_names,
+                                                                            chosen):
+    import torch
+
+    from pipelines.machine.device import Runtime
+    from pipelines.planning.plan import ImageCounts, make_plan
+
+    probed, checked = [], []
+    plan = make_plan(_four_candidate_spec(), budget, Runtime(torch.device("cpu")),
+                     _bf16_probes(probed, checked, failing_family="plain-cnn"), ImageCounts(60_000, 10_000), lambda: 10.0)
+    assert probed == probed_names and checked == checked_names
+    assert [(p.run.name, p.run.precision) for p in plan.runs] == chosen
+    reasons = {p.run.name: p.precision_reason for p in plan.runs}
+    assert "accuracy check 0.8000 vs fp32 0.8100 after 150 steps" in reasons["fastresnet"]
+    assert all(reason.startswith(("2.00x fp32-cl", "fastest allowed (1.00x")) for reason in reasons.values()), reasons
+
+
 def test_a_candidate_that_ended_with_zero_weight_is_not_probed_or_trained_again():
     import torch
 

@@ -381,10 +381,12 @@ def optimistic_cost(spec: CompetitionSpec, candidate: Candidate, flops: float, p
 
 def probe_pool(spec: CompetitionSpec, budget: float, reserve: float, probes: Probes, counts: ImageCounts,
                elapsed: Callable[[], float], skip: dict[str, str]) -> tuple[list[CandidateCost], dict, list[str]]:
-    """(costs, speeds table, notes): the pool's candidates probed in family order, leaving out those `skip`
-    names and those the plan could not choose even at an optimistic speed (`optimistic_cost`)."""
+    """(costs, speeds, notes): the pool's candidates probed in family order, leaving out those `skip`
+    names and those the plan could not choose even at an optimistic speed (`optimistic_cost`). Each cost
+    is at the candidate's fastest precision, not yet checked for accuracy (`settle_precisions` checks
+    those the plan chooses); `speeds`: {candidate name: {precision: Speed}}."""
     probed: list[tuple[CandidateCost, float, Speed]] = []  # (cost, forward FLOPs an image, speed at its precision)
-    speeds_table, notes = {}, []
+    speeds, notes = {}, []
     for number, candidate in enumerate(family_order(list(spec.pool.candidates))):
         if number and candidate.name in skip:
             notes.append(skip[candidate.name])
@@ -398,14 +400,38 @@ def probe_pool(spec: CompetitionSpec, budget: float, reserve: float, probes: Pro
                 notes.append(f"{candidate.name} not probed: even at {FLOP_RATE_MARGIN:g}x the best speed per FLOP "
                              f"measured here ({flops / 1e6:.0f} MFLOP an image), the plan could not choose it")
                 continue
-        speeds = probes.speeds(candidate)
-        speeds_table[candidate.name] = {p: {"train_images_per_second": s.train_images_per_second,
-                                            "predict_images_per_second": s.predict_images_per_second}
-                                        for p, s in speeds.items()}
-        precision, reason = pick_precision(candidate, speeds, probes.check_precision)
-        chosen = Speed(speeds[precision].train_images_per_second, speeds[precision].predict_images_per_second)
-        probed.append((candidate_cost(spec, candidate, precision, reason, chosen, counts), flops or 0.0, chosen))
-    return [c for c, _, _ in probed], speeds_table, notes
+        speeds[candidate.name] = probes.speeds(candidate)
+        precision = fastest_precision(speeds[candidate.name])
+        chosen = _plain(speeds[candidate.name][precision])
+        cost = candidate_cost(spec, candidate, precision, UNCHECKED, chosen, counts)
+        probed.append((cost, flops or 0.0, chosen))
+    return [c for c, _, _ in probed], speeds, notes
+
+
+UNCHECKED = "not yet checked for accuracy"
+
+
+def _plain(speed: Speed) -> Speed:
+    return Speed(speed.train_images_per_second, speed.predict_images_per_second)
+
+
+def settle_precisions(spec: CompetitionSpec, costs: list[CandidateCost], speeds: dict, check_precision,
+                      counts: ImageCounts, decide_now: Callable[[list[CandidateCost]], Decision]
+                      ) -> tuple[list[CandidateCost], Decision]:
+    """Decide, then check the reduced precision of the runs chosen, and only theirs: a check is two short
+    trainings (about a minute each for a candidate on 2 cores), wasted on a candidate the plan leaves out.
+    A run whose check fails falls back to its next precision, and the time (less the checks') is split
+    again until every chosen run's precision is checked."""
+    while True:
+        decision = decide_now(costs)
+        unchecked = [cost for cost, _, _ in decision.runs if cost.precision_reason == UNCHECKED]
+        if not unchecked:
+            return costs, decision
+        for cost in unchecked:
+            name = cost.candidate.name
+            precision, reason = pick_precision(cost.candidate, speeds[name], check_precision)
+            settled = candidate_cost(spec, cost.candidate, precision, reason, _plain(speeds[name][precision]), counts)
+            costs = [settled if c.candidate.name == name else c for c in costs]
 
 
 def make_plan(spec: CompetitionSpec, budget: float, runtime: Runtime, probes: Probes, counts: ImageCounts,
@@ -416,22 +442,32 @@ def make_plan(spec: CompetitionSpec, budget: float, runtime: Runtime, probes: Pr
     pool = spec.pool
     _, left_out = offered_precisions(runtime)
     reserve = reserve_seconds(budget, spec.kernels_only)
-    costs, speeds_table, probe_notes = probe_pool(spec, budget, reserve, probes, counts, elapsed,
-                                                  expected_zero_weight(list(past)))
-    setup_seconds = elapsed()
-    offer = None
-    if spec.tuning is not None and pool.study_share > 0:
-        offer = StudyOffer({c.candidate.name: trial_seconds(spec, c, counts) for c in costs},
-                           pool.study_share, pool.min_trials)
-    decision = decide(spec, costs, budget - setup_seconds - reserve, budget, offer)
+    costs, speeds, probe_notes = probe_pool(spec, budget, reserve, probes, counts, elapsed,
+                                            expected_zero_weight(list(past)))
+
+    before_compile: dict[str, CandidateCost] = {}  # a study's trials are timed as the run was before compiling
+
+    def offer_for(costs: list[CandidateCost]) -> StudyOffer | None:
+        if spec.tuning is None or pool.study_share <= 0:
+            return None
+        costs = [before_compile.get(c.candidate.name, c) if c.compiled else c for c in costs]
+        return StudyOffer({c.candidate.name: trial_seconds(spec, c, counts) for c in costs},
+                          pool.study_share, pool.min_trials)
+
+    def decide_now(costs: list[CandidateCost]) -> Decision:
+        return decide(spec, costs, budget - elapsed() - reserve, budget, offer_for(costs))
+
+    costs, decision = settle_precisions(spec, costs, speeds, probes.check_precision, counts, decide_now)
     why_not = compile_offered(runtime)
     compile_notes = [f"torch.compile not offered: {why_not}"] if why_not else []
     if probes.compiled is not None and not why_not:
         compiled, compile_notes = consider_compile(spec, decision, probes.compiled, counts)
         # Split the time again: the compile probe took some, and compiled runs train faster.
+        before_compile.update({c.candidate.name: c for c in costs})
         costs = [compiled.get(c.candidate.name, c) for c in costs]
-        setup_seconds = elapsed()
-        decision = decide(spec, costs, budget - setup_seconds - reserve, budget, offer)
+        costs, decision = settle_precisions(spec, costs, speeds, probes.check_precision, counts, decide_now)
+    setup_seconds = elapsed()
+    offer = offer_for(costs)
     notes = probe_notes + list(decision.notes) + compile_notes
     notes.append("no refit on all rows: it would cost a whole extra run per model, with no held-out rows to check it")
     study = None
@@ -448,7 +484,7 @@ def make_plan(spec: CompetitionSpec, budget: float, runtime: Runtime, probes: Pr
         device=runtime.device.type, machine=machine_description(runtime), machine_key=machine_key(runtime),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), runs=planned_runs(spec, decision),
         tta=pool.tta[: decision.views], ensemble=pool.ensemble, study=study, reserve_seconds=round(reserve, 1),
-        setup_seconds=round(setup_seconds, 1), speeds=speeds_table, precisions_left_out=left_out, notes=notes)
+        setup_seconds=round(setup_seconds, 1), speeds=speeds_table(speeds), precisions_left_out=left_out, notes=notes)
 
 
 def decide(spec: CompetitionSpec, costs: list[CandidateCost], seconds: float, budget: float,
@@ -508,6 +544,17 @@ def obtain_plan(spec: CompetitionSpec, budget: float, plan_path: str | None, run
                          past_plans(spec, runtime))
         save_plan(plan, path)
     return plan, path, False
+
+
+def speeds_table(speeds: dict) -> dict:
+    """The plan's record of every speed measured: {candidate: {precision: {train/predict images/s}}}."""
+    return {name: {p: {"train_images_per_second": s.train_images_per_second,
+                       "predict_images_per_second": s.predict_images_per_second} for p, s in by_precision.items()}
+            for name, by_precision in speeds.items()}
+
+
+def fastest_precision(speeds: dict) -> str:
+    return max(speeds, key=lambda p: speeds[p].train_images_per_second)
 
 
 def pick_precision(candidate: Candidate, speeds: dict, check_precision) -> tuple[str, str]:
