@@ -395,6 +395,56 @@ def test_only_the_runs_a_plan_chooses_have_their_reduced_precision_checked(budge
     assert all(reason.startswith(("2.00x fp32-cl", "fastest allowed (1.00x")) for reason in reasons.values()), reasons
 
 
+@pytest.mark.parametrize("estimated, checked_names", [
+    (60.0, ["fastresnet"]),  # the plan keeps a minute for each check, so fastcnn does not fit: not checked
+    (None, ["fastresnet", "fastcnn"]),  # without the estimate both are chosen, both checked, and one is left
+])
+def test_a_plan_keeps_time_for_the_checks_of_the_runs_it_chooses(estimated, checked_names):
+    import dataclasses
+
+    import torch
+
+    from pipelines.machine.device import Runtime
+    from pipelines.planning.plan import ImageCounts, make_plan
+
+    probed, checked, clock = [], [], [10.0]
+    probes = _bf16_probes(probed, checked, failing_family="none")
+    check = probes.check_precision
+
+    def timed_check(candidate, precision):
+        clock[0] += 60.0  # each check takes a minute of the budget
+        return check(candidate, precision)
+
+    probes = dataclasses.replace(probes, check_precision=timed_check,
+                                 check_seconds=None if estimated is None else lambda c, p, speeds: estimated)
+    plan = make_plan(_four_candidate_spec(), 900, Runtime(torch.device("cpu")), probes, ImageCounts(60_000, 10_000),
+                     lambda: clock[0])
+    assert probed == ["fastresnet", "fastcnn"] and checked == checked_names
+    assert [(p.run.name, p.run.precision) for p in plan.runs] == [("fastresnet", "bf16-cl")]
+    assert plan.setup_seconds == 10.0 + 60.0 * len(checked_names)
+
+
+def test_a_check_is_estimated_from_the_probed_speeds_and_costs_nothing_once_cached(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from pipelines.machine.device import Runtime
+    from pipelines.planning.probe import CHECK_STEPS, Speed, _check_key, _update_cache, check_seconds
+
+    monkeypatch.setenv("KPIPE_DATA", str(tmp_path))
+    spec, runtime = _four_candidate_spec(), Runtime(torch.device("cpu"))
+    candidate = spec.pool.candidates[0]
+    data = SimpleNamespace(fold_of_row=np.arange(10_000) % 5)  # 8,000 training rows, 2,000 held out
+    speeds = {"fp32-cl": Speed(500.0, 1000.0), "bf16-cl": Speed(1000.0, 2000.0)}
+    steps = CHECK_STEPS * candidate.batch_size
+    expected = steps / 500.0 + 2000 / 1000.0 + steps / 1000.0 + 2000 / 2000.0
+    assert check_seconds(spec, candidate, data, runtime, "bf16-cl", speeds, family="residual") == pytest.approx(expected)
+    _update_cache(runtime, _check_key(spec, candidate, "bf16-cl", CHECK_STEPS, "residual"), {"allowed": True})
+    assert check_seconds(spec, candidate, data, runtime, "bf16-cl", speeds, family="residual") == 0.0
+
+
 def test_a_candidate_that_ended_with_zero_weight_is_not_probed_or_trained_again():
     import torch
 

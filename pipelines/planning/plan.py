@@ -362,12 +362,14 @@ class Probes:
     """How the planner measures this machine (probe.py; tests stand in for them):
     `speeds(candidate) -> {precision: Speed}`; `check_precision(candidate, precision) -> {"allowed": bool, ...}`
     for reduced precisions; `compiled(candidate, precision) -> Speed | why not` (None: torch.compile is not
-    offered here); `flops(candidate) -> forward FLOPs per image` (None: every candidate is probed)."""
+    offered here); `flops(candidate) -> forward FLOPs per image` (None: every candidate is probed);
+    `check_seconds(candidate, precision, speeds) -> what check_precision would take` (None: nothing)."""
 
     speeds: Callable[[Candidate], dict[str, Speed]]
     check_precision: Callable[[Candidate, str], dict]
     compiled: Callable[[Candidate, str], "Speed | str"] | None = None
     flops: Callable[[Candidate], float] | None = None
+    check_seconds: Callable[[Candidate, str, dict], float] | None = None
 
 
 def optimistic_cost(spec: CompetitionSpec, candidate: Candidate, flops: float, probed: list[tuple[CandidateCost, float, Speed]],
@@ -415,21 +417,22 @@ def _plain(speed: Speed) -> Speed:
     return Speed(speed.train_images_per_second, speed.predict_images_per_second)
 
 
-def settle_precisions(spec: CompetitionSpec, costs: list[CandidateCost], speeds: dict, check_precision,
-                      counts: ImageCounts, decide_now: Callable[[list[CandidateCost]], Decision]
+def settle_precisions(spec: CompetitionSpec, costs: list[CandidateCost], speeds: dict, probes: Probes,
+                      counts: ImageCounts, decide_now: Callable[[list[CandidateCost], float], Decision]
                       ) -> tuple[list[CandidateCost], Decision]:
     """Decide, then check the reduced precision of the runs chosen, and only theirs: a check is two short
-    trainings (about a minute each for a candidate on 2 cores), wasted on a candidate the plan leaves out.
-    A run whose check fails falls back to its next precision, and the time (less the checks') is split
-    again until every chosen run's precision is checked."""
+    trainings (about a minute for a candidate on 2 cores), wasted on a candidate the plan leaves out.
+    `decide_now(costs, seconds held back)` decides with the time left. A run whose check fails falls back
+    to its next precision, and the time (less the checks') is split again until every chosen run's
+    precision is checked."""
     while True:
-        decision = decide_now(costs)
+        decision = decide_keeping_time_for_checks(costs, speeds, probes, decide_now)
         unchecked = [cost for cost, _, _ in decision.runs if cost.precision_reason == UNCHECKED]
         if not unchecked:
             return costs, decision
         for cost in unchecked:
             name = cost.candidate.name
-            precision, reason = pick_precision(cost.candidate, speeds[name], check_precision)
+            precision, reason = pick_precision(cost.candidate, speeds[name], probes.check_precision)
             settled = candidate_cost(spec, cost.candidate, precision, reason, _plain(speeds[name][precision]), counts)
             costs = [settled if c.candidate.name == name else c for c in costs]
 
@@ -454,10 +457,10 @@ def make_plan(spec: CompetitionSpec, budget: float, runtime: Runtime, probes: Pr
         return StudyOffer({c.candidate.name: trial_seconds(spec, c, counts) for c in costs},
                           pool.study_share, pool.min_trials)
 
-    def decide_now(costs: list[CandidateCost]) -> Decision:
-        return decide(spec, costs, budget - elapsed() - reserve, budget, offer_for(costs))
+    def decide_now(costs: list[CandidateCost], held: float = 0.0) -> Decision:
+        return decide(spec, costs, budget - elapsed() - reserve - held, budget, offer_for(costs))
 
-    costs, decision = settle_precisions(spec, costs, speeds, probes.check_precision, counts, decide_now)
+    costs, decision = settle_precisions(spec, costs, speeds, probes, counts, decide_now)
     why_not = compile_offered(runtime)
     compile_notes = [f"torch.compile not offered: {why_not}"] if why_not else []
     if probes.compiled is not None and not why_not:
@@ -465,7 +468,7 @@ def make_plan(spec: CompetitionSpec, budget: float, runtime: Runtime, probes: Pr
         # Split the time again: the compile probe took some, and compiled runs train faster.
         before_compile.update({c.candidate.name: c for c in costs})
         costs = [compiled.get(c.candidate.name, c) for c in costs]
-        costs, decision = settle_precisions(spec, costs, speeds, probes.check_precision, counts, decide_now)
+        costs, decision = settle_precisions(spec, costs, speeds, probes, counts, decide_now)
     setup_seconds = elapsed()
     offer = offer_for(costs)
     notes = probe_notes + list(decision.notes) + compile_notes
@@ -531,7 +534,8 @@ def obtain_plan(spec: CompetitionSpec, budget: float, plan_path: str | None, run
         if path.is_file():
             print(f"plan: reusing the plan of record {path} (same budget, data and machine: no probing)", flush=True)
             return read_plan(path, spec), path, False
-        from pipelines.planning.probe import check_reduced_precision, forward_flops, probe_compiled, probe_run
+        from pipelines.planning.probe import (check_reduced_precision, check_seconds, forward_flops, probe_compiled,
+                                              probe_run)
 
         print(f"plan: probing up to {len(spec.pool.candidates)} candidates on {machine_description(runtime)}", flush=True)
         probes = Probes(lambda c: probe_run(spec, c, data, runtime),
@@ -539,11 +543,28 @@ def obtain_plan(spec: CompetitionSpec, budget: float, plan_path: str | None, run
                         lambda c, p: probe_compiled(spec, c.model_copy(update={"precision": p}), data, runtime,
                                                     family=c.family),
                         # On a GPU small nets run far from peak, so FLOPs bound nothing there: probe them all.
-                        None if runtime.is_cuda else lambda c: forward_flops(spec, c))
+                        None if runtime.is_cuda else lambda c: forward_flops(spec, c),
+                        lambda c, p, speeds: check_seconds(spec, c, data, runtime, p, speeds, family=c.family))
         plan = make_plan(spec, budget, runtime, probes, ImageCounts(len(data.labels), len(data.test_images)), elapsed,
                          past_plans(spec, runtime))
         save_plan(plan, path)
     return plan, path, False
+
+
+def decide_keeping_time_for_checks(costs: list[CandidateCost], speeds: dict, probes: Probes,
+                                   decide_now: Callable[[list[CandidateCost], float], Decision]) -> Decision:
+    """A decision that leaves time to check its own unchecked runs: otherwise a plan with time for two
+    models checks both, and then has time for one."""
+    held = 0.0
+    for _ in range(len(costs) + 1):  # `held` grows each pass: a bounded search, never a loop
+        decision = decide_now(costs, held)
+        needed = sum(probes.check_seconds(cost.candidate, cost.precision, speeds[cost.candidate.name])
+                     for cost, _, _ in decision.runs
+                     if cost.precision_reason == UNCHECKED and probes.check_seconds is not None)
+        if needed <= held:
+            break
+        held = needed
+    return decision
 
 
 def speeds_table(speeds: dict) -> dict:

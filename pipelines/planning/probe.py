@@ -215,14 +215,32 @@ def _short_training(spec: CompetitionSpec, run: ModelRun, data: TrainingData, ru
     return accuracy(probs, data.labels_host()[val_rows.numpy()])
 
 
+def _check_key(spec: CompetitionSpec, run: ModelRun, precision: str, steps: int, family: str | None) -> str:
+    return "check-" + stable_hash({"family": family} if family else {"run": run_key(spec, run), "data": spec.data_hash()}
+                                  | {"precision": precision, "steps": steps})
+
+
+def check_seconds(spec: CompetitionSpec, run: ModelRun, data: TrainingData, runtime: Runtime, precision: str,
+                  speeds: dict[str, Speed], family: str | None = None) -> float:
+    """What `check_reduced_precision` would take here, from the probed `speeds`: 0 when its verdict is cached."""
+    if _read_cache(runtime).get(_check_key(spec, run, precision, CHECK_STEPS, family)) is not None:
+        return 0.0
+    train_rows = int(np.sum(data.fold_of_row != 0))
+    val_rows = min(4000, len(data.fold_of_row) - train_rows)
+    batch = min(run.batch_size, train_rows)
+    steps = max(1, min(CHECK_STEPS, train_rows // batch * 3))
+    reference = speeds.get("fp32-cl") or min(speeds.values(), key=lambda s: s.train_images_per_second)
+    return sum(steps * batch / speed.train_images_per_second + val_rows / speed.predict_images_per_second
+               for speed in (reference, speeds[precision]))
+
+
 def check_reduced_precision(spec: CompetitionSpec, run: ModelRun, data: TrainingData, runtime: Runtime,
                             precision: str, steps: int = CHECK_STEPS, family: str | None = None) -> dict:
     """Whether `precision` keeps accuracy for this run on this competition's data: fp32 and `precision`
     train the same steps from the same seed; allowed when the latter is at most 0.3 points below.
     Cached with the probe figures, once per model `family` (else per run): the first competition that
     checks a family answers for the others."""
-    key = "check-" + stable_hash({"family": family} if family else {"run": run_key(spec, run), "data": spec.data_hash()}
-                                 | {"precision": precision, "steps": steps})
+    key = _check_key(spec, run, precision, steps, family)
     cached = _read_cache(runtime).get(key)
     if cached is not None:
         return cached
