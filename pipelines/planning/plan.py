@@ -417,6 +417,23 @@ def _plain(speed: Speed) -> Speed:
     return Speed(speed.train_images_per_second, speed.predict_images_per_second)
 
 
+def decide_keeping_time_for_checks(costs: list[CandidateCost], speeds: dict, probes: Probes,
+                                   decide_now: Callable[[list[CandidateCost], float], Decision]) -> Decision:
+    """A decision that leaves time to check its own unchecked runs: otherwise a plan with time for two
+    models checks both, and then has time for one."""
+    held = 0.0
+    for _ in range(len(costs) + 1):  # `held` grows each pass: a bounded search, never a loop
+        decision = decide_now(costs, held)
+        if probes.check_seconds is None:
+            break
+        needed = sum(probes.check_seconds(cost.candidate, cost.precision, speeds[cost.candidate.name])
+                     for cost, _, _ in decision.runs if cost.precision_reason == UNCHECKED)
+        if needed <= held:
+            break
+        held = needed
+    return decision
+
+
 def settle_precisions(spec: CompetitionSpec, costs: list[CandidateCost], speeds: dict, probes: Probes,
                       counts: ImageCounts, decide_now: Callable[[list[CandidateCost], float], Decision]
                       ) -> tuple[list[CandidateCost], Decision]:
@@ -549,22 +566,6 @@ def obtain_plan(spec: CompetitionSpec, budget: float, plan_path: str | None, run
                          past_plans(spec, runtime))
         save_plan(plan, path)
     return plan, path, False
-
-
-def decide_keeping_time_for_checks(costs: list[CandidateCost], speeds: dict, probes: Probes,
-                                   decide_now: Callable[[list[CandidateCost], float], Decision]) -> Decision:
-    """A decision that leaves time to check its own unchecked runs: otherwise a plan with time for two
-    models checks both, and then has time for one."""
-    held = 0.0
-    for _ in range(len(costs) + 1):  # `held` grows each pass: a bounded search, never a loop
-        decision = decide_now(costs, held)
-        needed = sum(probes.check_seconds(cost.candidate, cost.precision, speeds[cost.candidate.name])
-                     for cost, _, _ in decision.runs
-                     if cost.precision_reason == UNCHECKED and probes.check_seconds is not None)
-        if needed <= held:
-            break
-        held = needed
-    return decision
 
 
 def speeds_table(speeds: dict) -> dict:

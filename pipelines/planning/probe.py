@@ -39,6 +39,8 @@ from pipelines.stages.train import epoch_batches, make_learner, train_one_epoch
 
 PROBE_SECONDS = 2.0  # of timed training steps per (run, precision); inference gets a quarter of it
 CHECK_STEPS = 150  # training steps of the fp32-vs-reduced-precision accuracy check
+CHECK_REFERENCE = "fp32-cl"  # what the check compares against (offered on every machine)
+CHECK_VAL_ROWS = 4000  # the check's accuracy is measured on at most this many of fold 0's rows
 ACCURACY_TOLERANCE = 0.003  # 0.3 points
 
 
@@ -195,13 +197,18 @@ def probe_compiled(spec: CompetitionSpec, run: ModelRun, data: TrainingData, run
     return speed
 
 
+def _check_batches(train_rows: int, batch_size: int, steps: int) -> tuple[int, int]:
+    """(batch, steps) of the accuracy check's short training: at most three passes over the rows."""
+    batch = min(batch_size, train_rows)
+    return batch, max(1, min(steps, train_rows // batch * 3))
+
+
 def _short_training(spec: CompetitionSpec, run: ModelRun, data: TrainingData, runtime: Runtime,
                     steps: int) -> float:
     """Validation accuracy on fold 0 after `steps` seeded steps: the same rows, order and init every time."""
     train_rows = torch.from_numpy(np.flatnonzero(data.fold_of_row != 0))
-    val_rows = torch.from_numpy(np.flatnonzero(data.fold_of_row == 0))[:4000]
-    batch = min(run.batch_size, len(train_rows))
-    steps = max(1, min(steps, len(train_rows) // batch * 3))
+    val_rows = torch.from_numpy(np.flatnonzero(data.fold_of_row == 0))[:CHECK_VAL_ROWS]
+    batch, steps = _check_batches(len(train_rows), run.batch_size, steps)
     learner = make_learner(run.model_copy(update={"epochs": 1}), spec, data, runtime, steps_per_epoch=steps, init_seed=7)
     augmenter = BatchAugmenter(run.augment, spec, data.images, data.images_nhwc)
     done = 0
@@ -226,12 +233,10 @@ def check_seconds(spec: CompetitionSpec, run: ModelRun, data: TrainingData, runt
     if _read_cache(runtime).get(_check_key(spec, run, precision, CHECK_STEPS, family)) is not None:
         return 0.0
     train_rows = int(np.sum(data.fold_of_row != 0))
-    val_rows = min(4000, len(data.fold_of_row) - train_rows)
-    batch = min(run.batch_size, train_rows)
-    steps = max(1, min(CHECK_STEPS, train_rows // batch * 3))
-    reference = speeds.get("fp32-cl") or min(speeds.values(), key=lambda s: s.train_images_per_second)
+    val_rows = min(CHECK_VAL_ROWS, len(data.fold_of_row) - train_rows)
+    batch, steps = _check_batches(train_rows, run.batch_size, CHECK_STEPS)
     return sum(steps * batch / speed.train_images_per_second + val_rows / speed.predict_images_per_second
-               for speed in (reference, speeds[precision]))
+               for speed in (speeds[CHECK_REFERENCE], speeds[precision]))
 
 
 def check_reduced_precision(spec: CompetitionSpec, run: ModelRun, data: TrainingData, runtime: Runtime,
@@ -245,7 +250,7 @@ def check_reduced_precision(spec: CompetitionSpec, run: ModelRun, data: Training
     if cached is not None:
         return cached
     print(f"probe: checking {precision} against fp32 on {spec.name} ({run.name}, {steps} steps each)", flush=True)
-    reference = _short_training(spec, run.model_copy(update={"precision": "fp32-cl"}), data, runtime, steps)
+    reference = _short_training(spec, run.model_copy(update={"precision": CHECK_REFERENCE}), data, runtime, steps)
     reduced = _short_training(spec, run.model_copy(update={"precision": precision}), data, runtime, steps)
     result = {"precision": precision, "fp32_accuracy": round(reference, 4), "reduced_accuracy": round(reduced, 4),
               "steps": steps, "allowed": reduced >= reference - ACCURACY_TOLERANCE, "checked_on": f"{spec.name} ({run.name})"}
