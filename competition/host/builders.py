@@ -73,8 +73,6 @@ def write_multilabel_baseline(dest: Path, meta: dict, test_ids: list[str], train
     leaderboard as a benchmark: per label, the difference between the mean image of the training images
     that hold it and of those that do not, as a linear score on raw pixels; its offset puts as many test
     images above 0.5 as the label's share of the training images."""
-    from competition.formats import SubmissionFormat
-
     train = train_images.reshape(len(train_images), -1).astype(np.float32) / 255
     test = test_images.reshape(len(test_images), -1).astype(np.float32) / 255
     probs = np.zeros((len(test), train_sets.shape[1]))
@@ -84,12 +82,7 @@ def write_multilabel_baseline(dest: Path, meta: dict, test_ids: list[str], train
         score = test @ template
         score = (score - score.mean()) / (score.std() + 1e-6)
         probs[:, c] = 1 / (1 + np.exp(-(score - np.quantile(score, 1 - has.mean()))))
-    header = (dest / "data" / "sample_submission.csv").read_text().splitlines()[0].split(",")
-    fmt = SubmissionFormat.of(metrics.bound(meta["metric"]), meta["id_column"], meta["label_column"], meta["labels"],
-                              header)
-    (dest / "baselines").mkdir(exist_ok=True)
-    write_csv(dest / "baselines" / "label-templates.csv", fmt.header,
-              ([sample_id, *fmt.cells(row)] for sample_id, row in zip(test_ids, probs)))
+    write_benchmark(dest, meta, test_ids, probs, "label-templates.csv")
 
 
 def class_centroids(images: np.ndarray, label_index: np.ndarray, classes: int) -> np.ndarray:
@@ -102,18 +95,25 @@ def write_baseline(dest: Path, meta: dict, test_ids: list[str], centroids: np.nd
     """A simple model's test predictions, hidden beside the solution (baselines/nearest-centroid.csv): the
     nearest class centroid on raw pixels, as probabilities from the standardised distances, written in the
     competition's submission format. The host enters it on the leaderboard as a benchmark."""
-    from competition.formats import SubmissionFormat
-
     flat = test_images.reshape(len(test_images), -1).astype(np.float32) / 255
     distances = (flat ** 2).sum(1)[:, None] - 2 * flat @ centroids.T + (centroids ** 2).sum(1)[None, :]
     logits = -(distances - distances.mean(1, keepdims=True)) / (distances.std(1, keepdims=True) + 1e-6)
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
+    write_benchmark(dest, meta, test_ids, probs, "nearest-centroid.csv")
+
+
+def write_benchmark(dest: Path, meta: dict, test_ids: list[str], probs: np.ndarray, name: str) -> None:
+    """A simple model's test probabilities, hidden beside the solution as baselines/`name` in the
+    competition's submission format (the sample submission's columns): the host enters it on the
+    leaderboard as a benchmark."""
+    from competition.formats import SubmissionFormat
+
     header = (dest / "data" / "sample_submission.csv").read_text().splitlines()[0].split(",")
     fmt = SubmissionFormat.of(metrics.bound(meta["metric"]), meta["id_column"], meta["label_column"],
                               meta["labels"], header)
     (dest / "baselines").mkdir(exist_ok=True)
-    write_csv(dest / "baselines" / "nearest-centroid.csv", fmt.header,
+    write_csv(dest / "baselines" / name, fmt.header,
               ([sample_id, *fmt.cells(row)] for sample_id, row in zip(test_ids, probs)))
 
 
@@ -436,16 +436,6 @@ def fashion_mosaics(images: np.ndarray, labels: np.ndarray, n: int, rng: np.rand
     return mosaics, sets
 
 
-def _png(image: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
 def build_fashion_mosaic(dest: Path, slug: str) -> None:
     """A planet-like multi-label competition: each image a 2x2 mosaic of Fashion-MNIST garments, its
     labels the garments it holds (1 to 4 cells filled, so 1 to 4 labels). `fashion-mosaic-tags` is
@@ -460,6 +450,7 @@ def build_fashion_mosaic(dest: Path, slug: str) -> None:
     meta = BUILTIN_META[slug]
     tags = meta["labels"]
     train_ids, test_ids = [f"train_{i}" for i in range(len(train))], [f"test_{i}" for i in range(len(test))]
+
     def joined(sets: np.ndarray) -> list[str]:
         return [" ".join(tags[c] for c in np.flatnonzero(row)) for row in sets]
 
@@ -475,7 +466,7 @@ def build_fashion_mosaic(dest: Path, slug: str) -> None:
         for name, ids, images in (("train", train_ids, train), ("test", test_ids, test)):
             (dest / "data" / name).mkdir(parents=True, exist_ok=True)
             for i, image in zip(ids, images):
-                (dest / "data" / name / f"{i}.png").write_bytes(_png(image))
+                _save_png(image, dest / "data" / name / f"{i}.png")
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
