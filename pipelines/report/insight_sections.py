@@ -14,22 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from competition.spec import CompetitionSpec
-from pipelines.report.parts import figure_png, img, table
+from pipelines.report.parts import figure_png, img, pyplot, table
 
 GALLERY_IMAGES = 24
 PREVIEW_IMAGES = 8
 # The second final submission must differ from the first in at least this share of test rows (labels)
 # or mean absolute probability: two near-copies hedge nothing.
 DIFFERENT_ENOUGH = 0.01
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _show(axes, image: np.ndarray) -> None:
@@ -47,7 +38,7 @@ def _show(axes, image: np.ndarray) -> None:
 
 def _gallery(images: np.ndarray, rows: np.ndarray, titles: list[str], alt: str, caption: str) -> str:
     """`images[rows]` in a grid of eight columns, each titled (in red: these are errors)."""
-    plt = _pyplot()
+    plt = pyplot()
     columns = 8
     grid_rows = max((len(rows) + columns - 1) // columns, 1)
     figure, axes = plt.subplots(grid_rows, columns, figsize=(columns * 1.55, grid_rows * 1.9), squeeze=False)
@@ -124,7 +115,7 @@ def _rows(path: Path) -> list[dict]:
 def overlaid_curves(trained: dict, metric_label: str) -> str:
     """Every model's validation score per epoch (mean over its folds) and its training loss per step
     (fold by fold, smoothed over ~1% of the steps), on shared axes."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, (steps_axes, score_axes, time_axes) = plt.subplots(1, 3, figsize=(15, 3.8))
     for colour, (name, folds) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4, trained.items()):
         per_epoch: dict[int, list[float]] = {}
@@ -168,7 +159,7 @@ def augmentation_preview(spec: CompetitionSpec, policies: list[str], images: np.
     from pipelines.recipe.augment import albumentations_policy
     from pipelines.recipe.auto_augment import COLOUR_OPS, SEARCHED
 
-    plt = _pyplot()
+    plt = pyplot()
     chosen = images[:PREVIEW_IMAGES]
     figure, axes = plt.subplots(len(policies) + 1, len(chosen), figsize=(len(chosen) * 1.3, (len(policies) + 1) * 1.45),
                                 squeeze=False)
@@ -245,7 +236,7 @@ def cv_vs_leaderboard(rows: list[dict], metric_label: str, greater_is_better: bo
     chosen, text = final_choice(rows, greater_is_better)
     if not points:
         return [f"<p>{html.escape(text)}</p>"]
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(6.5, 4.6))
     cv = np.array([float(r["cv_score"]) for r in points])
     public = np.array([float(r["public_score"]) for r in points])
@@ -271,7 +262,7 @@ def cv_vs_leaderboard(rows: list[dict], metric_label: str, greater_is_better: bo
 
 def insight_section(spec: CompetitionSpec, name: str, folder: Path, images: np.ndarray, labels: np.ndarray) -> list[str]:
     """Grad-CAM overlays and activation maximisation of one fold model (pipelines/report/insight.py's cache)."""
-    plt = _pyplot()
+    plt = pyplot()
     names = spec.display_names
     rows, cams = np.load(folder / "cam_rows.npy"), np.load(folder / "cam.npy").astype(np.float32)
     parts = [f"<h2>What {html.escape(name)} looks at</h2>"]

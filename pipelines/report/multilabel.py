@@ -14,7 +14,7 @@ import numpy as np
 from competition.metrics import label_sets
 from pipelines.recipe.kernel_inference import logit, sigmoid
 from pipelines.report.insight_sections import high_loss_sets_gallery
-from pipelines.report.parts import count_heatmap, figure_png, img, table
+from pipelines.report.parts import count_heatmap, figure_png, img, pyplot, table
 
 RELIABILITY_BINS = 10
 
@@ -36,10 +36,7 @@ def per_label_rows(labels: np.ndarray, chosen: np.ndarray, names: list[str]) -> 
 def co_occurrence_png(labels: np.ndarray, chosen: np.ndarray, names: list[str]) -> tuple[str, list[list]]:
     """Two panels: how often two labels hold together (true sets), and how often label j was given to an
     image while its label i was missed (the multi-label confusion); and that matrix's largest cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     true, given = labels.astype(np.int64), chosen.astype(np.int64)
     together = true.T @ true
@@ -59,10 +56,7 @@ def co_occurrence_png(labels: np.ndarray, chosen: np.ndarray, names: list[str]) 
 
 def label_reliability_png(labels: np.ndarray, probs: np.ndarray, names: list[str]) -> str:
     """Per label, out-of-fold rows binned by that label's probability: the share that hold it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(figsize=(5.4, 4.4))
     axes.plot([0, 1], [0, 1], ":", color="#888", label="perfectly calibrated")

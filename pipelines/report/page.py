@@ -24,7 +24,7 @@ from pipelines.recipe.auto_augment import SEARCHED
 from pipelines.report.insight_sections import (PREVIEW_IMAGES, augmentation_preview, cv_vs_leaderboard,
                                                high_loss_gallery, insight_section, overlaid_curves, per_class_table)
 from pipelines.report.multilabel import multilabel_sections
-from pipelines.report.parts import count_heatmap
+from pipelines.report.parts import count_heatmap, pyplot
 from pipelines.report.parts import figure_png as _figure_png
 from pipelines.report.parts import img as _img
 from pipelines.report.parts import table as _table
@@ -48,10 +48,7 @@ def _history(folder: Path) -> list[dict]:
 
 
 def learning_curves(name: str, folds: list) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, (loss_axes, acc_axes) = plt.subplots(1, 2, figsize=(10, 3.6))
     for fold_output in folds:
@@ -72,10 +69,7 @@ def learning_curves(name: str, folds: list) -> str:
 
 
 def confusion(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> tuple[str, list[list]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     k = len(class_names)
     matrix = np.zeros((k, k), dtype=np.int64)
@@ -91,10 +85,7 @@ def confusion(labels: np.ndarray, predicted: np.ndarray, class_names: list[str])
 
 
 def comparison_bars(rows: list[dict]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = [r["name"] for r in rows]
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.4))
@@ -185,10 +176,7 @@ def _study_images(spec) -> list[str]:
 
 
 def reliability_png(calibration: dict) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, ax = plt.subplots(figsize=(4.8, 4.2))
     ax.plot([0, 1], [0, 1], ":", color="#888", label="perfectly calibrated")
@@ -241,10 +229,7 @@ def calibration_section(report: dict) -> list[str]:
 
 def pairs_png(prepared, pairs: list[tuple[str, int, int]]) -> str:
     """Near-duplicate pairs side by side: (kind, row, other row), kind `train` or `test` for the other."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     data = prepared.load()
     figure, axes = plt.subplots(2, len(pairs), figsize=(1.6 * len(pairs), 3.4), squeeze=False)

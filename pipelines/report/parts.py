@@ -7,6 +7,16 @@ import html
 import io
 
 
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: reports are drawn to PNG, never to a screen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def figure_png(figure) -> str:
     import matplotlib.pyplot as plt
 
