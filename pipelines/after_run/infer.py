@@ -152,12 +152,10 @@ def run_predict(spec: CompetitionSpec, source: Path, out: Path | None = None, ru
     probs = predict_ensemble(spec, logged, images, runtime)
     out = out or competition_root(spec.name) / "predictions" / f"{source.stem}-{logged.config_hash}.csv"
     write_predictions(spec, ids, probs, out, with_probs)
-    from pipelines.stages.submit import submission_format
-
-    fmt = submission_format(spec)
+    metric = spec.metric.bind()
     # Single-label: each image's class; multi-label: each label's images (as the submission cuts the sets).
-    counts = (np.sum([fmt.parse(fmt.cells(p)) for p in probs], axis=0).astype(int) if fmt.kind == "tags" else
-              label_sets(probs).sum(axis=0) if fmt.multi_label else np.bincount(probs.argmax(axis=1), minlength=len(spec.classes)))
+    counts = (label_sets(probs, metric.allow_empty).sum(axis=0) if metric.multi_label else
+              np.bincount(probs.argmax(axis=1), minlength=len(spec.classes)))
     common = ", ".join(f"{spec.classes[c]}: {counts[c]}" for c in np.argsort(-counts)[:3] if counts[c])
     print(f"predict: {len(ids):,} images through run {logged.config_hash} ({len(logged.lineage['members'])} model(s), "
           f"{sum(len(m['folds']) for m in logged.lineage['members'])} fold models) on {runtime.device.type} -> {out}"

@@ -149,7 +149,6 @@ def fit_thresholds(probs: np.ndarray, labels: np.ndarray, metric: Metric, rounds
     average = metric.name.removeprefix("f_beta_")
 
     logits = logit(probs)
-    rows = np.arange(len(probs))
 
     def score_at(thresholds: np.ndarray) -> float:
         # label_sets(at_thresholds(probs, thresholds)) without the sigmoid: a label is in when its logit is
@@ -158,7 +157,7 @@ def fit_thresholds(probs: np.ndarray, labels: np.ndarray, metric: Metric, rounds
         chosen = shifted > 0
         if not metric.allow_empty:
             empty = ~chosen.any(axis=1)
-            chosen[rows[empty], shifted[empty].argmax(axis=1)] = True
+            chosen[empty, shifted[empty].argmax(axis=1)] = True
         return f_beta_of_sets(chosen, labels, metric.beta, average)
 
     grid = sorted(THRESHOLD_GRID, key=lambda t: abs(t - 0.5))
